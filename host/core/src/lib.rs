@@ -1,0 +1,1 @@
+//! RustNg native core.

@@ -1,0 +1,42 @@
+//! RustNg configuration: the YAML schema, its validation and the typed config the core runs on.
+//!
+//! Parsing happens in two stages so that a user sees every mistake at once:
+//! [`raw`] mirrors the file with `deny_unknown_fields` (a typo is an error, not a silently
+//! ignored key), then [`validate`] turns it into a [`Config`] and collects every semantic error
+//! with the path of the field it is about (`clusters[0].endpoints[1].address: ...`).
+
+mod error;
+pub mod raw;
+mod types;
+mod validate;
+
+pub use error::{ConfigError, FieldError};
+pub use types::{
+    CertificateConfig, Cluster, Config, Endpoint, HttpOptions, Listener, LogConfig, LogFormat,
+    LbPolicy, TlsConfig, UpstreamProtocol,
+};
+pub use validate::validate;
+
+use std::path::Path;
+
+/// Parses and validates a YAML document.
+pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+    let raw = raw::parse(text)?;
+    validate(raw)
+}
+
+/// Reads, parses and validates the config file at `path`.
+///
+/// Relative paths inside the file (certificates) are resolved against the file's directory, so
+/// a config can be moved together with its certificates.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut raw = raw::parse(&text)?;
+    if let Some(dir) = path.parent() {
+        raw.resolve_relative_paths(dir);
+    }
+    validate(raw)
+}

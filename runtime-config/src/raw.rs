@@ -1,0 +1,161 @@
+//! The config file as written: every field optional where the schema has a default, unknown
+//! fields rejected, values kept as text where validation wants to report them with a path.
+
+use serde::Deserialize;
+use std::path::Path;
+
+use crate::{ConfigError, FieldError};
+
+/// The whole `rustng.yaml` document.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Worker threads, each with its own runtime, sockets and pools. Default: number of cores.
+    pub workers: Option<usize>,
+    /// Process log settings.
+    #[serde(default)]
+    pub log: RawLog,
+    /// Where traffic comes in.
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    /// Where traffic goes.
+    #[serde(default)]
+    pub clusters: Vec<RawCluster>,
+}
+
+/// `log:` — level and format of the process log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a `tracing` filter directive. Default `info`.
+    pub level: Option<String>,
+    /// `json` (default) or `text`.
+    pub format: Option<String>,
+}
+
+/// `listeners[]` — one address that accepts HTTP (or HTTPS with `tls`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// `ip:port` to bind.
+    pub address: String,
+    /// Cluster for requests that no router sends elsewhere.
+    pub default_cluster: Option<String>,
+    /// Terminate TLS on this listener.
+    pub tls: Option<RawTls>,
+    /// Most connections open at once on this listener (all workers). Default 10000.
+    pub max_connections: Option<usize>,
+    /// Write one JSON access log line per request. Default true.
+    pub access_log: Option<bool>,
+    /// HTTP protocol limits.
+    #[serde(default)]
+    pub http: RawHttpOptions,
+}
+
+/// `listeners[].http` — limits against slow, large or greedy clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpOptions {
+    /// Largest request head (request line + headers) in KiB; larger gets 431. Default 60.
+    pub max_request_headers_kb: Option<usize>,
+    /// Time a client has to send the whole request head; slower gets 408. Default 10s.
+    pub request_headers_timeout: Option<String>,
+    /// A connection with no request in flight for this long is closed. Default 60s.
+    pub idle_timeout: Option<String>,
+    /// Most concurrent streams on one HTTP/2 connection. Default 256.
+    pub max_concurrent_streams: Option<u32>,
+}
+
+/// `listeners[].tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificates; the first is the default when SNI matches none.
+    pub certificates: Vec<RawCertificate>,
+    /// ALPN protocols offered, in preference order. Default `[h2, http/1.1]`.
+    pub alpn_protocols: Option<Vec<String>>,
+}
+
+/// `listeners[].tls.certificates[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM file with the certificate chain, leaf first.
+    pub certificate_chain: String,
+    /// PEM file with the private key.
+    pub private_key: String,
+    /// SNI names this certificate serves (`example.com`, `*.example.com`). Default: none, so
+    /// it only serves as the default certificate.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// `clusters[]` — a named set of upstream endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Unique name that listeners and routes refer to.
+    pub name: String,
+    /// Upstream endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+    /// `http1` (default) or `http2` (prior knowledge, cleartext) to the upstream.
+    pub protocol: Option<String>,
+    /// `ROUND_ROBIN` (default; weighted by endpoint weight) or `RANDOM`.
+    pub lb_policy: Option<String>,
+    /// Time allowed to open a TCP connection to an endpoint. Default 5s.
+    pub connect_timeout: Option<String>,
+    /// Time allowed from sending the request until the response head arrives; 504 after. Default 15s.
+    pub timeout: Option<String>,
+    /// Pooled idle connections are closed after this long. Default 60s.
+    pub idle_timeout: Option<String>,
+    /// Idle connections kept per endpoint per worker. Default 64.
+    pub max_idle_connections: Option<usize>,
+}
+
+/// `clusters[].endpoints[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    /// `ip:port`.
+    pub address: String,
+    /// Share of traffic relative to the other endpoints. Default 1.
+    pub weight: Option<u32>,
+}
+
+/// Parses YAML into the raw schema; the error names the field where parsing stopped.
+pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    serde_yaml_ng::from_str(text).map_err(|err| ConfigError::Schema(split_path(err.to_string())))
+}
+
+/// serde_yaml_ng prefixes a message with the path of the field when it has one
+/// (`clusters[0].endpoints[0]: unknown field ...`); split it off so the error's path is data.
+fn split_path(message: String) -> FieldError {
+    match message.split_once(": ") {
+        Some((path, rest)) if !path.is_empty() && !path.contains(char::is_whitespace) => {
+            FieldError::new(path, rest)
+        }
+        _ => FieldError::new("", message),
+    }
+}
+
+impl RawConfig {
+    /// Makes relative file paths relative to `dir` (the config file's directory).
+    pub fn resolve_relative_paths(&mut self, dir: &Path) {
+        let resolve = |p: &mut String| {
+            if !p.is_empty() && Path::new(p.as_str()).is_relative() {
+                *p = dir.join(p.as_str()).to_string_lossy().into_owned();
+            }
+        };
+        for listener in &mut self.listeners {
+            if let Some(tls) = &mut listener.tls {
+                for cert in &mut tls.certificates {
+                    resolve(&mut cert.certificate_chain);
+                    resolve(&mut cert.private_key);
+                }
+            }
+        }
+    }
+}

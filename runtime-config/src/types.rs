@@ -1,0 +1,143 @@
+//! The validated config: every default applied, every value typed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A validated RustNg configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Worker threads (≥ 1).
+    pub workers: usize,
+    /// Process log settings.
+    pub log: LogConfig,
+    /// Listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// Clusters, in file order.
+    pub clusters: Vec<Cluster>,
+}
+
+impl Config {
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+/// Process log settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` filter directive such as `info` or `rustng_core=debug`.
+    pub level: String,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (default): what log shippers expect.
+    Json,
+    /// Human-readable text, for a terminal.
+    Text,
+}
+
+/// A validated listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// Unique name.
+    pub name: String,
+    /// Bound address.
+    pub address: SocketAddr,
+    /// Cluster for requests no router sends elsewhere.
+    pub default_cluster: Option<String>,
+    /// TLS termination, if any.
+    pub tls: Option<TlsConfig>,
+    /// Most connections open at once on this listener.
+    pub max_connections: usize,
+    /// Whether each request writes an access log line.
+    pub access_log: bool,
+    /// HTTP limits.
+    pub http: HttpOptions,
+}
+
+/// HTTP limits of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Largest request head in bytes; larger gets 431.
+    pub max_request_headers_bytes: usize,
+    /// Time to receive a whole request head; slower gets 408.
+    pub request_headers_timeout: Duration,
+    /// Close a connection with nothing in flight after this long.
+    pub idle_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// TLS termination settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificates; the first one is served when SNI matches none.
+    pub certificates: Vec<CertificateConfig>,
+    /// ALPN protocol ids in preference order.
+    pub alpn_protocols: Vec<String>,
+}
+
+/// One certificate and the names it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// PEM certificate chain.
+    pub certificate_chain: PathBuf,
+    /// PEM private key.
+    pub private_key: PathBuf,
+    /// Lower-cased SNI names, exact or `*.suffix`.
+    pub server_names: Vec<String>,
+}
+
+/// A validated upstream cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: String,
+    /// Endpoints with their weights.
+    pub endpoints: Vec<Endpoint>,
+    /// Protocol spoken to the endpoints.
+    pub protocol: UpstreamProtocol,
+    /// How an endpoint is picked.
+    pub lb_policy: LbPolicy,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time from request sent to response head received.
+    pub timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per endpoint per worker.
+    pub max_idle_connections: usize,
+}
+
+/// An upstream endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Socket address.
+    pub address: SocketAddr,
+    /// Relative share of traffic (≥ 1).
+    pub weight: u32,
+}
+
+/// Protocol spoken to upstream endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive pooling.
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge; one multiplexed connection per endpoint.
+    Http2,
+}
+
+/// Load-balancing policy of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Smooth weighted round robin (nginx's algorithm): even spread that honours weights.
+    RoundRobin,
+    /// Weighted random.
+    Random,
+}

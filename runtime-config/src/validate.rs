@@ -1,0 +1,494 @@
+//! Raw schema → validated [`Config`], collecting every error with its path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::raw::{RawCertificate, RawCluster, RawConfig, RawListener};
+use crate::types::*;
+use crate::{ConfigError, FieldError};
+
+/// Defaults, each with the reason for its value.
+mod defaults {
+    use std::time::Duration;
+
+    /// Envoy's default for `max_request_headers_kb`.
+    pub(super) const MAX_REQUEST_HEADERS_KB: usize = 60;
+    /// Long enough for real clients on bad links, short enough to shed slowloris.
+    pub(super) const REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+    /// nginx's `keepalive_timeout` is 75 s; browsers reuse for about a minute.
+    pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Twice nginx's 128: proxies see many multiplexed clients behind one connection.
+    pub(super) const MAX_CONCURRENT_STREAMS: u32 = 256;
+    /// Guards file descriptors without getting in the way of a normal box.
+    pub(super) const MAX_CONNECTIONS: usize = 10_000;
+    /// Envoy's default cluster `connect_timeout`.
+    pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Envoy's default route timeout.
+    pub(super) const TIMEOUT: Duration = Duration::from_secs(15);
+    /// Shorter than most origins' own keep-alive (nginx 75 s) so we rarely reuse a closing one.
+    pub(super) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Enough for a core's worth of concurrency per endpoint.
+    pub(super) const MAX_IDLE_CONNECTIONS: usize = 64;
+}
+
+/// hyper refuses header buffers under 8 KiB; 1 MiB is far past any sane client.
+const HEADERS_KB_RANGE: std::ops::RangeInclusive<usize> = 8..=1024;
+
+/// Validates a raw config, returning every problem found.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut v = Validator::default();
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(v.errors))
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let workers = match raw.workers {
+            Some(0) => {
+                self.error("workers", "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let log = self.log(raw.log);
+
+        let cluster_names: Vec<&str> = raw.clusters.iter().map(|c| c.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        for (i, name) in cluster_names.iter().enumerate() {
+            if name.is_empty() {
+                self.error(format!("clusters[{i}].name"), "must not be empty");
+            } else if !seen.insert(*name) {
+                self.error(
+                    format!("clusters[{i}].name"),
+                    format!("duplicate cluster name \"{name}\""),
+                );
+            }
+        }
+
+        if raw.listeners.is_empty() {
+            self.error("listeners", "at least one listener is required");
+        }
+        let mut listener_names = HashSet::new();
+        let mut addresses = HashSet::new();
+        let listeners = raw
+            .listeners
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let path = format!("listeners[{i}]");
+                if l.name.is_empty() {
+                    self.error(format!("{path}.name"), "must not be empty");
+                } else if !listener_names.insert(l.name.clone()) {
+                    self.error(
+                        format!("{path}.name"),
+                        format!("duplicate listener name \"{}\"", l.name),
+                    );
+                }
+                let listener = self.listener(&path, l, &cluster_names)?;
+                if !addresses.insert(listener.address) {
+                    self.error(
+                        format!("{path}.address"),
+                        format!("address {} is already used by another listener", listener.address),
+                    );
+                }
+                Some(listener)
+            })
+            .collect();
+
+        let clusters = raw
+            .clusters
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| self.cluster(&format!("clusters[{i}]"), c))
+            .collect();
+
+        Config {
+            workers,
+            log,
+            listeners,
+            clusters,
+        }
+    }
+
+    fn log(&mut self, raw: crate::raw::RawLog) -> LogConfig {
+        let format = match raw.format.as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                self.error(
+                    "log.format",
+                    format!("unknown format \"{other}\" (expected json or text)"),
+                );
+                LogFormat::Json
+            }
+        };
+        LogConfig {
+            level: raw.level.unwrap_or_else(|| "info".to_owned()),
+            format,
+        }
+    }
+
+    fn listener(&mut self, path: &str, l: RawListener, clusters: &[&str]) -> Option<Listener> {
+        let address = self.socket_addr(&format!("{path}.address"), &l.address);
+        if let Some(name) = &l.default_cluster {
+            if !clusters.contains(&name.as_str()) {
+                self.error(
+                    format!("{path}.default_cluster"),
+                    format!("unknown cluster \"{name}\""),
+                );
+            }
+        }
+        let tls = l.tls.map(|tls| {
+            let tls_path = format!("{path}.tls");
+            if tls.certificates.is_empty() {
+                self.error(
+                    format!("{tls_path}.certificates"),
+                    "at least one certificate is required",
+                );
+            }
+            let certificates = tls
+                .certificates
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| self.certificate(&format!("{tls_path}.certificates[{i}]"), c))
+                .collect();
+            let alpn_protocols = tls
+                .alpn_protocols
+                .unwrap_or_else(|| vec!["h2".to_owned(), "http/1.1".to_owned()]);
+            for (i, p) in alpn_protocols.iter().enumerate() {
+                if !matches!(p.as_str(), "h2" | "http/1.1") {
+                    self.error(
+                        format!("{tls_path}.alpn_protocols[{i}]"),
+                        format!("unsupported protocol \"{p}\" (expected h2 or http/1.1)"),
+                    );
+                }
+            }
+            TlsConfig {
+                certificates,
+                alpn_protocols,
+            }
+        });
+        let max_connections = l.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
+        if max_connections == 0 {
+            self.error(format!("{path}.max_connections"), "must be at least 1");
+        }
+
+        let h = l.http;
+        let kb = h
+            .max_request_headers_kb
+            .unwrap_or(defaults::MAX_REQUEST_HEADERS_KB);
+        if !HEADERS_KB_RANGE.contains(&kb) {
+            self.error(
+                format!("{path}.http.max_request_headers_kb"),
+                format!(
+                    "{kb} is out of range {}..={}",
+                    HEADERS_KB_RANGE.start(),
+                    HEADERS_KB_RANGE.end()
+                ),
+            );
+        }
+        let max_concurrent_streams = h
+            .max_concurrent_streams
+            .unwrap_or(defaults::MAX_CONCURRENT_STREAMS);
+        if max_concurrent_streams == 0 {
+            self.error(
+                format!("{path}.http.max_concurrent_streams"),
+                "must be at least 1",
+            );
+        }
+        let http = HttpOptions {
+            max_request_headers_bytes: kb * 1024,
+            request_headers_timeout: self.duration(
+                &format!("{path}.http.request_headers_timeout"),
+                h.request_headers_timeout.as_deref(),
+                defaults::REQUEST_HEADERS_TIMEOUT,
+            ),
+            idle_timeout: self.duration(
+                &format!("{path}.http.idle_timeout"),
+                h.idle_timeout.as_deref(),
+                defaults::IDLE_TIMEOUT,
+            ),
+            max_concurrent_streams,
+        };
+
+        Some(Listener {
+            name: l.name,
+            address: address?,
+            default_cluster: l.default_cluster,
+            tls,
+            max_connections,
+            access_log: l.access_log.unwrap_or(true),
+            http,
+        })
+    }
+
+    fn certificate(&mut self, path: &str, c: RawCertificate) -> CertificateConfig {
+        let certificate_chain = self.readable_file(
+            &format!("{path}.certificate_chain"),
+            &c.certificate_chain,
+        );
+        let private_key = self.readable_file(&format!("{path}.private_key"), &c.private_key);
+        let server_names = c
+            .server_names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let name = name.to_ascii_lowercase();
+                let host = name.strip_prefix("*.").unwrap_or(&name);
+                if host.is_empty() || host.contains(['*', ' ', '/', ':']) {
+                    self.error(
+                        format!("{path}.server_names[{i}]"),
+                        format!("invalid server name \"{name}\""),
+                    );
+                }
+                name
+            })
+            .collect();
+        CertificateConfig {
+            certificate_chain,
+            private_key,
+            server_names,
+        }
+    }
+
+    fn cluster(&mut self, path: &str, c: RawCluster) -> Cluster {
+        let endpoints = c
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let epath = format!("{path}.endpoints[{i}]");
+                let weight = e.weight.unwrap_or(1);
+                if weight == 0 {
+                    self.error(format!("{epath}.weight"), "must be at least 1");
+                }
+                let address = self.socket_addr(&format!("{epath}.address"), &e.address)?;
+                Some(Endpoint { address, weight })
+            })
+            .collect();
+        let protocol = match c.protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("http2") => UpstreamProtocol::Http2,
+            Some(other) => {
+                self.error(
+                    format!("{path}.protocol"),
+                    format!("unknown protocol \"{other}\" (expected http1 or http2)"),
+                );
+                UpstreamProtocol::Http1
+            }
+        };
+        let lb_policy = match c.lb_policy.as_deref() {
+            None | Some("ROUND_ROBIN") => LbPolicy::RoundRobin,
+            Some("RANDOM") => LbPolicy::Random,
+            Some(other) => {
+                self.error(
+                    format!("{path}.lb_policy"),
+                    format!("unknown policy \"{other}\" (expected ROUND_ROBIN or RANDOM)"),
+                );
+                LbPolicy::RoundRobin
+            }
+        };
+        Cluster {
+            name: c.name,
+            endpoints,
+            protocol,
+            lb_policy,
+            connect_timeout: self.duration(
+                &format!("{path}.connect_timeout"),
+                c.connect_timeout.as_deref(),
+                defaults::CONNECT_TIMEOUT,
+            ),
+            timeout: self.duration(
+                &format!("{path}.timeout"),
+                c.timeout.as_deref(),
+                defaults::TIMEOUT,
+            ),
+            idle_timeout: self.duration(
+                &format!("{path}.idle_timeout"),
+                c.idle_timeout.as_deref(),
+                defaults::UPSTREAM_IDLE_TIMEOUT,
+            ),
+            max_idle_connections: c
+                .max_idle_connections
+                .unwrap_or(defaults::MAX_IDLE_CONNECTIONS),
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(path, format!("invalid socket address \"{text}\""));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = text else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(path, "must be greater than zero");
+                default
+            }
+            Err(e) => {
+                self.error(
+                    path,
+                    format!("invalid duration \"{text}\": {e} (examples: 250ms, 5s, 1m)"),
+                );
+                default
+            }
+        }
+    }
+
+    fn readable_file(&mut self, path: &str, file: &str) -> PathBuf {
+        if let Err(e) = std::fs::File::open(Path::new(file)) {
+            self.error(path, format!("cannot read \"{file}\": {e}"));
+        }
+        PathBuf::from(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::from_yaml;
+
+    const MINIMAL: &str = "
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:8080
+    default_cluster: backend
+clusters:
+  - name: backend
+    endpoints:
+      - address: 127.0.0.1:9000
+";
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match from_yaml(yaml) {
+            Ok(_) => vec![],
+            Err(e) => e.field_errors().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = from_yaml(MINIMAL).expect("valid");
+        assert_eq!(c.workers, 1);
+        let l = &c.listeners[0];
+        assert_eq!(l.address, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(l.default_cluster.as_deref(), Some("backend"));
+        assert_eq!(l.http.max_request_headers_bytes, 60 * 1024);
+        assert!(l.access_log);
+        let b = c.cluster("backend").expect("cluster");
+        assert_eq!(b.endpoints[0].weight, 1);
+        assert_eq!(b.protocol, UpstreamProtocol::Http1);
+        assert_eq!(b.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let yaml = "
+workers: 0
+listeners:
+  - name: main
+    address: nowhere
+    default_cluster: missing
+    http: { idle_timeout: soon, max_request_headers_kb: 2 }
+clusters:
+  - name: backend
+    protocol: spdy
+    endpoints:
+      - address: 127.0.0.1:9000
+      - address: x
+        weight: 0
+  - name: backend
+";
+        assert_eq!(
+            errors(yaml),
+            vec![
+                "workers: must be at least 1",
+                "clusters[1].name: duplicate cluster name \"backend\"",
+                "listeners[0].address: invalid socket address \"nowhere\"",
+                "listeners[0].default_cluster: unknown cluster \"missing\"",
+                "listeners[0].http.max_request_headers_kb: 2 is out of range 8..=1024",
+                "listeners[0].http.idle_timeout: invalid duration \"soon\": expected number at 0 (examples: 250ms, 5s, 1m)",
+                "clusters[0].endpoints[1].weight: must be at least 1",
+                "clusters[0].endpoints[1].address: invalid socket address \"x\"",
+                "clusters[0].protocol: unknown protocol \"spdy\" (expected http1 or http2)",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_path() {
+        let yaml = MINIMAL.replace("weight", "x").replace(
+            "      - address: 127.0.0.1:9000",
+            "      - address: 127.0.0.1:9000\n        wieght: 2",
+        );
+        let errs = errors(&yaml);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("clusters[0].endpoints[0]: unknown field `wieght`, expected `address` or `weight` at line 11"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let errs = errors(&MINIMAL.replace("workers: 1", "workers: many"));
+        assert!(errs[0].starts_with("workers: invalid type"), "{errs:?}");
+    }
+
+    #[test]
+    fn duplicate_listener_addresses_and_missing_tls_files() {
+        let yaml = "
+listeners:
+  - name: a
+    address: 127.0.0.1:8080
+  - name: a
+    address: 127.0.0.1:8080
+    tls:
+      certificates:
+        - certificate_chain: /nonexistent/cert.pem
+          private_key: /nonexistent/key.pem
+          server_names: ['*.example.com', 'bad name']
+";
+        let errs = errors(yaml);
+        assert_eq!(errs[0], "listeners[1].name: duplicate listener name \"a\"");
+        assert!(errs[1].starts_with("listeners[1].tls.certificates[0].certificate_chain: cannot read"));
+        assert!(errs[2].starts_with("listeners[1].tls.certificates[0].private_key: cannot read"));
+        assert_eq!(
+            errs[3],
+            "listeners[1].tls.certificates[0].server_names[1]: invalid server name \"bad name\""
+        );
+        assert_eq!(
+            errs[4],
+            "listeners[1].address: address 127.0.0.1:8080 is already used by another listener"
+        );
+    }
+
+    #[test]
+    fn empty_document_needs_a_listener() {
+        assert_eq!(errors(""), vec!["listeners: at least one listener is required"]);
+    }
+}
