@@ -12,8 +12,8 @@ mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use types::{
-    CertificateConfig, Cluster, Config, Endpoint, HttpOptions, Listener, LogConfig, LogFormat,
-    LbPolicy, TlsConfig, UpstreamProtocol,
+    CertificateConfig, Cluster, Config, Endpoint, HttpOptions, LbPolicy, Listener, LogConfig,
+    LogFormat, TlsConfig, UpstreamProtocol,
 };
 pub use validate::validate;
 

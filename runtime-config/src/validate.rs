@@ -104,7 +104,10 @@ impl Validator {
                 if !addresses.insert(listener.address) {
                     self.error(
                         format!("{path}.address"),
-                        format!("address {} is already used by another listener", listener.address),
+                        format!(
+                            "address {} is already used by another listener",
+                            listener.address
+                        ),
                     );
                 }
                 Some(listener)
@@ -239,10 +242,8 @@ impl Validator {
     }
 
     fn certificate(&mut self, path: &str, c: RawCertificate) -> CertificateConfig {
-        let certificate_chain = self.readable_file(
-            &format!("{path}.certificate_chain"),
-            &c.certificate_chain,
-        );
+        let certificate_chain =
+            self.readable_file(&format!("{path}.certificate_chain"), &c.certificate_chain);
         let private_key = self.readable_file(&format!("{path}.private_key"), &c.private_key);
         let server_names = c
             .server_names
@@ -475,7 +476,9 @@ listeners:
 ";
         let errs = errors(yaml);
         assert_eq!(errs[0], "listeners[1].name: duplicate listener name \"a\"");
-        assert!(errs[1].starts_with("listeners[1].tls.certificates[0].certificate_chain: cannot read"));
+        assert!(
+            errs[1].starts_with("listeners[1].tls.certificates[0].certificate_chain: cannot read")
+        );
         assert!(errs[2].starts_with("listeners[1].tls.certificates[0].private_key: cannot read"));
         assert_eq!(
             errs[3],
@@ -489,6 +492,9 @@ listeners:
 
     #[test]
     fn empty_document_needs_a_listener() {
-        assert_eq!(errors(""), vec!["listeners: at least one listener is required"]);
+        assert_eq!(
+            errors(""),
+            vec!["listeners: at least one listener is required"]
+        );
     }
 }

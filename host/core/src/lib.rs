@@ -1,1 +1,25 @@
-//! RustNg native core.
+//! RustNg native core: listeners, TLS, the HTTP/1.1 and HTTP/2 codecs, upstream pools and load
+//! balancing, and the per-request proxy pipeline.
+//!
+//! Thread per core: [`Server::run`] starts `workers` threads, each with a current-thread tokio
+//! runtime, its own `SO_REUSEPORT` accept socket per listener and its own upstream pools. A
+//! request never leaves the thread that accepted it, so per-request state is `Rc`/`Cell` and
+//! the hot path takes no lock.
+
+mod access_log;
+mod body;
+mod connection;
+mod error;
+mod headers;
+mod listener;
+mod local_exec;
+mod proxy;
+mod request_id;
+mod server;
+mod tls;
+mod tunnel;
+mod upstream;
+mod worker;
+
+pub use error::{CoreError, ErrorKind, ErrorSource, ProxyError};
+pub use server::{Server, ShutdownHandle};

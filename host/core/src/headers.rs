@@ -1,0 +1,176 @@
+//! Header rules of a proxy: hop-by-hop headers stop here, forwarding headers are added.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
+/// `te` is handled apart: `te: trailers` is end-to-end for gRPC.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
+/// What [`strip_hop_by_hop`] took out that the proxy still needs.
+#[derive(Debug, Default)]
+pub(crate) struct Removed {
+    /// The `upgrade` header, when the message asked for a protocol switch (`Connection: upgrade`).
+    pub(crate) upgrade: Option<HeaderValue>,
+}
+
+/// Removes hop-by-hop headers, including every header the `connection` header names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
+    let mut removed = Removed::default();
+    // Fast path: most requests carry none of these, and a lookup is cheaper than a scan.
+    let connection_tokens: Option<Vec<HeaderName>> = if headers.contains_key(header::CONNECTION) {
+        let mut names = Vec::new();
+        let mut upgrade = false;
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("upgrade") {
+                    upgrade = true;
+                } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    names.push(name);
+                }
+            }
+        }
+        if upgrade {
+            removed.upgrade = headers.get(header::UPGRADE).cloned();
+        }
+        Some(names)
+    } else {
+        None
+    };
+    if let Some(names) = connection_tokens {
+        for name in names {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    for name in [header::TRANSFER_ENCODING, header::UPGRADE] {
+        if headers.contains_key(&name) {
+            headers.remove(name);
+        }
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let trailers_only = te
+            .to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        if trailers_only {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+    debug_assert!(!headers.keys().any(is_hop_by_hop));
+    removed
+}
+
+/// Appends the client address to `x-forwarded-for` (as nginx's `$proxy_add_x_forwarded_for`)
+/// and sets `x-forwarded-proto` to the scheme the client used.
+pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
+    let mut buf = [0u8; 512];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let written = match headers.get(&X_FORWARDED_FOR) {
+        Some(prior) => {
+            let ok =
+                cursor.write_all(prior.as_bytes()).is_ok() && write!(cursor, ", {client}").is_ok();
+            ok
+        }
+        None => write!(cursor, "{client}").is_ok(),
+    };
+    let value = if written {
+        let len = cursor.position() as usize;
+        HeaderValue::from_bytes(&buf[..len]).ok()
+    } else {
+        // A prior chain longer than the stack buffer: rare enough to allocate for.
+        headers.get(&X_FORWARDED_FOR).and_then(|prior| {
+            let mut v = prior.as_bytes().to_vec();
+            v.extend_from_slice(format!(", {client}").as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        })
+    };
+    if let Some(value) = value {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret, Upgrade"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("te", HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let removed = strip_hop_by_hop(&mut h);
+        assert_eq!(removed.upgrade, Some(HeaderValue::from_static("websocket")));
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["te", "x-keep"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn te_without_trailers_is_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_set() {
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, "10.0.0.1".parse().expect("ip"), false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        add_forwarding(&mut h, "::1".parse().expect("ip"), true);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        let long = "1.2.3.4, ".repeat(100);
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_str(&long).expect("value"),
+        );
+        add_forwarding(&mut h, "5.6.7.8".parse().expect("ip"), false);
+        assert!(
+            h["x-forwarded-for"]
+                .to_str()
+                .expect("ascii")
+                .ends_with(", 5.6.7.8")
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! Listening sockets and what a worker knows about each listener.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hyper_util::server::conn::auto;
+use rustng_runtime_config::Listener;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio_rustls::TlsAcceptor;
+
+use crate::local_exec::LocalExec;
+use crate::upstream::ClusterRt;
+
+/// Pending connections the kernel queues per socket (Linux caps it at `somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with `SO_REUSEPORT`, so each worker owns one and the kernel spreads
+/// new connections across them without a shared accept lock.
+pub(crate) fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Open-connection count of one listener across all workers.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionLimit {
+    pub(crate) fn new(max: usize) -> Self {
+        ConnectionLimit {
+            open: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes a slot, or `None` when the listener is full.
+    pub(crate) fn acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        // Relaxed: the count is a limit, not a synchronisation point.
+        let prior = self.open.fetch_add(1, Ordering::Relaxed);
+        if prior >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            None
+        } else {
+            Some(ConnectionSlot(Arc::clone(self)))
+        }
+    }
+}
+
+/// A held connection slot, released on drop.
+pub(crate) struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A listener as one worker runs it.
+pub(crate) struct ListenerRt {
+    pub(crate) config: Listener,
+    pub(crate) name: Rc<str>,
+    pub(crate) default_cluster: Option<Rc<ClusterRt>>,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) http: auto::Builder<LocalExec>,
+    pub(crate) limit: Arc<ConnectionLimit>,
+}

@@ -1,0 +1,139 @@
+//! The per-request pipeline: clean the request, pick the cluster, forward, stream the answer.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+
+use crate::access_log::AccessRecord;
+use crate::body::{Exchange, ProxyBody};
+use crate::connection::ConnCtx;
+use crate::error::ProxyError;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::request_id;
+use crate::tunnel;
+
+/// The hyper service of one downstream connection.
+pub(crate) struct ProxyService {
+    ctx: Rc<ConnCtx>,
+}
+
+impl ProxyService {
+    pub(crate) fn new(ctx: Rc<ConnCtx>) -> Self {
+        ProxyService { ctx }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let ctx = Rc::clone(&self.ctx);
+        Box::pin(async move { Ok(handle(ctx, req).await) })
+    }
+}
+
+async fn handle(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let downstream_version = req.version();
+    let removed = headers::strip_hop_by_hop(req.headers_mut());
+    headers::add_forwarding(req.headers_mut(), ctx.peer.ip(), ctx.tls);
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = request_id::generate();
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    // hyper answers `Expect: 100-continue` itself when the body is first read, which is when
+    // the upstream starts taking it; the upstream must not see the expectation a second time.
+    req.headers_mut().remove(header::EXPECT);
+
+    let record = ctx.listener.config.access_log.then(|| AccessRecord {
+        listener: Rc::clone(&ctx.listener.name),
+        client: ctx.peer,
+        method: req.method().clone(),
+        path: req.uri().path_and_query().cloned(),
+        version: downstream_version,
+        request_id: Some(request_id),
+        status: 499,
+        upstream: None,
+        error: None,
+    });
+    let mut exchange = Exchange::begin(Rc::clone(&ctx.state), record);
+
+    let Some(cluster) = ctx.listener.default_cluster.clone() else {
+        return local_error(
+            crate::error::ErrorKind::NoRoute.into_error(),
+            exchange,
+            downstream_version,
+        );
+    };
+
+    if let Some(protocol) = removed.upgrade {
+        if downstream_version == Version::HTTP_11 {
+            return tunnel::forward(&cluster, req, protocol, exchange).await;
+        }
+    }
+
+    match cluster.send(req).await {
+        Ok(upstream) => {
+            let (mut parts, body) = upstream.response.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            parts.version = response_version(downstream_version);
+            exchange.set_status(parts.status.as_u16());
+            if let Some(record) = &mut exchange.record {
+                record.upstream = Some(upstream.endpoint);
+            }
+            exchange.pool = upstream.pool;
+            Response::from_parts(parts, ProxyBody::upstream(body, exchange))
+        }
+        Err(error) => {
+            tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
+            local_error(error, exchange, downstream_version)
+        }
+    }
+}
+
+fn response_version(downstream: Version) -> Version {
+    if downstream == Version::HTTP_2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    }
+}
+
+/// A response RustNg makes itself, with the error's text as body (as Envoy does).
+pub(crate) fn local_error(
+    error: ProxyError,
+    mut exchange: Exchange,
+    version: Version,
+) -> Response<ProxyBody> {
+    let status = error.kind.status();
+    exchange.set_status(status.as_u16());
+    if let Some(record) = &mut exchange.record {
+        record.error = Some(error.kind.as_str());
+        record.upstream = error.endpoint;
+    }
+    local_response(status, error.kind.as_str(), Some(exchange), version)
+}
+
+pub(crate) fn local_response(
+    status: StatusCode,
+    text: &'static str,
+    exchange: Option<Exchange>,
+    version: Version,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::local(text, exchange));
+    *response.status_mut() = status;
+    *response.version_mut() = response_version(version);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}

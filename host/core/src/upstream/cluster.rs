@@ -1,0 +1,301 @@
+//! A cluster on one worker: picks an endpoint, gets a connection, sends the request, retries
+//! on another endpoint when nothing reached the first one.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use http::uri::{Authority, Parts, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use rustng_runtime_config::{Cluster, UpstreamProtocol};
+
+use super::balancer::Balancer;
+use super::connect;
+use super::pool::EndpointPool;
+use crate::error::{ErrorKind, ProxyError};
+
+/// Most endpoints tried for one request (Envoy retries a connect failure on another host too).
+const MAX_ATTEMPTS: usize = 3;
+/// Fresh connections tried on an endpoint when a pooled one turned out closed before the
+/// request was written to it.
+const MAX_STALE_RETRIES: usize = 2;
+
+struct EndpointRt {
+    address: SocketAddr,
+    pool: EndpointPool,
+}
+
+/// A cluster as one worker runs it.
+pub(crate) struct ClusterRt {
+    config: Cluster,
+    endpoints: Vec<EndpointRt>,
+    balancer: Balancer,
+}
+
+/// A connection to hand back to its pool once the response body has been read to the end.
+pub(crate) struct PoolReturn {
+    cluster: Rc<ClusterRt>,
+    endpoint: usize,
+    sender: http1::SendRequest<Incoming>,
+}
+
+impl PoolReturn {
+    pub(crate) fn checkin(self) {
+        self.cluster.endpoints[self.endpoint]
+            .pool
+            .checkin_http1(self.sender);
+    }
+}
+
+/// A response head from an upstream, with what is needed to finish the exchange.
+pub(crate) struct UpstreamResponse {
+    pub(crate) response: Response<Incoming>,
+    pub(crate) endpoint: SocketAddr,
+    pub(crate) pool: Option<PoolReturn>,
+}
+
+impl ClusterRt {
+    pub(crate) fn new(config: Cluster) -> Self {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| EndpointRt {
+                address: e.address,
+                pool: EndpointPool::new(config.max_idle_connections, config.idle_timeout),
+            })
+            .collect();
+        let balancer = Balancer::new(config.lb_policy, config.endpoints.iter().map(|e| e.weight));
+        ClusterRt {
+            config,
+            endpoints,
+            balancer,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Closes idle connections past their timeout.
+    pub(crate) fn sweep(&self) {
+        for e in &self.endpoints {
+            e.pool.sweep();
+        }
+    }
+
+    /// Sends `req` to an endpoint of this cluster and waits for the response head.
+    pub(crate) async fn send(
+        self: &Rc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        if self.endpoints.is_empty() {
+            return Err(ProxyError::new(ErrorKind::NoHealthyUpstream));
+        }
+        prepare_uri(&mut req, self.config.protocol)?;
+        let attempts = self.endpoints.len().min(MAX_ATTEMPTS);
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut last_error = None;
+        for attempt in 0..attempts {
+            let Some(index) = self.balancer.pick(|i| tried.contains(&i)) else {
+                break;
+            };
+            tried[attempt] = index;
+            let result = match self.config.protocol {
+                UpstreamProtocol::Http1 => self.send_http1(index, req).await,
+                UpstreamProtocol::Http2 => self.send_http2(index, req).await,
+            };
+            match result {
+                Ok(response) => return Ok(response),
+                Err((error, Some(returned))) if error.retryable => {
+                    tracing::debug!(cluster = %self.config.name, %error, "trying another endpoint");
+                    req = returned;
+                    last_error = Some(error);
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ProxyError::new(ErrorKind::NoHealthyUpstream)))
+    }
+
+    async fn send_http1(
+        self: &Rc<Self>,
+        index: usize,
+        mut req: Request<Incoming>,
+    ) -> Result<UpstreamResponse, (ProxyError, Option<Request<Incoming>>)> {
+        let endpoint = &self.endpoints[index];
+        let address = endpoint.address;
+        for _ in 0..=MAX_STALE_RETRIES {
+            let (mut sender, reused) = match endpoint.pool.checkout_http1().await {
+                Some(sender) => (sender, true),
+                None => match connect::http1(address, self.config.connect_timeout, false).await {
+                    Ok(sender) => (sender, false),
+                    Err(e) => return Err((e, Some(req))),
+                },
+            };
+            let sent =
+                tokio::time::timeout(self.config.timeout, sender.try_send_request(req)).await;
+            match sent {
+                Ok(Ok(response)) => {
+                    return Ok(UpstreamResponse {
+                        response,
+                        endpoint: address,
+                        pool: Some(PoolReturn {
+                            cluster: Rc::clone(self),
+                            endpoint: index,
+                            sender,
+                        }),
+                    });
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Never written: the pooled connection was already closing. Safe to resend.
+                    Some(returned) if reused => req = returned,
+                    returned => {
+                        let error = ProxyError::new(ErrorKind::UpstreamProtocol)
+                            .at(address)
+                            .because(e.into_error());
+                        let retryable = returned.is_some();
+                        let error = if retryable { error.retryable() } else { error };
+                        return Err((error, returned));
+                    }
+                },
+                Err(_) => {
+                    return Err((
+                        ProxyError::new(ErrorKind::UpstreamTimeout).at(address),
+                        None,
+                    ));
+                }
+            }
+        }
+        Err((
+            ProxyError::new(ErrorKind::UpstreamProtocol)
+                .retryable()
+                .at(address)
+                .because("pooled connections kept closing"),
+            Some(req),
+        ))
+    }
+
+    async fn send_http2(
+        self: &Rc<Self>,
+        index: usize,
+        req: Request<Incoming>,
+    ) -> Result<UpstreamResponse, (ProxyError, Option<Request<Incoming>>)> {
+        let endpoint = &self.endpoints[index];
+        let address = endpoint.address;
+        let mut sender = match endpoint.pool.http2() {
+            Some(sender) => sender,
+            None => match connect::http2(address, self.config.connect_timeout).await {
+                Ok(sender) => {
+                    endpoint.pool.set_http2(sender.clone());
+                    sender
+                }
+                Err(e) => return Err((e, Some(req))),
+            },
+        };
+        if let Err(e) = sender.ready().await {
+            return Err((
+                ProxyError::new(ErrorKind::UpstreamProtocol)
+                    .retryable()
+                    .at(address)
+                    .because(e),
+                Some(req),
+            ));
+        }
+        match tokio::time::timeout(self.config.timeout, sender.try_send_request(req)).await {
+            Ok(Ok(response)) => Ok(UpstreamResponse {
+                response,
+                endpoint: address,
+                pool: None,
+            }),
+            Ok(Err(mut e)) => {
+                let returned = e.take_message();
+                let error = ProxyError::new(ErrorKind::UpstreamProtocol)
+                    .at(address)
+                    .because(e.into_error());
+                let error = if returned.is_some() {
+                    error.retryable()
+                } else {
+                    error
+                };
+                Err((error, returned))
+            }
+            Err(_) => Err((
+                ProxyError::new(ErrorKind::UpstreamTimeout).at(address),
+                None,
+            )),
+        }
+    }
+
+    /// Opens a dedicated HTTP/1.1 connection that survives a protocol switch (WebSocket).
+    pub(crate) async fn connect_for_upgrade(
+        &self,
+    ) -> Result<(SocketAddr, http1::SendRequest<Incoming>), ProxyError> {
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut last_error = ProxyError::new(ErrorKind::NoHealthyUpstream);
+        for slot in tried
+            .iter_mut()
+            .take(self.endpoints.len().min(MAX_ATTEMPTS))
+        {
+            let Some(index) = self.balancer.pick(|i| *slot == i) else {
+                break;
+            };
+            *slot = index;
+            let address = self.endpoints[index].address;
+            match connect::http1(address, self.config.connect_timeout, true).await {
+                Ok(sender) => return Ok((address, sender)),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Cluster `timeout`: how long to wait for a response head.
+    pub(crate) fn timeout(&self) -> std::time::Duration {
+        self.config.timeout
+    }
+}
+
+/// HTTP/1.1 upstreams get origin-form (`/path?q`) plus `Host`; HTTP/2 ones need scheme and
+/// authority in the URI and carry no `Host`.
+fn prepare_uri(req: &mut Request<Incoming>, protocol: UpstreamProtocol) -> Result<(), ProxyError> {
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            if req.uri().authority().is_some() {
+                if !req.headers().contains_key(header::HOST) {
+                    if let Some(authority) = req.uri().authority() {
+                        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                            req.headers_mut().insert(header::HOST, host);
+                        }
+                    }
+                }
+                let path = req.uri().path_and_query().cloned();
+                let mut parts = Parts::default();
+                parts.path_and_query = path;
+                *req.uri_mut() = Uri::from_parts(parts).map_err(bad_uri)?;
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            if req.uri().authority().is_none() {
+                let authority = match req.headers_mut().remove(header::HOST) {
+                    Some(host) => Authority::try_from(host.as_bytes()).map_err(bad_uri)?,
+                    None => Authority::from_static("localhost"),
+                };
+                let mut parts = Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(authority);
+                parts.path_and_query = req.uri().path_and_query().cloned();
+                *req.uri_mut() = Uri::from_parts(parts).map_err(bad_uri)?;
+            } else {
+                req.headers_mut().remove(header::HOST);
+            }
+            *req.version_mut() = Version::HTTP_2;
+        }
+    }
+    Ok(())
+}
+
+fn bad_uri(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ProxyError {
+    ProxyError::new(ErrorKind::InvalidRequest).because(e)
+}

@@ -1,0 +1,88 @@
+//! Opening upstream connections: TCP with a deadline, then the HTTP handshake.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::error::{ErrorKind, ProxyError};
+use crate::local_exec::LocalExec;
+
+async fn tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    // A failed or timed-out connect sent nothing, so another endpoint may be tried.
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Err(ProxyError::new(ErrorKind::ConnectRefused)
+                .retryable()
+                .at(address)
+                .because(e));
+        }
+        Err(_) => {
+            return Err(ProxyError::new(ErrorKind::ConnectTimeout)
+                .retryable()
+                .at(address));
+        }
+    };
+    // Small request heads must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+fn handshake_failed(address: SocketAddr, e: hyper::Error) -> ProxyError {
+    ProxyError::new(ErrorKind::ConnectRefused)
+        .retryable()
+        .at(address)
+        .because(e)
+}
+
+/// Opens an HTTP/1.1 connection; its driver runs as a task on this worker.
+/// `upgrades` keeps the socket usable after a `101 Switching Protocols`.
+pub(crate) async fn http1(
+    address: SocketAddr,
+    timeout: Duration,
+    upgrades: bool,
+) -> Result<http1::SendRequest<Incoming>, ProxyError> {
+    let stream = tcp(address, timeout).await?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| handshake_failed(address, e))?;
+    if upgrades {
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%address, error = %e, "upstream connection ended");
+            }
+        });
+    } else {
+        tokio::task::spawn_local(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%address, error = %e, "upstream connection ended");
+            }
+        });
+    }
+    Ok(sender)
+}
+
+/// Opens an HTTP/2 (prior knowledge) connection; it multiplexes every request to `address`.
+pub(crate) async fn http2(
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+    let stream = tcp(address, timeout).await?;
+    let (sender, conn) = http2::Builder::new(LocalExec)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| handshake_failed(address, e))?;
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%address, error = %e, "upstream h2 connection ended");
+        }
+    });
+    Ok(sender)
+}

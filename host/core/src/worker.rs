@@ -1,0 +1,171 @@
+//! One worker thread: a current-thread runtime that accepts on its own sockets and proxies
+//! every request it accepts, start to end.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustng_runtime_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::LocalSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::connection;
+use crate::listener::{ConnectionLimit, ListenerRt};
+use crate::upstream::ClusterRt;
+
+/// How often idle upstream connections past their timeout are closed.
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Time open connections get to finish after shutdown is asked for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error such as EMFILE, so a full fd table does not spin a core.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What a worker is handed by the server: everything `Send`, turned into `Rc` state inside.
+pub(crate) struct WorkerSetup {
+    pub(crate) index: usize,
+    pub(crate) config: Arc<Config>,
+    /// One bound socket per listener, in config order.
+    pub(crate) sockets: Vec<std::net::TcpListener>,
+    pub(crate) tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    pub(crate) limits: Vec<Arc<ConnectionLimit>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Runs a worker until shutdown has been asked for and its connections have drained.
+pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = LocalSet::new();
+    local.block_on(&runtime, serve(setup))
+}
+
+async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
+    let WorkerSetup {
+        index,
+        config,
+        sockets,
+        tls,
+        limits,
+        shutdown,
+    } = setup;
+
+    let clusters: HashMap<&str, Rc<ClusterRt>> = config
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), Rc::new(ClusterRt::new(c.clone()))))
+        .collect();
+    let open = Rc::new(Cell::new(0usize));
+
+    for ((socket, tls), (listener, limit)) in sockets
+        .into_iter()
+        .zip(tls)
+        .zip(config.listeners.iter().zip(limits))
+    {
+        let rt = Rc::new(ListenerRt {
+            name: Rc::from(listener.name.as_str()),
+            default_cluster: listener
+                .default_cluster
+                .as_deref()
+                .and_then(|name| clusters.get(name).cloned()),
+            tls: tls.map(TlsAcceptor::from),
+            http: connection::builder(&listener.http),
+            limit,
+            config: listener.clone(),
+        });
+        let socket = TcpListener::from_std(socket)?;
+        tokio::task::spawn_local(accept_loop(socket, rt, shutdown.clone(), Rc::clone(&open)));
+    }
+
+    let sweeper_clusters: Vec<Rc<ClusterRt>> = clusters.values().cloned().collect();
+    tokio::task::spawn_local(async move {
+        let mut tick = tokio::time::interval(POOL_SWEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            for cluster in &sweeper_clusters {
+                cluster.sweep();
+            }
+        }
+    });
+    tracing::debug!(worker = index, "worker started");
+
+    let mut shutdown = shutdown;
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while open.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::debug!(worker = index, remaining = open.get(), "worker stopped");
+    Ok(())
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    listener: Rc<ListenerRt>,
+    mut shutdown: watch::Receiver<bool>,
+    open: Rc<Cell<usize>>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::error!(listener = &*listener.name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let Some(slot) = listener.limit.acquire() else {
+            tracing::warn!(
+                listener = &*listener.name,
+                %peer,
+                max_connections = listener.config.max_connections,
+                "connection limit reached, closing new connection"
+            );
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let listener = Rc::clone(&listener);
+        let shutdown = shutdown.clone();
+        let open = Rc::clone(&open);
+        open.set(open.get() + 1);
+        tokio::task::spawn_local(async move {
+            match listener.tls.clone() {
+                None => {
+                    connection::serve(stream, Rc::clone(&listener), peer, false, shutdown).await
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(
+                        listener.config.http.request_headers_timeout,
+                        handshake,
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => {
+                            connection::serve(tls, Rc::clone(&listener), peer, true, shutdown)
+                                .await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            drop(slot);
+            open.set(open.get() - 1);
+        });
+    }
+    // Dropping the socket here stops this worker's accepting; the others keep theirs.
+}
