@@ -149,13 +149,13 @@ impl Validator {
 
     fn listener(&mut self, path: &str, l: RawListener, clusters: &[&str]) -> Option<Listener> {
         let address = self.socket_addr(&format!("{path}.address"), &l.address);
-        if let Some(name) = &l.default_cluster {
-            if !clusters.contains(&name.as_str()) {
-                self.error(
-                    format!("{path}.default_cluster"),
-                    format!("unknown cluster \"{name}\""),
-                );
-            }
+        if let Some(name) = &l.default_cluster
+            && !clusters.contains(&name.as_str())
+        {
+            self.error(
+                format!("{path}.default_cluster"),
+                format!("unknown cluster \"{name}\""),
+            );
         }
         let tls = l.tls.map(|tls| {
             let tls_path = format!("{path}.tls");

@@ -15,14 +15,14 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
-use crate::connection::ConnState;
+use crate::connection::ConnCtx;
 use crate::upstream::PoolReturn;
 
 /// Everything that must happen when a request ends, however it ends: with the body read to
 /// the end, with the client gone mid-body, or with the request future dropped before any
 /// response (the access log then says 499, nginx's "client closed request").
 pub(crate) struct Exchange {
-    conn: Rc<ConnState>,
+    conn: Rc<ConnCtx>,
     start: Instant,
     pub(crate) record: Option<AccessRecord>,
     pub(crate) pool: Option<PoolReturn>,
@@ -31,8 +31,8 @@ pub(crate) struct Exchange {
 }
 
 impl Exchange {
-    pub(crate) fn begin(conn: Rc<ConnState>, record: Option<AccessRecord>) -> Self {
-        let start = conn.request_started();
+    pub(crate) fn begin(conn: Rc<ConnCtx>, record: Option<AccessRecord>) -> Self {
+        let start = conn.state.request_started();
         Exchange {
             conn,
             start,
@@ -62,7 +62,7 @@ impl Drop for Exchange {
         if let Some(record) = &self.record {
             record.emit(self.start.elapsed(), self.bytes, self.completed);
         }
-        self.conn.request_finished();
+        self.conn.state.request_finished();
     }
 }
 

@@ -1,9 +1,11 @@
 //! Serving one downstream connection: protocol detection (HTTP/1.1 or HTTP/2 prior knowledge),
 //! the idle timeout hyper lacks, and graceful close on shutdown.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -12,41 +14,86 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::head_timeout::HeadTimeout;
 use crate::listener::ListenerRt;
 use crate::local_exec::LocalExec;
 use crate::proxy::ProxyService;
 
-/// Per-connection bookkeeping shared by the connection task and its in-flight requests.
+/// Per-connection bookkeeping shared by the connection task, its in-flight requests and the
+/// socket wrapper.
+///
+/// Atomics rather than `Cell`s only because hyper wants the socket (which holds this) to be
+/// `Send` for protocol upgrades; everything runs on one thread, so `Relaxed` loads and stores
+/// compile to plain moves.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    in_flight: Cell<u32>,
-    last_active: Cell<Instant>,
+    base: Instant,
+    in_flight: AtomicU32,
+    /// Microseconds since `base` of the last request start or end.
+    last_active_us: AtomicU64,
+    /// Microseconds since `base` (plus one, zero meaning none) when the first byte of a
+    /// request head not yet handed to the service arrived.
+    head_started_us: AtomicU64,
 }
 
 impl ConnState {
     fn new() -> Self {
         ConnState {
-            in_flight: Cell::new(0),
-            last_active: Cell::new(Instant::now()),
+            base: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            last_active_us: AtomicU64::new(0),
+            head_started_us: AtomicU64::new(0),
         }
+    }
+
+    fn since_base(&self, now: Instant) -> u64 {
+        u64::try_from(now.duration_since(self.base).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, us: u64) -> Instant {
+        self.base + Duration::from_micros(us)
     }
 
     /// Marks a request as started and returns its start time.
     pub(crate) fn request_started(&self) -> Instant {
         let now = Instant::now();
-        self.in_flight.set(self.in_flight.get() + 1);
-        self.last_active.set(now);
+        self.in_flight.fetch_add(1, Relaxed);
+        self.last_active_us.store(self.since_base(now), Relaxed);
+        self.head_started_us.store(0, Relaxed);
         now
     }
 
     pub(crate) fn request_finished(&self) {
-        self.in_flight.set(self.in_flight.get().saturating_sub(1));
-        self.last_active.set(Instant::now());
+        let _ = self
+            .in_flight
+            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+        self.last_active_us
+            .store(self.since_base(Instant::now()), Relaxed);
+    }
+
+    /// Bytes arrived: with no request in flight they belong to the next request head.
+    pub(crate) fn head_bytes_arrived(&self) {
+        if self.in_flight.load(Relaxed) == 0 && self.head_started_us.load(Relaxed) == 0 {
+            self.head_started_us
+                .store(self.since_base(Instant::now()) + 1, Relaxed);
+        }
+    }
+
+    /// When the pending request head began, if one is being read.
+    pub(crate) fn head_started(&self) -> Option<Instant> {
+        if self.in_flight.load(Relaxed) != 0 {
+            return None;
+        }
+        match self.head_started_us.load(Relaxed) {
+            0 => None,
+            us => Some(self.at(us - 1)),
+        }
     }
 
     /// When the connection may be closed for idleness, or `None` while requests are in flight.
     fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
-        (self.in_flight.get() == 0).then(|| self.last_active.get() + idle_timeout)
+        (self.in_flight.load(Relaxed) == 0)
+            .then(|| self.at(self.last_active_us.load(Relaxed)) + idle_timeout)
     }
 }
 
@@ -55,7 +102,7 @@ pub(crate) struct ConnCtx {
     pub(crate) listener: Rc<ListenerRt>,
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
-    pub(crate) state: Rc<ConnState>,
+    pub(crate) state: Arc<ConnState>,
 }
 
 /// Builds the per-listener connection builder once: limits from the listener config.
@@ -66,7 +113,8 @@ pub(crate) fn builder(http: &rustng_runtime_config::HttpOptions) -> auto::Builde
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
         .max_buf_size(http.max_request_headers_bytes)
-        .header_read_timeout(http.request_headers_timeout);
+        // Replaced by `HeadTimeout`, which answers 408 instead of closing silently.
+        .header_read_timeout(None);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -86,15 +134,20 @@ pub(crate) async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Rc::new(ConnState::new());
+    let state = Arc::new(ConnState::new());
     let idle_timeout = listener.config.http.idle_timeout;
     let ctx = Rc::new(ConnCtx {
         listener: Rc::clone(&listener),
         peer,
         tls,
-        state: Rc::clone(&state),
+        state: Arc::clone(&state),
     });
     let service = ProxyService::new(ctx);
+    let io = HeadTimeout::new(
+        io,
+        Arc::clone(&state),
+        listener.config.http.request_headers_timeout,
+    );
     let conn = listener
         .http
         .serve_connection_with_upgrades(TokioIo::new(io), service);

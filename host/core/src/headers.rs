@@ -94,9 +94,7 @@ pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool)
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     let written = match headers.get(&X_FORWARDED_FOR) {
         Some(prior) => {
-            let ok =
-                cursor.write_all(prior.as_bytes()).is_ok() && write!(cursor, ", {client}").is_ok();
-            ok
+            cursor.write_all(prior.as_bytes()).is_ok() && write!(cursor, ", {client}").is_ok()
         }
         None => write!(cursor, "{client}").is_ok(),
     };

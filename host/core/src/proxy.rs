@@ -65,7 +65,7 @@ async fn handle(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyB
         upstream: None,
         error: None,
     });
-    let mut exchange = Exchange::begin(Rc::clone(&ctx.state), record);
+    let mut exchange = Exchange::begin(Rc::clone(&ctx), record);
 
     let Some(cluster) = ctx.listener.default_cluster.clone() else {
         return local_error(
@@ -75,10 +75,10 @@ async fn handle(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyB
         );
     };
 
-    if let Some(protocol) = removed.upgrade {
-        if downstream_version == Version::HTTP_11 {
-            return tunnel::forward(&cluster, req, protocol, exchange).await;
-        }
+    if let Some(protocol) = removed.upgrade
+        && downstream_version == Version::HTTP_11
+    {
+        return tunnel::forward(&cluster, req, protocol, exchange).await;
     }
 
     match cluster.send(req).await {

@@ -28,10 +28,10 @@ impl ResolvesServerCert for SniResolver {
         if let Some(key) = self.exact.get(&name) {
             return Some(Arc::clone(key));
         }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(key) = self.wildcard.get(parent) {
-                return Some(Arc::clone(key));
-            }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(key) = self.wildcard.get(parent)
+        {
+            return Some(Arc::clone(key));
         }
         Some(Arc::clone(&self.default))
     }

@@ -151,9 +151,7 @@ impl ClusterRt {
                     // Never written: the pooled connection was already closing. Safe to resend.
                     Some(returned) if reused => req = returned,
                     returned => {
-                        let error = ProxyError::new(ErrorKind::UpstreamProtocol)
-                            .at(address)
-                            .because(e.into_error());
+                        let error = send_error(address, e.into_error());
                         let retryable = returned.is_some();
                         let error = if retryable { error.retryable() } else { error };
                         return Err((error, returned));
@@ -210,9 +208,7 @@ impl ClusterRt {
             }),
             Ok(Err(mut e)) => {
                 let returned = e.take_message();
-                let error = ProxyError::new(ErrorKind::UpstreamProtocol)
-                    .at(address)
-                    .because(e.into_error());
+                let error = send_error(address, e.into_error());
                 let error = if returned.is_some() {
                     error.retryable()
                 } else {
@@ -262,12 +258,11 @@ fn prepare_uri(req: &mut Request<Incoming>, protocol: UpstreamProtocol) -> Resul
     match protocol {
         UpstreamProtocol::Http1 => {
             if req.uri().authority().is_some() {
-                if !req.headers().contains_key(header::HOST) {
-                    if let Some(authority) = req.uri().authority() {
-                        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                            req.headers_mut().insert(header::HOST, host);
-                        }
-                    }
+                if !req.headers().contains_key(header::HOST)
+                    && let Some(authority) = req.uri().authority()
+                    && let Ok(host) = HeaderValue::from_str(authority.as_str())
+                {
+                    req.headers_mut().insert(header::HOST, host);
                 }
                 let path = req.uri().path_and_query().cloned();
                 let mut parts = Parts::default();
@@ -294,6 +289,17 @@ fn prepare_uri(req: &mut Request<Incoming>, protocol: UpstreamProtocol) -> Resul
         }
     }
     Ok(())
+}
+
+/// A failed exchange is the client's fault when hyper says the request body it was streaming
+/// broke (a malformed chunk, a client gone mid-upload); otherwise the upstream's.
+fn send_error(address: SocketAddr, e: hyper::Error) -> ProxyError {
+    let kind = if e.is_user() {
+        ErrorKind::InvalidRequest
+    } else {
+        ErrorKind::UpstreamProtocol
+    };
+    ProxyError::new(kind).at(address).because(e)
 }
 
 fn bad_uri(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ProxyError {

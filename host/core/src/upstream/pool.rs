@@ -90,9 +90,4 @@ impl EndpointPool {
             .retain(|e| !e.sender.is_closed() && e.since.elapsed() < timeout);
         self.http2();
     }
-
-    #[cfg(test)]
-    pub(crate) fn idle_len(&self) -> usize {
-        self.idle.borrow().len()
-    }
 }

@@ -1,0 +1,161 @@
+//! Starts the real `rustng` binary on 127.0.0.1 with a generated config, and stops it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free port on 127.0.0.1 (the kernel's choice; released before rustng binds it).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running rustng process; killed when dropped.
+pub(crate) struct Rustng {
+    child: Option<Child>,
+    pub(crate) addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Rustng {
+    /// Starts rustng with `config` (YAML with `{listen}` replaced by a free address) and waits
+    /// until it accepts connections.
+    pub(crate) fn start(config: &str) -> Rustng {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        Self::start_at(config, addr)
+    }
+
+    pub(crate) fn start_at(config: &str, addr: SocketAddr) -> Rustng {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config.replace("{listen}", &addr.to_string());
+        let config_path = dir.path().join("rustng.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("rustng.log")).expect("log file");
+        let child = Command::new(binary())
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn rustng");
+        let mut rustng = Rustng {
+            child: Some(child),
+            addr,
+            dir,
+        };
+        rustng.wait_ready();
+        rustng
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("rustng exited with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "rustng did not start listening on {}:\n{}",
+            self.addr,
+            self.log()
+        );
+    }
+
+    /// Everything rustng wrote to stdout and stderr so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rustng.log")).unwrap_or_default()
+    }
+
+    /// Log lines parsed as JSON (non-JSON lines are skipped).
+    pub(crate) fn log_json(&self) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Resident memory of the process in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("rustng did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Rustng {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub(crate) fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rustng"))
+}
+
+/// A minimal config: one listener at `{listen}` in front of `cluster` with the given endpoints.
+pub(crate) fn simple_config(
+    endpoints: &[SocketAddr],
+    extra_listener: &str,
+    extra_cluster: &str,
+) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|e| format!("      - address: {e}\n"))
+        .collect();
+    format!(
+        "workers: 1
+log: {{ level: info }}
+listeners:
+  - name: main
+    address: {{listen}}
+    default_cluster: backend
+{extra_listener}
+clusters:
+  - name: backend
+{extra_cluster}
+    endpoints:
+{endpoints}"
+    )
+}

@@ -1,0 +1,1006 @@
+#!/usr/bin/env python3
+"""RustNg benchmark: RustNg against origin-direct, nginx and haproxy in one run (`make bench`).
+
+Methodology
+-----------
+* One origin for the whole run: a private nginx instance (`worker_processes 1`, `access_log off`)
+  answering every request with `return 200 "hello world\\n"` on 127.0.0.1:19000 (HTTP/1.1).
+  It also listens for h2c on 127.0.0.1:19001, used only by the "origin direct" h2c baseline.
+* Targets, each started on its own, measured, then stopped before the next one starts:
+    - origin direct: the load generator talks to the origin itself (the ceiling of the rig);
+    - nginx:   reverse proxy, `worker_processes 1`, upstream `keepalive 64`, HTTP/1.1 upstream;
+    - haproxy: `mode http`, `nbthread 1`, `http-reuse always`, h2c via `bind ... proto h2`;
+    - RustNg:  `workers: 1`, `access_log: false`, HTTP/1.1 upstream (h1 and h2c on one port).
+  All proxies talk HTTP/1.1 keep-alive to the origin, and none writes an access log.
+* CPU placement (on a machine with >= 2 usable cores): the proxy under test runs alone on
+  core 0 (`taskset -c 0`); the load generator and the origin share core 1 (`taskset -c 1`).
+  The proxy's "CPU %" column shows how busy core 0 was: about 100 % means the proxy was the
+  bottleneck, much less means the load generator / origin core was.
+* Scenarios, each preceded by an unmeasured warm-up run of the same shape (default 2 s):
+    - HTTP/1.1 keep-alive: `wrk -t1 -c64 -d<duration>s --latency`;
+    - h2c (prior knowledge): `h2load -c32 -m10 -t1 -D <duration>`.
+* Metrics per target x scenario:
+    - rps as reported by the load generator; p50 / p99 latency in ms: for wrk from its
+      `--latency` distribution, for h2load computed here (nearest rank) from the per-request
+      latencies it writes with `--log-file`;
+    - CPU us/request: the growth of utime+stime (/proc/PID/stat, all threads, summed over the
+      process and all its descendants, e.g. nginx master + worker) of the proxy during the
+      measured run, divided by the requests the load generator completed. For "origin direct"
+      the column shows the origin's own CPU (marked with *);
+    - rps and p99 relative to nginx in the same scenario;
+    - non-2xx responses and errors (wrk: socket errors; h2load: errored + timed-out requests).
+* Memory (RustNg only), on a fresh RustNg instance with `max_connections: 20000`: VmRSS right
+  after start (idle), VmRSS after one request (baseline, pools warmed), then VmRSS with N idle
+  keep-alive connections open (default 10,000), each of which has completed one
+  `GET / HTTP/1.1` request. Reported: added RSS and added bytes per connection.
+
+Results are printed as markdown tables and written as JSON to
+bench/results/bench-<timestamp>.json and bench/results/latest.json.
+
+Only 127.0.0.1 is used. Every process this script starts runs in its own process group and is
+stopped on exit, including on errors and Ctrl-C. Exit status: 0 when every target ran, 1 when a
+target failed (the results that were measured are still written), 2 on a setup problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+BODY = b"hello world\n"
+
+# Fixed ports; all on 127.0.0.1. Each is checked to be free before use.
+ORIGIN_PORT = 19000
+ORIGIN_H2C_PORT = 19001
+NGINX_PORT, NGINX_H2C_PORT = 18081, 18082
+HAPROXY_PORT, HAPROXY_H2C_PORT = 18083, 18084
+RUSTNG_PORT = 18080
+RUSTNG_MEMORY_PORT = 18090
+
+WRK_CONNECTIONS = 64
+H2LOAD_CLIENTS = 32
+H2LOAD_STREAMS = 10
+NOFILE_WANTED = 65536
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+REQUIRED_TOOLS = {  # binary -> Debian package (scripts/setup.sh installs them)
+    "nginx": "nginx-light",
+    "haproxy": "haproxy",
+    "wrk": "wrk",
+    "h2load": "nghttp2-client",
+    "taskset": "util-linux",
+}
+
+
+class BenchError(Exception):
+    """A problem that stops one target (or the whole run, before any target started)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Settings and environment
+
+
+@dataclass
+class Settings:
+    rustng: Path
+    duration: int
+    warmup: int
+    idle_connections: int
+    targets: list[str]
+    out_dir: Path
+    keep_tmp: bool
+    proxy_cpu: int | None = None  # None: no pinning
+    load_cpu: int | None = None
+
+
+def parse_args(argv: list[str]) -> Settings:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rustng", default="target/release/rustng", help="RustNg binary")
+    p.add_argument("--duration", type=int, help="seconds per measured run (default 10)")
+    p.add_argument("--warmup", type=int, help="seconds of warm-up before each run (default 2)")
+    p.add_argument(
+        "--idle-connections", type=int, help="idle keep-alive connections for the RSS test (default 10000)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 s runs, 1 s warm-up, 2,000 idle connections"
+    )
+    p.add_argument(
+        "--targets",
+        default="origin,nginx,haproxy,rustng",
+        help="comma-separated subset of origin,nginx,haproxy,rustng (default: all)",
+    )
+    p.add_argument("--out-dir", default=str(REPO / "bench" / "results"), help="where JSON results go")
+    p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs of the run")
+    a = p.parse_args(argv)
+
+    def pick(value: int | None, quick: int, full: int) -> int:
+        return value if value is not None else (quick if a.quick else full)
+
+    targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        p.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    s = Settings(
+        rustng=Path(a.rustng),
+        duration=pick(a.duration, 3, 10),
+        warmup=pick(a.warmup, 1, 2),
+        idle_connections=pick(a.idle_connections, 2000, 10000),
+        targets=[t for t in TARGETS if t in targets],
+        out_dir=Path(a.out_dir),
+        keep_tmp=a.keep_tmp,
+    )
+    if s.duration < 1 or s.warmup < 0 or s.idle_connections < 1:
+        p.error("--duration and --idle-connections must be >= 1, --warmup >= 0")
+    return s
+
+
+def check_environment(s: Settings) -> None:
+    """Missing tools, a missing binary or busy ports are clear errors before anything starts."""
+    missing = [f"{tool} (package {pkg})" for tool, pkg in REQUIRED_TOOLS.items() if not find_tool(tool)]
+    if missing:
+        raise BenchError(
+            "missing tool(s): " + ", ".join(missing) + " — run scripts/setup.sh (or apt-get install them)"
+        )
+    if "rustng" in s.targets:
+        if not s.rustng.is_file() or not os.access(s.rustng, os.X_OK):
+            raise BenchError(
+                f"RustNg binary {s.rustng} not found; build it with `cargo build --release -p rustng`"
+            )
+        s.rustng = s.rustng.resolve()
+    for port in [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT,
+                 HAPROXY_H2C_PORT, RUSTNG_PORT, RUSTNG_MEMORY_PORT]:
+        if port_open(port):
+            raise BenchError(f"port {HOST}:{port} is already in use; stop whatever listens there")
+    cpus = sorted(os.sched_getaffinity(0))
+    if 0 in cpus and 1 in cpus:
+        s.proxy_cpu, s.load_cpu = 0, 1
+    elif len(cpus) >= 2:
+        s.proxy_cpu, s.load_cpu = cpus[0], cpus[1]
+    else:
+        warn("fewer than 2 usable cores: running without CPU pinning, numbers are not comparable")
+
+
+def raise_fd_limit() -> int:
+    """Raises RLIMIT_NOFILE (inherited by every child) as far as allowed; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for want in (NOFILE_WANTED, hard):
+        target_hard = max(hard, want) if hard != resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, target_hard))
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if os.access(p, os.X_OK)), None
+    )
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = (out.stdout + out.stderr).strip()
+    return text.splitlines()[0].strip() if text else "?"
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "") if rev else "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def warn(msg: str) -> None:
+    print(f"bench: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def info(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: start in their own process group, stop the whole group
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Supervisor:
+    """Owns every long-running process of the run; `stop_all` is called from a finally block."""
+
+    def __init__(self, workdir: Path, settings: Settings):
+        self.workdir = workdir
+        self.settings = settings
+        self.services: list[Service] = []
+
+    def pinned(self, argv: list[str], cpu: int | None) -> list[str]:
+        return ["taskset", "-c", str(cpu)] + argv if cpu is not None else argv
+
+    def start(self, name: str, argv: list[str], cpu: int | None) -> Service:
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                self.pinned(argv, cpu), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=self.workdir,
+            )
+        svc = Service(name, proc, log)
+        self.services.append(svc)
+        return svc
+
+    def stop(self, svc: Service, grace: float = 10.0) -> None:
+        if svc in self.services:
+            self.services.remove(svc)
+        kill_group(svc.proc, grace)
+
+    def stop_all(self) -> None:
+        for svc in reversed(list(self.services)):
+            self.stop(svc)
+
+
+def kill_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM to the process group, SIGKILL after `grace` seconds; the group id is the pid."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # workers that outlived their parent, or a parent that ignored SIGTERM
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        warn(f"pid {proc.pid} did not exit after SIGKILL")
+
+
+def run_bounded(argv: list[str], timeout: float) -> str:
+    """Runs a load generator in its own process group; returns stdout+stderr."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(argv)} ran longer than {timeout:.0f} s") from None
+    finally:
+        if proc.poll() is None:
+            kill_group(proc, 2)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited with {proc.returncode}:\n{out[-2000:]}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# /proc readings
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name; index 0 is field 3 (state)."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    return data[data.rindex(")") + 2:].split()
+
+
+def process_tree(root: int) -> list[int]:
+    """The root pid and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(_stat_fields(int(entry))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(root: int) -> float:
+    """utime+stime of the process tree (each process's stat already sums its threads)."""
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            f = _stat_fields(pid)
+            ticks += int(f[11]) + int(f[12])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return ticks / CLK_TCK
+
+
+def vm_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny HTTP/1.1 client for readiness checks and the idle-connection test
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """Reads one HTTP/1.1 response (Content-Length or chunked); returns status and body."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed before the response head")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    if "content-length" in headers:
+        need = int(headers["content-length"])
+        while len(rest) < need:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed inside the body")
+            rest += chunk
+        return status, rest[:need]
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        while not rest.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed inside the chunked body")
+            rest += chunk
+        return status, rest
+    return status, rest
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def http_get(port: int, timeout: float = 2.0) -> tuple[int, bytes]:
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(REQUEST)
+        return read_response(s)
+
+
+def wait_ready(svc: Service, port: int, http: bool = True, timeout: float = 15.0) -> None:
+    """Waits until `port` accepts (and, with http, answers GET / with 200)."""
+    deadline = time.monotonic() + timeout
+    last = "not listening"
+    while time.monotonic() < deadline:
+        if svc.proc.poll() is not None:
+            raise BenchError(f"{svc.name} exited with {svc.proc.returncode} during start:\n{svc.log_tail()}")
+        try:
+            if not http:
+                if port_open(port):
+                    return
+            else:
+                status, body = http_get(port)
+                if status == 200:
+                    if body != BODY:
+                        warn(f"{svc.name} answered 200 with an unexpected body {body[:60]!r}")
+                    return
+                last = f"status {status}"
+        except (OSError, ValueError, IndexError) as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise BenchError(f"{svc.name} not ready on port {port} after {timeout:.0f} s ({last}):\n{svc.log_tail()}")
+
+
+# --------------------------------------------------------------------------------------------
+# Targets: configs and start-up
+
+
+def nginx_common(prefix: Path, nofile: int) -> tuple[str, str]:
+    """Main-context directives and http temp paths shared by the origin and the proxy nginx."""
+    built = subprocess.run([find_tool("nginx"), "-V"], capture_output=True, text=True).stderr
+    temp = [f"client_body_temp_path {prefix}/client_body;", f"proxy_temp_path {prefix}/proxy;"]
+    for module in ("fastcgi", "uwsgi", "scgi"):
+        if f"--without-http_{module}_module" not in built:
+            temp.append(f"{module}_temp_path {prefix}/{module};")
+    user = "user root;" if os.geteuid() == 0 else ""
+    return f"""
+{user}
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections 16384; }}
+""", "\n    ".join(temp)
+
+
+def write_nginx_conf(prefix: Path, nofile: int, http_block: str) -> Path:
+    prefix.mkdir(parents=True, exist_ok=True)
+    main, temp = nginx_common(prefix, nofile)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""{main}
+http {{
+    access_log off;
+    default_type text/plain;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    {temp}
+{http_block}
+}}
+""")
+    return conf
+
+
+def start_nginx(sup: Supervisor, name: str, conf: Path, cpu: int | None) -> Service:
+    prefix = conf.parent
+    return sup.start(name, [find_tool("nginx"), "-p", str(prefix), "-c", str(conf),
+                            "-e", str(prefix / "error.log")], cpu)
+
+
+def start_origin(sup: Supervisor, nofile: int) -> Service:
+    conf = write_nginx_conf(sup.workdir / "origin", nofile, f"""
+    server {{
+        listen {HOST}:{ORIGIN_PORT} backlog=4096;
+        listen {HOST}:{ORIGIN_H2C_PORT} http2 backlog=4096;
+        location / {{ return 200 "hello world\\n"; }}
+    }}""")
+    svc = start_nginx(sup, "origin", conf, sup.settings.load_cpu)
+    wait_ready(svc, ORIGIN_PORT)
+    return svc
+
+
+def start_nginx_proxy(sup: Supervisor, nofile: int) -> Service:
+    conf = write_nginx_conf(sup.workdir / "nginx", nofile, f"""
+    upstream origin {{
+        server {HOST}:{ORIGIN_PORT};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {HOST}:{NGINX_PORT} backlog=4096;
+        listen {HOST}:{NGINX_H2C_PORT} http2 backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}""")
+    svc = start_nginx(sup, "nginx", conf, sup.settings.proxy_cpu)
+    wait_ready(svc, NGINX_PORT)
+    return svc
+
+
+def start_haproxy(sup: Supervisor, nofile: int) -> Service:
+    # Each proxied connection needs two fds (client + server), plus a margin.
+    maxconn = max(256, min(20000, (nofile - 256) // 2))
+    cfg = sup.workdir / "haproxy.cfg"
+    cfg.write_text(f"""global
+    nbthread 1
+    maxconn {maxconn}
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    http-reuse always
+
+frontend bench
+    bind {HOST}:{HAPROXY_PORT}
+    bind {HOST}:{HAPROXY_H2C_PORT} proto h2
+    maxconn {maxconn}
+    default_backend origin
+
+backend origin
+    server origin {HOST}:{ORIGIN_PORT}
+""")
+    svc = sup.start("haproxy", [find_tool("haproxy"), "-db", "-f", str(cfg)], sup.settings.proxy_cpu)
+    wait_ready(svc, HAPROXY_PORT)
+    return svc
+
+
+def write_rustng_config(path: Path, port: int, max_connections: int | None) -> Path:
+    limit = f"\n    max_connections: {max_connections}" if max_connections else ""
+    path.write_text(f"""workers: 1
+log: {{ level: warn }}
+listeners:
+  - name: main
+    address: {HOST}:{port}
+    default_cluster: backend
+    access_log: false{limit}
+clusters:
+  - name: backend
+    protocol: http1
+    endpoints:
+      - address: {HOST}:{ORIGIN_PORT}
+""")
+    return path
+
+
+def start_rustng(sup: Supervisor, name: str = "rustng", port: int = RUSTNG_PORT,
+                 max_connections: int | None = 20000, http_check: bool = True) -> Service:
+    conf = write_rustng_config(sup.workdir / f"{name}.yaml", port, max_connections)
+    svc = sup.start(name, [str(sup.settings.rustng), "run", "-c", str(conf)], sup.settings.proxy_cpu)
+    wait_ready(svc, port, http=http_check)
+    return svc
+
+
+@dataclass
+class Target:
+    label: str
+    h1_port: int
+    h2c_port: int
+    start: Callable[[Supervisor, int], Service] | None  # None: the origin itself
+
+
+TARGETS: dict[str, Target] = {
+    "origin": Target("origin direct", ORIGIN_PORT, ORIGIN_H2C_PORT, None),
+    "nginx": Target("nginx", NGINX_PORT, NGINX_H2C_PORT, start_nginx_proxy),
+    "haproxy": Target("haproxy", HAPROXY_PORT, HAPROXY_H2C_PORT, start_haproxy),
+    "rustng": Target("RustNg", RUSTNG_PORT, RUSTNG_PORT, lambda sup, nofile: start_rustng(sup)),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Scenarios: load generators and their output
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    non_2xx: int
+    errors: int
+    detail: dict = field(default_factory=dict)
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _duration_ms(value: str, unit: str) -> float:
+    return float(value) * _UNIT_MS[unit]
+
+
+def parse_wrk(out: str) -> LoadResult:
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not m or not rps:
+        raise BenchError(f"cannot parse wrk output:\n{out}")
+    pct = {p: _duration_ms(v, u) for p, v, u in
+           re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)}
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()))) if sock else {}
+    return LoadResult(
+        requests=int(m.group(1)), seconds=_duration_ms(m.group(2), m.group(3)) / 1000,
+        rps=float(rps.group(1)), p50_ms=pct.get("50"), p99_ms=pct.get("99"),
+        non_2xx=int(non2xx.group(1)) if non2xx else 0, errors=sum(socket_errors.values()),
+        detail={"socket_errors": socket_errors, "latency_percentiles_ms": pct},
+    )
+
+
+def run_wrk(port: int, seconds: int, cpu: int | None) -> LoadResult:
+    argv = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://{HOST}:{port}/"]
+    argv = ["taskset", "-c", str(cpu)] + argv if cpu is not None else argv
+    return parse_wrk(run_bounded(argv, timeout=seconds + 30))
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def parse_h2load(out: str, log_file: Path) -> LoadResult:
+    fin = re.search(r"finished in ([\d.]+)(us|ms|s|m), ([\d.]+) req/s", out)
+    req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                    r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not fin or not req or not codes:
+        raise BenchError(f"cannot parse h2load output:\n{out}")
+    total, started, done, succeeded, failed, errored, timeout = map(int, req.groups())
+    c2, c3, c4, c5 = map(int, codes.groups())
+    latencies = []
+    with open(log_file) as f:  # start time (us since epoch) \t status \t latency (us)
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3 and int(parts[1]) > 0:
+                latencies.append(int(parts[2]) / 1000)
+    latencies.sort()
+    return LoadResult(
+        requests=done, seconds=_duration_ms(fin.group(1), fin.group(2)) / 1000, rps=float(fin.group(3)),
+        p50_ms=percentile(latencies, 50), p99_ms=percentile(latencies, 99),
+        non_2xx=c3 + c4 + c5, errors=errored + timeout,
+        detail={"started": started, "done": done, "succeeded": succeeded, "failed": failed,
+                "errored": errored, "timeout": timeout, "status_2xx": c2,
+                "logged_latencies": len(latencies)},
+    )
+
+
+def run_h2load(port: int, seconds: int, cpu: int | None, log_file: Path) -> LoadResult:
+    argv = ["h2load", f"-c{H2LOAD_CLIENTS}", f"-m{H2LOAD_STREAMS}", "-t1", "-D", str(seconds),
+            f"--log-file={log_file}", f"http://{HOST}:{port}/"]
+    argv = ["taskset", "-c", str(cpu)] + argv if cpu is not None else argv
+    try:
+        return parse_h2load(run_bounded(argv, timeout=seconds + 30), log_file)
+    finally:
+        log_file.unlink(missing_ok=True)
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+
+    def run(self, port: int, seconds: int, s: Settings, workdir: Path) -> LoadResult:
+        if self.key == "http1":
+            return run_wrk(port, seconds, s.load_cpu)
+        return run_h2load(port, seconds, s.load_cpu, workdir / "h2load.log")
+
+
+SCENARIOS = [
+    Scenario("http1", f"HTTP/1.1 keep-alive — wrk -t1 -c{WRK_CONNECTIONS}"),
+    Scenario("h2c", f"h2c (prior knowledge) — h2load -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS} -t1"),
+]
+
+
+def measure(target_key: str, scenario: Scenario, port: int, proxy: Service, origin: Service,
+            s: Settings, workdir: Path) -> dict:
+    """Warm-up, then one measured run with CPU accounting of the proxy (and the origin)."""
+    if s.warmup:
+        warm = scenario.run(port, s.warmup, s, workdir)
+        if warm.requests == 0 or warm.non_2xx + warm.errors >= warm.requests:
+            raise BenchError(f"warm-up had no successful request ({warm.non_2xx} non-2xx, {warm.errors} errors)")
+    cpu0, origin0, t0 = cpu_seconds(proxy.pid), cpu_seconds(origin.pid), time.monotonic()
+    res = scenario.run(port, s.duration, s, workdir)
+    wall = time.monotonic() - t0
+    cpu = cpu_seconds(proxy.pid) - cpu0
+    origin_cpu = cpu_seconds(origin.pid) - origin0
+    if proxy.proc.poll() is not None:
+        raise BenchError(f"{proxy.name} exited with {proxy.proc.returncode} during the run:\n{proxy.log_tail()}")
+    per_req = (lambda secs: secs * 1e6 / res.requests if res.requests else None)
+    return {
+        "target": target_key,
+        "label": TARGETS[target_key].label,
+        "scenario": scenario.key,
+        "requests": res.requests,
+        "seconds": round(res.seconds, 3),
+        "rps": res.rps,
+        "p50_ms": res.p50_ms,
+        "p99_ms": res.p99_ms,
+        "cpu_us_per_req": per_req(cpu),
+        "cpu_percent": 100 * cpu / wall if wall else None,
+        "cpu_is_origin": target_key == "origin",
+        "origin_cpu_us_per_req": per_req(origin_cpu),
+        "non_2xx": res.non_2xx,
+        "errors": res.errors,
+        "detail": res.detail,
+    }
+
+
+def bench_target(key: str, sup: Supervisor, origin: Service, nofile: int, results: list[dict],
+                 failures: list[str]) -> None:
+    target = TARGETS[key]
+    proxy = origin
+    try:
+        if target.start is not None:
+            info(f"starting {target.label}")
+            proxy = target.start(sup, nofile)
+        for sc in SCENARIOS:
+            port = target.h1_port if sc.key == "http1" else target.h2c_port
+            info(f"{target.label}: {sc.key}, {sup.settings.warmup} s warm-up + {sup.settings.duration} s")
+            try:
+                row = measure(key, sc, port, proxy, origin, sup.settings, sup.workdir)
+            except BenchError as e:
+                failures.append(f"{target.label} / {sc.key}: {e}")
+                results.append({"target": key, "label": target.label, "scenario": sc.key, "error": str(e)})
+                warn(f"{target.label} / {sc.key} failed: {e}")
+                continue
+            results.append(row)
+            if row["non_2xx"] or row["errors"]:
+                warn(f"{target.label} / {sc.key}: {row['non_2xx']} non-2xx, {row['errors']} errors")
+        if proxy is not origin:
+            log = proxy.log_tail(10).strip()
+            if log:
+                warn(f"{target.label} logged (last lines):\n{log}")
+    except BenchError as e:
+        failures.append(f"{target.label}: {e}")
+        warn(f"{target.label} failed: {e}")
+        for sc in SCENARIOS:
+            if not any(r["target"] == key and r["scenario"] == sc.key for r in results):
+                results.append({"target": key, "label": target.label, "scenario": sc.key, "error": str(e)})
+    finally:
+        if proxy is not origin:
+            sup.stop(proxy)
+
+
+# --------------------------------------------------------------------------------------------
+# RustNg memory: idle RSS and RSS per idle keep-alive connection
+
+
+def open_idle_connections(port: int, n: int, conns: list[socket.socket]) -> int:
+    """Opens up to n keep-alive connections, each after one complete GET; returns failures."""
+    failures = 0
+    for _ in range(n):
+        s = None
+        try:
+            s = socket.create_connection((HOST, port), timeout=5)
+            s.sendall(REQUEST)
+            status, _ = read_response(s)
+            if status != 200:
+                raise ConnectionError(f"status {status}")
+            conns.append(s)
+        except (OSError, ValueError, IndexError):
+            failures += 1
+            if s is not None:
+                s.close()
+            if failures > max(10, n // 100):
+                break
+    return failures
+
+
+def still_alive(conns: list[socket.socket]) -> int:
+    """How many of the connections still answer a second request (they were kept alive)."""
+    alive = 0
+    for s in conns:
+        try:
+            s.sendall(REQUEST)
+            if read_response(s)[0] == 200:
+                alive += 1
+        except (OSError, ValueError, IndexError):
+            pass
+    return alive
+
+
+def bench_rustng_memory(sup: Supervisor, n: int, nofile: int) -> dict:
+    if n + 64 > nofile:
+        warn(f"fd limit {nofile} is below {n} connections; using {nofile - 256}")
+        n = max(1, nofile - 256)
+    info(f"RustNg memory: idle RSS and {n:,} idle keep-alive connections")
+    svc = start_rustng(sup, "rustng-memory", RUSTNG_MEMORY_PORT, max(20000, n + 100), http_check=False)
+    conns: list[socket.socket] = []
+    try:
+        time.sleep(0.5)
+        idle = vm_rss_bytes(svc.pid)
+        status, _ = http_get(RUSTNG_MEMORY_PORT, timeout=5)
+        if status != 200:
+            raise BenchError(f"RustNg answered {status} to the first request")
+        time.sleep(0.2)
+        baseline = vm_rss_bytes(svc.pid)
+        t0 = time.monotonic()
+        failed = open_idle_connections(RUSTNG_MEMORY_PORT, n, conns)
+        open_s = time.monotonic() - t0
+        time.sleep(1.0)
+        with_conns = vm_rss_bytes(svc.pid)
+        if svc.proc.poll() is not None:
+            raise BenchError(f"RustNg exited during the connection test:\n{svc.log_tail()}")
+        alive = still_alive(conns)
+        added = with_conns - baseline
+        result = {
+            "idle_rss_bytes": idle,
+            "baseline_rss_bytes": baseline,
+            "connections_requested": n,
+            "connections_open": len(conns),
+            "connections_failed": failed,
+            "connections_alive_after": alive,
+            "open_seconds": round(open_s, 2),
+            "rss_with_connections_bytes": with_conns,
+            "added_rss_bytes": added,
+            "bytes_per_connection": added / len(conns) if conns else None,
+        }
+    finally:
+        for s in conns:
+            s.close()
+        conns.clear()
+    time.sleep(1.0)
+    if svc.proc.poll() is None:
+        result["rss_after_close_bytes"] = vm_rss_bytes(svc.pid)
+    sup.stop(svc)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def add_ratios(results: list[dict]) -> None:
+    nginx = {r["scenario"]: r for r in results if r["target"] == "nginx" and "error" not in r}
+    for r in results:
+        ref = nginx.get(r["scenario"])
+        ok = ref and "error" not in r
+        r["rps_vs_nginx"] = r["rps"] / ref["rps"] if ok and ref["rps"] else None
+        r["p99_vs_nginx"] = (r["p99_ms"] / ref["p99_ms"]
+                             if ok and r.get("p99_ms") is not None and ref.get("p99_ms") else None)
+
+
+def fmt(value, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown(results: list[dict], memory: dict | None, meta: dict) -> str:
+    s = meta["settings"]
+    out = [f"## RustNg benchmark — {meta['timestamp']}", "",
+           f"{s['duration_s']} s runs after {s['warmup_s']} s warm-up; proxies pinned to core "
+           f"{s['proxy_cpu']}, load generator + origin on core {s['load_cpu']}; one worker each; "
+           f"origin: nginx `return 200`, HTTP/1.1 keep-alive upstream.", ""]
+    for sc in SCENARIOS:
+        rows = [r for r in results if r["scenario"] == sc.key]
+        if not rows:
+            continue
+        out += [f"### {sc.title}, {s['duration_s']} s", "",
+                "| target | rps | rps vs nginx | p50 ms | p99 ms | p99 vs nginx | CPU µs/req | CPU % "
+                "| non-2xx | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if "error" in r:
+                out.append(f"| {r['label']} | FAILED: {r['error'].splitlines()[0][:80]} "
+                           "| | | | | | | | |")
+                continue
+            star = "*" if r["cpu_is_origin"] else ""
+            out.append(
+                f"| {r['label']} | {r['rps']:,.0f} | {fmt(r['rps_vs_nginx'], '.2f')} "
+                f"| {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | {fmt(r['p99_vs_nginx'], '.2f')} "
+                f"| {fmt(r['cpu_us_per_req'], '.1f', star)} | {fmt(r['cpu_percent'], '.0f', star)} "
+                f"| {r['non_2xx']} | {r['errors']} |")
+        out.append("")
+    out.append("\\* origin direct: CPU of the origin itself (no proxy in the path).")
+    out.append("")
+    if memory:
+        mib = 1024 * 1024
+        out += ["### RustNg memory (VmRSS)", "",
+                "| idle after start | after 1st request | with idle keep-alive conns | added | per connection |",
+                "|---:|---:|---:|---:|---:|",
+                f"| {memory['idle_rss_bytes'] / mib:.1f} MiB | {memory['baseline_rss_bytes'] / mib:.1f} MiB "
+                f"| {memory['rss_with_connections_bytes'] / mib:.1f} MiB ({memory['connections_open']:,} conns) "
+                f"| {memory['added_rss_bytes'] / mib:.1f} MiB "
+                f"| {fmt(memory['bytes_per_connection'], ',.0f', ' B')} |", ""]
+        if memory["connections_failed"] or memory["connections_alive_after"] != memory["connections_open"]:
+            out += [f"Connections: {memory['connections_failed']} failed to open, "
+                    f"{memory['connections_alive_after']:,} of {memory['connections_open']:,} still "
+                    "answered a second request.", ""]
+    return "\n".join(out)
+
+
+def write_json(report: dict, out_dir: Path, stamp: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"bench-{stamp}.json"
+    text = json.dumps(report, indent=2) + "\n"
+    path.write_text(text)
+    (out_dir / "latest.json").write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    s = parse_args(argv)
+    try:
+        check_environment(s)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    nofile = raise_fd_limit()
+    if nofile < s.idle_connections + 256:
+        warn(f"RLIMIT_NOFILE is {nofile}; the idle-connection test will be capped")
+
+    # A SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C so the finally blocks stop everything.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    now = dt.datetime.now()
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    workdir = Path(tempfile.mkdtemp(prefix="rustng-bench-"))
+    sup = Supervisor(workdir, s)
+    results: list[dict] = []
+    failures: list[str] = []
+    memory = None
+    try:
+        info(f"work dir {workdir}; starting origin")
+        origin = start_origin(sup, nofile)
+        for key in s.targets:
+            bench_target(key, sup, origin, nofile, results, failures)
+        if "rustng" in s.targets:
+            try:
+                memory = bench_rustng_memory(sup, s.idle_connections, nofile)
+            except (BenchError, OSError) as e:
+                failures.append(f"RustNg memory: {e}")
+                warn(f"RustNg memory test failed: {e}")
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        sup.stop_all()
+        if s.keep_tmp:
+            info(f"configs and logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    add_ratios(results)
+    meta = {
+        "timestamp": now.isoformat(timespec="seconds"),
+        "git": git_revision(),
+        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": {
+            "rustng": tool_version([str(s.rustng), "--version"]) if "rustng" in s.targets else None,
+            "nginx": tool_version([find_tool("nginx"), "-v"]),
+            "haproxy": tool_version([find_tool("haproxy"), "-v"]),
+            "wrk": tool_version(["wrk", "--version"]),
+            "h2load": tool_version(["h2load", "--version"]),
+        },
+        "settings": {
+            "duration_s": s.duration, "warmup_s": s.warmup, "proxy_cpu": s.proxy_cpu, "load_cpu": s.load_cpu,
+            "wrk": {"threads": 1, "connections": WRK_CONNECTIONS},
+            "h2load": {"threads": 1, "clients": H2LOAD_CLIENTS, "max_concurrent_streams": H2LOAD_STREAMS},
+            "idle_connections": s.idle_connections, "rlimit_nofile": nofile,
+        },
+    }
+    report = {**meta, "results": results, "rustng_memory": memory, "failures": failures}
+    print(markdown(results, memory, meta))
+    path = write_json(report, s.out_dir, stamp)
+    info(f"results written to {path} and {path.parent / 'latest.json'}")
+    if failures:
+        print("bench: failures:\n  " + "\n  ".join(f.splitlines()[0] for f in failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

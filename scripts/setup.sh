@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing RustNg needs on a fresh Debian 12 machine.
+# Idempotent: every step checks first, so `make run` / `make test` can call it every time.
+set -euo pipefail
+
+need_apt=()
+for pkg_bin in "nginx-light:nginx" "haproxy:haproxy" "wrk:wrk" "nghttp2-client:h2load" "curl:curl" "protobuf-compiler:protoc"; do
+  pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
+  command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # The Debian packages start their services; tests and benchmarks run their own instances.
+  for svc in nginx haproxy; do
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+  rustup target list --installed | grep -q '^wasm32-wasip1$' || rustup target add wasm32-wasip1
+fi
