@@ -6,6 +6,7 @@ mod harness;
 mod origin;
 
 mod cli;
+mod grpc;
 mod limits;
 mod proxying;
 mod tls;
