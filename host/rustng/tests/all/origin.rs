@@ -164,7 +164,11 @@ async fn handle(
                 Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"body"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            // HTTP/1.1 sends only trailers announced in `trailer` (hyper enforces it).
+            r.headers_mut()
+                .insert("trailer", HeaderValue::from_static("x-trailer"));
+            r
         } else if path == "/ws" {
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {

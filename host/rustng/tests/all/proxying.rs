@@ -229,6 +229,24 @@ async fn trailers_pass_through_http2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_through_http1_chunked() {
+    let origin = Origin::start("a").await;
+    let proxy = Rustng::start(&simple_config(&[origin.addr], "", ""));
+    let reply = client::raw(
+        proxy.addr,
+        b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.contains("transfer-encoding: chunked\r\n"), "{reply}");
+    assert!(
+        reply.ends_with("4\r\nbody\r\n0\r\nx-trailer: yes\r\n\r\n"),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_is_tunnelled() {
     let origin = Origin::start("a").await;
     let proxy = Rustng::start(&simple_config(&[origin.addr], "", ""));
