@@ -79,6 +79,7 @@ WRK_CONNECTIONS = 64
 H2LOAD_CLIENTS = 32
 H2LOAD_STREAMS = 10
 NOFILE_WANTED = 65536
+NOISE_WARN_PERCENT = 10  # warn when other processes used more than this share of a core
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 REQUIRED_TOOLS = {  # binary -> Debian package (scripts/setup.sh installs them)
@@ -254,14 +255,11 @@ class Supervisor:
         self.settings = settings
         self.services: list[Service] = []
 
-    def pinned(self, argv: list[str], cpu: int | None) -> list[str]:
-        return ["taskset", "-c", str(cpu)] + argv if cpu is not None else argv
-
     def start(self, name: str, argv: list[str], cpu: int | None) -> Service:
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                self.pinned(argv, cpu), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                pinned(argv, cpu), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, cwd=self.workdir,
             )
         svc = Service(name, proc, log)
@@ -276,6 +274,11 @@ class Supervisor:
     def stop_all(self) -> None:
         for svc in reversed(list(self.services)):
             self.stop(svc)
+
+
+def pinned(argv: list[str], cpu: int | None) -> list[str]:
+    """`argv` run on one core (taskset execs, so the pid stays the program's own)."""
+    return ["taskset", "-c", str(cpu)] + argv if cpu is not None else argv
 
 
 def kill_group(proc: subprocess.Popen, grace: float) -> None:
@@ -353,6 +356,20 @@ def cpu_seconds(root: int) -> float:
         except (OSError, ValueError, IndexError):
             continue  # exited meanwhile
     return ticks / CLK_TCK
+
+
+def host_busy_seconds() -> float:
+    """CPU time all processes on the host spent in user+nice+system mode (/proc/stat, all cores)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # "cpu user nice system idle iowait irq softirq steal ..."
+    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK
+
+
+def own_and_children_seconds() -> float:
+    """CPU of this script plus its reaped children (the load generators once they have exited)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def vm_rss_bytes(pid: int) -> int:
@@ -630,8 +647,7 @@ def parse_wrk(out: str) -> LoadResult:
 
 def run_wrk(port: int, seconds: int, cpu: int | None) -> LoadResult:
     argv = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://{HOST}:{port}/"]
-    argv = ["taskset", "-c", str(cpu)] + argv if cpu is not None else argv
-    return parse_wrk(run_bounded(argv, timeout=seconds + 30))
+    return parse_wrk(run_bounded(pinned(argv, cpu), timeout=seconds + 30))
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -671,9 +687,8 @@ def parse_h2load(out: str, log_file: Path) -> LoadResult:
 def run_h2load(port: int, seconds: int, cpu: int | None, log_file: Path) -> LoadResult:
     argv = ["h2load", f"-c{H2LOAD_CLIENTS}", f"-m{H2LOAD_STREAMS}", "-t1", "-D", str(seconds),
             f"--log-file={log_file}", f"http://{HOST}:{port}/"]
-    argv = ["taskset", "-c", str(cpu)] + argv if cpu is not None else argv
     try:
-        return parse_h2load(run_bounded(argv, timeout=seconds + 30), log_file)
+        return parse_h2load(run_bounded(pinned(argv, cpu), timeout=seconds + 30), log_file)
     finally:
         log_file.unlink(missing_ok=True)
 
@@ -702,11 +717,16 @@ def measure(target_key: str, scenario: Scenario, port: int, proxy: Service, orig
         warm = scenario.run(port, s.warmup, s, workdir)
         if warm.requests == 0 or warm.non_2xx + warm.errors >= warm.requests:
             raise BenchError(f"warm-up had no successful request ({warm.non_2xx} non-2xx, {warm.errors} errors)")
+    host0, ours0 = host_busy_seconds(), own_and_children_seconds()
     cpu0, origin0, t0 = cpu_seconds(proxy.pid), cpu_seconds(origin.pid), time.monotonic()
     res = scenario.run(port, s.duration, s, workdir)
     wall = time.monotonic() - t0
     cpu = cpu_seconds(proxy.pid) - cpu0
     origin_cpu = cpu_seconds(origin.pid) - origin0
+    # Whatever else ran on the host meanwhile (builds, other jobs): busy time not accounted to
+    # the proxy, the origin, the load generator or this script. Large values mean noisy numbers.
+    accounted = cpu + (origin_cpu if proxy is not origin else 0) + own_and_children_seconds() - ours0
+    background = max(0.0, host_busy_seconds() - host0 - accounted)
     if proxy.proc.poll() is not None:
         raise BenchError(f"{proxy.name} exited with {proxy.proc.returncode} during the run:\n{proxy.log_tail()}")
     per_req = (lambda secs: secs * 1e6 / res.requests if res.requests else None)
@@ -723,6 +743,7 @@ def measure(target_key: str, scenario: Scenario, port: int, proxy: Service, orig
         "cpu_percent": 100 * cpu / wall if wall else None,
         "cpu_is_origin": target_key == "origin",
         "origin_cpu_us_per_req": per_req(origin_cpu),
+        "background_cpu_percent": 100 * background / wall if wall else None,
         "non_2xx": res.non_2xx,
         "errors": res.errors,
         "detail": res.detail,
@@ -748,6 +769,9 @@ def bench_target(key: str, sup: Supervisor, origin: Service, nofile: int, result
                 warn(f"{target.label} / {sc.key} failed: {e}")
                 continue
             results.append(row)
+            if (row["background_cpu_percent"] or 0) > NOISE_WARN_PERCENT:
+                warn(f"{target.label} / {sc.key}: other processes used {row['background_cpu_percent']:.0f}% "
+                     "of a core during the run; numbers are noisy")
             if row["non_2xx"] or row["errors"]:
                 warn(f"{target.label} / {sc.key}: {row['non_2xx']} non-2xx, {row['errors']} errors")
         if proxy is not origin:
@@ -880,21 +904,23 @@ def markdown(results: list[dict], memory: dict | None, meta: dict) -> str:
             continue
         out += [f"### {sc.title}, {s['duration_s']} s", "",
                 "| target | rps | rps vs nginx | p50 ms | p99 ms | p99 vs nginx | CPU µs/req | CPU % "
-                "| non-2xx | errors |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| non-2xx | errors | bg CPU % |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if "error" in r:
                 out.append(f"| {r['label']} | FAILED: {r['error'].splitlines()[0][:80]} "
-                           "| | | | | | | | |")
+                           "| | | | | | | | | |")
                 continue
             star = "*" if r["cpu_is_origin"] else ""
             out.append(
                 f"| {r['label']} | {r['rps']:,.0f} | {fmt(r['rps_vs_nginx'], '.2f')} "
                 f"| {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | {fmt(r['p99_vs_nginx'], '.2f')} "
                 f"| {fmt(r['cpu_us_per_req'], '.1f', star)} | {fmt(r['cpu_percent'], '.0f', star)} "
-                f"| {r['non_2xx']} | {r['errors']} |")
+                f"| {r['non_2xx']} | {r['errors']} | {fmt(r['background_cpu_percent'], '.0f')} |")
         out.append("")
-    out.append("\\* origin direct: CPU of the origin itself (no proxy in the path).")
+    out.append("\\* origin direct: CPU of the origin itself (no proxy in the path). CPU %: share of one "
+               "core the proxy used. bg CPU %: CPU used by unrelated processes on the host during the "
+               f"run (over {NOISE_WARN_PERCENT}% means the numbers are noisy).")
     out.append("")
     if memory:
         mib = 1024 * 1024

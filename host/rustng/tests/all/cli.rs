@@ -1,26 +1,9 @@
-use std::process::Command;
-
-use crate::harness::binary;
-
-fn validate(yaml: &str) -> (bool, String, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, yaml).expect("write");
-    let out = Command::new(binary())
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run validate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::harness::{cli, cli_with_config};
 
 #[test]
 fn the_minimal_config_from_the_issue_validates() {
-    let (ok, stdout, stderr) = validate(
+    let run = cli_with_config(
+        "validate",
         "workers: 1
 listeners:
   - name: main
@@ -32,16 +15,14 @@ clusters:
       - address: 127.0.0.1:9000
 ",
     );
-    assert!(ok, "{stderr}");
-    assert!(stdout.ends_with(": ok\n"), "{stdout}");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.ends_with(": ok\n"), "{}", run.stdout);
 }
 
 #[test]
 fn validate_prints_every_error_with_its_path_and_exits_1() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("c.yaml");
-    std::fs::write(
-        &path,
+    let run = cli_with_config(
+        "validate",
         "listeners:
   - name: main
     address: 127.0.0.1:8080
@@ -52,17 +33,10 @@ clusters:
       - address: 127.0.0.1:9000
       - address: x
 ",
-    )
-    .expect("write");
-    let out = Command::new(binary())
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
+    assert_eq!(run.code, Some(1));
     assert_eq!(
-        stderr.lines().collect::<Vec<_>>(),
+        run.stderr.lines().collect::<Vec<_>>(),
         vec![
             "listeners[0].default_cluster: unknown cluster \"nope\"",
             "clusters[0].endpoints[1].address: invalid socket address \"x\"",
@@ -72,42 +46,35 @@ clusters:
 
 #[test]
 fn unknown_fields_and_unreadable_files_are_errors() {
-    let (ok, _, stderr) = validate("listeners: []\nbogus: 1\n");
-    assert!(!ok);
-    assert!(stderr.starts_with("unknown field `bogus`"), "{stderr}");
+    let run = cli_with_config("validate", "listeners: []\nbogus: 1\n");
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.starts_with("unknown field `bogus`"),
+        "{}",
+        run.stderr
+    );
 
-    let out = Command::new(binary())
-        .args(["validate", "-c", "/nonexistent/rustng.yaml"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/rustng.yaml"));
+    let run = cli(&["validate", "-c", "/nonexistent/rustng.yaml"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("cannot read /nonexistent/rustng.yaml"));
 }
 
 #[test]
 fn version_and_run_with_a_bad_config() {
-    let out = Command::new(binary())
-        .arg("--version")
-        .output()
-        .expect("run");
-    assert!(out.status.success());
+    let run = cli(&["--version"]);
+    assert_eq!(run.code, Some(0));
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        run.stdout.trim(),
         format!("rustng {}", env!("CARGO_PKG_VERSION"))
     );
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("c.yaml");
-    std::fs::write(&path, "listeners: [{name: a, address: nope}]\n").expect("write");
-    let out = Command::new(binary())
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
+    let run = cli_with_config("run", "listeners: [{name: a, address: nope}]\n");
+    assert_eq!(run.code, Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("listeners[0].address: invalid socket address \"nope\"")
+        run.stderr
+            .contains("listeners[0].address: invalid socket address \"nope\""),
+        "{}",
+        run.stderr
     );
 }
 
@@ -115,22 +82,15 @@ fn version_and_run_with_a_bad_config() {
 fn run_reports_an_address_in_use() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("c.yaml");
-    std::fs::write(
-        &path,
-        format!("listeners: [{{name: a, address: \"{addr}\"}}]\n"),
-    )
-    .expect("write");
-    let out = Command::new(binary())
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let run = cli_with_config(
+        "run",
+        &format!("listeners: [{{name: a, address: \"{addr}\"}}]\n"),
+    );
+    assert_eq!(run.code, Some(1));
     assert!(
-        stderr.contains(&format!("listener a: cannot listen on {addr}")),
-        "{stderr}"
+        run.stderr
+            .contains(&format!("listener a: cannot listen on {addr}")),
+        "{}",
+        run.stderr
     );
 }

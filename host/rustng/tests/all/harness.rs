@@ -159,3 +159,33 @@ clusters:
 {endpoints}"
     )
 }
+
+/// What a one-shot `rustng` command printed and how it ended.
+pub(crate) struct CliRun {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs `rustng SUBCOMMAND -c FILE` with `yaml` written to a temporary file; `run` must fail
+/// before it starts serving, or this waits forever (the tests only use it that way).
+pub(crate) fn cli_with_config(subcommand: &str, yaml: &str) -> CliRun {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    cli(&[subcommand, "-c", path.to_str().expect("utf-8 path")])
+}
+
+/// Runs `rustng ARGS…` to completion.
+pub(crate) fn cli(args: &[&str]) -> CliRun {
+    let out = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rustng");
+    CliRun {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

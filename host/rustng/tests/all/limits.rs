@@ -8,6 +8,20 @@ use crate::client::{self, get, raw};
 use crate::harness::{Rustng, simple_config};
 use crate::origin::Origin;
 
+/// A keep-alive connection that has had one `200` (small response, read in one go).
+async fn keep_alive_after_one_request(proxy: &Rustng) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    s
+}
+
 async fn still_serving(proxy: &Rustng) {
     assert_eq!(get(&client::http1(), &proxy.url("/")).await.status, 200);
 }
@@ -122,16 +136,7 @@ async fn connections_over_max_connections_are_closed() {
     let proxy = Rustng::start(&simple_config(&[origin.addr], "    max_connections: 2", ""));
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = tokio::net::TcpStream::connect(proxy.addr)
-            .await
-            .expect("connect");
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("write");
-        let mut buf = [0u8; 512];
-        let n = s.read(&mut buf).await.expect("read");
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-        held.push(s);
+        held.push(keep_alive_after_one_request(&proxy).await);
     }
     let reply = raw(
         proxy.addr,
@@ -170,15 +175,8 @@ async fn idle_keep_alive_connections_are_closed() {
         "    http: { idle_timeout: 300ms }",
         "",
     ));
-    let mut s = tokio::net::TcpStream::connect(proxy.addr)
-        .await
-        .expect("connect");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
+    let mut s = keep_alive_after_one_request(&proxy).await;
     let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).await.expect("read");
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let started = Instant::now();
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
         .await

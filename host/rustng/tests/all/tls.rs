@@ -165,16 +165,11 @@ fn a_bad_certificate_file_fails_the_start_with_the_listener_name() {
 ",
         dir.path().display()
     );
-    std::fs::write(dir.path().join("c.yaml"), config).expect("write");
-    let out = std::process::Command::new(crate::harness::binary())
-        .args(["run", "-c"])
-        .arg(dir.path().join("c.yaml"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let run = crate::harness::cli_with_config("run", &config);
+    assert_eq!(run.code, Some(1));
     assert!(
-        stderr.contains("listener secure:") && stderr.contains("no certificate found"),
-        "{stderr}"
+        run.stderr.contains("listener secure:") && run.stderr.contains("no certificate found"),
+        "{}",
+        run.stderr
     );
 }
