@@ -359,10 +359,14 @@ def cpu_seconds(root: int) -> float:
 
 
 def host_busy_seconds() -> float:
-    """CPU time all processes on the host spent in user+nice+system mode (/proc/stat, all cores)."""
+    """Busy CPU time of the whole host (/proc/stat, all cores): user+nice+system+irq+softirq.
+
+    irq and softirq are included because, on kernels without IRQ time accounting, the (loopback)
+    network work done in softirq context also shows up in the interrupted process's stime,
+    which is what gets subtracted from this."""
     with open("/proc/stat") as f:
         fields = f.readline().split()  # "cpu user nice system idle iowait irq softirq steal ..."
-    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / CLK_TCK
 
 
 def own_and_children_seconds() -> float:
@@ -697,16 +701,15 @@ def run_h2load(port: int, seconds: int, cpu: int | None, log_file: Path) -> Load
 class Scenario:
     key: str
     title: str
-
-    def run(self, port: int, seconds: int, s: Settings, workdir: Path) -> LoadResult:
-        if self.key == "http1":
-            return run_wrk(port, seconds, s.load_cpu)
-        return run_h2load(port, seconds, s.load_cpu, workdir / "h2load.log")
+    # (port, seconds, load-generator core, work dir) -> result
+    run: Callable[[int, int, int | None, Path], LoadResult]
 
 
 SCENARIOS = [
-    Scenario("http1", f"HTTP/1.1 keep-alive — wrk -t1 -c{WRK_CONNECTIONS}"),
-    Scenario("h2c", f"h2c (prior knowledge) — h2load -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS} -t1"),
+    Scenario("http1", f"HTTP/1.1 keep-alive — wrk -t1 -c{WRK_CONNECTIONS}",
+             lambda port, secs, cpu, workdir: run_wrk(port, secs, cpu)),
+    Scenario("h2c", f"h2c (prior knowledge) — h2load -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS} -t1",
+             lambda port, secs, cpu, workdir: run_h2load(port, secs, cpu, workdir / "h2load.log")),
 ]
 
 
@@ -714,12 +717,12 @@ def measure(target_key: str, scenario: Scenario, port: int, proxy: Service, orig
             s: Settings, workdir: Path) -> dict:
     """Warm-up, then one measured run with CPU accounting of the proxy (and the origin)."""
     if s.warmup:
-        warm = scenario.run(port, s.warmup, s, workdir)
+        warm = scenario.run(port, s.warmup, s.load_cpu, workdir)
         if warm.requests == 0 or warm.non_2xx + warm.errors >= warm.requests:
             raise BenchError(f"warm-up had no successful request ({warm.non_2xx} non-2xx, {warm.errors} errors)")
     host0, ours0 = host_busy_seconds(), own_and_children_seconds()
     cpu0, origin0, t0 = cpu_seconds(proxy.pid), cpu_seconds(origin.pid), time.monotonic()
-    res = scenario.run(port, s.duration, s, workdir)
+    res = scenario.run(port, s.duration, s.load_cpu, workdir)
     wall = time.monotonic() - t0
     cpu = cpu_seconds(proxy.pid) - cpu0
     origin_cpu = cpu_seconds(origin.pid) - origin0
@@ -828,6 +831,7 @@ def still_alive(conns: list[socket.socket]) -> int:
 
 
 def bench_rustng_memory(sup: Supervisor, n: int, nofile: int) -> dict:
+    """VmRSS of a fresh RustNg: idle, after one request, and with n idle keep-alive connections."""
     if n + 64 > nofile:
         warn(f"fd limit {nofile} is below {n} connections; using {nofile - 256}")
         n = max(1, nofile - 256)
@@ -888,6 +892,11 @@ def add_ratios(results: list[dict]) -> None:
                              if ok and r.get("p99_ms") is not None and ref.get("p99_ms") else None)
 
 
+def one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def fmt(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
@@ -908,7 +917,7 @@ def markdown(results: list[dict], memory: dict | None, meta: dict) -> str:
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if "error" in r:
-                out.append(f"| {r['label']} | FAILED: {r['error'].splitlines()[0][:80]} "
+                out.append(f"| {r['label']} | FAILED: {one_line(r['error'], 100)} "
                            "| | | | | | | | | |")
                 continue
             star = "*" if r["cpu_is_origin"] else ""
@@ -1023,7 +1032,7 @@ def main(argv: list[str]) -> int:
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}")
     if failures:
-        print("bench: failures:\n  " + "\n  ".join(f.splitlines()[0] for f in failures), file=sys.stderr)
+        print("bench: failures:\n  " + "\n  ".join(one_line(f, 200) for f in failures), file=sys.stderr)
         return 1
     return 0
 
