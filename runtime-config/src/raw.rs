@@ -111,7 +111,7 @@ pub struct RawCluster {
     pub timeout: Option<String>,
     /// Pooled idle connections are closed after this long. Default 60s.
     pub idle_timeout: Option<String>,
-    /// Idle connections kept per endpoint per worker. Default 64.
+    /// Idle connections kept per endpoint per worker. Default 1024.
     pub max_idle_connections: Option<usize>,
 }
 

@@ -29,8 +29,10 @@ mod defaults {
     pub(super) const TIMEOUT: Duration = Duration::from_secs(15);
     /// Shorter than most origins' own keep-alive (nginx 75 s) so we rarely reuse a closing one.
     pub(super) const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-    /// Enough for a core's worth of concurrency per endpoint.
-    pub(super) const MAX_IDLE_CONNECTIONS: usize = 64;
+    /// Envoy's default connection cap per cluster: a multiplexing client (h2, 10 streams on
+    /// each of 32 connections) needs one upstream HTTP/1.1 connection per stream in flight, and
+    /// a smaller cap closes and reopens connections on every burst. Idle ones still expire.
+    pub(super) const MAX_IDLE_CONNECTIONS: usize = 1024;
 }
 
 /// hyper refuses header buffers under 8 KiB; 1 MiB is far past any sane client.

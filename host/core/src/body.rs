@@ -16,28 +16,32 @@ use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
 use crate::connection::ConnCtx;
-use crate::upstream::PoolReturn;
+use crate::upstream::{H1Body, UpstreamBody};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that must happen when a request ends, however it ends: with the body read to
 /// the end, with the client gone mid-body, or with the request future dropped before any
-/// response (the access log then says 499, nginx's "client closed request").
+/// response (the access log then says 499, nginx's "client closed request"). The upstream
+/// connection is not its business: the upstream body returns it when, and only if, it was read
+/// to the end.
 pub(crate) struct Exchange {
     conn: Rc<ConnCtx>,
-    start: Instant,
+    /// Read only when the access log needs a duration.
+    start: Option<Instant>,
     pub(crate) record: Option<AccessRecord>,
-    pub(crate) pool: Option<PoolReturn>,
     bytes: u64,
     completed: bool,
 }
 
 impl Exchange {
     pub(crate) fn begin(conn: Rc<ConnCtx>, record: Option<AccessRecord>) -> Self {
-        let start = conn.state.request_started();
+        conn.state.request_started();
+        let start = record.as_ref().map(|_| Instant::now());
         Exchange {
             conn,
             start,
             record,
-            pool: None,
             bytes: 0,
             completed: false,
         }
@@ -53,21 +57,17 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            // A body not read to the end leaves the connection mid-message: never reuse it.
-            if self.completed {
-                pool.checkin();
-            }
+        let now = Instant::now();
+        if let (Some(record), Some(start)) = (&self.record, self.start) {
+            record.emit(now.duration_since(start), self.bytes, self.completed);
         }
-        if let Some(record) = &self.record {
-            record.emit(self.start.elapsed(), self.bytes, self.completed);
-        }
-        self.conn.state.request_finished();
+        self.conn.state.request_finished(now);
     }
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Http1(H1Body),
+    Incoming(Incoming),
     Local(Option<Bytes>),
 }
 
@@ -80,9 +80,23 @@ pub(crate) struct ProxyBody {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, exchange: Exchange) -> Self {
+    pub(crate) fn upstream(body: UpstreamBody, exchange: Exchange) -> Self {
+        let kind = match body {
+            UpstreamBody::Http1(body) => Kind::Http1(body),
+            UpstreamBody::Http2(body) => Kind::Incoming(body),
+        };
         ProxyBody {
-            kind: Kind::Upstream(body),
+            kind,
+            exchange: Some(exchange),
+            bytes: 0,
+            ended: false,
+        }
+    }
+
+    /// A body straight from hyper (the answer to a protocol-switch request).
+    pub(crate) fn incoming(body: Incoming, exchange: Exchange) -> Self {
+        ProxyBody {
+            kind: Kind::Incoming(body),
             exchange: Some(exchange),
             bytes: 0,
             ended: false,
@@ -104,7 +118,8 @@ impl ProxyBody {
 
     fn inner_ended(&self) -> bool {
         match &self.kind {
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Http1(body) => body.is_end_stream(),
+            Kind::Incoming(body) => body.is_end_stream(),
             Kind::Local(data) => data.is_none(),
         }
     }
@@ -112,15 +127,18 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Http1(body) => Pin::new(body).poll_frame(cx),
+            Kind::Incoming(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -141,7 +159,8 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream(body) => body.size_hint(),
+            Kind::Http1(body) => body.size_hint(),
+            Kind::Incoming(body) => body.size_hint(),
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

@@ -31,10 +31,14 @@ pub(crate) struct ConnState {
     in_flight: AtomicU32,
     /// Microseconds since `base` of the last request start or end.
     last_active_us: AtomicU64,
-    /// Microseconds since `base` (plus one, zero meaning none) when the first byte of a
-    /// request head not yet handed to the service arrived.
+    /// When the first byte of a request head not yet handed to the service arrived:
+    /// [`NO_HEAD`], [`HEAD_UNTIMED`] (bytes arrived, the clock not read yet), or microseconds
+    /// since `base` plus one.
     head_started_us: AtomicU64,
 }
+
+const NO_HEAD: u64 = 0;
+const HEAD_UNTIMED: u64 = u64::MAX;
 
 impl ConnState {
     fn new() -> Self {
@@ -54,38 +58,43 @@ impl ConnState {
         self.base + Duration::from_micros(us)
     }
 
-    /// Marks a request as started and returns its start time.
-    pub(crate) fn request_started(&self) -> Instant {
-        let now = Instant::now();
+    /// A request reached the service. No clock read: the idle clock only matters once
+    /// nothing is in flight, and `request_finished` sets it then.
+    pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Relaxed);
-        self.last_active_us.store(self.since_base(now), Relaxed);
-        self.head_started_us.store(0, Relaxed);
-        now
+        self.head_started_us.store(NO_HEAD, Relaxed);
     }
 
-    pub(crate) fn request_finished(&self) {
+    /// A request ended at `now`.
+    pub(crate) fn request_finished(&self, now: Instant) {
         let _ = self
             .in_flight
             .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
-        self.last_active_us
-            .store(self.since_base(Instant::now()), Relaxed);
+        self.last_active_us.store(self.since_base(now), Relaxed);
     }
 
-    /// Bytes arrived: with no request in flight they belong to the next request head.
+    /// Bytes arrived: with no request in flight they belong to the next request head. The
+    /// clock is read only if the head turns out to need more than this read
+    /// ([`ConnState::pending_head_started`]), so whole heads in one read cost no clock read.
     pub(crate) fn head_bytes_arrived(&self) {
-        if self.in_flight.load(Relaxed) == 0 && self.head_started_us.load(Relaxed) == 0 {
-            self.head_started_us
-                .store(self.since_base(Instant::now()) + 1, Relaxed);
+        if self.in_flight.load(Relaxed) == 0 && self.head_started_us.load(Relaxed) == NO_HEAD {
+            self.head_started_us.store(HEAD_UNTIMED, Relaxed);
         }
     }
 
-    /// When the pending request head began, if one is being read.
-    pub(crate) fn head_started(&self) -> Option<Instant> {
+    /// When the request head still being read began, if one is.
+    pub(crate) fn pending_head_started(&self) -> Option<Instant> {
         if self.in_flight.load(Relaxed) != 0 {
             return None;
         }
         match self.head_started_us.load(Relaxed) {
-            0 => None,
+            NO_HEAD => None,
+            HEAD_UNTIMED => {
+                let now = Instant::now();
+                self.head_started_us
+                    .store(self.since_base(now) + 1, Relaxed);
+                Some(now)
+            }
             us => Some(self.at(us - 1)),
         }
     }

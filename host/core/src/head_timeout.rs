@@ -4,7 +4,7 @@
 //! between the socket and hyper instead. The clock starts with the first byte of a request head
 //! and stops when the request reaches the proxy service; while it runs and the head is still
 //! incomplete, every pending read also waits on the deadline. On the fast path (a whole head in
-//! one read) it costs two relaxed atomic stores and a clock read, and no timer is registered.
+//! one read) it costs two relaxed atomic stores, and neither a clock read nor a timer.
 
 use std::io;
 use std::pin::Pin;
@@ -97,7 +97,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<I> {
             this.state.head_bytes_arrived();
         }
         if polled.is_pending()
-            && let Some(started) = this.state.head_started()
+            && let Some(started) = this.state.pending_head_started()
         {
             let deadline = started + this.timeout;
             let sleep = this

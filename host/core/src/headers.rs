@@ -11,14 +11,16 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1).
-/// `te` is handled apart: `te: trailers` is end-to-end for gRPC.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus `te`
+/// (end-to-end only as `te: trailers`, which gRPC needs) and `expect` (answered here).
+fn needs_attention(name: &HeaderName) -> bool {
     name == header::CONNECTION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
+        || name == header::TE
+        || name == header::EXPECT
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// What [`strip_hop_by_hop`] took out that the proxy still needs.
@@ -28,12 +30,18 @@ pub(crate) struct Removed {
     pub(crate) upgrade: Option<HeaderValue>,
 }
 
-/// Removes hop-by-hop headers, including every header the `connection` header names.
+/// Removes hop-by-hop headers, including every header the `connection` header names, and
+/// `expect` (hyper answers `100-continue` itself when the body is first read, which is when the
+/// upstream starts taking it, so the upstream must not see the expectation again).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
+    // One scan with cheap comparisons (standard names compare as enum tags) instead of a
+    // hashed lookup per name: most messages have none of these.
+    if !headers.keys().any(needs_attention) {
+        return Removed::default();
+    }
     let mut removed = Removed::default();
-    // Fast path: most requests carry none of these, and a lookup is cheaper than a scan.
-    let connection_tokens: Option<Vec<HeaderName>> = if headers.contains_key(header::CONNECTION) {
-        let mut names = Vec::new();
+    if headers.contains_key(header::CONNECTION) {
+        let mut named = Vec::new();
         let mut upgrade = false;
         for value in headers.get_all(header::CONNECTION) {
             let Ok(value) = value.to_str() else { continue };
@@ -42,48 +50,37 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
                 if token.eq_ignore_ascii_case("upgrade") {
                     upgrade = true;
                 } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    names.push(name);
+                    named.push(name);
                 }
             }
         }
         if upgrade {
             removed.upgrade = headers.get(header::UPGRADE).cloned();
         }
-        Some(names)
-    } else {
-        None
-    };
-    if let Some(names) = connection_tokens {
-        for name in names {
+        for name in named {
             headers.remove(name);
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
-    for name in [header::TRANSFER_ENCODING, header::UPGRADE] {
-        if headers.contains_key(&name) {
-            headers.remove(name);
-        }
-    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::EXPECT);
     if let Some(te) = headers.get(header::TE) {
-        let trailers_only = te
+        let trailers = te
             .to_str()
             .map(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             })
             .unwrap_or(false);
-        if trailers_only {
+        if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
             headers.remove(header::TE);
         }
     }
-    debug_assert!(!headers.keys().any(is_hop_by_hop));
     removed
 }
 
@@ -134,6 +131,7 @@ mod tests {
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         h.insert("te", HeaderValue::from_static("gzip, trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert("expect", HeaderValue::from_static("100-continue"));
         let removed = strip_hop_by_hop(&mut h);
         assert_eq!(removed.upgrade, Some(HeaderValue::from_static("websocket")));
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();

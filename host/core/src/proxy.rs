@@ -33,12 +33,18 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let ctx = Rc::clone(&self.ctx);
-        Box::pin(async move { Ok(handle(ctx, req).await) })
+        Box::pin(handle(Rc::clone(&self.ctx), req))
     }
 }
 
-async fn handle(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    ctx: Rc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(proxy(ctx, req).await)
+}
+
+async fn proxy(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let downstream_version = req.version();
     let removed = headers::strip_hop_by_hop(req.headers_mut());
     headers::add_forwarding(req.headers_mut(), ctx.peer.ip(), ctx.tls);
@@ -50,9 +56,6 @@ async fn handle(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyB
             id
         }
     };
-    // hyper answers `Expect: 100-continue` itself when the body is first read, which is when
-    // the upstream starts taking it; the upstream must not see the expectation a second time.
-    req.headers_mut().remove(header::EXPECT);
 
     let record = ctx.listener.config.access_log.then(|| AccessRecord {
         listener: Rc::clone(&ctx.listener.name),
@@ -78,20 +81,20 @@ async fn handle(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyB
     if let Some(protocol) = removed.upgrade
         && downstream_version == Version::HTTP_11
     {
-        return tunnel::forward(&cluster, req, protocol, exchange).await;
+        // Boxed: rare, and its state would otherwise grow every request's future.
+        return Box::pin(tunnel::forward(&cluster, req, protocol, exchange)).await;
     }
 
     match cluster.send(req).await {
         Ok(upstream) => {
-            let (mut parts, body) = upstream.response.into_parts();
+            let mut parts = upstream.head;
             headers::strip_hop_by_hop(&mut parts.headers);
             parts.version = response_version(downstream_version);
             exchange.set_status(parts.status.as_u16());
             if let Some(record) = &mut exchange.record {
                 record.upstream = Some(upstream.endpoint);
             }
-            exchange.pool = upstream.pool;
-            Response::from_parts(parts, ProxyBody::upstream(body, exchange))
+            Response::from_parts(parts, ProxyBody::upstream(upstream.body, exchange))
         }
         Err(error) => {
             tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");

@@ -49,7 +49,7 @@ pub(crate) async fn forward(
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        return Response::from_parts(parts, ProxyBody::upstream(body, exchange));
+        return Response::from_parts(parts, ProxyBody::incoming(body, exchange));
     }
 
     let upstream = hyper::upgrade::on(&mut response);
@@ -77,5 +77,5 @@ pub(crate) async fn forward(
     if let Some(upgrade) = upgrade {
         parts.headers.insert(header::UPGRADE, upgrade);
     }
-    Response::from_parts(parts, ProxyBody::upstream(body, exchange))
+    Response::from_parts(parts, ProxyBody::incoming(body, exchange))
 }

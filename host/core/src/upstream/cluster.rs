@@ -12,6 +12,7 @@ use rustng_runtime_config::{Cluster, UpstreamProtocol};
 
 use super::balancer::Balancer;
 use super::connect;
+use super::h1::{H1Body, H1Connection, SendError};
 use super::pool::EndpointPool;
 use crate::error::{ErrorKind, ProxyError};
 
@@ -33,26 +34,19 @@ pub(crate) struct ClusterRt {
     balancer: Balancer,
 }
 
-/// A connection to hand back to its pool once the response body has been read to the end.
-pub(crate) struct PoolReturn {
-    cluster: Rc<ClusterRt>,
-    endpoint: usize,
-    sender: http1::SendRequest<Incoming>,
+/// The body of an upstream response.
+pub(crate) enum UpstreamBody {
+    /// Read by RustNg's own HTTP/1.1 client; returns its connection to the pool at the end.
+    Http1(H1Body),
+    /// From hyper's HTTP/2 client.
+    Http2(Incoming),
 }
 
-impl PoolReturn {
-    pub(crate) fn checkin(self) {
-        self.cluster.endpoints[self.endpoint]
-            .pool
-            .checkin_http1(self.sender);
-    }
-}
-
-/// A response head from an upstream, with what is needed to finish the exchange.
+/// A response head from an upstream, with its body still to come.
 pub(crate) struct UpstreamResponse {
-    pub(crate) response: Response<Incoming>,
+    pub(crate) head: http::response::Parts,
+    pub(crate) body: UpstreamBody,
     pub(crate) endpoint: SocketAddr,
-    pub(crate) pool: Option<PoolReturn>,
 }
 
 impl ClusterRt {
@@ -121,42 +115,65 @@ impl ClusterRt {
     async fn send_http1(
         self: &Rc<Self>,
         index: usize,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<UpstreamResponse, (ProxyError, Option<Request<Incoming>>)> {
         let endpoint = &self.endpoints[index];
         let address = endpoint.address;
+        let (mut parts, mut body) = req.into_parts();
         for _ in 0..=MAX_STALE_RETRIES {
-            let (mut sender, reused) = match endpoint.pool.checkout_http1().await {
-                Some(sender) => (sender, true),
-                None => match connect::http1(address, self.config.connect_timeout, false).await {
-                    Ok(sender) => (sender, false),
-                    Err(e) => return Err((e, Some(req))),
+            let (mut conn, reused) = match endpoint.pool.checkout_http1() {
+                Some(conn) => (conn, true),
+                // Boxed: connecting is the rare path, and inline its state would grow every
+                // request future (moved into a Box per request) by a few hundred bytes.
+                None => match Box::pin(connect::tcp(address, self.config.connect_timeout)).await {
+                    Ok(stream) => (H1Connection::new(stream), false),
+                    Err(e) => return Err((e, Some(Request::from_parts(parts, body)))),
                 },
             };
             let sent =
-                tokio::time::timeout(self.config.timeout, sender.try_send_request(req)).await;
+                tokio::time::timeout(self.config.timeout, conn.send(parts, body, reused)).await;
             match sent {
-                Ok(Ok(response)) => {
+                Ok(Ok(head)) => {
+                    let mut response = Response::new(());
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    let (head_parts, ()) = response.into_parts();
                     return Ok(UpstreamResponse {
-                        response,
+                        head: head_parts,
+                        body: UpstreamBody::Http1(H1Body::new(
+                            conn,
+                            head.body,
+                            (Rc::clone(self), index),
+                        )),
                         endpoint: address,
-                        pool: Some(PoolReturn {
-                            cluster: Rc::clone(self),
-                            endpoint: index,
-                            sender,
-                        }),
                     });
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // Never written: the pooled connection was already closing. Safe to resend.
-                    Some(returned) if reused => req = returned,
-                    returned => {
-                        let error = send_error(address, e.into_error());
-                        let retryable = returned.is_some();
-                        let error = if retryable { error.retryable() } else { error };
-                        return Err((error, returned));
+                Ok(Err(SendError::Retry(unsent))) => {
+                    if reused {
+                        // A pooled connection the upstream had already closed: a fresh one.
+                        parts = unsent.parts;
+                        body = unsent.body;
+                        continue;
                     }
-                },
+                    let error = ProxyError::new(ErrorKind::UpstreamProtocol)
+                        .retryable()
+                        .at(address)
+                        .because(unsent.cause);
+                    return Err((error, Some(Request::from_parts(unsent.parts, unsent.body))));
+                }
+                Ok(Err(SendError::Upstream(cause))) => {
+                    let error = ProxyError::new(ErrorKind::UpstreamProtocol)
+                        .at(address)
+                        .because(cause);
+                    return Err((error, None));
+                }
+                Ok(Err(SendError::Downstream(cause))) => {
+                    let error = ProxyError::new(ErrorKind::InvalidRequest)
+                        .at(address)
+                        .because(cause);
+                    return Err((error, None));
+                }
                 Err(_) => {
                     return Err((
                         ProxyError::new(ErrorKind::UpstreamTimeout).at(address),
@@ -170,8 +187,18 @@ impl ClusterRt {
                 .retryable()
                 .at(address)
                 .because("pooled connections kept closing"),
-            Some(req),
+            Some(Request::from_parts(parts, body)),
         ))
+    }
+
+    /// Takes back a connection whose response was read to the end.
+    pub(crate) fn checkin_http1(
+        &self,
+        endpoint: usize,
+        conn: H1Connection,
+        now: tokio::time::Instant,
+    ) {
+        self.endpoints[endpoint].pool.checkin_http1(conn, now);
     }
 
     async fn send_http2(
@@ -183,7 +210,7 @@ impl ClusterRt {
         let address = endpoint.address;
         let mut sender = match endpoint.pool.http2() {
             Some(sender) => sender,
-            None => match connect::http2(address, self.config.connect_timeout).await {
+            None => match Box::pin(connect::http2(address, self.config.connect_timeout)).await {
                 Ok(sender) => {
                     endpoint.pool.set_http2(sender.clone());
                     sender
@@ -201,11 +228,14 @@ impl ClusterRt {
             ));
         }
         match tokio::time::timeout(self.config.timeout, sender.try_send_request(req)).await {
-            Ok(Ok(response)) => Ok(UpstreamResponse {
-                response,
-                endpoint: address,
-                pool: None,
-            }),
+            Ok(Ok(response)) => {
+                let (head, body) = response.into_parts();
+                Ok(UpstreamResponse {
+                    head,
+                    body: UpstreamBody::Http2(body),
+                    endpoint: address,
+                })
+            }
             Ok(Err(mut e)) => {
                 let returned = e.take_message();
                 let error = send_error(address, e.into_error());
@@ -291,8 +321,8 @@ fn prepare_uri(req: &mut Request<Incoming>, protocol: UpstreamProtocol) -> Resul
     Ok(())
 }
 
-/// A failed exchange is the client's fault when hyper says the request body it was streaming
-/// broke (a malformed chunk, a client gone mid-upload); otherwise the upstream's.
+/// A failed HTTP/2 exchange is the client's fault when hyper says the request body it was
+/// streaming broke (a malformed chunk, a client gone mid-upload); otherwise the upstream's.
 fn send_error(address: SocketAddr, e: hyper::Error) -> ProxyError {
     let kind = if e.is_user() {
         ErrorKind::InvalidRequest

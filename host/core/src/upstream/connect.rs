@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::error::{ErrorKind, ProxyError};
 use crate::local_exec::LocalExec;
 
-async fn tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+pub(crate) async fn tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     // A failed or timed-out connect sent nothing, so another endpoint may be tried.
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,

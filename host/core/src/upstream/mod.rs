@@ -4,6 +4,8 @@
 mod balancer;
 mod cluster;
 mod connect;
+mod h1;
 mod pool;
 
-pub(crate) use cluster::{ClusterRt, PoolReturn};
+pub(crate) use cluster::{ClusterRt, UpstreamBody};
+pub(crate) use h1::H1Body;

@@ -5,12 +5,14 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use tokio::time::Instant;
+
+use super::h1::H1Connection;
 
 /// An idle HTTP/1.1 connection and when it became idle.
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    conn: H1Connection,
     since: Instant,
 }
 
@@ -33,36 +35,26 @@ impl EndpointPool {
     }
 
     /// The most recently used live connection: warm in the upstream's caches and least likely
-    /// to have hit the upstream's own keep-alive timeout.
-    pub(crate) async fn checkout_http1(&self) -> Option<http1::SendRequest<Incoming>> {
-        loop {
-            let entry = self.idle.borrow_mut().pop_back()?;
-            if entry.sender.is_closed() || entry.since.elapsed() >= self.idle_timeout {
-                continue;
-            }
-            let mut sender = entry.sender;
-            // A connection comes back as soon as its response body ends; its driver may not
-            // have run since, so wait for it to say it can take the next request.
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+    /// to have hit the upstream's own keep-alive timeout. Age is left to [`EndpointPool::sweep`]
+    /// so that a checkout reads no clock; the most recently used entry is the youngest anyway.
+    pub(crate) fn checkout_http1(&self) -> Option<H1Connection> {
+        let mut idle = self.idle.borrow_mut();
+        while let Some(entry) = idle.pop_back() {
+            if entry.conn.is_idle_alive() {
+                return Some(entry.conn);
             }
         }
+        None
     }
 
     /// Returns a connection whose last response was read to the end.
-    pub(crate) fn checkin_http1(&self, sender: http1::SendRequest<Incoming>) {
-        if sender.is_closed() {
-            return;
-        }
+    pub(crate) fn checkin_http1(&self, conn: H1Connection, now: Instant) {
         let mut idle = self.idle.borrow_mut();
         if idle.len() >= self.max_idle {
             // Over the cap: close the oldest, keep the warm one.
             idle.pop_front();
         }
-        idle.push_back(Idle {
-            sender,
-            since: Instant::now(),
-        });
+        idle.push_back(Idle { conn, since: now });
     }
 
     /// The shared HTTP/2 connection, if one is open.
@@ -87,7 +79,7 @@ impl EndpointPool {
         let timeout = self.idle_timeout;
         self.idle
             .borrow_mut()
-            .retain(|e| !e.sender.is_closed() && e.since.elapsed() < timeout);
+            .retain(|e| e.since.elapsed() < timeout && e.conn.is_idle_alive());
         self.http2();
     }
 }

@@ -7,6 +7,7 @@ mod origin;
 
 mod cli;
 mod grpc;
+mod h1_upstream;
 mod limits;
 mod proxying;
 mod tls;

@@ -23,7 +23,15 @@ pub(crate) struct Origin {
     pub(crate) addr: SocketAddr,
     pub(crate) connections: Arc<AtomicUsize>,
     pub(crate) requests: Arc<AtomicUsize>,
+    slow: Arc<SlowGauge>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// How many `/slow` requests are running, and the most that ever ran at once.
+#[derive(Default)]
+struct SlowGauge {
+    running: AtomicUsize,
+    most: AtomicUsize,
 }
 
 impl Drop for Origin {
@@ -40,7 +48,12 @@ impl Origin {
         let addr = listener.local_addr().expect("addr");
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
+        let slow = Arc::new(SlowGauge::default());
+        let (c, r, g) = (
+            Arc::clone(&connections),
+            Arc::clone(&requests),
+            Arc::clone(&slow),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -48,10 +61,11 @@ impl Origin {
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let r = Arc::clone(&r);
+                let g = Arc::clone(&g);
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         r.fetch_add(1, Ordering::SeqCst);
-                        handle(name, req)
+                        handle(name, req, Arc::clone(&g))
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -63,8 +77,14 @@ impl Origin {
             addr,
             connections,
             requests,
+            slow,
             task,
         }
+    }
+
+    /// The most `/slow` requests that were running at the same time.
+    pub(crate) fn most_concurrent_slow(&self) -> usize {
+        self.slow.most.load(Ordering::SeqCst)
     }
 
     pub(crate) fn connections(&self) -> usize {
@@ -93,6 +113,7 @@ fn headers_json(headers: &HeaderMap) -> BTreeMap<String, Vec<String>> {
 async fn handle(
     name: &'static str,
     mut req: Request<Incoming>,
+    slow: Arc<SlowGauge>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let mut response =
@@ -121,7 +142,10 @@ async fn handle(
                 .unwrap_or(StatusCode::BAD_REQUEST);
             r
         } else if let Some(ms) = path.strip_prefix("/slow/") {
+            let running = slow.running.fetch_add(1, Ordering::SeqCst) + 1;
+            slow.most.fetch_max(running, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            slow.running.fetch_sub(1, Ordering::SeqCst);
             Response::new(full("slow"))
         } else if let Some(n) = path.strip_prefix("/bytes/") {
             let n: usize = n.parse().unwrap_or(0);

@@ -1,0 +1,127 @@
+//! The body of an upstream HTTP/1.1 response, read from the socket as the client takes it.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use super::decode::{BodyDecoder, Decoded};
+use super::{H1Connection, READ_CHUNK};
+use crate::upstream::cluster::ClusterRt;
+
+/// Streams a response body and returns the connection to its pool once the body has been read
+/// to the end (if the exchange left it reusable).
+pub(crate) struct H1Body {
+    conn: Option<H1Connection>,
+    decoder: BodyDecoder,
+    home: (Rc<ClusterRt>, usize),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl H1Body {
+    pub(crate) fn new(
+        conn: H1Connection,
+        decoder: BodyDecoder,
+        home: (Rc<ClusterRt>, usize),
+    ) -> Self {
+        let mut body = H1Body {
+            conn: Some(conn),
+            decoder,
+            home,
+        };
+        if body.decoder.is_done() {
+            body.release();
+        }
+        body
+    }
+
+    /// The body ended: the connection goes back to the pool, or is closed.
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && conn.reusable
+            && conn.read_buf.is_empty()
+        {
+            conn.forget_read_readiness();
+            let (cluster, endpoint) = &self.home;
+            cluster.checkin_http1(*endpoint, conn, tokio::time::Instant::now());
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let decoded = match this.decoder.decode(&mut conn.read_buf) {
+                Ok(Decoded::NeedMore) => {
+                    conn.read_buf.reserve(READ_CHUNK);
+                    let read = loop {
+                        if let Err(e) = ready!(conn.io.poll_read_ready(cx)) {
+                            break Err(e);
+                        }
+                        match conn.io.try_read_buf(&mut conn.read_buf) {
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            other => break other,
+                        }
+                    };
+                    match read {
+                        Ok(0) => this.decoder.eof().inspect_err(|_| conn.reusable = false),
+                        Ok(_) => continue,
+                        Err(e) => {
+                            conn.reusable = false;
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
+                    }
+                }
+                other => other,
+            };
+            return match decoded {
+                Ok(Decoded::Data(data)) => {
+                    if this.decoder.is_done() {
+                        this.release();
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Ok(Decoded::Trailers(trailers)) => {
+                    this.release();
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Ok(Decoded::End) => {
+                    this.release();
+                    Poll::Ready(None)
+                }
+                Ok(Decoded::NeedMore) => continue,
+                Err(e) => {
+                    this.conn = None;
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+            };
+        }
+    }
+
+    /// Only a body decoded to its end has ended; one cut short by an error has not, so that
+    /// the exchange is logged as incomplete.
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}

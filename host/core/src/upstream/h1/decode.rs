@@ -1,0 +1,592 @@
+//! Reading an HTTP/1.1 response: the head, then the body framing it implies (RFC 9112 §6.3).
+//!
+//! Pure functions over a `BytesMut`, so every edge case is a unit test without sockets.
+//! Header values are slices of the received head (`Bytes`), never copied.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most header fields in a response head; more is a protocol error, as in hyper (100).
+const MAX_HEADERS: usize = 128;
+/// Largest response head; upstreams are trusted more than clients but not unboundedly.
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Longest chunk-size line (size, extensions, CRLF).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Largest trailer section.
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+
+/// Why an upstream response could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    #[error("invalid response head: {0}")]
+    Head(String),
+    #[error("response head larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("protocol switch (101) outside an upgrade request")]
+    UnexpectedSwitch,
+    #[error("invalid content-length")]
+    ContentLength,
+    #[error("invalid chunk: {0}")]
+    Chunk(&'static str),
+    #[error("connection closed before the body ended")]
+    Truncated,
+}
+
+/// A parsed response head and what it says about the body and the connection.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: BodyDecoder,
+    /// The connection may carry another request after this response.
+    pub(crate) keep_alive: bool,
+}
+
+/// Parses a response head at the start of `buf`, skipping interim (1xx) responses.
+/// `Ok(None)`: the head is not complete yet.
+pub(crate) fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, DecodeError> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let len = match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                if buf.len() > MAX_HEAD_BYTES {
+                    return Err(DecodeError::HeadTooLarge);
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(DecodeError::Head(e.to_string())),
+        };
+        let code = response.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| DecodeError::Head(format!("status {code}")))?;
+        let version = if response.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(DecodeError::UnexpectedSwitch);
+        }
+        if status.is_informational() {
+            // 100 Continue, 103 Early Hints: not forwarded (hyper answers 100 downstream itself).
+            buf.advance(len);
+            continue;
+        }
+
+        // Offsets first, then freeze the head so values can be zero-copy slices of it.
+        let fields: Vec<(HeaderName, std::ops::Range<usize>)> = {
+            let base = buf.as_ptr() as usize;
+            let mut fields = Vec::with_capacity(response.headers.len());
+            for h in response.headers.iter() {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| DecodeError::Head(format!("header name {:?}", h.name)))?;
+                let start = h.value.as_ptr() as usize - base;
+                fields.push((name, start..start + h.value.len()));
+            }
+            fields
+        };
+        let head: Bytes = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, range) in fields {
+            let value = HeaderValue::from_maybe_shared(head.slice(range))
+                .map_err(|_| DecodeError::Head(format!("value of {name}")))?;
+            headers.append(name, value);
+        }
+
+        let keep_alive = keep_alive(version, &headers);
+        let body = framing(method, status, &headers)?;
+        let keep_alive = keep_alive && !matches!(body, BodyDecoder::UntilClose);
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            headers,
+            body,
+            keep_alive,
+        }));
+    }
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    if version == Version::HTTP_10 {
+        has_token(headers, header::CONNECTION, "keep-alive")
+    } else {
+        !has_token(headers, header::CONNECTION, "close")
+    }
+}
+
+/// RFC 9112 §6.3, for responses.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<BodyDecoder, DecodeError> {
+    if method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(BodyDecoder::Length(0));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last_is_chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if last_is_chunked {
+            BodyDecoder::Chunked(Chunked::Size)
+        } else {
+            BodyDecoder::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let parsed: u64 = value
+            .to_str()
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse().ok())
+            .ok_or(DecodeError::ContentLength)?;
+        if length.is_some_and(|l| l != parsed) {
+            return Err(DecodeError::ContentLength);
+        }
+        length = Some(parsed);
+    }
+    Ok(match length {
+        Some(n) => BodyDecoder::Length(n),
+        None => BodyDecoder::UntilClose,
+    })
+}
+
+/// Where the body decoder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BodyDecoder {
+    /// `content-length` bytes left.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunked),
+    /// No length: the body ends when the upstream closes (and the connection with it).
+    UntilClose,
+    /// Everything read.
+    Done,
+}
+
+/// Chunked decoder states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last (zero) chunk: trailers or the final CRLF.
+    Trailers,
+}
+
+/// One step of body decoding.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is complete.
+    End,
+    /// More input is needed.
+    NeedMore,
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+impl BodyDecoder {
+    /// Bytes of body known to remain, for the size hint.
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Length(n) => Some(*n),
+            BodyDecoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self, BodyDecoder::Done | BodyDecoder::Length(0))
+    }
+
+    /// Decodes the next piece of body from `buf`. Data comes out as slices of `buf`'s
+    /// allocation (`split_to().freeze()`), so body bytes are never copied here.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
+        loop {
+            match self {
+                BodyDecoder::Done | BodyDecoder::Length(0) => {
+                    *self = BodyDecoder::Done;
+                    return Ok(Decoded::End);
+                }
+                BodyDecoder::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = (*left).min(buf.len() as u64) as usize;
+                    *left -= take as u64;
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                BodyDecoder::UntilClose => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                BodyDecoder::Chunked(state) => match *state {
+                    Chunked::Size => {
+                        let Some(end) = find_crlf(buf) else {
+                            if buf.len() > MAX_CHUNK_LINE {
+                                return Err(DecodeError::Chunk("size line too long"));
+                            }
+                            return Ok(Decoded::NeedMore);
+                        };
+                        let size = parse_chunk_size(&buf[..end])?;
+                        buf.advance(end + 2);
+                        *state = if size == 0 {
+                            Chunked::Trailers
+                        } else {
+                            Chunked::Data(size)
+                        };
+                    }
+                    Chunked::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        let take = left.min(buf.len() as u64) as usize;
+                        let left = left - take as u64;
+                        *state = if left == 0 {
+                            Chunked::DataEnd
+                        } else {
+                            Chunked::Data(left)
+                        };
+                        return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                    }
+                    Chunked::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(DecodeError::Chunk("missing CRLF after data"));
+                        }
+                        buf.advance(2);
+                        *state = Chunked::Size;
+                    }
+                    Chunked::Trailers => {
+                        if buf.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if &buf[..2] == b"\r\n" {
+                            buf.advance(2);
+                            *self = BodyDecoder::Done;
+                            return Ok(Decoded::End);
+                        }
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            if buf.len() > MAX_TRAILER_BYTES {
+                                return Err(DecodeError::Chunk("trailers too large"));
+                            }
+                            return Ok(Decoded::NeedMore);
+                        };
+                        let section = buf.split_to(end + 4).freeze();
+                        *self = BodyDecoder::Done;
+                        return Ok(Decoded::Trailers(parse_trailers(&section)?));
+                    }
+                },
+            }
+        }
+    }
+
+    /// The upstream closed the connection: fine only for a close-delimited body.
+    pub(crate) fn eof(&mut self) -> Result<Decoded, DecodeError> {
+        match self {
+            BodyDecoder::UntilClose | BodyDecoder::Done | BodyDecoder::Length(0) => {
+                *self = BodyDecoder::Done;
+                Ok(Decoded::End)
+            }
+            _ => Err(DecodeError::Truncated),
+        }
+    }
+}
+
+fn parse_chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
+    // Extensions (`;name=value`) are allowed and ignored; whitespace before them too.
+    let digits_end = line
+        .iter()
+        .position(|&b| b == b';' || b == b' ' || b == b'\t')
+        .unwrap_or(line.len());
+    let digits = &line[..digits_end];
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(DecodeError::Chunk("bad size"));
+    }
+    let mut size: u64 = 0;
+    for &b in digits {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return Err(DecodeError::Chunk("bad size")),
+        };
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(u64::from(d)))
+            .ok_or(DecodeError::Chunk("size overflow"))?;
+    }
+    Ok(size)
+}
+
+fn parse_trailers(section: &Bytes) -> Result<HeaderMap, DecodeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| DecodeError::Chunk("bad trailer name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| DecodeError::Chunk("bad trailer value"))?;
+                map.append(name, value);
+            }
+            Ok(map)
+        }
+        _ => Err(DecodeError::Chunk("bad trailers")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: Method) -> Result<Option<ResponseHead>, DecodeError> {
+        parse_head(&mut BytesMut::from(text), &method)
+    }
+
+    fn decode_all(
+        decoder: &mut BodyDecoder,
+        input: &[u8],
+        step: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, bool), DecodeError> {
+        // Feed `step` bytes at a time to exercise every partial state.
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut trailers = None;
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Decoded::Data(d) => out.extend_from_slice(&d),
+                Decoded::Trailers(t) => trailers = Some(t),
+                Decoded::End => return Ok((out, trailers, buf.is_empty())),
+                Decoded::NeedMore => {
+                    if fed >= input.len() {
+                        decoder.eof()?;
+                        return Ok((out, trailers, buf.is_empty()));
+                    }
+                    let next = (fed + step).min(input.len());
+                    buf.extend_from_slice(&input[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn head_with_length_keeps_values_and_leftover() {
+        let mut buf =
+            BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello");
+        let h = parse_head(&mut buf, &Method::GET)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.status, 200);
+        assert_eq!(
+            h.headers.get_all("x-a").iter().collect::<Vec<_>>(),
+            vec!["1", "2"]
+        );
+        assert_eq!(h.body, BodyDecoder::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn partial_heads_wait_and_oversized_ones_fail() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+                .expect("ok")
+                .is_none()
+        );
+        let big = format!("HTTP/1.1 200 OK\r\nX: {}", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            head(&big, Method::GET).err(),
+            Some(DecodeError::HeadTooLarge)
+        );
+        assert!(matches!(
+            head("HTTP/1.1 abc\r\n\r\n", Method::GET),
+            Err(DecodeError::Head(_))
+        ));
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_101_refused() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        );
+        let h = parse_head(&mut buf, &Method::POST)
+            .expect("ok")
+            .expect("complete");
+        assert_eq!(h.status, 204);
+        assert!(h.body.is_done());
+        assert_eq!(
+            head("HTTP/1.1 101 Switching\r\n\r\n", Method::GET).err(),
+            Some(DecodeError::UnexpectedSwitch)
+        );
+    }
+
+    #[test]
+    fn framing_rules() {
+        let f = |t: &str, m: Method| head(t, m).expect("ok").expect("complete");
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD).body,
+            BodyDecoder::Length(0)
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                Method::GET
+            )
+            .body,
+            BodyDecoder::Length(0)
+        );
+        // Transfer-Encoding wins over Content-Length.
+        let chunked = f(
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(chunked.body, BodyDecoder::Chunked(Chunked::Size));
+        let close = f(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            Method::GET,
+        );
+        assert_eq!(close.body, BodyDecoder::UntilClose);
+        assert!(!close.keep_alive);
+        let no_length = f("HTTP/1.1 200 OK\r\n\r\n", Method::GET);
+        assert_eq!(no_length.body, BodyDecoder::UntilClose);
+        assert!(!no_length.keep_alive);
+        assert!(
+            !f(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                Method::GET
+            )
+            .keep_alive
+        );
+        assert!(!f("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", Method::GET).keep_alive);
+        assert!(
+            f(
+                "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
+                Method::GET
+            )
+            .keep_alive
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                Method::GET
+            )
+            .body,
+            BodyDecoder::Length(3)
+        );
+        for bad in [
+            "Content-Length: 3\r\nContent-Length: 4",
+            "Content-Length: -1",
+            "Content-Length: 1e3",
+            "Content-Length: ",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n");
+            assert_eq!(
+                head(&text, Method::GET).err(),
+                Some(DecodeError::ContentLength),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn length_body_in_any_split() {
+        for step in [1, 2, 7, 100] {
+            let mut d = BodyDecoder::Length(11);
+            let (out, _, clean) = decode_all(&mut d, b"hello world", step).expect("ok");
+            assert_eq!(out, b"hello world");
+            assert!(clean);
+        }
+        let mut d = BodyDecoder::Length(11);
+        assert_eq!(
+            decode_all(&mut d, b"hello", 3).err(),
+            Some(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn chunked_body_with_extensions_and_trailers_in_any_split() {
+        let wire = b"5;name=v\r\nhello\r\n6\r\n world\r\nA\r\n0123456789\r\n0\r\nX-Sum: 42\r\nX-B: b\r\n\r\n";
+        for step in [1, 2, 3, 5, 64] {
+            let mut d = BodyDecoder::Chunked(Chunked::Size);
+            let (out, trailers, clean) = decode_all(&mut d, wire, step).expect("ok");
+            assert_eq!(out, b"hello world0123456789");
+            let trailers = trailers.expect("trailers");
+            assert_eq!(trailers["x-sum"], "42");
+            assert_eq!(trailers["x-b"], "b");
+            assert!(clean);
+            assert_eq!(d, BodyDecoder::Done);
+        }
+        let mut d = BodyDecoder::Chunked(Chunked::Size);
+        let (out, trailers, _) = decode_all(&mut d, b"3\r\nabc\r\n0\r\n\r\n", 4).expect("ok");
+        assert_eq!(out, b"abc");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        for (wire, why) in [
+            (&b"zz\r\n"[..], "bad size"),
+            (b"\r\n", "bad size"),
+            (b"11111111111111111\r\n", "bad size"),
+            (b"3\r\nabcX\r\n", "missing CRLF after data"),
+        ] {
+            let mut d = BodyDecoder::Chunked(Chunked::Size);
+            let err = decode_all(&mut d, wire, 64).expect_err("must fail");
+            assert_eq!(err, DecodeError::Chunk(why), "{wire:?}");
+        }
+        let mut d = BodyDecoder::Chunked(Chunked::Size);
+        assert_eq!(
+            decode_all(&mut d, b"5\r\nhel", 64).err(),
+            Some(DecodeError::Truncated)
+        );
+        let mut d = BodyDecoder::Chunked(Chunked::Size);
+        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(decode_all(&mut d, &long, 8192).is_err());
+    }
+
+    #[test]
+    fn until_close_ends_at_eof() {
+        let mut d = BodyDecoder::UntilClose;
+        let (out, _, _) = decode_all(&mut d, b"stream until close", 4).expect("ok");
+        assert_eq!(out, b"stream until close");
+        assert_eq!(d, BodyDecoder::Done);
+    }
+}

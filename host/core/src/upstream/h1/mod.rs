@@ -1,0 +1,266 @@
+//! HTTP/1.1 to upstreams, driven by the request that holds the connection.
+//!
+//! hyper's client runs every connection as a task of its own and talks to it through channels:
+//! per request a channel send, a oneshot, and wake-ups across tasks. Here, as in Pingora, the
+//! request future writes the head, reads the response head, and the response body reads the
+//! socket directly when the downstream side asks for more. A connection is owned by exactly one
+//! request at a time, or sits in the pool; no lock, no channel, no extra task.
+
+mod body;
+mod decode;
+mod encode;
+
+use std::io;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use http::Method;
+use http::request;
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub(crate) use body::H1Body;
+pub(crate) use decode::{DecodeError, ResponseHead};
+use encode::RequestFraming;
+
+/// Read buffer growth step: large enough for a typical response in one read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One HTTP/1.1 connection to an upstream.
+pub(crate) struct H1Connection {
+    io: TcpStream,
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+    /// Whether the exchange in progress leaves the connection fit for another request.
+    reusable: bool,
+}
+
+/// A request that never reached the upstream in a way it could act on.
+pub(crate) struct Unsent {
+    pub(crate) parts: request::Parts,
+    pub(crate) body: Incoming,
+    pub(crate) cause: io::Error,
+}
+
+/// Why [`H1Connection::send`] failed.
+pub(crate) enum SendError {
+    /// Safe to send again on another connection (boxed: the rare path stays off the stack).
+    Retry(Box<Unsent>),
+    /// The upstream broke or spoke invalid HTTP.
+    Upstream(Box<dyn std::error::Error + Send + Sync>),
+    /// The client's request body broke while it was being forwarded.
+    Downstream(Box<dyn std::error::Error + Send + Sync>),
+}
+
+enum HeadError {
+    /// Closed or reset before a single byte of response.
+    Closed(io::Error),
+    Invalid(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl H1Connection {
+    pub(crate) fn new(io: TcpStream) -> Self {
+        H1Connection {
+            io,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: Vec::with_capacity(1024),
+            reusable: true,
+        }
+    }
+
+    /// Whether a pooled connection is still open, without a syscall in the usual case: the
+    /// runtime has marked the socket readable if the upstream closed it (or sent stray bytes,
+    /// which also disqualifies it) while it sat idle.
+    pub(crate) fn is_idle_alive(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// The response was read to the end, and the last read took everything there was, but
+    /// the runtime still thinks the socket readable (it only learns otherwise from a read that
+    /// would block). Clearing that here, without a syscall, lets [`H1Connection::is_idle_alive`]
+    /// see only what happens while the connection is idle: a close or stray bytes arriving
+    /// later raise a fresh readiness event. Saves one `recv` that would fail with `EAGAIN` per
+    /// reused connection. (A close that arrived in the microseconds between the last read and
+    /// this call goes unseen, as in nginx's keep-alive cache; the resend of idempotent requests
+    /// on a silently closed pooled connection covers it.)
+    pub(crate) fn forget_read_readiness(&self) {
+        let _ = self.io.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+    }
+
+    /// Sends a request and reads the response head. `reused` says whether the connection
+    /// served a request before, which decides whether a silent close is the keep-alive race.
+    pub(crate) async fn send(
+        &mut self,
+        parts: request::Parts,
+        body: Incoming,
+        reused: bool,
+    ) -> Result<ResponseHead, SendError> {
+        use http_body::Body as _;
+        let body_empty = body.is_end_stream();
+        self.write_buf.clear();
+        self.reusable = true;
+        let framing = encode::request_head(
+            &mut self.write_buf,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            body_empty,
+        );
+        if let Err(cause) = self.io.write_all(&self.write_buf).await {
+            // An incomplete head is nothing an upstream can act on.
+            self.reusable = false;
+            return Err(SendError::Retry(Box::new(Unsent { parts, body, cause })));
+        }
+
+        // `unsent_body` survives only when nothing of it was read, so it can be resent.
+        let (head, unsent_body) = if body_empty {
+            let head = read_head(&mut self.io, &mut self.read_buf, &parts.method).await;
+            (head, Some(body))
+        } else {
+            let head = self
+                .send_body_and_read_head(body, framing, &parts.method)
+                .await?;
+            (head, None)
+        };
+        match head {
+            Ok(head) => {
+                self.reusable &= head.keep_alive;
+                Ok(head)
+            }
+            Err(HeadError::Closed(cause)) => {
+                self.reusable = false;
+                match unsent_body {
+                    // The keep-alive race: the upstream closed the idle connection as the
+                    // request went out. nginx resends idempotent requests then; so do we.
+                    Some(body) if reused && is_idempotent(&parts.method) => {
+                        Err(SendError::Retry(Box::new(Unsent { parts, body, cause })))
+                    }
+                    _ => Err(SendError::Upstream(Box::new(cause))),
+                }
+            }
+            Err(HeadError::Invalid(e)) => {
+                self.reusable = false;
+                Err(SendError::Upstream(e))
+            }
+        }
+    }
+
+    /// Streams the request body while watching for the response: an upstream may answer early
+    /// (413, 401) and stop reading, and waiting for the body to drain would deadlock.
+    async fn send_body_and_read_head(
+        &mut self,
+        mut body: Incoming,
+        framing: RequestFraming,
+        method: &Method,
+    ) -> Result<Result<ResponseHead, HeadError>, SendError> {
+        let (mut reader, mut writer) = self.io.split();
+        let write_buf = &mut self.write_buf;
+        let sending = async {
+            use http_body_util::BodyExt as _;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| SendError::Downstream(Box::new(e)))?;
+                write_buf.clear();
+                match frame.into_data() {
+                    Ok(data) => {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if framing == RequestFraming::Chunked {
+                            encode::chunk_header(write_buf, data.len());
+                            write_buf.extend_from_slice(&data);
+                            write_buf.extend_from_slice(b"\r\n");
+                        } else {
+                            write_buf.extend_from_slice(&data);
+                        }
+                    }
+                    Err(frame) => {
+                        if framing == RequestFraming::Chunked
+                            && let Ok(trailers) = frame.into_trailers()
+                        {
+                            encode::chunked_end(write_buf, Some(&trailers));
+                            writer
+                                .write_all(write_buf)
+                                .await
+                                .map_err(|e| SendError::Upstream(Box::new(e)))?;
+                            return Ok(true);
+                        }
+                        continue;
+                    }
+                }
+                writer
+                    .write_all(write_buf)
+                    .await
+                    .map_err(|e| SendError::Upstream(Box::new(e)))?;
+            }
+            if framing == RequestFraming::Chunked {
+                write_buf.clear();
+                encode::chunked_end(write_buf, None);
+                writer
+                    .write_all(write_buf)
+                    .await
+                    .map_err(|e| SendError::Upstream(Box::new(e)))?;
+            }
+            Ok::<bool, SendError>(true)
+        };
+        let reading = read_head(&mut reader, &mut self.read_buf, method);
+        tokio::pin!(sending, reading);
+        let mut body_sent = false;
+        loop {
+            tokio::select! {
+                sent = &mut sending, if !body_sent => body_sent = sent?,
+                head = &mut reading => {
+                    if !body_sent {
+                        // The rest of the body was never sent: the connection is mid-message.
+                        self.reusable = false;
+                    }
+                    return Ok(head);
+                }
+            }
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+async fn read_head(
+    reader: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<ResponseHead, HeadError> {
+    let mut received_any = !buf.is_empty();
+    loop {
+        if received_any {
+            match decode::parse_head(buf, method) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) => {}
+                Err(e) => return Err(HeadError::Invalid(Box::new(e))),
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match reader.read_buf(buf).await {
+            Ok(0) if !received_any => {
+                return Err(HeadError::Closed(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(0) => return Err(HeadError::Invalid(Box::new(DecodeError::Truncated))),
+            Ok(_) => received_any = true,
+            Err(e) if !received_any => return Err(HeadError::Closed(e)),
+            Err(e) => return Err(HeadError::Invalid(Box::new(e))),
+        }
+    }
+}
