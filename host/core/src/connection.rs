@@ -8,8 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -18,6 +21,7 @@ use crate::head_timeout::HeadTimeout;
 use crate::listener::ListenerRt;
 use crate::local_exec::LocalExec;
 use crate::proxy::ProxyService;
+use crate::sniff::Protocol;
 
 /// Per-connection bookkeeping shared by the connection task, its in-flight requests and the
 /// socket wrapper.
@@ -114,37 +118,44 @@ pub(crate) struct ConnCtx {
     pub(crate) state: Arc<ConnState>,
 }
 
-/// Builds the per-listener connection builder once: limits from the listener config.
-pub(crate) fn builder(http: &rustng_runtime_config::HttpOptions) -> auto::Builder<LocalExec> {
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive(true)
-        .max_buf_size(http.max_request_headers_bytes)
-        // Replaced by `HeadTimeout`, which answers 408 instead of closing silently.
-        .header_read_timeout(None);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(http.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(http.max_request_headers_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(Duration::from_secs(60)));
-    builder
+/// The HTTP codecs of a listener, configured once from its limits.
+pub(crate) struct Codecs {
+    http1: http1::Builder,
+    http2: http2::Builder<LocalExec>,
 }
 
-/// Serves `io` until the client leaves, the idle timeout fires, or shutdown drains it.
+impl Codecs {
+    pub(crate) fn new(http: &rustng_runtime_config::HttpOptions) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(http.max_request_headers_bytes)
+            // Replaced by `HeadTimeout`, which answers 408 instead of closing silently.
+            .header_read_timeout(None);
+        let mut http2 = http2::Builder::new(LocalExec);
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(http.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(http.max_request_headers_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(60)));
+        Codecs { http1, http2 }
+    }
+}
+
+/// Serves `io`, whose protocol is already known, until the client leaves, the idle timeout
+/// fires, or shutdown drains it.
 pub(crate) async fn serve<I>(
     io: I,
+    protocol: Protocol,
     listener: Rc<ListenerRt>,
     peer: SocketAddr,
     tls: bool,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new());
-    let idle_timeout = listener.config.http.idle_timeout;
     let ctx = Rc::new(ConnCtx {
         listener: Rc::clone(&listener),
         peer,
@@ -152,21 +163,66 @@ pub(crate) async fn serve<I>(
         state: Arc::clone(&state),
     });
     let service = ProxyService::new(ctx);
-    let io = HeadTimeout::new(
-        io,
-        Arc::clone(&state),
-        listener.config.http.request_headers_timeout,
-    );
-    let conn = listener
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    let idle_timeout = listener.config.http.idle_timeout;
+    match protocol {
+        Protocol::Http1 => {
+            // Request heads are timed on HTTP/1 only; HTTP/2 has its own flow control and
+            // header limits, and a stream's head is one HEADERS frame.
+            let io = HeadTimeout::new(
+                io,
+                Arc::clone(&state),
+                listener.config.http.request_headers_timeout,
+            );
+            let conn = listener
+                .codecs
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            watch_connection(
+                conn,
+                |c| c.graceful_shutdown(),
+                &state,
+                idle_timeout,
+                shutdown,
+                peer,
+            )
+            .await;
+        }
+        Protocol::Http2 => {
+            let conn = listener
+                .codecs
+                .http2
+                .serve_connection(TokioIo::new(io), service);
+            watch_connection(
+                conn,
+                |c| c.graceful_shutdown(),
+                &state,
+                idle_timeout,
+                shutdown,
+                peer,
+            )
+            .await;
+        }
+    }
+}
 
+/// Drives a connection future; closes it gracefully when idle too long or on shutdown.
+async fn watch_connection<C>(
+    conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    state: &ConnState,
+    idle_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     let mut closing = *shutdown.borrow();
     if closing {
-        conn.as_mut().graceful_shutdown();
+        graceful_shutdown(conn.as_mut());
     }
     loop {
         tokio::select! {
@@ -181,7 +237,7 @@ pub(crate) async fn serve<I>(
                     Some(deadline) if deadline <= Instant::now() => {
                         tracing::debug!(%peer, "closing idle connection");
                         closing = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                     }
                     Some(deadline) => idle.as_mut().reset(deadline),
                     // Busy: look again one timeout from now; the timer is reset, not re-created.
@@ -190,7 +246,7 @@ pub(crate) async fn serve<I>(
             }
             _ = shutdown.changed(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
             }
         }
     }

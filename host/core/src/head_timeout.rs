@@ -21,12 +21,8 @@ const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 enum Phase {
-    /// Nothing read yet: a client preface may still turn out to be HTTP/2.
-    Start,
-    /// HTTP/1.x: heads are timed.
-    Http1,
-    /// HTTP/2 (or the 408 was sent): nothing to do.
-    Off,
+    /// Heads are timed.
+    Timing,
     /// Deadline passed: writing the 408, `usize` bytes of it done.
     Answering(usize),
     /// The 408 is out; reads see end of stream so hyper closes the connection.
@@ -48,7 +44,7 @@ impl<I> HeadTimeout<I> {
             inner,
             state,
             timeout,
-            phase: Phase::Start,
+            phase: Phase::Timing,
             sleep: None,
         }
     }
@@ -63,7 +59,6 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<I> {
         let this = &mut *self;
         loop {
             match this.phase {
-                Phase::Off => return Pin::new(&mut this.inner).poll_read(cx, buf),
                 Phase::Closed => return Poll::Ready(Ok(())),
                 Phase::Answering(done) => {
                     let n =
@@ -75,25 +70,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadTimeout<I> {
                         this.phase = Phase::Answering(done + n);
                     }
                 }
-                Phase::Start | Phase::Http1 => break,
+                Phase::Timing => break,
             }
         }
 
         let filled_before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let new = &buf.filled()[filled_before..];
-        if matches!(this.phase, Phase::Start) && !new.is_empty() {
-            // The HTTP/2 client preface starts with "PRI"; no HTTP/1 method does.
-            this.phase = if new.starts_with(b"PRI") {
-                Phase::Off
-            } else {
-                Phase::Http1
-            };
-            if matches!(this.phase, Phase::Off) {
-                return polled;
-            }
-        }
-        if !new.is_empty() {
+        if buf.filled().len() > filled_before {
             this.state.head_bytes_arrived();
         }
         if polled.is_pending()

@@ -3,11 +3,11 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -87,32 +87,41 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
 /// Appends the client address to `x-forwarded-for` (as nginx's `$proxy_add_x_forwarded_for`)
 /// and sets `x-forwarded-proto` to the scheme the client used.
 pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
-    let mut buf = [0u8; 512];
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let written = match headers.get(&X_FORWARDED_FOR) {
-        Some(prior) => {
-            cursor.write_all(prior.as_bytes()).is_ok() && write!(cursor, ", {client}").is_ok()
+    // One hashed lookup per header (`entry`), not a `get` and an `insert`.
+    match headers.entry(X_FORWARDED_FOR.clone()) {
+        Entry::Vacant(slot) => {
+            let mut buf = [0u8; 64];
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // An IPv6 address with scope fits in 64 bytes; the value is always valid.
+            if write!(cursor, "{client}").is_ok() {
+                let len = cursor.position() as usize;
+                if let Ok(value) = HeaderValue::from_bytes(&buf[..len]) {
+                    slot.insert(value);
+                }
+            }
         }
-        None => write!(cursor, "{client}").is_ok(),
-    };
-    let value = if written {
-        let len = cursor.position() as usize;
-        HeaderValue::from_bytes(&buf[..len]).ok()
-    } else {
-        // A prior chain longer than the stack buffer: rare enough to allocate for.
-        headers.get(&X_FORWARDED_FOR).and_then(|prior| {
-            let mut v = prior.as_bytes().to_vec();
-            v.extend_from_slice(format!(", {client}").as_bytes());
-            HeaderValue::from_bytes(&v).ok()
-        })
-    };
-    if let Some(value) = value {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        Entry::Occupied(mut slot) => {
+            let prior = slot.get().as_bytes();
+            let mut value = Vec::with_capacity(prior.len() + 48);
+            value.extend_from_slice(prior);
+            let _ = write!(value, ", {client}");
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+                slot.insert(value);
+            }
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
+}
+
+/// The request's `x-request-id`, generated (UUID v4) and set when the client sent none.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    match headers.entry(X_REQUEST_ID.clone()) {
+        Entry::Occupied(slot) => slot.get().clone(),
+        Entry::Vacant(slot) => slot.insert(crate::request_id::generate()).clone(),
+    }
 }
 
 #[cfg(test)]

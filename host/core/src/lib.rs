@@ -17,6 +17,7 @@ mod local_exec;
 mod proxy;
 mod request_id;
 mod server;
+mod sniff;
 mod tls;
 mod tunnel;
 mod upstream;

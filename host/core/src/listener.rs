@@ -5,12 +5,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hyper_util::server::conn::auto;
 use rustng_runtime_config::Listener;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_rustls::TlsAcceptor;
 
-use crate::local_exec::LocalExec;
+use crate::connection::Codecs;
 use crate::upstream::ClusterRt;
 
 /// Pending connections the kernel queues per socket (Linux caps it at `somaxconn`).
@@ -75,6 +74,6 @@ pub(crate) struct ListenerRt {
     pub(crate) name: Rc<str>,
     pub(crate) default_cluster: Option<Rc<ClusterRt>>,
     pub(crate) tls: Option<TlsAcceptor>,
-    pub(crate) http: auto::Builder<LocalExec>,
+    pub(crate) codecs: Codecs,
     pub(crate) limit: Arc<ConnectionLimit>,
 }

@@ -12,8 +12,7 @@ use crate::access_log::AccessRecord;
 use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
 use crate::error::ProxyError;
-use crate::headers::{self, X_REQUEST_ID};
-use crate::request_id;
+use crate::headers;
 use crate::tunnel;
 
 /// The hyper service of one downstream connection.
@@ -48,14 +47,7 @@ async fn proxy(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBo
     let downstream_version = req.version();
     let removed = headers::strip_hop_by_hop(req.headers_mut());
     headers::add_forwarding(req.headers_mut(), ctx.peer.ip(), ctx.tls);
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(id) => id.clone(),
-        None => {
-            let id = request_id::generate();
-            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-            id
-        }
-    };
+    let request_id = headers::ensure_request_id(req.headers_mut());
 
     let record = ctx.listener.config.access_log.then(|| AccessRecord {
         listener: Rc::clone(&ctx.listener.name),

@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connection;
 use crate::listener::{ConnectionLimit, ListenerRt};
+use crate::sniff::{self, Protocol};
 use crate::upstream::ClusterRt;
 
 /// How often idle upstream connections past their timeout are closed.
@@ -73,7 +74,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
                 .as_deref()
                 .and_then(|name| clusters.get(name).cloned()),
             tls: tls.map(TlsAcceptor::from),
-            http: connection::builder(&listener.http),
+            codecs: connection::Codecs::new(&listener.http),
             limit,
             config: listener.clone(),
         });
@@ -142,21 +143,48 @@ async fn accept_loop(
         let open = Rc::clone(&open);
         open.set(open.get() + 1);
         tokio::task::spawn_local(async move {
+            let http = &listener.config.http;
             match listener.tls.clone() {
                 None => {
-                    connection::serve(stream, Rc::clone(&listener), peer, false, shutdown).await
+                    // A client that sends nothing is idle; one that starts is timed as a head.
+                    match sniff::sniff(&stream, http.idle_timeout, http.request_headers_timeout)
+                        .await
+                    {
+                        Ok(Some(protocol)) => {
+                            connection::serve(
+                                stream,
+                                protocol,
+                                Rc::clone(&listener),
+                                peer,
+                                false,
+                                shutdown,
+                            )
+                            .await;
+                        }
+                        Ok(None) => tracing::debug!(%peer, "closed before a request"),
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "read failed before a request")
+                        }
+                    }
                 }
                 Some(acceptor) => {
                     let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(
-                        listener.config.http.request_headers_timeout,
-                        handshake,
-                    )
-                    .await
-                    {
+                    match tokio::time::timeout(http.request_headers_timeout, handshake).await {
                         Ok(Ok(tls)) => {
-                            connection::serve(tls, Rc::clone(&listener), peer, true, shutdown)
-                                .await;
+                            let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                Protocol::Http2
+                            } else {
+                                Protocol::Http1
+                            };
+                            connection::serve(
+                                tls,
+                                protocol,
+                                Rc::clone(&listener),
+                                peer,
+                                true,
+                                shutdown,
+                            )
+                            .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

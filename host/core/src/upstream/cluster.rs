@@ -97,7 +97,8 @@ impl ClusterRt {
             tried[attempt] = index;
             let result = match self.config.protocol {
                 UpstreamProtocol::Http1 => self.send_http1(index, req).await,
-                UpstreamProtocol::Http2 => self.send_http2(index, req).await,
+                // Boxed so HTTP/2's state does not grow the HTTP/1.1 request future.
+                UpstreamProtocol::Http2 => Box::pin(self.send_http2(index, req)).await,
             };
             match result {
                 Ok(response) => return Ok(response),

@@ -80,22 +80,23 @@ pub(crate) fn parse_head(
             continue;
         }
 
-        // Offsets first, then freeze the head so values can be zero-copy slices of it.
-        let fields: Vec<(HeaderName, std::ops::Range<usize>)> = {
-            let base = buf.as_ptr() as usize;
-            let mut fields = Vec::with_capacity(response.headers.len());
-            for h in response.headers.iter() {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| DecodeError::Head(format!("header name {:?}", h.name)))?;
-                let start = h.value.as_ptr() as usize - base;
-                fields.push((name, start..start + h.value.len()));
-            }
-            fields
-        };
+        // Offsets first (on the stack: no allocation), then freeze the head so names and
+        // values are built from it, values as zero-copy slices.
+        let base = buf.as_ptr() as usize;
+        let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let count = response.headers.len();
+        for (slot, h) in offsets.iter_mut().zip(response.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *slot = (name, name + h.name.len(), value, value + h.value.len());
+        }
         let head: Bytes = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields.len());
-        for (name, range) in fields {
-            let value = HeaderValue::from_maybe_shared(head.slice(range))
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_start, name_end, value_start, value_end) in &offsets[..count] {
+            let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| {
+                DecodeError::Head(format!("header name {:?}", &head[name_start..name_end]))
+            })?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                 .map_err(|_| DecodeError::Head(format!("value of {name}")))?;
             headers.append(name, value);
         }

@@ -128,9 +128,9 @@ impl H1Connection {
             let head = read_head(&mut self.io, &mut self.read_buf, &parts.method).await;
             (head, Some(body))
         } else {
-            let head = self
-                .send_body_and_read_head(body, framing, &parts.method)
-                .await?;
+            // Boxed: streaming a body while watching for an early answer needs two live futures;
+            // inline they would double the size of every body-less request's future too.
+            let head = Box::pin(self.send_body_and_read_head(body, framing, &parts.method)).await?;
             (head, None)
         };
         match head {
