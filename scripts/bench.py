@@ -6,29 +6,45 @@ Methodology
 * One origin for the whole run: a private nginx instance (`worker_processes 1`, `access_log off`)
   answering every request with `return 200 "hello world\\n"` on 127.0.0.1:19000 (HTTP/1.1).
   It also listens for h2c on 127.0.0.1:19001, used only by the "origin direct" h2c baseline.
-* Targets, each started on its own, measured, then stopped before the next one starts:
+* Targets:
     - origin direct: the load generator talks to the origin itself (the ceiling of the rig);
     - nginx:   reverse proxy, `worker_processes 1`, upstream `keepalive 64`, HTTP/1.1 upstream;
     - haproxy: `mode http`, `nbthread 1`, `http-reuse always`, h2c via `bind ... proto h2`;
     - RustNg:  `workers: 1`, `access_log: false`, HTTP/1.1 upstream (h1 and h2c on one port).
   All proxies talk HTTP/1.1 keep-alive to the origin, and none writes an access log.
+  The proxies are started once, before the first scenario, and stay running (idle while another
+  target is measured) until the last scenario is done; only one target is under load at a time.
 * CPU placement (on a machine with >= 2 usable cores): the proxy under test runs alone on
-  core 0 (`taskset -c 0`); the load generator and the origin share core 1 (`taskset -c 1`).
+  core 0 (`taskset -c 0`; the other proxies wait there idle); the load generator and the origin
+  share core 1 (`taskset -c 1`).
   The proxy's "CPU %" column shows how busy core 0 was: about 100 % means the proxy was the
   bottleneck, much less means the load generator / origin core was.
-* Scenarios, each preceded by an unmeasured warm-up run of the same shape (default 2 s):
+* Scenarios:
     - HTTP/1.1 keep-alive: `wrk -t1 -c64 -d<duration>s --latency`;
     - h2c (prior knowledge): `h2load -c32 -m10 -t1 -D <duration>`.
-* Metrics per target x scenario:
+* Interleaved rounds (the host is noisy: one target measured twice in a row can differ by
+  ±15 %, so one run per target gives unreliable ratios). Each scenario runs `--rounds` rounds
+  (default 3, `--quick` 2); every round measures each target once, one after the other, and the
+  order rotates by one target per round (round 1: origin, nginx, haproxy, RustNg; round 2:
+  nginx, haproxy, RustNg, origin; ...), so no target always runs first and slow drifts of the
+  host hit every target alike. Before its first measured run in a scenario each target gets
+  one unmeasured warm-up run of the same shape (default 2 s); later rounds are not warmed up.
+* Metrics per target x scenario x round:
     - rps as reported by the load generator; p50 / p99 latency in ms: for wrk from its
       `--latency` distribution, for h2load computed here (nearest rank) from the per-request
       latencies it writes with `--log-file`;
     - CPU us/request: the growth of utime+stime (/proc/PID/stat, all threads, summed over the
-      process and all its descendants, e.g. nginx master + worker) of the proxy during the
-      measured run, divided by the requests the load generator completed. For "origin direct"
-      the column shows the origin's own CPU (marked with *);
-    - rps and p99 relative to nginx in the same scenario;
-    - non-2xx responses and errors (wrk: socket errors; h2load: errored + timed-out requests).
+      process and all its descendants, e.g. nginx master + worker) of the proxy during that
+      measured run, divided by the requests the load generator completed in it. For "origin
+      direct" the column shows the origin's own CPU (marked with *);
+    - non-2xx responses and errors (wrk: socket errors; h2load: errored + timed-out requests);
+    - background CPU: busy time of the host not accounted to the proxy under test, the origin,
+      the load generator, this script or the idle proxies.
+* Reported per target x scenario: the MEDIAN over the successful rounds of rps, p50, p99,
+  CPU us/request and CPU %; the spread (min-max rps over rounds, and its width relative to
+  the median); rps and p99 relative to nginx, computed from the medians; non-2xx and errors
+  summed over rounds; background CPU as the maximum over rounds. The JSON keeps every round's
+  raw numbers in a `rounds` list next to the median fields.
 * Memory (RustNg only), on a fresh RustNg instance with `max_connections: 20000`: VmRSS right
   after start (idle), VmRSS after one request (baseline, pools warmed), then VmRSS with N idle
   keep-alive connections open (default 10,000), each of which has completed one
@@ -55,6 +71,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,6 +121,7 @@ class Settings:
     rustng: Path
     duration: int
     warmup: int
+    rounds: int
     idle_connections: int
     targets: list[str]
     out_dir: Path
@@ -116,12 +134,15 @@ def parse_args(argv: list[str]) -> Settings:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rustng", default="target/release/rustng", help="RustNg binary")
     p.add_argument("--duration", type=int, help="seconds per measured run (default 10)")
-    p.add_argument("--warmup", type=int, help="seconds of warm-up before each run (default 2)")
+    p.add_argument("--warmup", type=int,
+                   help="seconds of warm-up per target and scenario, before its first run (default 2)")
+    p.add_argument("--rounds", type=int,
+                   help="interleaved rounds per scenario; medians are reported (default 3)")
     p.add_argument(
         "--idle-connections", type=int, help="idle keep-alive connections for the RSS test (default 10000)"
     )
     p.add_argument(
-        "--quick", action="store_true", help="smoke run: 3 s runs, 1 s warm-up, 2,000 idle connections"
+        "--quick", action="store_true", help="smoke run: 2 rounds of 3 s runs, 1 s warm-up, 2,000 idle connections"
     )
     p.add_argument(
         "--targets",
@@ -143,13 +164,14 @@ def parse_args(argv: list[str]) -> Settings:
         rustng=Path(a.rustng),
         duration=pick(a.duration, 3, 10),
         warmup=pick(a.warmup, 1, 2),
+        rounds=pick(a.rounds, 2, 3),
         idle_connections=pick(a.idle_connections, 2000, 10000),
         targets=[t for t in TARGETS if t in targets],
         out_dir=Path(a.out_dir),
         keep_tmp=a.keep_tmp,
     )
-    if s.duration < 1 or s.warmup < 0 or s.idle_connections < 1:
-        p.error("--duration and --idle-connections must be >= 1, --warmup >= 0")
+    if s.duration < 1 or s.rounds < 1 or s.warmup < 0 or s.idle_connections < 1:
+        p.error("--duration, --rounds and --idle-connections must be >= 1, --warmup >= 0")
     return s
 
 
@@ -713,30 +735,42 @@ SCENARIOS = [
 ]
 
 
+def warm_up(scenario: Scenario, port: int, s: Settings, workdir: Path) -> None:
+    """One unmeasured run of the scenario's shape; fails when not a single request succeeded."""
+    warm = scenario.run(port, s.warmup, s.load_cpu, workdir)
+    if warm.requests == 0 or warm.non_2xx + warm.errors >= warm.requests:
+        raise BenchError(f"warm-up had no successful request ({warm.non_2xx} non-2xx, {warm.errors} errors)")
+
+
+def check_alive(svc: Service, when: str) -> None:
+    if svc.proc.poll() is not None:
+        raise BenchError(f"{svc.name} exited with {svc.proc.returncode} {when}:\n{svc.log_tail()}")
+
+
 def measure(target_key: str, scenario: Scenario, port: int, proxy: Service, origin: Service,
-            s: Settings, workdir: Path) -> dict:
-    """Warm-up, then one measured run with CPU accounting of the proxy (and the origin)."""
-    if s.warmup:
-        warm = scenario.run(port, s.warmup, s.load_cpu, workdir)
-        if warm.requests == 0 or warm.non_2xx + warm.errors >= warm.requests:
-            raise BenchError(f"warm-up had no successful request ({warm.non_2xx} non-2xx, {warm.errors} errors)")
+            idle: list[Service], s: Settings, workdir: Path) -> dict:
+    """One measured run with CPU accounting (per-run deltas) of the proxy and the origin.
+
+    `idle` are the other proxies, running but not under load; their CPU is measured too, so it
+    is not mistaken for background noise."""
+    check_alive(proxy, "before the run")
     host0, ours0 = host_busy_seconds(), own_and_children_seconds()
+    idle0 = sum(cpu_seconds(p.pid) for p in idle)
     cpu0, origin0, t0 = cpu_seconds(proxy.pid), cpu_seconds(origin.pid), time.monotonic()
     res = scenario.run(port, s.duration, s.load_cpu, workdir)
     wall = time.monotonic() - t0
     cpu = cpu_seconds(proxy.pid) - cpu0
     origin_cpu = cpu_seconds(origin.pid) - origin0
+    idle_cpu = max(0.0, sum(cpu_seconds(p.pid) for p in idle) - idle0)
     # Whatever else ran on the host meanwhile (builds, other jobs): busy time not accounted to
-    # the proxy, the origin, the load generator or this script. Large values mean noisy numbers.
-    accounted = cpu + (origin_cpu if proxy is not origin else 0) + own_and_children_seconds() - ours0
+    # the proxy, the origin, the idle proxies, the load generator or this script. Large values
+    # mean noisy numbers.
+    accounted = (cpu + (origin_cpu if proxy is not origin else 0) + idle_cpu
+                 + own_and_children_seconds() - ours0)
     background = max(0.0, host_busy_seconds() - host0 - accounted)
-    if proxy.proc.poll() is not None:
-        raise BenchError(f"{proxy.name} exited with {proxy.proc.returncode} during the run:\n{proxy.log_tail()}")
+    check_alive(proxy, "during the run")
     per_req = (lambda secs: secs * 1e6 / res.requests if res.requests else None)
     return {
-        "target": target_key,
-        "label": TARGETS[target_key].label,
-        "scenario": scenario.key,
         "requests": res.requests,
         "seconds": round(res.seconds, 3),
         "rps": res.rps,
@@ -744,8 +778,8 @@ def measure(target_key: str, scenario: Scenario, port: int, proxy: Service, orig
         "p99_ms": res.p99_ms,
         "cpu_us_per_req": per_req(cpu),
         "cpu_percent": 100 * cpu / wall if wall else None,
-        "cpu_is_origin": target_key == "origin",
         "origin_cpu_us_per_req": per_req(origin_cpu),
+        "idle_proxies_cpu_percent": 100 * idle_cpu / wall if wall else None,
         "background_cpu_percent": 100 * background / wall if wall else None,
         "non_2xx": res.non_2xx,
         "errors": res.errors,
@@ -753,43 +787,115 @@ def measure(target_key: str, scenario: Scenario, port: int, proxy: Service, orig
     }
 
 
-def bench_target(key: str, sup: Supervisor, origin: Service, nofile: int, results: list[dict],
-                 failures: list[str]) -> None:
+def median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# Per-round fields reported as the median over the successful rounds.
+MEDIAN_FIELDS = ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "cpu_percent", "origin_cpu_us_per_req")
+
+
+def summarize(key: str, scenario: Scenario, rounds: list[dict]) -> dict:
+    """One result row for target x scenario: medians, spread, sums and maxima over the rounds."""
     target = TARGETS[key]
-    proxy = origin
+    row = {"target": key, "label": target.label, "scenario": scenario.key}
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        errors = list(dict.fromkeys(r["error"] for r in rounds)) or ["not measured"]
+        return {**row, "error": " / ".join(errors), "rounds": rounds}
+    rps = [r["rps"] for r in ok]
+    row.update({f: median([r[f] for r in ok]) for f in MEDIAN_FIELDS})
+    row.update({
+        "rps_min": min(rps),
+        "rps_max": max(rps),
+        "rps_spread_percent": 100 * (max(rps) - min(rps)) / row["rps"] if row["rps"] else None,
+        "rounds_ok": len(ok),
+        "rounds_total": len(rounds),
+        "requests": sum(r["requests"] for r in ok),
+        "cpu_is_origin": key == "origin",
+        "non_2xx": sum(r["non_2xx"] for r in ok),
+        "errors": sum(r["errors"] for r in ok),
+        "background_cpu_percent": max((r["background_cpu_percent"] for r in ok
+                                       if r["background_cpu_percent"] is not None), default=None),
+        "rounds": rounds,
+    })
+    return row
+
+
+def rotated(keys: list[str], round_index: int) -> list[str]:
+    """The target order of a round: shifted by one per round, so no target always runs first."""
+    k = round_index % len(keys) if keys else 0
+    return keys[k:] + keys[:k]
+
+
+def bench_targets(keys: list[str], sup: Supervisor, origin: Service, nofile: int, results: list[dict],
+                  failures: list[str]) -> None:
+    """Starts every proxy once, then runs each scenario as interleaved rounds over all targets."""
+    s = sup.settings
+    running: dict[str, Service] = {}
+    start_errors: dict[str, str] = {}
     try:
-        if target.start is not None:
-            info(f"starting {target.label}")
-            proxy = target.start(sup, nofile)
-        for sc in SCENARIOS:
-            port = target.h1_port if sc.key == "http1" else target.h2c_port
-            info(f"{target.label}: {sc.key}, {sup.settings.warmup} s warm-up + {sup.settings.duration} s")
-            try:
-                row = measure(key, sc, port, proxy, origin, sup.settings, sup.workdir)
-            except BenchError as e:
-                failures.append(f"{target.label} / {sc.key}: {e}")
-                results.append({"target": key, "label": target.label, "scenario": sc.key, "error": str(e)})
-                warn(f"{target.label} / {sc.key} failed: {e}")
+        for key in keys:
+            target = TARGETS[key]
+            if target.start is None:
+                running[key] = origin
                 continue
-            results.append(row)
-            if (row["background_cpu_percent"] or 0) > NOISE_WARN_PERCENT:
-                warn(f"{target.label} / {sc.key}: other processes used {row['background_cpu_percent']:.0f}% "
-                     "of a core during the run; numbers are noisy")
-            if row["non_2xx"] or row["errors"]:
-                warn(f"{target.label} / {sc.key}: {row['non_2xx']} non-2xx, {row['errors']} errors")
-        if proxy is not origin:
-            log = proxy.log_tail(10).strip()
-            if log:
-                warn(f"{target.label} logged (last lines):\n{log}")
-    except BenchError as e:
-        failures.append(f"{target.label}: {e}")
-        warn(f"{target.label} failed: {e}")
+            info(f"starting {target.label}")
+            try:
+                running[key] = target.start(sup, nofile)
+            except BenchError as e:
+                start_errors[key] = str(e)
+                failures.append(f"{target.label}: {e}")
+                warn(f"{target.label} failed: {e}")
+        proxies = [svc for svc in running.values() if svc is not origin]
         for sc in SCENARIOS:
-            if not any(r["target"] == key and r["scenario"] == sc.key for r in results):
-                results.append({"target": key, "label": target.label, "scenario": sc.key, "error": str(e)})
+            rounds: dict[str, list[dict]] = {key: [] for key in keys}
+            warmed: set[str] = set()
+            for rnd in range(s.rounds):
+                order = rotated(keys, rnd)
+                info(f"{sc.key} round {rnd + 1}/{s.rounds}: "
+                     + ", ".join(TARGETS[k].label for k in order) + f"; {s.duration} s each")
+                for pos, key in enumerate(order, 1):
+                    label = TARGETS[key].label
+                    entry = {"round": rnd + 1, "position": pos}
+                    if key in start_errors:
+                        rounds[key].append({**entry, "error": start_errors[key]})
+                        continue
+                    proxy = running[key]
+                    port = TARGETS[key].h1_port if sc.key == "http1" else TARGETS[key].h2c_port
+                    try:
+                        if s.warmup and key not in warmed:
+                            check_alive(proxy, "before the warm-up")
+                            info(f"{label}: {sc.key} warm-up, {s.warmup} s")
+                            warm_up(sc, port, s, sup.workdir)
+                        warmed.add(key)
+                        idle = [p for p in proxies if p is not proxy]
+                        row = measure(key, sc, port, proxy, origin, idle, s, sup.workdir)
+                    except BenchError as e:
+                        failures.append(f"{label} / {sc.key} / round {rnd + 1}: {e}")
+                        rounds[key].append({**entry, "error": str(e)})
+                        warn(f"{label} / {sc.key} / round {rnd + 1} failed: {e}")
+                        continue
+                    rounds[key].append({**entry, **row})
+                    info(f"{label}: {sc.key} round {rnd + 1}: {row['rps']:,.0f} rps")
+                    if (row["background_cpu_percent"] or 0) > NOISE_WARN_PERCENT:
+                        warn(f"{label} / {sc.key} / round {rnd + 1}: other processes used "
+                             f"{row['background_cpu_percent']:.0f}% of a core during the run; numbers are noisy")
+                    if row["non_2xx"] or row["errors"]:
+                        warn(f"{label} / {sc.key} / round {rnd + 1}: "
+                             f"{row['non_2xx']} non-2xx, {row['errors']} errors")
+            for key in keys:
+                results.append(summarize(key, sc, rounds[key]))
+        for key, svc in running.items():
+            if svc is not origin:
+                log = svc.log_tail(10).strip()
+                if log:
+                    warn(f"{TARGETS[key].label} logged (last lines):\n{log}")
     finally:
-        if proxy is not origin:
-            sup.stop(proxy)
+        for svc in running.values():
+            if svc is not origin:
+                sup.stop(svc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -882,14 +988,22 @@ def bench_rustng_memory(sup: Supervisor, n: int, nofile: int) -> dict:
 # Report
 
 
+def _ratios(row: dict, ref: dict | None) -> tuple[float | None, float | None]:
+    ok = ref is not None and "error" not in ref and "error" not in row
+    rps = row["rps"] / ref["rps"] if ok and ref["rps"] else None
+    p99 = row["p99_ms"] / ref["p99_ms"] if ok and row.get("p99_ms") is not None and ref.get("p99_ms") else None
+    return rps, p99
+
+
 def add_ratios(results: list[dict]) -> None:
-    nginx = {r["scenario"]: r for r in results if r["target"] == "nginx" and "error" not in r}
+    """rps and p99 vs nginx from the medians; each round also gets its ratio to nginx's same round."""
+    nginx = {r["scenario"]: r for r in results if r["target"] == "nginx"}
     for r in results:
         ref = nginx.get(r["scenario"])
-        ok = ref and "error" not in r
-        r["rps_vs_nginx"] = r["rps"] / ref["rps"] if ok and ref["rps"] else None
-        r["p99_vs_nginx"] = (r["p99_ms"] / ref["p99_ms"]
-                             if ok and r.get("p99_ms") is not None and ref.get("p99_ms") else None)
+        r["rps_vs_nginx"], r["p99_vs_nginx"] = _ratios(r, ref)
+        ref_rounds = {x["round"]: x for x in (ref or {}).get("rounds", [])}
+        for rnd in r.get("rounds", []):
+            rnd["rps_vs_nginx"], rnd["p99_vs_nginx"] = _ratios(rnd, ref_rounds.get(rnd["round"]))
 
 
 def one_line(text: str, limit: int) -> str:
@@ -904,32 +1018,40 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 def markdown(results: list[dict], memory: dict | None, meta: dict) -> str:
     s = meta["settings"]
     out = [f"## RustNg benchmark — {meta['timestamp']}", "",
-           f"{s['duration_s']} s runs after {s['warmup_s']} s warm-up; proxies pinned to core "
+           f"Median of {s['rounds']} interleaved rounds (target order rotated each round) of "
+           f"{s['duration_s']} s runs, after one {s['warmup_s']} s warm-up per target and scenario; "
+           f"proxies pinned to core "
            f"{s['proxy_cpu']}, load generator + origin on core {s['load_cpu']}; one worker each; "
            f"origin: nginx `return 200`, HTTP/1.1 keep-alive upstream.", ""]
     for sc in SCENARIOS:
         rows = [r for r in results if r["scenario"] == sc.key]
         if not rows:
             continue
-        out += [f"### {sc.title}, {s['duration_s']} s", "",
-                "| target | rps | rps vs nginx | p50 ms | p99 ms | p99 vs nginx | CPU µs/req | CPU % "
-                "| non-2xx | errors | bg CPU % |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [f"### {sc.title}, {s['rounds']} × {s['duration_s']} s", "",
+                "| target | rps | spread (rps) | rps vs nginx | p50 ms | p99 ms | p99 vs nginx | CPU µs/req "
+                "| CPU % | non-2xx | errors | bg CPU % |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if "error" in r:
                 out.append(f"| {r['label']} | FAILED: {one_line(r['error'], 100)} "
-                           "| | | | | | | | | |")
+                           "| | | | | | | | | | |")
                 continue
             star = "*" if r["cpu_is_origin"] else ""
+            spread = (f"{r['rps_min']:,.0f}–{r['rps_max']:,.0f} ({fmt(r['rps_spread_percent'], '.0f', '%')})")
+            if r["rounds_ok"] < r["rounds_total"]:
+                spread += f", {r['rounds_ok']}/{r['rounds_total']} rounds"
             out.append(
-                f"| {r['label']} | {r['rps']:,.0f} | {fmt(r['rps_vs_nginx'], '.2f')} "
+                f"| {r['label']} | {r['rps']:,.0f} | {spread} | {fmt(r['rps_vs_nginx'], '.2f')} "
                 f"| {fmt(r['p50_ms'], '.2f')} | {fmt(r['p99_ms'], '.2f')} | {fmt(r['p99_vs_nginx'], '.2f')} "
                 f"| {fmt(r['cpu_us_per_req'], '.1f', star)} | {fmt(r['cpu_percent'], '.0f', star)} "
                 f"| {r['non_2xx']} | {r['errors']} | {fmt(r['background_cpu_percent'], '.0f')} |")
         out.append("")
+    out.append("rps, p50, p99, CPU: median over rounds; ratios vs nginx: of the medians; spread: min–max "
+               "rps over rounds (width relative to the median); non-2xx, errors: sums over rounds.")
+    out.append("")
     out.append("\\* origin direct: CPU of the origin itself (no proxy in the path). CPU %: share of one "
                "core the proxy used. bg CPU %: CPU used by unrelated processes on the host during the "
-               f"run (over {NOISE_WARN_PERCENT}% means the numbers are noisy).")
+               f"run, highest round (over {NOISE_WARN_PERCENT}% means the numbers are noisy).")
     out.append("")
     if memory:
         mib = 1024 * 1024
@@ -978,6 +1100,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     now = dt.datetime.now()
+    t_start = time.monotonic()
     stamp = now.strftime("%Y%m%d-%H%M%S")
     workdir = Path(tempfile.mkdtemp(prefix="rustng-bench-"))
     sup = Supervisor(workdir, s)
@@ -987,8 +1110,7 @@ def main(argv: list[str]) -> int:
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
-        for key in s.targets:
-            bench_target(key, sup, origin, nofile, results, failures)
+        bench_targets(s.targets, sup, origin, nofile, results, failures)
         if "rustng" in s.targets:
             try:
                 memory = bench_rustng_memory(sup, s.idle_connections, nofile)
@@ -1009,6 +1131,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     add_ratios(results)
+    wall_seconds = round(time.monotonic() - t_start, 1)
     meta = {
         "timestamp": now.isoformat(timespec="seconds"),
         "git": git_revision(),
@@ -1021,16 +1144,17 @@ def main(argv: list[str]) -> int:
             "h2load": tool_version(["h2load", "--version"]),
         },
         "settings": {
-            "duration_s": s.duration, "warmup_s": s.warmup, "proxy_cpu": s.proxy_cpu, "load_cpu": s.load_cpu,
+            "duration_s": s.duration, "warmup_s": s.warmup, "rounds": s.rounds,
+            "round_orders": [rotated(s.targets, i) for i in range(s.rounds)], "proxy_cpu": s.proxy_cpu, "load_cpu": s.load_cpu,
             "wrk": {"threads": 1, "connections": WRK_CONNECTIONS},
             "h2load": {"threads": 1, "clients": H2LOAD_CLIENTS, "max_concurrent_streams": H2LOAD_STREAMS},
             "idle_connections": s.idle_connections, "rlimit_nofile": nofile,
         },
     }
-    report = {**meta, "results": results, "rustng_memory": memory, "failures": failures}
+    report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory, "failures": failures}
     print(markdown(results, memory, meta))
     path = write_json(report, s.out_dir, stamp)
-    info(f"results written to {path} and {path.parent / 'latest.json'}")
+    info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")
     if failures:
         print("bench: failures:\n  " + "\n  ".join(one_line(f, 200) for f in failures), file=sys.stderr)
         return 1

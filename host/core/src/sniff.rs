@@ -59,6 +59,8 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    // A unit test's own runtime, not a worker: spawning a plain task is fine here.
+    #[allow(clippy::disallowed_methods)]
     async fn sniff_bytes(chunks: &[&[u8]]) -> Option<Protocol> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -3,12 +3,13 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustng_runtime_config::Config;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::LocalSet;
 use tokio_rustls::TlsAcceptor;
@@ -142,58 +143,66 @@ async fn accept_loop(
         let shutdown = shutdown.clone();
         let open = Rc::clone(&open);
         open.set(open.get() + 1);
-        tokio::task::spawn_local(async move {
-            let http = &listener.config.http;
-            match listener.tls.clone() {
-                None => {
-                    // A client that sends nothing is idle; one that starts is timed as a head.
-                    match sniff::sniff(&stream, http.idle_timeout, http.request_headers_timeout)
-                        .await
-                    {
-                        Ok(Some(protocol)) => {
-                            connection::serve(
-                                stream,
-                                protocol,
-                                Rc::clone(&listener),
-                                peer,
-                                false,
-                                shutdown,
-                            )
-                            .await;
-                        }
-                        Ok(None) => tracing::debug!(%peer, "closed before a request"),
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "read failed before a request")
-                        }
-                    }
-                }
-                Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(http.request_headers_timeout, handshake).await {
-                        Ok(Ok(tls)) => {
-                            let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                Protocol::Http2
-                            } else {
-                                Protocol::Http1
-                            };
-                            connection::serve(
-                                tls,
-                                protocol,
-                                Rc::clone(&listener),
-                                peer,
-                                true,
-                                shutdown,
-                            )
-                            .await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
-            drop(slot);
-            open.set(open.get() - 1);
-        });
+        // Two task shapes, so a cleartext connection's task is not sized for TLS state.
+        match listener.tls.clone() {
+            None => tokio::task::spawn_local(async move {
+                serve_plain(stream, listener, peer, shutdown).await;
+                drop(slot);
+                open.set(open.get() - 1);
+            }),
+            Some(acceptor) => tokio::task::spawn_local(async move {
+                serve_tls(acceptor, stream, listener, peer, shutdown).await;
+                drop(slot);
+                open.set(open.get() - 1);
+            }),
+        };
     }
     // Dropping the socket here stops this worker's accepting; the others keep theirs.
+}
+
+async fn serve_plain(
+    stream: TcpStream,
+    listener: Rc<ListenerRt>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let http = &listener.config.http;
+    // A client that sends nothing is idle; one that starts is timed as a head.
+    match sniff::sniff(&stream, http.idle_timeout, http.request_headers_timeout).await {
+        Ok(Some(protocol)) => {
+            connection::serve(
+                stream,
+                protocol,
+                Rc::clone(&listener),
+                peer,
+                false,
+                shutdown,
+            )
+            .await;
+        }
+        Ok(None) => tracing::debug!(%peer, "closed before a request"),
+        Err(e) => tracing::debug!(%peer, error = %e, "read failed before a request"),
+    }
+}
+
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    listener: Rc<ListenerRt>,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let handshake = acceptor.accept(stream);
+    match tokio::time::timeout(listener.config.http.request_headers_timeout, handshake).await {
+        Ok(Ok(tls)) => {
+            let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            connection::serve(tls, protocol, Rc::clone(&listener), peer, true, shutdown).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
 }

@@ -5,10 +5,15 @@ use rustng_runtime_config::{LogConfig, LogFormat};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
+/// Checks `log.level` without installing anything.
+pub(crate) fn check_level(level: &str) -> anyhow::Result<EnvFilter> {
+    EnvFilter::try_new(level)
+        .map_err(|e| anyhow::anyhow!("log.level: invalid filter \"{level}\": {e}"))
+}
+
 /// Installs the global subscriber. Keep the guard alive: dropping it flushes the log.
 pub(crate) fn init(config: &LogConfig) -> anyhow::Result<WorkerGuard> {
-    let filter = EnvFilter::try_new(&config.level)
-        .map_err(|e| anyhow::anyhow!("log.level: invalid filter \"{}\": {e}", config.level))?;
+    let filter = check_level(&config.level)?;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         // Dropping lines beats blocking a worker when stdout cannot keep up.
         .lossy(true)

@@ -52,7 +52,12 @@ fn main() -> ExitCode {
 
 fn validate(path: &std::path::Path) -> ExitCode {
     match rustng_runtime_config::load(path) {
-        Ok(_) => {
+        Ok(config) => {
+            // The filter syntax belongs to tracing-subscriber, which only the binary links.
+            if let Err(e) = logging::check_level(&config.log.level) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -45,6 +45,21 @@ clusters:
 }
 
 #[test]
+fn an_invalid_log_level_is_caught_by_validate() {
+    let run = cli_with_config(
+        "validate",
+        "log: { level: 'info,[' }\nlisteners: [{name: a, address: '127.0.0.1:1'}]\n",
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr
+            .starts_with("log.level: invalid filter \"info,[\""),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn unknown_fields_and_unreadable_files_are_errors() {
     let run = cli_with_config("validate", "listeners: []\nbogus: 1\n");
     assert_eq!(run.code, Some(1));

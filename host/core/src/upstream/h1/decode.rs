@@ -584,6 +584,39 @@ mod tests {
     }
 
     #[test]
+    fn junk_never_panics() {
+        // Deterministic xorshift junk, some of it starting like a real head.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..2000 {
+            let len = (next() % 300) as usize;
+            let mut bytes: Vec<u8> = if round % 2 == 0 {
+                b"HTTP/1.1 200 OK\r\n".to_vec()
+            } else {
+                Vec::new()
+            };
+            bytes.extend((0..len).map(|_| {
+                // Bias towards the bytes that matter to the parsers.
+                match next() % 8 {
+                    0 => b'\r',
+                    1 => b'\n',
+                    2 => b':',
+                    3 => b'0' + (next() % 10) as u8,
+                    _ => next() as u8,
+                }
+            }));
+            let _ = parse_head(&mut BytesMut::from(&bytes[..]), &Method::GET);
+            let mut chunked = BodyDecoder::Chunked(Chunked::Size);
+            let _ = decode_all(&mut chunked, &bytes, 1 + (next() % 16) as usize);
+        }
+    }
+
+    #[test]
     fn until_close_ends_at_eof() {
         let mut d = BodyDecoder::UntilClose;
         let (out, _, _) = decode_all(&mut d, b"stream until close", 4).expect("ok");
