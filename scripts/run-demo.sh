@@ -6,5 +6,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 python3 "$here/examples/demo_upstream.py" --port 9000 &
 upstream=$!
 trap 'kill $upstream 2>/dev/null || true' EXIT
-echo "demo upstream on http://127.0.0.1:9000, rustng on http://127.0.0.1:8080 — try: curl -i http://127.0.0.1:8080/"
+# Fail with the reason (port taken, say) instead of proxying to someone else's server.
+for _ in $(seq 50); do
+  kill -0 "$upstream" 2>/dev/null || { echo "run: the demo upstream could not start on 127.0.0.1:9000" >&2; exit 1; }
+  python3 -c 'import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(("127.0.0.1",9000)))' && break
+  sleep 0.1
+done
+echo "demo upstream on http://127.0.0.1:9000, rustng on http://127.0.0.1:8080 — try: curl -i http://127.0.0.1:8080/hello"
 "$here/$bin" run -c "$here/$config"
