@@ -14,6 +14,7 @@ use crate::connection::ConnCtx;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::tunnel;
+use crate::upstream::Outgoing;
 
 /// The hyper service of one downstream connection.
 pub(crate) struct ProxyService {
@@ -77,7 +78,12 @@ async fn proxy(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBo
         return Box::pin(tunnel::forward(&cluster, req, protocol, exchange)).await;
     }
 
-    match cluster.send(req).await {
+    let (head, body) = req.into_parts();
+    let mut outgoing = Outgoing {
+        head,
+        body: Some(body),
+    };
+    match cluster.send(&mut outgoing).await {
         Ok(upstream) => {
             let mut parts = upstream.head;
             headers::strip_hop_by_hop(&mut parts.headers);

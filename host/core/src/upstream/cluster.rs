@@ -42,6 +42,13 @@ pub(crate) enum UpstreamBody {
     Http2(Incoming),
 }
 
+/// A request on its way to an upstream, head and body apart. `body` is `None` once an attempt
+/// has started sending it: from then on, no other attempt can be made.
+pub(crate) struct Outgoing {
+    pub(crate) head: http::request::Parts,
+    pub(crate) body: Option<Incoming>,
+}
+
 /// A response head from an upstream, with its body still to come.
 pub(crate) struct UpstreamResponse {
     pub(crate) head: http::response::Parts,
@@ -78,15 +85,17 @@ impl ClusterRt {
         }
     }
 
-    /// Sends `req` to an endpoint of this cluster and waits for the response head.
+    /// Sends the request to an endpoint of this cluster and waits for the response head.
+    /// The request is borrowed, not moved: attempts leave it in place when nothing of it was
+    /// used, which is what makes a retry possible, and the request future stays small.
     pub(crate) async fn send(
         self: &Rc<Self>,
-        mut req: Request<Incoming>,
+        req: &mut Outgoing,
     ) -> Result<UpstreamResponse, ProxyError> {
         if self.endpoints.is_empty() {
             return Err(ProxyError::new(ErrorKind::NoHealthyUpstream));
         }
-        prepare_uri(&mut req, self.config.protocol)?;
+        prepare_uri(&mut req.head, self.config.protocol)?;
         let attempts = self.endpoints.len().min(MAX_ATTEMPTS);
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
         let mut last_error = None;
@@ -102,12 +111,11 @@ impl ClusterRt {
             };
             match result {
                 Ok(response) => return Ok(response),
-                Err((error, Some(returned))) if error.retryable => {
+                Err(error) if error.retryable && req.body.is_some() => {
                     tracing::debug!(cluster = %self.config.name, %error, "trying another endpoint");
-                    req = returned;
                     last_error = Some(error);
                 }
-                Err((error, _)) => return Err(error),
+                Err(error) => return Err(error),
             }
         }
         Err(last_error.unwrap_or_else(|| ProxyError::new(ErrorKind::NoHealthyUpstream)))
@@ -116,23 +124,26 @@ impl ClusterRt {
     async fn send_http1(
         self: &Rc<Self>,
         index: usize,
-        req: Request<Incoming>,
-    ) -> Result<UpstreamResponse, (ProxyError, Option<Request<Incoming>>)> {
+        req: &mut Outgoing,
+    ) -> Result<UpstreamResponse, ProxyError> {
         let endpoint = &self.endpoints[index];
         let address = endpoint.address;
-        let (mut parts, mut body) = req.into_parts();
         for _ in 0..=MAX_STALE_RETRIES {
             let (mut conn, reused) = match endpoint.pool.checkout_http1() {
                 Some(conn) => (conn, true),
                 // Boxed: connecting is the rare path, and inline its state would grow every
-                // request future (moved into a Box per request) by a few hundred bytes.
-                None => match Box::pin(connect::tcp(address, self.config.connect_timeout)).await {
-                    Ok(stream) => (H1Connection::new(stream), false),
-                    Err(e) => return Err((e, Some(Request::from_parts(parts, body)))),
-                },
+                // request future (moved into a Box per request).
+                None => {
+                    let stream =
+                        Box::pin(connect::tcp(address, self.config.connect_timeout)).await?;
+                    (H1Connection::new(stream), false)
+                }
             };
-            let sent =
-                tokio::time::timeout(self.config.timeout, conn.send(parts, body, reused)).await;
+            let sent = tokio::time::timeout(
+                self.config.timeout,
+                conn.send(&req.head, &mut req.body, reused),
+            )
+            .await;
             match sent {
                 Ok(Ok(head)) => {
                     let mut response = Response::new(());
@@ -150,46 +161,31 @@ impl ClusterRt {
                         endpoint: address,
                     });
                 }
-                Ok(Err(SendError::Retry(unsent))) => {
-                    if reused {
-                        // A pooled connection the upstream had already closed: a fresh one.
-                        parts = unsent.parts;
-                        body = unsent.body;
-                        continue;
-                    }
-                    let error = ProxyError::new(ErrorKind::UpstreamProtocol)
+                // A pooled connection the upstream had already closed: a fresh one.
+                Ok(Err(SendError::Retry(_))) if reused => continue,
+                Ok(Err(SendError::Retry(cause))) => {
+                    return Err(ProxyError::new(ErrorKind::UpstreamProtocol)
                         .retryable()
                         .at(address)
-                        .because(unsent.cause);
-                    return Err((error, Some(Request::from_parts(unsent.parts, unsent.body))));
+                        .because(cause));
                 }
                 Ok(Err(SendError::Upstream(cause))) => {
-                    let error = ProxyError::new(ErrorKind::UpstreamProtocol)
+                    return Err(ProxyError::new(ErrorKind::UpstreamProtocol)
                         .at(address)
-                        .because(cause);
-                    return Err((error, None));
+                        .because(cause));
                 }
                 Ok(Err(SendError::Downstream(cause))) => {
-                    let error = ProxyError::new(ErrorKind::InvalidRequest)
+                    return Err(ProxyError::new(ErrorKind::InvalidRequest)
                         .at(address)
-                        .because(cause);
-                    return Err((error, None));
+                        .because(cause));
                 }
-                Err(_) => {
-                    return Err((
-                        ProxyError::new(ErrorKind::UpstreamTimeout).at(address),
-                        None,
-                    ));
-                }
+                Err(_) => return Err(ProxyError::new(ErrorKind::UpstreamTimeout).at(address)),
             }
         }
-        Err((
-            ProxyError::new(ErrorKind::UpstreamProtocol)
-                .retryable()
-                .at(address)
-                .because("pooled connections kept closing"),
-            Some(Request::from_parts(parts, body)),
-        ))
+        Err(ProxyError::new(ErrorKind::UpstreamProtocol)
+            .retryable()
+            .at(address)
+            .because("pooled connections kept closing"))
     }
 
     /// Takes back a connection whose response was read to the end.
@@ -205,30 +201,31 @@ impl ClusterRt {
     async fn send_http2(
         self: &Rc<Self>,
         index: usize,
-        req: Request<Incoming>,
-    ) -> Result<UpstreamResponse, (ProxyError, Option<Request<Incoming>>)> {
+        req: &mut Outgoing,
+    ) -> Result<UpstreamResponse, ProxyError> {
         let endpoint = &self.endpoints[index];
         let address = endpoint.address;
         let mut sender = match endpoint.pool.http2() {
             Some(sender) => sender,
-            None => match Box::pin(connect::http2(address, self.config.connect_timeout)).await {
-                Ok(sender) => {
-                    endpoint.pool.set_http2(sender.clone());
-                    sender
-                }
-                Err(e) => return Err((e, Some(req))),
-            },
+            None => {
+                let sender = connect::http2(address, self.config.connect_timeout).await?;
+                endpoint.pool.set_http2(sender.clone());
+                sender
+            }
         };
         if let Err(e) = sender.ready().await {
-            return Err((
-                ProxyError::new(ErrorKind::UpstreamProtocol)
-                    .retryable()
-                    .at(address)
-                    .because(e),
-                Some(req),
-            ));
+            return Err(ProxyError::new(ErrorKind::UpstreamProtocol)
+                .retryable()
+                .at(address)
+                .because(e));
         }
-        match tokio::time::timeout(self.config.timeout, sender.try_send_request(req)).await {
+        // hyper's client takes the request by value; it hands it back if it never sent it.
+        let Some(body) = req.body.take() else {
+            return Err(ProxyError::new(ErrorKind::UpstreamProtocol).at(address));
+        };
+        let head = std::mem::replace(&mut req.head, Request::new(()).into_parts().0);
+        let request = Request::from_parts(head, body);
+        match tokio::time::timeout(self.config.timeout, sender.try_send_request(request)).await {
             Ok(Ok(response)) => {
                 let (head, body) = response.into_parts();
                 Ok(UpstreamResponse {
@@ -238,19 +235,18 @@ impl ClusterRt {
                 })
             }
             Ok(Err(mut e)) => {
-                let returned = e.take_message();
-                let error = send_error(address, e.into_error());
-                let error = if returned.is_some() {
-                    error.retryable()
-                } else {
-                    error
+                let error = match e.take_message() {
+                    Some(returned) => {
+                        let (head, body) = returned.into_parts();
+                        req.head = head;
+                        req.body = Some(body);
+                        send_error(address, e.into_error()).retryable()
+                    }
+                    None => send_error(address, e.into_error()),
                 };
-                Err((error, returned))
+                Err(error)
             }
-            Err(_) => Err((
-                ProxyError::new(ErrorKind::UpstreamTimeout).at(address),
-                None,
-            )),
+            Err(_) => Err(ProxyError::new(ErrorKind::UpstreamTimeout).at(address)),
         }
     }
 
@@ -285,38 +281,41 @@ impl ClusterRt {
 
 /// HTTP/1.1 upstreams get origin-form (`/path?q`) plus `Host`; HTTP/2 ones need scheme and
 /// authority in the URI and carry no `Host`.
-fn prepare_uri(req: &mut Request<Incoming>, protocol: UpstreamProtocol) -> Result<(), ProxyError> {
+fn prepare_uri(
+    req: &mut http::request::Parts,
+    protocol: UpstreamProtocol,
+) -> Result<(), ProxyError> {
     match protocol {
         UpstreamProtocol::Http1 => {
-            if req.uri().authority().is_some() {
-                if !req.headers().contains_key(header::HOST)
-                    && let Some(authority) = req.uri().authority()
+            if req.uri.authority().is_some() {
+                if !req.headers.contains_key(header::HOST)
+                    && let Some(authority) = req.uri.authority()
                     && let Ok(host) = HeaderValue::from_str(authority.as_str())
                 {
-                    req.headers_mut().insert(header::HOST, host);
+                    req.headers.insert(header::HOST, host);
                 }
-                let path = req.uri().path_and_query().cloned();
+                let path = req.uri.path_and_query().cloned();
                 let mut parts = Parts::default();
                 parts.path_and_query = path;
-                *req.uri_mut() = Uri::from_parts(parts).map_err(bad_uri)?;
+                req.uri = Uri::from_parts(parts).map_err(bad_uri)?;
             }
-            *req.version_mut() = Version::HTTP_11;
+            req.version = Version::HTTP_11;
         }
         UpstreamProtocol::Http2 => {
-            if req.uri().authority().is_none() {
-                let authority = match req.headers_mut().remove(header::HOST) {
+            if req.uri.authority().is_none() {
+                let authority = match req.headers.remove(header::HOST) {
                     Some(host) => Authority::try_from(host.as_bytes()).map_err(bad_uri)?,
                     None => Authority::from_static("localhost"),
                 };
                 let mut parts = Parts::default();
                 parts.scheme = Some(Scheme::HTTP);
                 parts.authority = Some(authority);
-                parts.path_and_query = req.uri().path_and_query().cloned();
-                *req.uri_mut() = Uri::from_parts(parts).map_err(bad_uri)?;
+                parts.path_and_query = req.uri.path_and_query().cloned();
+                req.uri = Uri::from_parts(parts).map_err(bad_uri)?;
             } else {
-                req.headers_mut().remove(header::HOST);
+                req.headers.remove(header::HOST);
             }
-            *req.version_mut() = Version::HTTP_2;
+            req.version = Version::HTTP_2;
         }
     }
     Ok(())

@@ -7,5 +7,5 @@ mod connect;
 mod h1;
 mod pool;
 
-pub(crate) use cluster::{ClusterRt, UpstreamBody};
+pub(crate) use cluster::{ClusterRt, Outgoing, UpstreamBody};
 pub(crate) use h1::H1Body;

@@ -36,17 +36,11 @@ pub(crate) struct H1Connection {
     reusable: bool,
 }
 
-/// A request that never reached the upstream in a way it could act on.
-pub(crate) struct Unsent {
-    pub(crate) parts: request::Parts,
-    pub(crate) body: Incoming,
-    pub(crate) cause: io::Error,
-}
-
 /// Why [`H1Connection::send`] failed.
 pub(crate) enum SendError {
-    /// Safe to send again on another connection (boxed: the rare path stays off the stack).
-    Retry(Box<Unsent>),
+    /// Nothing the upstream could act on reached it, and the request body is untouched:
+    /// safe to send again on another connection.
+    Retry(io::Error),
     /// The upstream broke or spoke invalid HTTP.
     Upstream(Box<dyn std::error::Error + Send + Sync>),
     /// The client's request body broke while it was being forwarded.
@@ -100,53 +94,55 @@ impl H1Connection {
 
     /// Sends a request and reads the response head. `reused` says whether the connection
     /// served a request before, which decides whether a silent close is the keep-alive race.
+    /// The body is taken from `body` only when there is one to stream; a body-less request
+    /// leaves it in place, so the caller can resend.
     pub(crate) async fn send(
         &mut self,
-        parts: request::Parts,
-        body: Incoming,
+        head: &request::Parts,
+        body: &mut Option<Incoming>,
         reused: bool,
     ) -> Result<ResponseHead, SendError> {
         use http_body::Body as _;
-        let body_empty = body.is_end_stream();
+        let body_empty = body.as_ref().is_none_or(|b| b.is_end_stream());
         self.write_buf.clear();
         self.reusable = true;
         let framing = encode::request_head(
             &mut self.write_buf,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
+            &head.method,
+            &head.uri,
+            &head.headers,
             body_empty,
         );
         if let Err(cause) = self.io.write_all(&self.write_buf).await {
             // An incomplete head is nothing an upstream can act on.
             self.reusable = false;
-            return Err(SendError::Retry(Box::new(Unsent { parts, body, cause })));
+            return Err(SendError::Retry(cause));
         }
 
-        // `unsent_body` survives only when nothing of it was read, so it can be resent.
-        let (head, unsent_body) = if body_empty {
-            let head = read_head(&mut self.io, &mut self.read_buf, &parts.method).await;
-            (head, Some(body))
-        } else {
-            // Boxed: streaming a body while watching for an early answer needs two live futures;
-            // inline they would double the size of every body-less request's future too.
-            let head = Box::pin(self.send_body_and_read_head(body, framing, &parts.method)).await?;
-            (head, None)
+        let response = match body.take() {
+            Some(streamed) if !body_empty => {
+                // Boxed: streaming a body while watching for an early answer needs two live
+                // futures; inline they would double the size of every request's future.
+                Box::pin(self.send_body_and_read_head(streamed, framing, &head.method)).await?
+            }
+            untouched => {
+                *body = untouched;
+                read_head(&mut self.io, &mut self.read_buf, &head.method).await
+            }
         };
-        match head {
-            Ok(head) => {
-                self.reusable &= head.keep_alive;
-                Ok(head)
+        match response {
+            Ok(response) => {
+                self.reusable &= response.keep_alive;
+                Ok(response)
             }
             Err(HeadError::Closed(cause)) => {
                 self.reusable = false;
-                match unsent_body {
-                    // The keep-alive race: the upstream closed the idle connection as the
-                    // request went out. nginx resends idempotent requests then; so do we.
-                    Some(body) if reused && is_idempotent(&parts.method) => {
-                        Err(SendError::Retry(Box::new(Unsent { parts, body, cause })))
-                    }
-                    _ => Err(SendError::Upstream(Box::new(cause))),
+                // The keep-alive race: the upstream closed the idle connection as the request
+                // went out. nginx resends idempotent requests then; so do we.
+                if reused && body.is_some() && is_idempotent(&head.method) {
+                    Err(SendError::Retry(cause))
+                } else {
+                    Err(SendError::Upstream(Box::new(cause)))
                 }
             }
             Err(HeadError::Invalid(e)) => {
