@@ -8,19 +8,16 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use std::future::Future;
-use std::pin::Pin;
-
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::head_timeout::HeadTimeout;
 use crate::listener::ListenerRt;
 use crate::local_exec::LocalExec;
 use crate::proxy::ProxyService;
+use crate::registry::{Registry, Watched};
 use crate::sniff::Protocol;
 
 /// Per-connection bookkeeping shared by the connection task, its in-flight requests and the
@@ -45,7 +42,7 @@ const NO_HEAD: u64 = 0;
 const HEAD_UNTIMED: u64 = u64::MAX;
 
 impl ConnState {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ConnState {
             base: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -104,7 +101,7 @@ impl ConnState {
     }
 
     /// When the connection may be closed for idleness, or `None` while requests are in flight.
-    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+    pub(crate) fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
         (self.in_flight.load(Relaxed) == 0)
             .then(|| self.at(self.last_active_us.load(Relaxed)) + idle_timeout)
     }
@@ -143,15 +140,15 @@ impl Codecs {
     }
 }
 
-/// Serves `io`, whose protocol is already known, until the client leaves, the idle timeout
-/// fires, or shutdown drains it.
+/// Serves `io`, whose protocol is already known, until the client leaves or the worker's
+/// registry closes it (idle too long, or shutdown).
 pub(crate) async fn serve<I>(
     io: I,
     protocol: Protocol,
     listener: Rc<ListenerRt>,
     peer: SocketAddr,
     tls: bool,
-    shutdown: watch::Receiver<bool>,
+    registry: &Rc<Registry>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -163,8 +160,8 @@ pub(crate) async fn serve<I>(
         state: Arc::clone(&state),
     });
     let service = ProxyService::new(ctx);
-    let idle_timeout = listener.config.http.idle_timeout;
-    match protocol {
+    let registration = registry.register(Arc::clone(&state), listener.config.http.idle_timeout);
+    let result = match protocol {
         Protocol::Http1 => {
             // Request heads are timed on HTTP/1 only; HTTP/2 has its own flow control and
             // header limits, and a stream's head is one HEADERS frame.
@@ -178,76 +175,17 @@ pub(crate) async fn serve<I>(
                 .http1
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
-            watch_connection(
-                conn,
-                |c| c.graceful_shutdown(),
-                &state,
-                idle_timeout,
-                shutdown,
-                peer,
-            )
-            .await;
+            Watched::new(conn, registration, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
             let conn = listener
                 .codecs
                 .http2
                 .serve_connection(TokioIo::new(io), service);
-            watch_connection(
-                conn,
-                |c| c.graceful_shutdown(),
-                &state,
-                idle_timeout,
-                shutdown,
-                peer,
-            )
-            .await;
+            Watched::new(conn, registration, |c| c.graceful_shutdown()).await
         }
-    }
-}
-
-/// Drives a connection future; closes it gracefully when idle too long or on shutdown.
-async fn watch_connection<C>(
-    conn: C,
-    graceful_shutdown: fn(Pin<&mut C>),
-    state: &ConnState,
-    idle_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
-    peer: SocketAddr,
-) where
-    C: Future<Output = Result<(), hyper::Error>>,
-{
-    tokio::pin!(conn);
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    let mut closing = *shutdown.borrow();
-    if closing {
-        graceful_shutdown(conn.as_mut());
-    }
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "downstream connection error");
-                }
-                return;
-            }
-            _ = &mut idle, if !closing => {
-                match state.idle_deadline(idle_timeout) {
-                    Some(deadline) if deadline <= Instant::now() => {
-                        tracing::debug!(%peer, "closing idle connection");
-                        closing = true;
-                        graceful_shutdown(conn.as_mut());
-                    }
-                    Some(deadline) => idle.as_mut().reset(deadline),
-                    // Busy: look again one timeout from now; the timer is reset, not re-created.
-                    None => idle.as_mut().reset(Instant::now() + idle_timeout),
-                }
-            }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                graceful_shutdown(conn.as_mut());
-            }
-        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "downstream connection error");
     }
 }

@@ -15,6 +15,7 @@ mod headers;
 mod listener;
 mod local_exec;
 mod proxy;
+mod registry;
 mod request_id;
 mod server;
 mod sniff;

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connection;
 use crate::listener::{ConnectionLimit, ListenerRt};
+use crate::registry::Registry;
 use crate::sniff::{self, Protocol};
 use crate::upstream::ClusterRt;
 
@@ -62,6 +63,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         .map(|c| (c.name.as_str(), Rc::new(ClusterRt::new(c.clone()))))
         .collect();
     let open = Rc::new(Cell::new(0usize));
+    let registry = Rc::new(Registry::default());
 
     for ((socket, tls), (listener, limit)) in sockets
         .into_iter()
@@ -80,8 +82,22 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
             config: listener.clone(),
         });
         let socket = TcpListener::from_std(socket)?;
-        tokio::task::spawn_local(accept_loop(socket, rt, shutdown.clone(), Rc::clone(&open)));
+        tokio::task::spawn_local(accept_loop(
+            socket,
+            rt,
+            shutdown.clone(),
+            Rc::clone(&open),
+            Rc::clone(&registry),
+        ));
     }
+
+    let smallest_idle_timeout = config
+        .listeners
+        .iter()
+        .map(|l| l.http.idle_timeout)
+        .min()
+        .unwrap_or(Duration::from_secs(60));
+    tokio::task::spawn_local(Rc::clone(&registry).sweep_forever(smallest_idle_timeout));
 
     let sweeper_clusters: Vec<Rc<ClusterRt>> = clusters.values().cloned().collect();
     tokio::task::spawn_local(async move {
@@ -101,6 +117,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
             break;
         }
     }
+    registry.drain();
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
     while open.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -114,6 +131,7 @@ async fn accept_loop(
     listener: Rc<ListenerRt>,
     mut shutdown: watch::Receiver<bool>,
     open: Rc<Cell<usize>>,
+    registry: Rc<Registry>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -140,18 +158,18 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let listener = Rc::clone(&listener);
-        let shutdown = shutdown.clone();
+        let registry = Rc::clone(&registry);
         let open = Rc::clone(&open);
         open.set(open.get() + 1);
         // Two task shapes, so a cleartext connection's task is not sized for TLS state.
         match listener.tls.clone() {
             None => tokio::task::spawn_local(async move {
-                serve_plain(stream, listener, peer, shutdown).await;
+                serve_plain(stream, listener, peer, &registry).await;
                 drop(slot);
                 open.set(open.get() - 1);
             }),
             Some(acceptor) => tokio::task::spawn_local(async move {
-                serve_tls(acceptor, stream, listener, peer, shutdown).await;
+                serve_tls(acceptor, stream, listener, peer, &registry).await;
                 drop(slot);
                 open.set(open.get() - 1);
             }),
@@ -164,7 +182,7 @@ async fn serve_plain(
     stream: TcpStream,
     listener: Rc<ListenerRt>,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
+    registry: &Rc<Registry>,
 ) {
     let http = &listener.config.http;
     // A client that sends nothing is idle; one that starts is timed as a head.
@@ -176,7 +194,7 @@ async fn serve_plain(
                 Rc::clone(&listener),
                 peer,
                 false,
-                shutdown,
+                registry,
             )
             .await;
         }
@@ -190,7 +208,7 @@ async fn serve_tls(
     stream: TcpStream,
     listener: Rc<ListenerRt>,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
+    registry: &Rc<Registry>,
 ) {
     let handshake = acceptor.accept(stream);
     match tokio::time::timeout(listener.config.http.request_headers_timeout, handshake).await {
@@ -200,7 +218,7 @@ async fn serve_tls(
             } else {
                 Protocol::Http1
             };
-            connection::serve(tls, protocol, Rc::clone(&listener), peer, true, shutdown).await;
+            connection::serve(tls, protocol, Rc::clone(&listener), peer, true, registry).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
