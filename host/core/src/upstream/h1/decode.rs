@@ -3,12 +3,16 @@
 //! Pure functions over a `BytesMut`, so every edge case is a unit test without sockets.
 //! Header values are slices of the received head (`Bytes`), never copied.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
 /// Most header fields in a response head; more is a protocol error, as in hyper (100).
 const MAX_HEADERS: usize = 128;
+/// Header fields whose offsets are kept on the stack while a head is parsed.
+const INLINE_HEADERS: usize = 24;
 /// Largest response head; upstreams are trusted more than clients but not unboundedly.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Longest chunk-size line (size, extensions, CRLF).
@@ -51,9 +55,15 @@ pub(crate) fn parse_head(
     method: &Method,
 ) -> Result<Option<ResponseHead>, DecodeError> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let len = match response.parse(buf) {
+        // Uninitialised slots: initialising 128 of them would cost a 4 KiB memset per response.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut slots,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > MAX_HEAD_BYTES {
@@ -80,19 +90,29 @@ pub(crate) fn parse_head(
             continue;
         }
 
-        // Offsets first (on the stack: no allocation), then freeze the head so names and
-        // values are built from it, values as zero-copy slices.
+        // Offsets first, then freeze the head so names and values are built from it, values as
+        // zero-copy slices. Typical heads fit the stack array; longer ones take a Vec.
         let base = buf.as_ptr() as usize;
-        let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = response.headers.len();
-        for (slot, h) in offsets.iter_mut().zip(response.headers.iter()) {
+        let offset = |h: &httparse::Header<'_>| {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            *slot = (name, name + h.name.len(), value, value + h.value.len());
-        }
+            (name, name + h.name.len(), value, value + h.value.len())
+        };
+        let count = response.headers.len();
+        let mut inline = [(0usize, 0usize, 0usize, 0usize); INLINE_HEADERS];
+        let spilled: Vec<(usize, usize, usize, usize)>;
+        let offsets: &[(usize, usize, usize, usize)] = if count <= INLINE_HEADERS {
+            for (slot, h) in inline.iter_mut().zip(response.headers.iter()) {
+                *slot = offset(h);
+            }
+            &inline[..count]
+        } else {
+            spilled = response.headers.iter().map(offset).collect();
+            &spilled
+        };
         let head: Bytes = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
-        for &(name_start, name_end, value_start, value_end) in &offsets[..count] {
+        for &(name_start, name_end, value_start, value_end) in offsets {
             let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| {
                 DecodeError::Head(format!("header name {:?}", &head[name_start..name_end]))
             })?;
@@ -423,6 +443,26 @@ mod tests {
         assert_eq!(h.body, BodyDecoder::Length(5));
         assert!(h.keep_alive);
         assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn heads_with_more_fields_than_the_inline_array() {
+        let mut text = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..60 {
+            text.push_str(&format!("X-F{i}: v{i}\r\n"));
+        }
+        text.push_str("Content-Length: 0\r\n\r\n");
+        let h = head(&text, Method::GET).expect("ok").expect("complete");
+        assert_eq!(h.headers.len(), 61);
+        assert_eq!(h.headers["x-f59"], "v59");
+        let too_many = format!(
+            "HTTP/1.1 200 OK\r\n{}\r\n",
+            "X: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert!(matches!(
+            head(&too_many, Method::GET),
+            Err(DecodeError::Head(_))
+        ));
     }
 
     #[test]
