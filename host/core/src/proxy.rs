@@ -14,7 +14,7 @@ use crate::connection::ConnCtx;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::tunnel;
-use crate::upstream::Outgoing;
+use crate::upstream::{ClusterRt, Outgoing};
 
 /// The hyper service of one downstream connection.
 pub(crate) struct ProxyService {
@@ -27,77 +27,90 @@ impl ProxyService {
     }
 }
 
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+    type Future = ResponseFuture;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        Box::pin(handle(Rc::clone(&self.ctx), req))
+    /// Everything that needs no waiting (header rules, request id, cluster choice) happens here,
+    /// before the future exists: the future then holds only what crosses an `.await`, and it
+    /// is that future's size that is copied into its box on every request.
+    fn call(&self, mut req: Request<Incoming>) -> ResponseFuture {
+        let ctx = &self.ctx;
+        let downstream_version = req.version();
+        let removed = headers::strip_hop_by_hop(req.headers_mut());
+        headers::add_forwarding(req.headers_mut(), ctx.peer.ip(), ctx.tls);
+        let request_id = headers::ensure_request_id(req.headers_mut());
+
+        let record = ctx.listener.config.access_log.then(|| {
+            Box::new(AccessRecord {
+                listener: Rc::clone(&ctx.listener.name),
+                client: ctx.peer,
+                method: req.method().clone(),
+                path: req.uri().path_and_query().cloned(),
+                version: downstream_version,
+                request_id: Some(request_id),
+                status: 499,
+                upstream: None,
+                error: None,
+            })
+        });
+        let exchange = Exchange::begin(Rc::clone(ctx), record);
+
+        let Some(cluster) = ctx.listener.default_cluster.clone() else {
+            let response = local_error(
+                crate::error::ErrorKind::NoRoute.into_error(),
+                exchange,
+                downstream_version,
+            );
+            return Box::pin(std::future::ready(Ok(response)));
+        };
+
+        if let Some(protocol) = removed.upgrade
+            && downstream_version == Version::HTTP_11
+        {
+            return Box::pin(async move {
+                Ok(tunnel::forward(&cluster, req, protocol, exchange).await)
+            });
+        }
+
+        let (head, body) = req.into_parts();
+        let outgoing = Outgoing {
+            head,
+            body: Some(body),
+        };
+        // An `async move` block, not an `async fn`: a function's parameters would be copied
+        // into locals, storing the request twice in the future.
+        Box::pin(forward(cluster, outgoing, exchange, downstream_version))
     }
 }
 
-async fn handle(
-    ctx: Rc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(proxy(ctx, req).await)
-}
-
-async fn proxy(ctx: Rc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
-    let downstream_version = req.version();
-    let removed = headers::strip_hop_by_hop(req.headers_mut());
-    headers::add_forwarding(req.headers_mut(), ctx.peer.ip(), ctx.tls);
-    let request_id = headers::ensure_request_id(req.headers_mut());
-
-    let record = ctx.listener.config.access_log.then(|| AccessRecord {
-        listener: Rc::clone(&ctx.listener.name),
-        client: ctx.peer,
-        method: req.method().clone(),
-        path: req.uri().path_and_query().cloned(),
-        version: downstream_version,
-        request_id: Some(request_id),
-        status: 499,
-        upstream: None,
-        error: None,
-    });
-    let mut exchange = Exchange::begin(Rc::clone(&ctx), record);
-
-    let Some(cluster) = ctx.listener.default_cluster.clone() else {
-        return local_error(
-            crate::error::ErrorKind::NoRoute.into_error(),
-            exchange,
-            downstream_version,
-        );
-    };
-
-    if let Some(protocol) = removed.upgrade
-        && downstream_version == Version::HTTP_11
-    {
-        // Boxed: rare, and its state would otherwise grow every request's future.
-        return Box::pin(tunnel::forward(&cluster, req, protocol, exchange)).await;
-    }
-
-    let (head, body) = req.into_parts();
-    let mut outgoing = Outgoing {
-        head,
-        body: Some(body),
-    };
-    match cluster.send(&mut outgoing).await {
-        Ok(upstream) => {
-            let mut parts = upstream.head;
-            headers::strip_hop_by_hop(&mut parts.headers);
-            parts.version = response_version(downstream_version);
-            exchange.set_status(parts.status.as_u16());
-            if let Some(record) = &mut exchange.record {
-                record.upstream = Some(upstream.endpoint);
+fn forward(
+    cluster: Rc<ClusterRt>,
+    mut outgoing: Outgoing,
+    mut exchange: Exchange,
+    downstream_version: Version,
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    async move {
+        let response = match cluster.send(&mut outgoing).await {
+            Ok(upstream) => {
+                let mut parts = upstream.head;
+                headers::strip_hop_by_hop(&mut parts.headers);
+                parts.version = response_version(downstream_version);
+                exchange.set_status(parts.status.as_u16());
+                if let Some(record) = &mut exchange.record {
+                    record.upstream = Some(upstream.endpoint);
+                }
+                Response::from_parts(parts, ProxyBody::upstream(upstream.body, exchange))
             }
-            Response::from_parts(parts, ProxyBody::upstream(upstream.body, exchange))
-        }
-        Err(error) => {
-            tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
-            local_error(error, exchange, downstream_version)
-        }
+            Err(error) => {
+                tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
+                local_error(error, exchange, downstream_version)
+            }
+        };
+        Ok(response)
     }
 }
 
