@@ -14,7 +14,8 @@ pub struct UnknownValue {
 macro_rules! abi_enum {
     ($(#[$meta:meta])* $name:ident ($kind:literal) { $($(#[$vmeta:meta])* $variant:ident = $value:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        /// Variants order by wire value (for log levels: by severity).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         #[repr(u32)]
         pub enum $name {
             $($(#[$vmeta])* $variant = $value),+

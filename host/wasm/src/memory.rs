@@ -1,0 +1,100 @@
+//! Guest memory access. Every pointer and length comes from the guest: each access is bounds
+//! checked and a bad one becomes `INVALID_MEMORY_ACCESS`, never a host fault or a trap.
+
+use rustng_abi::Status;
+use wasmtime::Caller;
+
+use crate::state::HostState;
+
+/// The guest's memory as a byte slice, or `None` before the instance exists.
+pub(crate) fn guest_memory<'a>(caller: &'a Caller<'_, HostState>) -> Option<&'a [u8]> {
+    let exports = caller.data().exports.as_ref()?;
+    Some(exports.memory.data(caller))
+}
+
+/// `len` bytes at `ptr`.
+pub(crate) fn slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
+    let start = usize::try_from(ptr as u32).map_err(|_| Status::InvalidMemoryAccess)?;
+    let len = usize::try_from(len as u32).map_err(|_| Status::InvalidMemoryAccess)?;
+    let end = start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
+    memory.get(start..end).ok_or(Status::InvalidMemoryAccess)
+}
+
+/// Writes a little-endian `u32` at `ptr`.
+pub(crate) fn write_u32(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    value: u32,
+) -> Result<(), Status> {
+    write_bytes(caller, ptr, &value.to_le_bytes())
+}
+
+/// Writes `bytes` at `ptr`.
+pub(crate) fn write_bytes(
+    caller: &mut Caller<'_, HostState>,
+    ptr: i32,
+    bytes: &[u8],
+) -> Result<(), Status> {
+    let memory = caller
+        .data()
+        .exports
+        .as_ref()
+        .map(|e| e.memory)
+        .ok_or(Status::InvalidMemoryAccess)?;
+    let data = memory.data_mut(caller);
+    let start = usize::try_from(ptr as u32).map_err(|_| Status::InvalidMemoryAccess)?;
+    let end = start
+        .checked_add(bytes.len())
+        .ok_or(Status::InvalidMemoryAccess)?;
+    data.get_mut(start..end)
+        .ok_or(Status::InvalidMemoryAccess)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+/// Copies `bytes` into a fresh guest allocation (the guest's own allocator) and stores its
+/// address and length at `return_ptr` and `return_len`, the ABI's way to return data.
+pub(crate) fn return_bytes(
+    caller: &mut Caller<'_, HostState>,
+    bytes: &[u8],
+    return_ptr: i32,
+    return_len: i32,
+) -> Result<(), Status> {
+    let allocate = caller
+        .data()
+        .exports
+        .as_ref()
+        .map(|e| e.allocate.clone())
+        .ok_or(Status::InvalidMemoryAccess)?;
+    let len = i32::try_from(bytes.len()).map_err(|_| Status::InvalidMemoryAccess)?;
+    // A trap inside the guest's allocator is the guest's failure; report it as an
+    // allocation failure rather than unwinding through the hostcall.
+    let address = allocate
+        .call(&mut *caller, len)
+        .map_err(|_| Status::InternalFailure)?;
+    if address == 0 && len != 0 {
+        return Err(Status::InternalFailure);
+    }
+    write_bytes(caller, address, bytes)?;
+    write_u32(caller, return_ptr, address as u32)?;
+    write_u32(caller, return_len, len as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_are_bounds_checked() {
+        let memory = [0u8; 16];
+        assert_eq!(slice(&memory, 0, 16).map(<[u8]>::len), Ok(16));
+        assert_eq!(slice(&memory, 16, 0).map(<[u8]>::len), Ok(0));
+        assert_eq!(slice(&memory, 10, 7), Err(Status::InvalidMemoryAccess));
+        assert_eq!(slice(&memory, -1, 1), Err(Status::InvalidMemoryAccess));
+        assert_eq!(slice(&memory, 1, -1), Err(Status::InvalidMemoryAccess));
+        assert_eq!(
+            slice(&memory, i32::MAX, i32::MAX),
+            Err(Status::InvalidMemoryAccess)
+        );
+    }
+}

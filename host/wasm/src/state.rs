@@ -1,0 +1,75 @@
+//! What a plugin instance's store carries: the host's side of one running module.
+
+use std::sync::Arc;
+
+use rustng_abi::{BufferType, LogLevel};
+use wasmtime::{Memory, StoreLimits, TypedFunc};
+
+/// A plugin's configuration, Envoy's `PluginConfig`/`VmConfig` reduced to what the guest sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Plugin name, for logs and the `plugin_name` property.
+    pub name: String,
+    /// Root id: selects the root context in modules that hold several.
+    pub root_id: String,
+    /// VM id: plugins with the same one share data and queues.
+    pub vm_id: String,
+    /// `vm_config.configuration`, given to `proxy_on_vm_start`.
+    pub vm_configuration: Vec<u8>,
+    /// `configuration`, given to `proxy_on_configure`.
+    pub plugin_configuration: Vec<u8>,
+    /// `vm_config.environment_variables.key_values`, the guest's WASI environment.
+    pub environment: Vec<(String, String)>,
+}
+
+/// Where guest log lines go. The default writes them through `tracing` under the target
+/// `wasm`, with the plugin name; tests capture them.
+pub type LogSink = Arc<dyn Fn(&str, LogLevel, &str) + Send + Sync>;
+
+pub(crate) fn tracing_sink() -> LogSink {
+    Arc::new(|plugin: &str, level: LogLevel, message: &str| match level {
+        LogLevel::Trace => tracing::trace!(target: "wasm", plugin, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "wasm", plugin, "{message}"),
+        LogLevel::Info => tracing::info!(target: "wasm", plugin, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "wasm", plugin, "{message}"),
+        LogLevel::Error | LogLevel::Critical => {
+            tracing::error!(target: "wasm", plugin, "{message}")
+        }
+    })
+}
+
+/// The guest's exports a hostcall needs: its memory and its allocator.
+#[derive(Clone)]
+pub(crate) struct GuestExports {
+    pub(crate) memory: Memory,
+    pub(crate) allocate: TypedFunc<i32, i32>,
+}
+
+/// The store data of a plugin instance.
+pub(crate) struct HostState {
+    pub(crate) config: Arc<PluginConfig>,
+    pub(crate) limits: StoreLimits,
+    pub(crate) log: LogSink,
+    pub(crate) log_level: LogLevel,
+    /// Filled in once the instance exists; hostcalls made during instantiation (start
+    /// functions) find it empty and answer as if memory were out of reach.
+    pub(crate) exports: Option<GuestExports>,
+    /// The buffer the current callback may read (VM or plugin configuration, …).
+    pub(crate) readable_buffer: Option<BufferType>,
+    /// Set by `proxy_set_tick_period_milliseconds`.
+    pub(crate) tick_period_ms: u32,
+}
+
+impl HostState {
+    /// The bytes of `buffer` if the current callback may read it.
+    pub(crate) fn buffer(&self, buffer: BufferType) -> Option<&[u8]> {
+        if self.readable_buffer != Some(buffer) {
+            return None;
+        }
+        match buffer {
+            BufferType::VmConfiguration => Some(&self.config.vm_configuration),
+            BufferType::PluginConfiguration => Some(&self.config.plugin_configuration),
+            _ => None,
+        }
+    }
+}

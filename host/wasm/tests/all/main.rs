@@ -1,0 +1,296 @@
+//! The wasm host against tiny hand-written modules, one behaviour each: the start sequence,
+//! configuration buffers, logging, and hostile guests (bad pointers, loops, memory bombs).
+
+// A test collects log lines across threads with a Mutex: no worker's data path is involved.
+#![allow(clippy::disallowed_types)]
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustng_abi::{AbiVersion, LogLevel};
+use rustng_wasm::{
+    Limits, LogSink, PluginConfig, PluginInstance, PluginModule, WasmEngine, WasmError,
+};
+
+type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
+
+fn engine() -> &'static WasmEngine {
+    static ENGINE: OnceLock<WasmEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| WasmEngine::new().expect("engine"))
+}
+
+fn capture() -> (LogSink, Lines) {
+    let lines: Lines = Arc::default();
+    let sink_lines = Arc::clone(&lines);
+    let sink: LogSink = Arc::new(move |_plugin: &str, level: LogLevel, message: &str| {
+        if let Ok(mut l) = sink_lines.lock() {
+            l.push((level, message.to_owned()));
+        }
+    });
+    (sink, lines)
+}
+
+/// A module with a bump allocator, the 0.2.1 marker and the given extra imports and body.
+fn module(imports: &str, body: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 8192))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap)
+      (i32.and (i32.add (local.get $size) (i32.const 7)) (i32.const -8))))
+    (local.get $ptr))
+  (func (export "proxy_abi_version_0_2_1"))
+  {body}
+)"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("bad test module: {e}\n{text}"))
+}
+
+const LOG: &str = r#"(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#;
+const GET_BUFFER: &str = r#"(import "env" "proxy_get_buffer_bytes" (func $get_buffer (param i32 i32 i32 i32 i32) (result i32)))"#;
+
+fn config(plugin_configuration: &str) -> Arc<PluginConfig> {
+    Arc::new(PluginConfig {
+        name: "test".into(),
+        plugin_configuration: plugin_configuration.as_bytes().to_vec(),
+        ..PluginConfig::default()
+    })
+}
+
+fn start(bytes: &[u8], limits: Limits) -> (Result<PluginInstance, WasmError>, Lines) {
+    let module = PluginModule::compile(engine(), bytes).expect("compiles");
+    let (sink, lines) = capture();
+    (
+        PluginInstance::start(&module, config(r#"{"tag":"abc"}"#), limits, Some(sink)),
+        lines,
+    )
+}
+
+fn lines(lines: &Lines) -> Vec<(LogLevel, String)> {
+    lines.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+#[test]
+fn the_start_sequence_reads_configuration_and_logs() {
+    let bytes = module(
+        &format!("{LOG} {GET_BUFFER}"),
+        r#"
+  (data (i32.const 16) "vm started")
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $log (i32.const 2) (i32.const 16) (i32.const 10)))
+    (i32.const 1))
+  (func (export "proxy_on_configure") (param $root i32) (param $size i32) (result i32)
+    (if (i32.ne (call $get_buffer (i32.const 7) (i32.const 0) (local.get $size)
+                      (i32.const 64) (i32.const 68)) (i32.const 0))
+      (then (return (i32.const 0))))
+    (drop (call $log (i32.const 3) (i32.load (i32.const 64)) (i32.load (i32.const 68))))
+    (i32.const 1))
+"#,
+    );
+    let module = PluginModule::compile(engine(), &bytes).expect("compiles");
+    assert_eq!(module.abi_version(), AbiVersion::V0_2_1);
+    let (result, logged) = start(&bytes, Limits::default());
+    let mut instance = result.expect("starts");
+    assert_eq!(
+        lines(&logged),
+        vec![
+            (LogLevel::Info, "vm started".to_owned()),
+            (LogLevel::Warn, r#"{"tag":"abc"}"#.to_owned()),
+        ]
+    );
+    assert_eq!(instance.memory_bytes(), 2 * 65536);
+}
+
+#[test]
+fn unimplemented_hostcalls_answer_12_and_bad_pointers_6_without_trapping() {
+    let bytes = module(
+        &format!(
+            r#"{LOG}
+  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#
+        ),
+        r#"
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (i32.and
+      (i32.eq (call $http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                               (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
+              (i32.const 12))
+      (i32.and
+        (i32.eq (call $log (i32.const 2) (i32.const -16) (i32.const 64)) (i32.const 6))
+        (i32.and
+          (i32.eq (call $log (i32.const 2) (i32.const 100) (i32.const 200000)) (i32.const 6))
+          (i32.eq (call $log (i32.const 99) (i32.const 0) (i32.const 1)) (i32.const 2))))))
+"#,
+    );
+    let (result, logged) = start(&bytes, Limits::default());
+    result.expect("every check in the module held");
+    assert!(lines(&logged).is_empty());
+}
+
+#[test]
+fn an_endless_loop_hits_the_deadline() {
+    let bytes = module(
+        "",
+        r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (loop $forever (br $forever))
+    (i32.const 1))
+"#,
+    );
+    let limits = Limits {
+        call_deadline: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let (result, _) = start(&bytes, limits);
+    match result {
+        Err(WasmError::Deadline { callback, limit_ms }) => {
+            assert_eq!(callback, "proxy_on_configure");
+            assert_eq!(limit_ms, 50);
+        }
+        Err(other) => panic!("expected a deadline, got {other}"),
+        Ok(_) => panic!("expected a deadline, the loop returned"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_memory_bomb_stops_at_the_limit() {
+    // Grows one page at a time until growth fails, then says how far it got.
+    let bytes = module(
+        "",
+        r#"
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (block $full
+      (loop $more
+        (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+        (br $more)))
+    (i32.const 1))
+"#,
+    );
+    let limits = Limits {
+        max_memory_bytes: 4 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let (result, _) = start(&bytes, limits);
+    let mut instance = result.expect("growth fails softly; the module carries on");
+    assert_eq!(instance.memory_bytes(), 4 * 1024 * 1024);
+
+    // A module that needs more than the limit up front is refused at instantiation.
+    let greedy = wat::parse_str(
+        r#"(module (memory (export "memory") 128) (func (export "malloc") (param i32) (result i32) (i32.const 0))
+            (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .expect("wat");
+    let (result, _) = start(&greedy, limits);
+    assert!(
+        matches!(
+            result,
+            Err(WasmError::Trap {
+                callback: "instantiate",
+                ..
+            })
+        ),
+        "{:?}",
+        result.err()
+    );
+}
+
+#[test]
+fn traps_and_refusals_are_errors_with_the_reason() {
+    let trap = module(
+        "",
+        r#"(func (export "proxy_on_vm_start") (param i32 i32) (result i32) unreachable)"#,
+    );
+    match start(&trap, Limits::default()).0 {
+        Err(WasmError::Trap { callback, message }) => {
+            assert_eq!(callback, "proxy_on_vm_start");
+            assert!(message.contains("unreachable"), "{message}");
+        }
+        other => panic!("expected a trap, got {:?}", other.err()),
+    }
+    let refuses = module(
+        "",
+        r#"(func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 0))"#,
+    );
+    let error = start(&refuses, Limits::default()).0.err().expect("refused");
+    assert_eq!(
+        error.to_string(),
+        "proxy_on_configure returned false: the plugin refused its configuration"
+    );
+}
+
+#[test]
+fn modules_that_are_not_proxy_wasm_are_refused_at_load() {
+    let error = |bytes: &[u8]| {
+        PluginModule::compile(engine(), bytes)
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+    assert!(error(b"not wasm at all").starts_with("invalid wasm module"));
+    let no_marker = wat::parse_str(r#"(module (memory (export "memory") 1))"#).expect("wat");
+    assert_eq!(
+        error(&no_marker),
+        "not a usable proxy-wasm module: no proxy_abi_version_* export: not a proxy-wasm module"
+    );
+    let no_allocator = wat::parse_str(
+        r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")))"#,
+    )
+    .expect("wat");
+    assert_eq!(
+        error(&no_allocator),
+        "not a usable proxy-wasm module: exports neither proxy_on_memory_allocate nor malloc"
+    );
+    let unknown_import = module(
+        r#"(import "env" "open_socket" (func (param i32) (result i32)))"#,
+        "",
+    );
+    assert_eq!(error(&unknown_import), "unknown import env.open_socket");
+    let wrong_signature = module(
+        r#"(import "env" "proxy_log" (func (param i32) (result i32)))"#,
+        "",
+    );
+    assert!(
+        error(&wrong_signature)
+            .starts_with("not a usable proxy-wasm module: imports do not match the ABI")
+    );
+}
+
+#[test]
+fn wasi_output_becomes_log_lines_and_proc_exit_ends_the_call() {
+    let bytes = module(
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+           (import "wasi_unstable" "proc_exit" (func $exit (param i32)))"#,
+        r#"
+  (data (i32.const 16) "hello from wasi\n")
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (i32.store (i32.const 100) (i32.const 16))
+    (i32.store (i32.const 104) (i32.const 16))
+    (i32.eqz (call $fd_write (i32.const 2) (i32.const 100) (i32.const 1) (i32.const 108))))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (call $exit (i32.const 3))
+    (i32.const 1))
+"#,
+    );
+    let (result, logged) = start(&bytes, Limits::default());
+    assert_eq!(
+        lines(&logged),
+        vec![(LogLevel::Error, "hello from wasi".to_owned())]
+    );
+    match result {
+        Err(WasmError::Trap { callback, message }) => {
+            assert_eq!(callback, "proxy_on_configure");
+            assert!(message.contains("proc_exit(3)"), "{message}");
+        }
+        other => panic!("expected proc_exit to end the call, got {:?}", other.err()),
+    }
+}
