@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustng_abi::{BufferType, LogLevel};
+use rustng_abi::{Action, BufferType, LogLevel};
 use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::error::WasmError;
+use crate::http::{HeadersOutcome, RequestHead, ResponseHead};
 use crate::limits::Limits;
 use crate::module::PluginModule;
 use crate::state::{GuestExports, HostState, LogSink, PluginConfig, tracing_sink};
@@ -21,7 +22,12 @@ pub struct PluginInstance {
     store: Store<HostState>,
     instance: Instance,
     limits: Limits,
+    next_context_id: i32,
 }
+
+/// An HTTP stream context inside a plugin instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpContextId(i32);
 
 impl PluginInstance {
     /// Instantiates `module` and runs the start sequence. Any failure (trap, deadline, memory
@@ -44,6 +50,7 @@ impl PluginInstance {
             exports: None,
             readable_buffer: None,
             tick_period_ms: 0,
+            http: Default::default(),
         };
         let mut store = Store::new(module.engine.inner(), state);
         store.limiter(|state| &mut state.limits);
@@ -65,6 +72,7 @@ impl PluginInstance {
             store,
             instance,
             limits,
+            next_context_id: ROOT_CONTEXT_ID + 1,
         };
         if plugin.has("_initialize") {
             plugin.call::<(), ()>("_initialize", ())?;
@@ -97,6 +105,117 @@ impl PluginInstance {
             }
         }
         Ok(plugin)
+    }
+
+    /// Creates a stream context for one HTTP request (`proxy_on_context_create`).
+    pub fn create_http_context(&mut self) -> Result<HttpContextId, WasmError> {
+        let id = self.next_context_id;
+        // Ids are not reused while the instance lives; wrap around far past any real count.
+        self.next_context_id = self
+            .next_context_id
+            .checked_add(1)
+            .unwrap_or(ROOT_CONTEXT_ID + 1);
+        if self.has("proxy_on_context_create") {
+            self.call::<(i32, i32), ()>("proxy_on_context_create", (id, ROOT_CONTEXT_ID))?;
+        }
+        Ok(HttpContextId(id))
+    }
+
+    /// Runs `proxy_on_request_headers` on `head`, which the plugin may change.
+    pub fn on_request_headers(
+        &mut self,
+        context: HttpContextId,
+        head: &mut RequestHead,
+        end_of_stream: bool,
+    ) -> Result<HeadersOutcome, WasmError> {
+        self.store.data_mut().http.request = Some(std::mem::take(head));
+        let result = self.headers_callback("proxy_on_request_headers", context, end_of_stream);
+        if let Some(changed) = self.store.data_mut().http.request.take() {
+            *head = changed;
+        }
+        result
+    }
+
+    /// Runs `proxy_on_response_headers` on `head`, which the plugin may change. `request` is
+    /// readable (not writable) meanwhile, as in Envoy.
+    pub fn on_response_headers(
+        &mut self,
+        context: HttpContextId,
+        head: &mut ResponseHead,
+        end_of_stream: bool,
+    ) -> Result<HeadersOutcome, WasmError> {
+        self.store.data_mut().http.response = Some(std::mem::take(head));
+        let result = self.headers_callback("proxy_on_response_headers", context, end_of_stream);
+        if let Some(changed) = self.store.data_mut().http.response.take() {
+            *head = changed;
+        }
+        result
+    }
+
+    fn headers_callback(
+        &mut self,
+        name: &'static str,
+        context: HttpContextId,
+        end_of_stream: bool,
+    ) -> Result<HeadersOutcome, WasmError> {
+        let Some(func) = self.instance.get_func(&mut self.store, name) else {
+            return Ok(HeadersOutcome::Continue);
+        };
+        let count = self.header_count(name);
+        self.store.data_mut().http.local_response = None;
+        // ABI 0.1.0 has no end_of_stream parameter.
+        let action = if func.ty(&self.store).params().len() == 2 {
+            self.call::<(i32, i32), i32>(name, (context.0, count))?
+        } else {
+            self.call::<(i32, i32, i32), i32>(name, (context.0, count, i32::from(end_of_stream)))?
+        };
+        if let Some(local) = self.store.data_mut().http.local_response.take() {
+            return Ok(HeadersOutcome::LocalResponse(local));
+        }
+        Ok(match Action::try_from(action as u32) {
+            Ok(Action::Pause) => HeadersOutcome::Pause,
+            // Unknown values continue, as in Envoy.
+            _ => HeadersOutcome::Continue,
+        })
+    }
+
+    fn header_count(&self, callback: &str) -> i32 {
+        let http = &self.store.data().http;
+        let count = if callback == "proxy_on_request_headers" {
+            // Pseudo-headers count; `host` travels as `:authority`.
+            http.request.as_ref().map_or(0, |r| {
+                4 + r.headers.len() - usize::from(r.headers.contains_key(http::header::HOST))
+            })
+        } else {
+            http.response.as_ref().map_or(0, |r| 1 + r.headers.len())
+        };
+        i32::try_from(count).unwrap_or(i32::MAX)
+    }
+
+    /// Ends a stream context: `proxy_on_done`, then `proxy_on_log` and `proxy_on_delete`
+    /// (Envoy's order). The heads are readable from `proxy_on_log`.
+    pub fn finish_http_context(
+        &mut self,
+        context: HttpContextId,
+        request: Option<RequestHead>,
+        response: Option<ResponseHead>,
+    ) -> Result<(), WasmError> {
+        if self.has("proxy_on_done") {
+            // A plugin that answers false asks to finish later (proxy_done); streams here
+            // end with the exchange, so the host goes on with log and delete regardless.
+            self.call::<i32, i32>("proxy_on_done", context.0)?;
+        }
+        if self.has("proxy_on_log") {
+            self.store.data_mut().http.request = request;
+            self.store.data_mut().http.response = response;
+            let logged = self.call::<i32, ()>("proxy_on_log", context.0);
+            self.store.data_mut().http = Default::default();
+            logged?;
+        }
+        if self.has("proxy_on_delete") {
+            self.call::<i32, ()>("proxy_on_delete", context.0)?;
+        }
+        Ok(())
     }
 
     fn has(&mut self, name: &str) -> bool {

@@ -12,6 +12,7 @@
 mod engine;
 mod error;
 mod hostcalls;
+mod http;
 mod instance;
 mod limits;
 mod memory;
@@ -20,7 +21,8 @@ mod state;
 
 pub use engine::WasmEngine;
 pub use error::WasmError;
-pub use instance::PluginInstance;
+pub use http::{HeadersOutcome, LocalResponse, RequestHead, ResponseHead};
+pub use instance::{HttpContextId, PluginInstance};
 pub use limits::Limits;
 pub use module::PluginModule;
 pub use state::{LogSink, PluginConfig};

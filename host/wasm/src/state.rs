@@ -5,6 +5,8 @@ use std::sync::Arc;
 use rustng_abi::{BufferType, LogLevel};
 use wasmtime::{Memory, StoreLimits, TypedFunc};
 
+use crate::http::HttpCallState;
+
 /// A plugin's configuration, Envoy's `PluginConfig`/`VmConfig` reduced to what the guest sees.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PluginConfig {
@@ -58,6 +60,8 @@ pub(crate) struct HostState {
     pub(crate) readable_buffer: Option<BufferType>,
     /// Set by `proxy_set_tick_period_milliseconds`.
     pub(crate) tick_period_ms: u32,
+    /// The HTTP head the current callback works on.
+    pub(crate) http: HttpCallState,
 }
 
 impl HostState {

@@ -4,6 +4,7 @@
 
 mod buffers;
 mod clock;
+mod headers;
 mod log;
 mod wasi;
 
@@ -20,7 +21,13 @@ pub(crate) const WASI_UNSTABLE: &str = "wasi_unstable";
 
 type Implemented = &'static [(Module, &'static str)];
 
-const GROUPS: &[Implemented] = &[log::NAMES, buffers::NAMES, clock::NAMES, wasi::NAMES];
+const GROUPS: &[Implemented] = &[
+    log::NAMES,
+    buffers::NAMES,
+    clock::NAMES,
+    headers::NAMES,
+    wasi::NAMES,
+];
 
 pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, WasmError> {
     let mut linker = Linker::new(engine);
@@ -28,6 +35,7 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, WasmError> {
     log::add_to_linker(&mut linker).map_err(runtime)?;
     buffers::add_to_linker(&mut linker).map_err(runtime)?;
     clock::add_to_linker(&mut linker).map_err(runtime)?;
+    headers::add_to_linker(&mut linker).map_err(runtime)?;
     wasi::add_to_linker(&mut linker).map_err(runtime)?;
     for hostcall in HOSTCALLS {
         let implemented = GROUPS

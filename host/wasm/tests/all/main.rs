@@ -4,6 +4,8 @@
 // A test collects log lines across threads with a Mutex: no worker's data path is involved.
 #![allow(clippy::disallowed_types)]
 
+mod sdk;
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 

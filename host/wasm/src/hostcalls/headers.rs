@@ -1,0 +1,362 @@
+//! Header map hostcalls and `proxy_send_local_response`.
+//!
+//! Filters see request and response heads the way Envoy shows them: the request line as the
+//! pseudo-headers `:method`, `:path`, `:authority`, `:scheme` (no `host` field), the status as
+//! `:status`. Setting a pseudo-header changes the request line or status.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, StatusCode};
+use rustng_abi::table::Module;
+use rustng_abi::{MapType, Status, decode_pairs, encode_pairs, encoded_len};
+use wasmtime::{Caller, Linker};
+
+use super::status;
+use crate::http::LocalResponse;
+use crate::memory::{guest_memory, return_bytes, slice, write_u32};
+use crate::state::HostState;
+
+pub(super) const NAMES: &[(Module, &str)] = &[
+    (Module::Env, "proxy_get_header_map_size"),
+    (Module::Env, "proxy_get_header_map_pairs"),
+    (Module::Env, "proxy_set_header_map_pairs"),
+    (Module::Env, "proxy_get_header_map_value"),
+    (Module::Env, "proxy_add_header_map_value"),
+    (Module::Env, "proxy_replace_header_map_value"),
+    (Module::Env, "proxy_remove_header_map_value"),
+    (Module::Env, "proxy_send_local_response"),
+];
+
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn map_type(raw: i32) -> Result<MapType, Status> {
+    MapType::try_from(raw as u32).map_err(|_| Status::BadArgument)
+}
+
+/// The map's fields, pseudo-headers first, as Envoy orders them.
+fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
+    let mut out = Vec::new();
+    let fields = match map {
+        MapType::HttpRequestHeaders => {
+            let request = state.http.request.as_ref().ok_or(Status::NotFound)?;
+            let authority = request
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes().to_vec())
+                .or_else(|| {
+                    request
+                        .headers
+                        .get(header::HOST)
+                        .map(|h| h.as_bytes().to_vec())
+                })
+                .unwrap_or_default();
+            let path = request
+                .uri
+                .path_and_query()
+                .map_or("/", PathAndQuery::as_str);
+            out.push((b":authority".to_vec(), authority));
+            out.push((b":path".to_vec(), path.as_bytes().to_vec()));
+            out.push((
+                b":method".to_vec(),
+                request.method.as_str().as_bytes().to_vec(),
+            ));
+            out.push((b":scheme".to_vec(), request.scheme.as_bytes().to_vec()));
+            &request.headers
+        }
+        MapType::HttpResponseHeaders => {
+            let response = state.http.response.as_ref().ok_or(Status::NotFound)?;
+            out.push((
+                b":status".to_vec(),
+                response.status.as_str().as_bytes().to_vec(),
+            ));
+            &response.headers
+        }
+        _ => return Err(Status::NotFound),
+    };
+    for (name, value) in fields {
+        if name == header::HOST && map == MapType::HttpRequestHeaders {
+            continue;
+        }
+        out.push((name.as_str().as_bytes().to_vec(), value.as_bytes().to_vec()));
+    }
+    Ok(out)
+}
+
+enum Change<'a> {
+    Add(&'a [u8]),
+    Replace(&'a [u8]),
+    Remove,
+}
+
+fn change(
+    state: &mut HostState,
+    map: MapType,
+    key: &[u8],
+    change: Change<'_>,
+) -> Result<(), Status> {
+    let key = key.to_ascii_lowercase();
+    if key.first() == Some(&b':') {
+        return change_pseudo(state, map, &key, change);
+    }
+    let headers = match map {
+        MapType::HttpRequestHeaders => {
+            &mut state.http.request.as_mut().ok_or(Status::NotFound)?.headers
+        }
+        MapType::HttpResponseHeaders => {
+            &mut state
+                .http
+                .response
+                .as_mut()
+                .ok_or(Status::NotFound)?
+                .headers
+        }
+        _ => return Err(Status::NotFound),
+    };
+    let name = HeaderName::from_bytes(&key).map_err(|_| Status::BadArgument)?;
+    match change {
+        Change::Add(value) => {
+            let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+            headers.append(name, value);
+        }
+        Change::Replace(value) => {
+            let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+            headers.insert(name, value);
+        }
+        Change::Remove => {
+            headers.remove(name);
+        }
+    }
+    Ok(())
+}
+
+fn change_pseudo(
+    state: &mut HostState,
+    map: MapType,
+    key: &[u8],
+    change: Change<'_>,
+) -> Result<(), Status> {
+    let value = match change {
+        Change::Add(v) | Change::Replace(v) => v,
+        // Pseudo-headers cannot be absent; removing one is a no-op, as in Envoy.
+        Change::Remove => return Ok(()),
+    };
+    match map {
+        MapType::HttpRequestHeaders => {
+            let request = state.http.request.as_mut().ok_or(Status::NotFound)?;
+            match key {
+                b":method" => {
+                    request.method = Method::from_bytes(value).map_err(|_| Status::BadArgument)?
+                }
+                b":path" => {
+                    let path = PathAndQuery::try_from(value).map_err(|_| Status::BadArgument)?;
+                    let mut parts = std::mem::take(&mut request.uri).into_parts();
+                    parts.path_and_query = Some(path);
+                    request.uri = Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+                }
+                b":authority" => {
+                    let host = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+                    request.headers.insert(header::HOST, host);
+                    if request.uri.authority().is_some() {
+                        let mut parts = std::mem::take(&mut request.uri).into_parts();
+                        parts.authority = Some(value.try_into().map_err(|_| Status::BadArgument)?);
+                        request.uri = Uri::from_parts(parts).map_err(|_| Status::BadArgument)?;
+                    }
+                }
+                b":scheme" => {}
+                _ => return Err(Status::BadArgument),
+            }
+        }
+        MapType::HttpResponseHeaders => {
+            let response = state.http.response.as_mut().ok_or(Status::NotFound)?;
+            match key {
+                b":status" => {
+                    response.status =
+                        StatusCode::from_bytes(value).map_err(|_| Status::BadArgument)?
+                }
+                _ => return Err(Status::BadArgument),
+            }
+        }
+        _ => return Err(Status::NotFound),
+    }
+    Ok(())
+}
+
+fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<Vec<u8>, Status> {
+    let key = key.to_ascii_lowercase();
+    pairs(state, map)?
+        .into_iter()
+        .find(|(k, _)| *k == key || (key == b"host" && k == b":authority"))
+        .map(|(_, v)| v)
+        .ok_or(Status::NotFound)
+}
+
+fn set_pairs(state: &mut HostState, map: MapType, serialized: &[u8]) -> Result<(), Status> {
+    let pairs = decode_pairs(serialized).map_err(|_| Status::BadArgument)?;
+    match map {
+        MapType::HttpRequestHeaders => state
+            .http
+            .request
+            .as_mut()
+            .ok_or(Status::NotFound)?
+            .headers
+            .clear(),
+        MapType::HttpResponseHeaders => state
+            .http
+            .response
+            .as_mut()
+            .ok_or(Status::NotFound)?
+            .headers
+            .clear(),
+        _ => return Err(Status::NotFound),
+    }
+    for (key, value) in pairs {
+        change(state, map, key, Change::Add(value))?;
+    }
+    Ok(())
+}
+
+fn read_guest(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+    let memory = guest_memory(caller).ok_or(Status::InvalidMemoryAccess)?;
+    Ok(slice(memory, ptr, len)?.to_vec())
+}
+
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut caller: Caller<'_, HostState>, map: i32, return_size: i32| -> i32 {
+            let result = (|| {
+                let fields = pairs(caller.data(), map_type(map)?)?;
+                let size = encoded_len(fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                write_u32(&mut caller, return_size, size as u32)
+            })();
+            status(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut caller: Caller<'_, HostState>, map: i32, return_data: i32, return_size: i32| -> i32 {
+            let result = (|| {
+                let fields = pairs(caller.data(), map_type(map)?)?;
+                let mut serialized = Vec::new();
+                encode_pairs(
+                    fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                    &mut serialized,
+                );
+                return_bytes(&mut caller, &serialized, return_data, return_size)
+            })();
+            status(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut caller: Caller<'_, HostState>, map: i32, data: i32, size: i32| -> i32 {
+            let result = (|| {
+                let map = map_type(map)?;
+                let serialized = read_guest(&caller, data, size)?;
+                set_pairs(caller.data_mut(), map, &serialized)
+            })();
+            status(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut caller: Caller<'_, HostState>,
+         map: i32,
+         key: i32,
+         key_size: i32,
+         return_data: i32,
+         return_size: i32|
+         -> i32 {
+            let result = (|| {
+                let map = map_type(map)?;
+                let key = read_guest(&caller, key, key_size)?;
+                let value = get_value(caller.data(), map, &key)?;
+                return_bytes(&mut caller, &value, return_data, return_size)
+            })();
+            status(result)
+        },
+    )?;
+    for (name, replace) in [
+        ("proxy_add_header_map_value", false),
+        ("proxy_replace_header_map_value", true),
+    ] {
+        linker.func_wrap(
+            "env",
+            name,
+            move |mut caller: Caller<'_, HostState>,
+                  map: i32,
+                  key: i32,
+                  key_size: i32,
+                  value: i32,
+                  value_size: i32|
+                  -> i32 {
+                let result = (|| {
+                    let map = map_type(map)?;
+                    let key = read_guest(&caller, key, key_size)?;
+                    let value = read_guest(&caller, value, value_size)?;
+                    let how = if replace {
+                        Change::Replace(&value)
+                    } else {
+                        Change::Add(&value)
+                    };
+                    change(caller.data_mut(), map, &key, how)
+                })();
+                status(result)
+            },
+        )?;
+    }
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut caller: Caller<'_, HostState>, map: i32, key: i32, key_size: i32| -> i32 {
+            let result = (|| {
+                let map = map_type(map)?;
+                let key = read_guest(&caller, key, key_size)?;
+                change(caller.data_mut(), map, &key, Change::Remove)
+            })();
+            status(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut caller: Caller<'_, HostState>,
+         status_code: i32,
+         details: i32,
+         details_size: i32,
+         body: i32,
+         body_size: i32,
+         headers: i32,
+         headers_size: i32,
+         _grpc_status: i32|
+         -> i32 {
+            let result = (|| {
+                let status =
+                    StatusCode::from_u16(status_code as u16).map_err(|_| Status::BadArgument)?;
+                let details = read_guest(&caller, details, details_size)?;
+                let body = read_guest(&caller, body, body_size)?;
+                let serialized = read_guest(&caller, headers, headers_size)?;
+                let mut fields = Vec::new();
+                for (k, v) in decode_pairs(&serialized).map_err(|_| Status::BadArgument)? {
+                    let name = String::from_utf8(k.to_ascii_lowercase())
+                        .map_err(|_| Status::BadArgument)?;
+                    let value = HeaderValue::from_bytes(v).map_err(|_| Status::BadArgument)?;
+                    fields.push((name, value));
+                }
+                caller.data_mut().http.local_response = Some(LocalResponse {
+                    status,
+                    headers: fields,
+                    body,
+                    details: String::from_utf8_lossy(&details).into_owned(),
+                });
+                Ok(())
+            })();
+            status(result)
+        },
+    )?;
+    Ok(())
+}
