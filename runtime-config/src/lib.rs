@@ -12,8 +12,8 @@ mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use types::{
-    CertificateConfig, Cluster, Config, Endpoint, HttpOptions, LbPolicy, Listener, LogConfig,
-    LogFormat, TlsConfig, UpstreamProtocol,
+    CertificateConfig, Cluster, Config, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
+    LogConfig, LogFormat, Plugin, TlsConfig, UpstreamProtocol,
 };
 pub use validate::validate;
 

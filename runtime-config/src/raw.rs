@@ -21,6 +21,71 @@ pub struct RawConfig {
     /// Where traffic goes.
     #[serde(default)]
     pub clusters: Vec<RawCluster>,
+    /// proxy-wasm plugins, in Envoy's `PluginConfig` shape.
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+}
+
+/// `plugins[]` — Envoy's `envoy.extensions.wasm.v3.PluginConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    /// Unique name; listeners refer to it in `http_filters`.
+    pub name: String,
+    /// Selects the root context in modules that hold several. Default empty.
+    #[serde(default)]
+    pub root_id: String,
+    /// The VM: module, runtime, environment.
+    pub vm_config: RawVmConfig,
+    /// Plugin configuration given to `proxy_on_configure`: a string, a mapping (passed as
+    /// JSON) or Envoy's `{"@type": ".../google.protobuf.StringValue", "value": ...}`.
+    pub configuration: Option<serde_yaml_ng::Value>,
+    /// `FAIL_CLOSED` (default), `FAIL_OPEN` or `FAIL_RELOAD`.
+    pub failure_policy: Option<String>,
+    /// Envoy's older spelling of `failure_policy: FAIL_OPEN`.
+    pub fail_open: Option<bool>,
+}
+
+/// `plugins[].vm_config` — Envoy's `VmConfig`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVmConfig {
+    /// Plugins with the same VM id share data and queues. Default empty.
+    #[serde(default)]
+    pub vm_id: String,
+    /// Any runtime name is accepted (`envoy.wasm.runtime.v8`, …); wasmtime runs it.
+    pub runtime: Option<String>,
+    /// Where the module comes from.
+    pub code: RawCode,
+    /// Configuration given to `proxy_on_vm_start`, same forms as the plugin configuration.
+    pub configuration: Option<serde_yaml_ng::Value>,
+    /// The module's WASI environment.
+    pub environment_variables: Option<RawEnvironment>,
+}
+
+/// `vm_config.code`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCode {
+    /// A module on local disk.
+    pub local: RawLocal,
+}
+
+/// `vm_config.code.local`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocal {
+    /// Path of the `.wasm` file.
+    pub filename: String,
+}
+
+/// `vm_config.environment_variables`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvironment {
+    /// Variables set for the module.
+    #[serde(default)]
+    pub key_values: std::collections::BTreeMap<String, String>,
 }
 
 /// `log:` — level and format of the process log.
@@ -52,6 +117,9 @@ pub struct RawListener {
     /// HTTP protocol limits.
     #[serde(default)]
     pub http: RawHttpOptions,
+    /// Plugins run on every request, in order (names from `plugins`).
+    #[serde(default)]
+    pub http_filters: Vec<String>,
 }
 
 /// `listeners[].http` — limits against slow, large or greedy clients.
@@ -149,6 +217,9 @@ impl RawConfig {
                 *p = dir.join(p.as_str()).to_string_lossy().into_owned();
             }
         };
+        for plugin in &mut self.plugins {
+            resolve(&mut plugin.vm_config.code.local.filename);
+        }
         for listener in &mut self.listeners {
             if let Some(tls) = &mut listener.tls {
                 for cert in &mut tls.certificates {

@@ -15,6 +15,40 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Clusters, in file order.
     pub clusters: Vec<Cluster>,
+    /// proxy-wasm plugins, in file order.
+    pub plugins: Vec<Plugin>,
+}
+
+/// A validated proxy-wasm plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plugin {
+    /// Unique name.
+    pub name: String,
+    /// Root id.
+    pub root_id: String,
+    /// VM id.
+    pub vm_id: String,
+    /// The `.wasm` file.
+    pub module: PathBuf,
+    /// Bytes given to `proxy_on_vm_start`.
+    pub vm_configuration: Vec<u8>,
+    /// Bytes given to `proxy_on_configure`.
+    pub configuration: Vec<u8>,
+    /// The module's WASI environment.
+    pub environment: Vec<(String, String)>,
+    /// What a failing plugin does to the request.
+    pub failure_policy: FailurePolicy,
+}
+
+/// What happens to requests when a plugin traps, runs out of time or memory (Envoy's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer 503; the failed instance stays failed until the plugin is reloaded (default).
+    FailClosed,
+    /// Skip the plugin while it is failed.
+    FailOpen,
+    /// Answer 503 for the request that failed and start a fresh instance for the next one.
+    FailReload,
 }
 
 impl Config {
@@ -59,6 +93,8 @@ pub struct Listener {
     pub access_log: bool,
     /// HTTP limits.
     pub http: HttpOptions,
+    /// Plugins run on each request, in order.
+    pub http_filters: Vec<String>,
 }
 
 /// HTTP limits of a listener.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::raw::{RawCertificate, RawCluster, RawConfig, RawListener};
+use crate::raw::{RawCertificate, RawCluster, RawConfig, RawListener, RawPlugin};
 use crate::types::*;
 use crate::{ConfigError, FieldError};
 
@@ -83,6 +83,19 @@ impl Validator {
             }
         }
 
+        let mut seen_plugins = HashSet::new();
+        for (i, plugin) in raw.plugins.iter().enumerate() {
+            if plugin.name.is_empty() {
+                self.error(format!("plugins[{i}].name"), "must not be empty");
+            } else if !seen_plugins.insert(plugin.name.as_str()) {
+                self.error(
+                    format!("plugins[{i}].name"),
+                    format!("duplicate plugin name \"{}\"", plugin.name),
+                );
+            }
+        }
+        let plugin_names: Vec<String> = raw.plugins.iter().map(|p| p.name.clone()).collect();
+
         if raw.listeners.is_empty() {
             self.error("listeners", "at least one listener is required");
         }
@@ -101,6 +114,14 @@ impl Validator {
                         format!("{path}.name"),
                         format!("duplicate listener name \"{}\"", l.name),
                     );
+                }
+                for (j, filter) in l.http_filters.iter().enumerate() {
+                    if !plugin_names.contains(filter) {
+                        self.error(
+                            format!("{path}.http_filters[{j}]"),
+                            format!("unknown plugin \"{filter}\""),
+                        );
+                    }
                 }
                 let listener = self.listener(&path, l, &cluster_names)?;
                 if !addresses.insert(listener.address) {
@@ -123,11 +144,19 @@ impl Validator {
             .map(|(i, c)| self.cluster(&format!("clusters[{i}]"), c))
             .collect();
 
+        let plugins = raw
+            .plugins
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| self.plugin(&format!("plugins[{i}]"), p))
+            .collect();
+
         Config {
             workers,
             log,
             listeners,
             clusters,
+            plugins,
         }
     }
 
@@ -240,6 +269,7 @@ impl Validator {
             max_connections,
             access_log: l.access_log.unwrap_or(true),
             http,
+            http_filters: l.http_filters,
         })
     }
 
@@ -330,6 +360,76 @@ impl Validator {
             max_idle_connections: c
                 .max_idle_connections
                 .unwrap_or(defaults::MAX_IDLE_CONNECTIONS),
+        }
+    }
+
+    fn plugin(&mut self, path: &str, p: RawPlugin) -> Plugin {
+        let module = self.readable_file(
+            &format!("{path}.vm_config.code.local.filename"),
+            &p.vm_config.code.local.filename,
+        );
+        let failure_policy = match (p.failure_policy.as_deref(), p.fail_open) {
+            (Some("FAIL_CLOSED"), _) => FailurePolicy::FailClosed,
+            (Some("FAIL_OPEN"), _) => FailurePolicy::FailOpen,
+            (Some("FAIL_RELOAD"), _) => FailurePolicy::FailReload,
+            (Some(other), _) => {
+                self.error(
+                    format!("{path}.failure_policy"),
+                    format!(
+                        "unknown policy \"{other}\" (expected FAIL_CLOSED, FAIL_OPEN or FAIL_RELOAD)"
+                    ),
+                );
+                FailurePolicy::FailClosed
+            }
+            (None, Some(true)) => FailurePolicy::FailOpen,
+            (None, _) => FailurePolicy::FailClosed,
+        };
+        let vm_configuration = self.configuration(
+            &format!("{path}.vm_config.configuration"),
+            p.vm_config.configuration,
+        );
+        let configuration = self.configuration(&format!("{path}.configuration"), p.configuration);
+        Plugin {
+            name: p.name,
+            root_id: p.root_id,
+            vm_id: p.vm_config.vm_id,
+            module,
+            vm_configuration,
+            configuration,
+            environment: p
+                .vm_config
+                .environment_variables
+                .map(|e| e.key_values.into_iter().collect())
+                .unwrap_or_default(),
+            failure_policy,
+        }
+    }
+
+    /// Envoy accepts a plugin configuration as a string, as structured data (handed over as
+    /// JSON), or wrapped as `{"@type": "type.googleapis.com/google.protobuf.StringValue",
+    /// "value": ...}`.
+    fn configuration(&mut self, path: &str, value: Option<serde_yaml_ng::Value>) -> Vec<u8> {
+        use serde_yaml_ng::Value;
+        let value = match value {
+            None | Some(Value::Null) => return Vec::new(),
+            Some(Value::Mapping(map)) if map.contains_key("@type") => match map.get("value") {
+                Some(inner) => inner.clone(),
+                None => {
+                    self.error(path, "has \"@type\" but no \"value\"");
+                    return Vec::new();
+                }
+            },
+            Some(value) => value,
+        };
+        match value {
+            Value::String(s) => s.into_bytes(),
+            other => match serde_json::to_vec(&other) {
+                Ok(json) => json,
+                Err(e) => {
+                    self.error(path, format!("cannot be passed as JSON: {e}"));
+                    Vec::new()
+                }
+            },
         }
     }
 
@@ -490,6 +590,77 @@ listeners:
             errs[4],
             "listeners[1].address: address 127.0.0.1:8080 is already used by another listener"
         );
+    }
+
+    #[test]
+    fn plugins_in_envoy_shape() {
+        let dir = std::env::temp_dir().join(format!("rustng-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let wasm = dir.join("f.wasm");
+        std::fs::write(&wasm, b"\0asm").expect("write");
+        let w = wasm.display();
+        let yaml = format!(
+            "
+plugins:
+  - name: a
+    vm_config:
+      runtime: envoy.wasm.runtime.v8
+      code: {{ local: {{ filename: {w} }} }}
+      environment_variables: {{ key_values: {{ A: '1' }} }}
+    configuration: 'plain text'
+    fail_open: true
+  - name: b
+    vm_config: {{ code: {{ local: {{ filename: {w} }} }} }}
+    configuration: {{ tag: abc, n: 2 }}
+    failure_policy: FAIL_RELOAD
+  - name: c
+    vm_config: {{ code: {{ local: {{ filename: {w} }} }} }}
+    configuration:
+      '@type': type.googleapis.com/google.protobuf.StringValue
+      value: wrapped
+listeners:
+  - name: main
+    address: 127.0.0.1:8080
+    http_filters: [a, b, c]
+"
+        );
+        let c = from_yaml(&yaml).expect("valid");
+        assert_eq!(c.listeners[0].http_filters, vec!["a", "b", "c"]);
+        assert_eq!(c.plugins[0].configuration, b"plain text");
+        assert_eq!(c.plugins[0].failure_policy, FailurePolicy::FailOpen);
+        assert_eq!(
+            c.plugins[0].environment,
+            vec![("A".to_owned(), "1".to_owned())]
+        );
+        assert_eq!(c.plugins[1].configuration, br#"{"tag":"abc","n":2}"#);
+        assert_eq!(c.plugins[1].failure_policy, FailurePolicy::FailReload);
+        assert_eq!(c.plugins[2].configuration, b"wrapped");
+        assert_eq!(c.plugins[2].failure_policy, FailurePolicy::FailClosed);
+
+        let bad = "
+plugins:
+  - name: a
+    vm_config: { code: { local: { filename: /nonexistent/f.wasm } } }
+    failure_policy: SOMETIMES
+listeners:
+  - name: main
+    address: 127.0.0.1:8080
+    http_filters: [a, nope]
+";
+        let errs = errors(bad);
+        assert_eq!(
+            errs[0],
+            "listeners[0].http_filters[1]: unknown plugin \"nope\""
+        );
+        assert!(
+            errs[1].starts_with("plugins[0].vm_config.code.local.filename: cannot read"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("plugins[0].failure_policy: unknown policy \"SOMETIMES\""),
+            "{errs:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
