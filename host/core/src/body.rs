@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
 use crate::connection::ConnCtx;
+use crate::filters::ActiveFilters;
 use crate::upstream::{H1Body, UpstreamBody};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +33,8 @@ pub(crate) struct Exchange {
     /// Boxed: ~200 bytes that every request future would otherwise carry (and copy) even
     /// with the access log off.
     pub(crate) record: Option<Box<AccessRecord>>,
+    /// The filters' stream contexts, ended (done, log, delete) when the exchange ends.
+    pub(crate) filters: Option<ActiveFilters>,
     bytes: u64,
     completed: bool,
 }
@@ -44,6 +47,7 @@ impl Exchange {
             conn,
             start,
             record,
+            filters: None,
             bytes: 0,
             completed: false,
         }
@@ -90,6 +94,16 @@ impl ProxyBody {
         ProxyBody {
             kind,
             exchange: Some(exchange),
+            bytes: 0,
+            ended: false,
+        }
+    }
+
+    /// A body RustNg made (a plugin's local response).
+    pub(crate) fn local_bytes(body: Bytes, exchange: Option<Exchange>) -> Self {
+        ProxyBody {
+            kind: Kind::Local((!body.is_empty()).then_some(body)),
+            exchange,
             bytes: 0,
             ended: false,
         }

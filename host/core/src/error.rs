@@ -156,6 +156,14 @@ pub enum CoreError {
         /// What is wrong.
         message: String,
     },
+    /// A plugin could not be loaded.
+    #[error("plugin {plugin}: {message}")]
+    Plugin {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A worker thread or runtime could not be started.
     #[error("worker {index}: {source}")]
     Worker {

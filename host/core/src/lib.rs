@@ -10,6 +10,7 @@ mod access_log;
 mod body;
 mod connection;
 mod error;
+mod filters;
 mod head_timeout;
 mod headers;
 mod listener;

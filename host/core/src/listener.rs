@@ -10,6 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::Codecs;
+use crate::filters::FilterChain;
 use crate::upstream::ClusterRt;
 
 /// Pending connections the kernel queues per socket (Linux caps it at `somaxconn`).
@@ -75,5 +76,6 @@ pub(crate) struct ListenerRt {
     pub(crate) default_cluster: Option<Rc<ClusterRt>>,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) codecs: Codecs,
+    pub(crate) filters: FilterChain,
     pub(crate) limit: Arc<ConnectionLimit>,
 }

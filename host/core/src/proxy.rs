@@ -5,13 +5,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
+use rustng_wasm::{RequestHead, ResponseHead};
 
 use crate::access_log::AccessRecord;
 use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
 use crate::error::ProxyError;
+use crate::filters::LocalAnswer;
 use crate::headers;
 use crate::tunnel;
 use crate::upstream::{ClusterRt, Outgoing};
@@ -57,7 +61,28 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 error: None,
             })
         });
-        let exchange = Exchange::begin(Rc::clone(ctx), record);
+        let mut exchange = Exchange::begin(Rc::clone(ctx), record);
+
+        // The filters see the request as it will leave (forwarding headers and request id
+        // included), and may change it or answer it, as Envoy's HTTP filters do.
+        if !ctx.listener.filters.is_empty() {
+            let mut head = RequestHead {
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                headers: std::mem::take(req.headers_mut()),
+                scheme: if ctx.tls { "https" } else { "http" },
+            };
+            let end_of_stream = req.body().is_end_stream();
+            let (active, answer) = ctx.listener.filters.on_request(&mut head, end_of_stream);
+            exchange.filters = Some(active);
+            *req.method_mut() = head.method;
+            *req.uri_mut() = head.uri;
+            *req.headers_mut() = head.headers;
+            if let Some(answer) = answer {
+                let response = local_answer(answer, exchange, downstream_version);
+                return Box::pin(std::future::ready(Ok(response)));
+            }
+        }
 
         let Some(cluster) = ctx.listener.default_cluster.clone() else {
             let response = local_error(
@@ -101,6 +126,20 @@ fn forward(
                 let mut parts = upstream.head;
                 headers::strip_hop_by_hop(&mut parts.headers);
                 parts.version = response_version(downstream_version);
+                if let Some(filters) = &mut exchange.filters {
+                    let mut head = ResponseHead {
+                        status: parts.status,
+                        headers: std::mem::take(&mut parts.headers),
+                    };
+                    let end_of_stream = upstream.body.is_end_stream();
+                    let answer = filters.on_response(&mut head, end_of_stream);
+                    parts.status = head.status;
+                    parts.headers = head.headers;
+                    if let Some(answer) = answer {
+                        // The upstream body is dropped unread: its connection is not reused.
+                        return Ok(local_answer(answer, exchange, downstream_version));
+                    }
+                }
                 exchange.set_status(parts.status.as_u16());
                 if let Some(record) = &mut exchange.record {
                     record.upstream = Some(upstream.endpoint);
@@ -122,6 +161,30 @@ fn response_version(downstream: Version) -> Version {
     } else {
         Version::HTTP_11
     }
+}
+
+/// A filter's local response, or the answer of a failing filter's policy.
+fn local_answer(
+    answer: LocalAnswer,
+    mut exchange: Exchange,
+    version: Version,
+) -> Response<ProxyBody> {
+    exchange.set_status(answer.status.as_u16());
+    if let Some(record) = &mut exchange.record {
+        record.error = Some(answer.reason);
+    }
+    let mut response = Response::new(ProxyBody::local_bytes(
+        Bytes::from(answer.body),
+        Some(exchange),
+    ));
+    *response.status_mut() = answer.status;
+    *response.version_mut() = response_version(version);
+    for (name, value) in answer.headers {
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
 }
 
 /// A response RustNg makes itself, with the error's text as body (as Envoy does).

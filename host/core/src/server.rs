@@ -1,13 +1,16 @@
 //! The server lifecycle: bind every socket up front (so a bad address fails the start, not a
 //! worker), then run the workers until shutdown.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustng_runtime_config::Config;
+use rustng_wasm::WasmEngine;
 use tokio::sync::watch;
 
 use crate::error::CoreError;
+use crate::filters::LoadedPlugin;
 use crate::listener::{self, ConnectionLimit};
 use crate::tls;
 use crate::worker::{self, WorkerSetup};
@@ -45,6 +48,22 @@ impl Server {
             };
             tls.push(server_config);
         }
+        let mut plugins = HashMap::new();
+        if !config.plugins.is_empty() {
+            let engine = WasmEngine::new().map_err(|e| CoreError::Plugin {
+                plugin: String::new(),
+                message: e.to_string(),
+            })?;
+            for plugin in &config.plugins {
+                let loaded =
+                    LoadedPlugin::load(&engine, plugin).map_err(|message| CoreError::Plugin {
+                        plugin: plugin.name.clone(),
+                        message,
+                    })?;
+                plugins.insert(plugin.name.clone(), Arc::new(loaded));
+            }
+        }
+        let plugins = Arc::new(plugins);
         let limits: Vec<Arc<ConnectionLimit>> = config
             .listeners
             .iter()
@@ -68,6 +87,7 @@ impl Server {
                 sockets,
                 tls: tls.clone(),
                 limits: limits.clone(),
+                plugins: Arc::clone(&plugins),
                 shutdown: shutdown.subscribe(),
             });
         }

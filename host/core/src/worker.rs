@@ -15,6 +15,7 @@ use tokio::task::LocalSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection;
+use crate::filters::{Filter, FilterChain, LoadedPlugin};
 use crate::listener::{ConnectionLimit, ListenerRt};
 use crate::registry::Registry;
 use crate::sniff::{self, Protocol};
@@ -35,6 +36,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) sockets: Vec<std::net::TcpListener>,
     pub(crate) tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     pub(crate) limits: Vec<Arc<ConnectionLimit>>,
+    /// Compiled plugins by name.
+    pub(crate) plugins: Arc<HashMap<String, Arc<LoadedPlugin>>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -54,8 +57,14 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         sockets,
         tls,
         limits,
+        plugins,
         shutdown,
     } = setup;
+    // This worker's instance of every plugin, shared by the listeners that use it.
+    let filters: HashMap<&str, Rc<Filter>> = plugins
+        .iter()
+        .map(|(name, plugin)| (name.as_str(), Rc::new(Filter::new(Arc::clone(plugin)))))
+        .collect();
 
     let clusters: HashMap<&str, Rc<ClusterRt>> = config
         .clusters
@@ -78,6 +87,13 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
                 .and_then(|name| clusters.get(name).cloned()),
             tls: tls.map(TlsAcceptor::from),
             codecs: connection::Codecs::new(&listener.http),
+            filters: FilterChain::new(
+                listener
+                    .http_filters
+                    .iter()
+                    .filter_map(|name| filters.get(name.as_str()).cloned())
+                    .collect(),
+            ),
             limit,
             config: listener.clone(),
         });

@@ -42,6 +42,17 @@ pub(crate) enum UpstreamBody {
     Http2(Incoming),
 }
 
+impl UpstreamBody {
+    /// Whether the response has no body left to read.
+    pub(crate) fn is_end_stream(&self) -> bool {
+        use http_body::Body as _;
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+}
+
 /// A request on its way to an upstream, head and body apart. `body` is `None` once an attempt
 /// has started sending it: from then on, no other attempt can be made.
 pub(crate) struct Outgoing {

@@ -13,6 +13,7 @@ mod cli;
 mod grpc;
 mod h1_upstream;
 mod limits;
+mod plugins;
 mod proxying;
 mod tls;
 mod upstreams;

@@ -1,0 +1,203 @@
+//! proxy-wasm plugins in the real binary: a filter built with the upstream Rust SDK changes
+//! requests and responses and answers locally, and hostile modules meet their failure policy
+//! while the proxy keeps serving.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::Full;
+
+use crate::client::{self, get, send};
+use crate::harness::{Rustng, cli_with_config};
+use crate::origin::Origin;
+
+fn sdk_filter() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../filters/target/wasm32-wasip1/release/header_rewrite.wasm");
+    assert!(
+        path.exists(),
+        "{} missing: run `make filters`",
+        path.display()
+    );
+    path
+}
+
+fn config(origin: &Origin, plugins: &str, filters: &str) -> String {
+    format!(
+        "workers: 1
+plugins:
+{plugins}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [{filters}]
+clusters:
+  - name: backend
+    endpoints:
+      - address: {}
+",
+        origin.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_rust_sdk_filter_runs_unchanged() {
+    let origin = Origin::start("a").await;
+    let plugins = format!(
+        "  - name: hdr
+    root_id: ''
+    vm_config:
+      vm_id: ''
+      runtime: envoy.wasm.runtime.v8
+      code: {{ local: {{ filename: {} }} }}
+    configuration:
+      '@type': type.googleapis.com/google.protobuf.StringValue
+      value: abc
+    failure_policy: FAIL_CLOSED",
+        sdk_filter().display()
+    );
+    let proxy = Rustng::start(&config(&origin, &plugins, "hdr"));
+    let client = client::http1();
+
+    let req = Request::get(proxy.url("/echo/x"))
+        .header("x-remove-me", "please")
+        .body(Full::default())
+        .expect("req");
+    let reply = send(&client, req).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["x-filter-saw-status"], "200");
+    assert_eq!(reply.headers["x-filter-tag"], "abc");
+    let echo = reply.json();
+    assert_eq!(echo["headers"]["x-filter-tag"][0], "abc");
+    assert_eq!(echo["headers"]["x-filter-method"][0], "GET");
+    assert!(echo["headers"].get("x-remove-me").is_none());
+    // The filter ran after the proxy's own headers were set.
+    assert!(echo["headers"]["x-request-id"][0].is_string());
+
+    let denied = get(&client, &proxy.url("/deny")).await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.headers["x-denied-by"], "abc");
+    assert_eq!(denied.text(), "denied\n");
+    assert_eq!(
+        origin.requests(),
+        1,
+        "the denied request never reached the origin"
+    );
+}
+
+/// Traps on paths starting `/b`, loops forever on `/l`, passes the rest.
+fn hostile_module(dir: &std::path::Path) -> PathBuf {
+    let wasm = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) ":path")
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $second i32)
+    (drop (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64) (i32.const 68)))
+    (local.set $second (i32.load8_u (i32.add (i32.load (i32.const 64)) (i32.const 1))))
+    (if (i32.eq (local.get $second) (i32.const 98)) (then unreachable))
+    (if (i32.eq (local.get $second) (i32.const 108)) (then (loop $forever (br $forever))))
+    (i32.const 0))
+)"#,
+    )
+    .expect("wat");
+    let path = dir.join("hostile.wasm");
+    std::fs::write(&path, wasm).expect("write module");
+    path
+}
+
+fn hostile_plugin(path: &std::path::Path, policy: &str) -> String {
+    format!(
+        "  - name: hostile
+    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
+    failure_policy: {policy}",
+        path.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_policies_decide_and_the_proxy_keeps_serving() {
+    let origin = Origin::start("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = hostile_module(dir.path());
+    let client = client::http1();
+
+    // FAIL_CLOSED: the trap answers 503, and the plugin stays failed.
+    let proxy = Rustng::start(&config(
+        &origin,
+        &hostile_plugin(&module, "FAIL_CLOSED"),
+        "hostile",
+    ));
+    assert_eq!(get(&client, &proxy.url("/ok")).await.status, 200);
+    let failed = get(&client, &proxy.url("/boom")).await;
+    assert_eq!(failed.status, 503);
+    assert_eq!(failed.text(), "plugin failed\n");
+    assert_eq!(get(&client, &proxy.url("/ok")).await.status, 503);
+    assert!(proxy.log().contains("plugin failed"), "{}", proxy.log());
+
+    // FAIL_OPEN: the failed plugin is skipped.
+    let proxy = Rustng::start(&config(
+        &origin,
+        &hostile_plugin(&module, "FAIL_OPEN"),
+        "hostile",
+    ));
+    assert_eq!(get(&client, &proxy.url("/boom")).await.status, 200);
+    assert_eq!(get(&client, &proxy.url("/ok")).await.status, 200);
+
+    // FAIL_RELOAD: 503 for the failing request, a fresh instance for the next; an endless
+    // loop is cut at the deadline the same way.
+    let proxy = Rustng::start(&config(
+        &origin,
+        &hostile_plugin(&module, "FAIL_RELOAD"),
+        "hostile",
+    ));
+    assert_eq!(get(&client, &proxy.url("/boom")).await.status, 503);
+    assert_eq!(get(&client, &proxy.url("/ok")).await.status, 200);
+    let started = Instant::now();
+    assert_eq!(get(&client, &proxy.url("/loop")).await.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(&client, &proxy.url("/ok")).await.status, 200);
+    assert!(proxy.log().contains("deadline exceeded"), "{}", proxy.log());
+}
+
+#[test]
+fn a_module_that_cannot_load_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm not really").expect("write");
+    let run = cli_with_config(
+        "run",
+        &format!(
+            "plugins:
+  - name: broken
+    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    http_filters: [broken]
+",
+            bad.display()
+        ),
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("plugin broken: invalid wasm module"),
+        "{}",
+        run.stderr
+    );
+}
