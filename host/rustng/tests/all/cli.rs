@@ -109,3 +109,13 @@ fn run_reports_an_address_in_use() {
         run.stderr
     );
 }
+
+#[test]
+fn the_shipped_examples_validate() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    for name in ["quickstart.yaml", "filter.yaml"] {
+        let path = examples.join(name);
+        let run = cli(&["validate", "-c", path.to_str().expect("utf-8")]);
+        assert_eq!(run.code, Some(0), "{name}: {}", run.stderr);
+    }
+}
