@@ -23,6 +23,74 @@ pub struct PluginInstance {
     instance: Instance,
     limits: Limits,
     next_context_id: i32,
+    /// Looked up once: finding an export by name on every call doubles what a call costs.
+    stream: StreamCallbacks,
+}
+
+/// A headers callback in either of its ABI shapes.
+#[derive(Clone)]
+enum HeadersCallback {
+    /// 0.1.0: `(context_id, num_headers)`.
+    WithoutEndOfStream(TypedFunc<(i32, i32), i32>),
+    /// 0.2.x: `(context_id, num_headers, end_of_stream)`.
+    WithEndOfStream(TypedFunc<(i32, i32, i32), i32>),
+}
+
+/// The per-stream callbacks the module exports (all optional).
+#[derive(Clone, Default)]
+struct StreamCallbacks {
+    on_context_create: Option<TypedFunc<(i32, i32), ()>>,
+    on_request_headers: Option<HeadersCallback>,
+    on_response_headers: Option<HeadersCallback>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+}
+
+impl StreamCallbacks {
+    fn resolve(instance: &Instance, store: &mut Store<HostState>) -> Result<Self, WasmError> {
+        Ok(StreamCallbacks {
+            on_context_create: typed(instance, store, "proxy_on_context_create")?,
+            on_request_headers: headers(instance, store, "proxy_on_request_headers")?,
+            on_response_headers: headers(instance, store, "proxy_on_response_headers")?,
+            on_done: typed(instance, store, "proxy_on_done")?,
+            on_log: typed(instance, store, "proxy_on_log")?,
+            on_delete: typed(instance, store, "proxy_on_delete")?,
+        })
+    }
+}
+
+/// An optional export with the signature the ABI gives it.
+fn typed<P: WasmParams, R: WasmResults>(
+    instance: &Instance,
+    store: &mut Store<HostState>,
+    name: &'static str,
+) -> Result<Option<TypedFunc<P, R>>, WasmError> {
+    match instance.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(func) => func
+            .typed(&*store)
+            .map(Some)
+            .map_err(|e| WasmError::Abi(format!("{name}: {e:#}"))),
+    }
+}
+
+/// A headers callback, in whichever of its two ABI shapes the module exports.
+fn headers(
+    instance: &Instance,
+    store: &mut Store<HostState>,
+    name: &'static str,
+) -> Result<Option<HeadersCallback>, WasmError> {
+    let Some(func) = instance.get_func(&mut *store, name) else {
+        return Ok(None);
+    };
+    let abi = |e: wasmtime::Error| WasmError::Abi(format!("{name}: {e:#}"));
+    let callback = if func.ty(&*store).params().len() == 2 {
+        HeadersCallback::WithoutEndOfStream(func.typed(&*store).map_err(abi)?)
+    } else {
+        HeadersCallback::WithEndOfStream(func.typed(&*store).map_err(abi)?)
+    };
+    Ok(Some(callback))
 }
 
 /// An HTTP stream context inside a plugin instance.
@@ -68,11 +136,13 @@ impl PluginInstance {
             .map_err(|e| WasmError::Abi(format!("{}: {e:#}", module.allocator)))?;
         store.data_mut().exports = Some(GuestExports { memory, allocate });
 
+        let stream = StreamCallbacks::resolve(&instance, &mut store)?;
         let mut plugin = PluginInstance {
             store,
             instance,
             limits,
             next_context_id: ROOT_CONTEXT_ID + 1,
+            stream,
         };
         if plugin.has("_initialize") {
             plugin.call::<(), ()>("_initialize", ())?;
@@ -115,8 +185,8 @@ impl PluginInstance {
             .next_context_id
             .checked_add(1)
             .unwrap_or(ROOT_CONTEXT_ID + 1);
-        if self.has("proxy_on_context_create") {
-            self.call::<(i32, i32), ()>("proxy_on_context_create", (id, ROOT_CONTEXT_ID))?;
+        if let Some(f) = self.stream.on_context_create.clone() {
+            self.invoke("proxy_on_context_create", &f, (id, ROOT_CONTEXT_ID))?;
         }
         Ok(HttpContextId(id))
     }
@@ -129,7 +199,9 @@ impl PluginInstance {
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
         self.store.data_mut().http.request = Some(std::mem::take(head));
-        let result = self.headers_callback("proxy_on_request_headers", context, end_of_stream);
+        let callback = self.stream.on_request_headers.clone();
+        let result =
+            self.headers_callback("proxy_on_request_headers", callback, context, end_of_stream);
         if let Some(changed) = self.store.data_mut().http.request.take() {
             *head = changed;
         }
@@ -145,7 +217,13 @@ impl PluginInstance {
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
         self.store.data_mut().http.response = Some(std::mem::take(head));
-        let result = self.headers_callback("proxy_on_response_headers", context, end_of_stream);
+        let callback = self.stream.on_response_headers.clone();
+        let result = self.headers_callback(
+            "proxy_on_response_headers",
+            callback,
+            context,
+            end_of_stream,
+        );
         if let Some(changed) = self.store.data_mut().http.response.take() {
             *head = changed;
         }
@@ -155,19 +233,20 @@ impl PluginInstance {
     fn headers_callback(
         &mut self,
         name: &'static str,
+        callback: Option<HeadersCallback>,
         context: HttpContextId,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
-        let Some(func) = self.instance.get_func(&mut self.store, name) else {
+        let Some(callback) = callback else {
             return Ok(HeadersOutcome::Continue);
         };
         let count = self.header_count(name);
         self.store.data_mut().http.local_response = None;
-        // ABI 0.1.0 has no end_of_stream parameter.
-        let action = if func.ty(&self.store).params().len() == 2 {
-            self.call::<(i32, i32), i32>(name, (context.0, count))?
-        } else {
-            self.call::<(i32, i32, i32), i32>(name, (context.0, count, i32::from(end_of_stream)))?
+        let action = match &callback {
+            HeadersCallback::WithoutEndOfStream(f) => self.invoke(name, f, (context.0, count))?,
+            HeadersCallback::WithEndOfStream(f) => {
+                self.invoke(name, f, (context.0, count, i32::from(end_of_stream)))?
+            }
         };
         if let Some(local) = self.store.data_mut().http.local_response.take() {
             return Ok(HeadersOutcome::LocalResponse(local));
@@ -200,20 +279,20 @@ impl PluginInstance {
         request: Option<RequestHead>,
         response: Option<ResponseHead>,
     ) -> Result<(), WasmError> {
-        if self.has("proxy_on_done") {
+        if let Some(f) = self.stream.on_done.clone() {
             // A plugin that answers false asks to finish later (proxy_done); streams here
             // end with the exchange, so the host goes on with log and delete regardless.
-            self.call::<i32, i32>("proxy_on_done", context.0)?;
+            self.invoke("proxy_on_done", &f, context.0)?;
         }
-        if self.has("proxy_on_log") {
+        if let Some(f) = self.stream.on_log.clone() {
             self.store.data_mut().http.request = request;
             self.store.data_mut().http.response = response;
-            let logged = self.call::<i32, ()>("proxy_on_log", context.0);
+            let logged = self.invoke("proxy_on_log", &f, context.0);
             self.store.data_mut().http = Default::default();
             logged?;
         }
-        if self.has("proxy_on_delete") {
-            self.call::<i32, ()>("proxy_on_delete", context.0)?;
+        if let Some(f) = self.stream.on_delete.clone() {
+            self.invoke("proxy_on_delete", &f, context.0)?;
         }
         Ok(())
     }
@@ -222,7 +301,19 @@ impl PluginInstance {
         self.instance.get_func(&mut self.store, name).is_some()
     }
 
-    /// Calls an export under the deadline.
+    /// Calls a resolved export under the deadline.
+    fn invoke<P: WasmParams, R: WasmResults>(
+        &mut self,
+        name: &'static str,
+        func: &TypedFunc<P, R>,
+        args: P,
+    ) -> Result<R, WasmError> {
+        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        func.call(&mut self.store, args)
+            .map_err(|e| classify(name, e, &self.limits))
+    }
+
+    /// Calls an export, found by name, under the deadline (start sequence only).
     fn call<P: WasmParams, R: WasmResults>(
         &mut self,
         name: &'static str,

@@ -181,13 +181,48 @@ fn change_pseudo(
     Ok(())
 }
 
-fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<Vec<u8>, Status> {
-    let key = key.to_ascii_lowercase();
-    pairs(state, map)?
-        .into_iter()
-        .find(|(k, _)| *k == key || (key == b"host" && k == b":authority"))
-        .map(|(_, v)| v)
-        .ok_or(Status::NotFound)
+/// One field's value, looked up directly (no list of all fields is built). Header values are
+/// `Bytes`-backed, so the clone is a reference count.
+fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue, Status> {
+    let pseudo = |text: &str| HeaderValue::from_str(text).map_err(|_| Status::InternalFailure);
+    match map {
+        MapType::HttpRequestHeaders => {
+            let request = state.http.request.as_ref().ok_or(Status::NotFound)?;
+            match key {
+                b":path" => pseudo(
+                    request
+                        .uri
+                        .path_and_query()
+                        .map_or("/", PathAndQuery::as_str),
+                ),
+                b":method" => pseudo(request.method.as_str()),
+                b":scheme" => pseudo(request.scheme),
+                b":authority" | b"host" => match request.uri.authority() {
+                    Some(authority) => pseudo(authority.as_str()),
+                    None => request
+                        .headers
+                        .get(header::HOST)
+                        .cloned()
+                        .ok_or(Status::NotFound),
+                },
+                _ => lookup(&request.headers, key),
+            }
+        }
+        MapType::HttpResponseHeaders => {
+            let response = state.http.response.as_ref().ok_or(Status::NotFound)?;
+            match key {
+                b":status" => pseudo(response.status.as_str()),
+                _ => lookup(&response.headers, key),
+            }
+        }
+        _ => Err(Status::NotFound),
+    }
+}
+
+fn lookup(headers: &http::HeaderMap, key: &[u8]) -> Result<HeaderValue, Status> {
+    // `HeaderMap::get` with a `&str` lowercases and validates without allocating.
+    let key = std::str::from_utf8(key).map_err(|_| Status::NotFound)?;
+    headers.get(key).cloned().ok_or(Status::NotFound)
 }
 
 fn set_pairs(state: &mut HostState, map: MapType, serialized: &[u8]) -> Result<(), Status> {
@@ -273,9 +308,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          -> i32 {
             let result = (|| {
                 let map = map_type(map)?;
-                let key = read_guest(&caller, key, key_size)?;
-                let value = get_value(caller.data(), map, &key)?;
-                return_bytes(&mut caller, &value, return_data, return_size)
+                let value = {
+                    let memory = guest_memory(&caller).ok_or(Status::InvalidMemoryAccess)?;
+                    let key = slice(memory, key, key_size)?;
+                    get_value(caller.data(), map, key)?
+                };
+                return_bytes(&mut caller, value.as_bytes(), return_data, return_size)
             })();
             status(result)
         },
