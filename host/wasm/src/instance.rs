@@ -185,8 +185,14 @@ impl PluginInstance {
             .next_context_id
             .checked_add(1)
             .unwrap_or(ROOT_CONTEXT_ID + 1);
-        if let Some(f) = self.stream.on_context_create.clone() {
-            self.invoke("proxy_on_context_create", &f, (id, ROOT_CONTEXT_ID))?;
+        if let Some(f) = &self.stream.on_context_create {
+            invoke(
+                &mut self.store,
+                &self.limits,
+                "proxy_on_context_create",
+                f,
+                (id, ROOT_CONTEXT_ID),
+            )?;
         }
         Ok(HttpContextId(id))
     }
@@ -199,9 +205,7 @@ impl PluginInstance {
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
         self.store.data_mut().http.request = Some(std::mem::take(head));
-        let callback = self.stream.on_request_headers.clone();
-        let result =
-            self.headers_callback("proxy_on_request_headers", callback, context, end_of_stream);
+        let result = self.headers_callback(Phase::Request, context, end_of_stream);
         if let Some(changed) = self.store.data_mut().http.request.take() {
             *head = changed;
         }
@@ -217,13 +221,7 @@ impl PluginInstance {
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
         self.store.data_mut().http.response = Some(std::mem::take(head));
-        let callback = self.stream.on_response_headers.clone();
-        let result = self.headers_callback(
-            "proxy_on_response_headers",
-            callback,
-            context,
-            end_of_stream,
-        );
+        let result = self.headers_callback(Phase::Response, context, end_of_stream);
         if let Some(changed) = self.store.data_mut().http.response.take() {
             *head = changed;
         }
@@ -232,21 +230,34 @@ impl PluginInstance {
 
     fn headers_callback(
         &mut self,
-        name: &'static str,
-        callback: Option<HeadersCallback>,
+        phase: Phase,
         context: HttpContextId,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
+        let (name, callback) = match phase {
+            Phase::Request => ("proxy_on_request_headers", &self.stream.on_request_headers),
+            Phase::Response => (
+                "proxy_on_response_headers",
+                &self.stream.on_response_headers,
+            ),
+        };
         let Some(callback) = callback else {
             return Ok(HeadersOutcome::Continue);
         };
-        let count = self.header_count(name);
+        let count = header_count(&self.store.data().http, phase);
         self.store.data_mut().http.local_response = None;
-        let action = match &callback {
-            HeadersCallback::WithoutEndOfStream(f) => self.invoke(name, f, (context.0, count))?,
-            HeadersCallback::WithEndOfStream(f) => {
-                self.invoke(name, f, (context.0, count, i32::from(end_of_stream)))?
+        // Borrowed, not cloned: a TypedFunc clone takes a reference on its registered type.
+        let action = match callback {
+            HeadersCallback::WithoutEndOfStream(f) => {
+                invoke(&mut self.store, &self.limits, name, f, (context.0, count))?
             }
+            HeadersCallback::WithEndOfStream(f) => invoke(
+                &mut self.store,
+                &self.limits,
+                name,
+                f,
+                (context.0, count, i32::from(end_of_stream)),
+            )?,
         };
         if let Some(local) = self.store.data_mut().http.local_response.take() {
             return Ok(HeadersOutcome::LocalResponse(local));
@@ -258,19 +269,6 @@ impl PluginInstance {
         })
     }
 
-    fn header_count(&self, callback: &str) -> i32 {
-        let http = &self.store.data().http;
-        let count = if callback == "proxy_on_request_headers" {
-            // Pseudo-headers count; `host` travels as `:authority`.
-            http.request.as_ref().map_or(0, |r| {
-                4 + r.headers.len() - usize::from(r.headers.contains_key(http::header::HOST))
-            })
-        } else {
-            http.response.as_ref().map_or(0, |r| 1 + r.headers.len())
-        };
-        i32::try_from(count).unwrap_or(i32::MAX)
-    }
-
     /// Ends a stream context: `proxy_on_done`, then `proxy_on_log` and `proxy_on_delete`
     /// (Envoy's order). The heads are readable from `proxy_on_log`.
     pub fn finish_http_context(
@@ -279,38 +277,32 @@ impl PluginInstance {
         request: Option<RequestHead>,
         response: Option<ResponseHead>,
     ) -> Result<(), WasmError> {
-        if let Some(f) = self.stream.on_done.clone() {
+        if let Some(f) = &self.stream.on_done {
             // A plugin that answers false asks to finish later (proxy_done); streams here
             // end with the exchange, so the host goes on with log and delete regardless.
-            self.invoke("proxy_on_done", &f, context.0)?;
+            invoke(&mut self.store, &self.limits, "proxy_on_done", f, context.0)?;
         }
-        if let Some(f) = self.stream.on_log.clone() {
+        if let Some(f) = &self.stream.on_log {
             self.store.data_mut().http.request = request;
             self.store.data_mut().http.response = response;
-            let logged = self.invoke("proxy_on_log", &f, context.0);
+            let logged = invoke(&mut self.store, &self.limits, "proxy_on_log", f, context.0);
             self.store.data_mut().http = Default::default();
             logged?;
         }
-        if let Some(f) = self.stream.on_delete.clone() {
-            self.invoke("proxy_on_delete", &f, context.0)?;
+        if let Some(f) = &self.stream.on_delete {
+            invoke(
+                &mut self.store,
+                &self.limits,
+                "proxy_on_delete",
+                f,
+                context.0,
+            )?;
         }
         Ok(())
     }
 
     fn has(&mut self, name: &str) -> bool {
         self.instance.get_func(&mut self.store, name).is_some()
-    }
-
-    /// Calls a resolved export under the deadline.
-    fn invoke<P: WasmParams, R: WasmResults>(
-        &mut self,
-        name: &'static str,
-        func: &TypedFunc<P, R>,
-        args: P,
-    ) -> Result<R, WasmError> {
-        self.store.set_epoch_deadline(self.limits.deadline_ticks());
-        func.call(&mut self.store, args)
-            .map_err(|e| classify(name, e, &self.limits))
     }
 
     /// Calls an export, found by name, under the deadline (start sequence only).
@@ -343,6 +335,39 @@ impl PluginInstance {
             ms => Some(Duration::from_millis(u64::from(ms))),
         }
     }
+}
+
+/// Which headers callback.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Request,
+    Response,
+}
+
+/// The `num_headers` argument: fields as the guest will see them.
+fn header_count(http: &crate::http::HttpCallState, phase: Phase) -> i32 {
+    let count = match phase {
+        // Pseudo-headers count; `host` travels as `:authority`.
+        Phase::Request => http.request.as_ref().map_or(0, |r| {
+            4 + r.headers.len() - usize::from(r.headers.contains_key(http::header::HOST))
+        }),
+        Phase::Response => http.response.as_ref().map_or(0, |r| 1 + r.headers.len()),
+    };
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
+/// Calls a resolved export under the deadline. A free function so that a callback can stay
+/// borrowed from the instance while its store is borrowed mutably.
+fn invoke<P: WasmParams, R: WasmResults>(
+    store: &mut Store<HostState>,
+    limits: &Limits,
+    name: &'static str,
+    func: &TypedFunc<P, R>,
+    args: P,
+) -> Result<R, WasmError> {
+    store.set_epoch_deadline(limits.deadline_ticks());
+    func.call(&mut *store, args)
+        .map_err(|e| classify(name, e, limits))
 }
 
 fn classify(callback: &'static str, error: wasmtime::Error, limits: &Limits) -> WasmError {
