@@ -28,7 +28,6 @@ pub struct PluginInstance {
 }
 
 /// A headers callback in either of its ABI shapes.
-#[derive(Clone)]
 enum HeadersCallback {
     /// 0.1.0: `(context_id, num_headers)`.
     WithoutEndOfStream(TypedFunc<(i32, i32), i32>),
@@ -36,8 +35,8 @@ enum HeadersCallback {
     WithEndOfStream(TypedFunc<(i32, i32, i32), i32>),
 }
 
-/// The per-stream callbacks the module exports (all optional).
-#[derive(Clone, Default)]
+/// The per-stream callbacks the module exports (all optional). Not `Clone` on purpose: they
+/// are called by reference (see `invoke`).
 struct StreamCallbacks {
     on_context_create: Option<TypedFunc<(i32, i32), ()>>,
     on_request_headers: Option<HeadersCallback>,
