@@ -99,7 +99,7 @@ impl ProxyBody {
         }
     }
 
-    /// A body RustNg made (a plugin's local response).
+    /// A body RustNg made (a plugin's local response); empty means no body frame at all.
     pub(crate) fn local_bytes(body: Bytes, exchange: Option<Exchange>) -> Self {
         ProxyBody {
             kind: Kind::Local((!body.is_empty()).then_some(body)),
@@ -119,17 +119,9 @@ impl ProxyBody {
         }
     }
 
+    /// A fixed local body (error texts).
     pub(crate) fn local(text: &'static str, exchange: Option<Exchange>) -> Self {
-        ProxyBody {
-            kind: Kind::Local(if text.is_empty() {
-                None
-            } else {
-                Some(Bytes::from_static(text.as_bytes()))
-            }),
-            exchange,
-            bytes: 0,
-            ended: false,
-        }
+        ProxyBody::local_bytes(Bytes::from_static(text.as_bytes()), exchange)
     }
 
     fn inner_ended(&self) -> bool {

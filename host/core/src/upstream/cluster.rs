@@ -276,7 +276,7 @@ impl ClusterRt {
             };
             *slot = index;
             let address = self.endpoints[index].address;
-            match connect::http1(address, self.config.connect_timeout, true).await {
+            match connect::http1_upgradable(address, self.config.connect_timeout).await {
                 Ok(sender) => return Ok((address, sender)),
                 Err(e) => last_error = e,
             }

@@ -39,31 +39,23 @@ fn handshake_failed(address: SocketAddr, e: hyper::Error) -> ProxyError {
         .because(e)
 }
 
-/// Opens an HTTP/1.1 connection; its driver runs as a task on this worker.
-/// `upgrades` keeps the socket usable after a `101 Switching Protocols`.
-pub(crate) async fn http1(
+/// Opens a hyper HTTP/1.1 connection that stays usable after a `101 Switching Protocols`
+/// (protocol switches only; ordinary requests use RustNg's own client in `h1/`). Its driver
+/// runs as a task on this worker.
+pub(crate) async fn http1_upgradable(
     address: SocketAddr,
     timeout: Duration,
-    upgrades: bool,
 ) -> Result<http1::SendRequest<Incoming>, ProxyError> {
     let stream = tcp(address, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| handshake_failed(address, e))?;
-    if upgrades {
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%address, error = %e, "upstream connection ended");
-            }
-        });
-    } else {
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%address, error = %e, "upstream connection ended");
-            }
-        });
-    }
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(%address, error = %e, "upstream connection ended");
+        }
+    });
     Ok(sender)
 }
 

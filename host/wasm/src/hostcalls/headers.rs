@@ -12,7 +12,7 @@ use rustng_abi::{MapType, Status, decode_pairs, encode_pairs, encoded_len};
 use wasmtime::{Caller, Linker};
 
 use super::status;
-use crate::http::LocalResponse;
+use crate::http::{LocalResponse, RequestHead};
 use crate::memory::{guest_memory, return_bytes, slice, write_u32};
 use crate::state::HostState;
 
@@ -33,34 +33,36 @@ fn map_type(raw: i32) -> Result<MapType, Status> {
     MapType::try_from(raw as u32).map_err(|_| Status::BadArgument)
 }
 
+/// The request line as Envoy's pseudo-headers, in Envoy's order. `:authority` is the URI's
+/// authority or else the `host` field (empty when there is neither).
+fn request_pseudo_headers(request: &RequestHead) -> [(&'static [u8], &[u8]); 4] {
+    let authority = request
+        .uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .or_else(|| request.headers.get(header::HOST).map(HeaderValue::as_bytes))
+        .unwrap_or_default();
+    let path = request
+        .uri
+        .path_and_query()
+        .map_or("/", PathAndQuery::as_str);
+    [
+        (b":authority", authority),
+        (b":path", path.as_bytes()),
+        (b":method", request.method.as_str().as_bytes()),
+        (b":scheme", request.scheme.as_bytes()),
+    ]
+}
+
 /// The map's fields, pseudo-headers first, as Envoy orders them.
 fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
     let mut out = Vec::new();
     let fields = match map {
         MapType::HttpRequestHeaders => {
             let request = state.http.request.as_ref().ok_or(Status::NotFound)?;
-            let authority = request
-                .uri
-                .authority()
-                .map(|a| a.as_str().as_bytes().to_vec())
-                .or_else(|| {
-                    request
-                        .headers
-                        .get(header::HOST)
-                        .map(|h| h.as_bytes().to_vec())
-                })
-                .unwrap_or_default();
-            let path = request
-                .uri
-                .path_and_query()
-                .map_or("/", PathAndQuery::as_str);
-            out.push((b":authority".to_vec(), authority));
-            out.push((b":path".to_vec(), path.as_bytes().to_vec()));
-            out.push((
-                b":method".to_vec(),
-                request.method.as_str().as_bytes().to_vec(),
-            ));
-            out.push((b":scheme".to_vec(), request.scheme.as_bytes().to_vec()));
+            for (name, value) in request_pseudo_headers(request) {
+                out.push((name.to_vec(), value.to_vec()));
+            }
             &request.headers
         }
         MapType::HttpResponseHeaders => {
@@ -184,34 +186,31 @@ fn change_pseudo(
 /// One field's value, looked up directly (no list of all fields is built). Header values are
 /// `Bytes`-backed, so the clone is a reference count.
 fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue, Status> {
-    let pseudo = |text: &str| HeaderValue::from_str(text).map_err(|_| Status::InternalFailure);
     match map {
         MapType::HttpRequestHeaders => {
             let request = state.http.request.as_ref().ok_or(Status::NotFound)?;
-            match key {
-                b":path" => pseudo(
-                    request
-                        .uri
-                        .path_and_query()
-                        .map_or("/", PathAndQuery::as_str),
-                ),
-                b":method" => pseudo(request.method.as_str()),
-                b":scheme" => pseudo(request.scheme),
-                b":authority" | b"host" => match request.uri.authority() {
-                    Some(authority) => pseudo(authority.as_str()),
-                    None => request
-                        .headers
-                        .get(header::HOST)
-                        .cloned()
-                        .ok_or(Status::NotFound),
-                },
-                _ => lookup(&request.headers, key),
+            // `host` is asked for by name too; filters see it as `:authority`.
+            let key: &[u8] = if key.eq_ignore_ascii_case(b"host") {
+                b":authority"
+            } else {
+                key
+            };
+            match request_pseudo_headers(request)
+                .iter()
+                .find(|(name, _)| *name == key)
+            {
+                Some((_, b"")) => Err(Status::NotFound),
+                Some((_, value)) => {
+                    HeaderValue::from_bytes(value).map_err(|_| Status::InternalFailure)
+                }
+                None => lookup(&request.headers, key),
             }
         }
         MapType::HttpResponseHeaders => {
             let response = state.http.response.as_ref().ok_or(Status::NotFound)?;
             match key {
-                b":status" => pseudo(response.status.as_str()),
+                b":status" => HeaderValue::from_str(response.status.as_str())
+                    .map_err(|_| Status::InternalFailure),
                 _ => lookup(&response.headers, key),
             }
         }
