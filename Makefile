@@ -2,7 +2,8 @@
 CARGO ?= cargo
 RELEASE_BIN := target/release/rustng
 
-FILTERS := cargo build --manifest-path filters/Cargo.toml --release --target wasm32-wasip1
+# Both wasm workspaces: RustNg's own filters and the conformance suite's Rust filters.
+WASM_WORKSPACES := filters/Cargo.toml wasm-tests/Cargo.toml
 
 .PHONY: setup build release filters run test lint fmt bench clean
 
@@ -19,15 +20,17 @@ release: setup
 run: release
 	@scripts/run-demo.sh $(RELEASE_BIN) examples/quickstart.yaml
 
-## The proxy-wasm filters in filters/, built from source for wasm32-wasip1.
+## The proxy-wasm filters in filters/ and wasm-tests/, built from source for wasm32-wasip1.
 filters: setup
-	$(FILTERS)
+	for m in $(WASM_WORKSPACES); do $(CARGO) build --manifest-path $$m --release --target wasm32-wasip1 || exit 1; done
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) fmt --manifest-path filters/Cargo.toml --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --manifest-path filters/Cargo.toml --target wasm32-wasip1 -- -D warnings
+	for m in $(WASM_WORKSPACES); do \
+	  $(CARGO) fmt --manifest-path $$m --all -- --check && \
+	  $(CARGO) clippy --manifest-path $$m --target wasm32-wasip1 -- -D warnings || exit 1; \
+	done
 
 ## Everything CI checks: formatting, lints, unit and end-to-end tests (the wasm host's tests
 ## load the filters built from source).
@@ -43,4 +46,4 @@ fmt:
 
 clean:
 	$(CARGO) clean
-	$(CARGO) clean --manifest-path filters/Cargo.toml
+	for m in $(WASM_WORKSPACES); do $(CARGO) clean --manifest-path $$m; done

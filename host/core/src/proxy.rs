@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use rustng_wasm::{RequestHead, ResponseHead};
+use rustng_wasm::{RequestHead, ResponseHead, StreamInfo};
 
 use crate::access_log::AccessRecord;
 use crate::body::{Exchange, ProxyBody};
@@ -73,7 +73,19 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 scheme: if ctx.tls { "https" } else { "http" },
             };
             let end_of_stream = req.body().is_end_stream();
-            let (active, answer) = ctx.listener.filters.on_request(&mut head, end_of_stream);
+            let stream = StreamInfo {
+                source: Some(ctx.peer),
+                // The listener's address: a wildcard bind shows as such (getsockname per
+                // connection is not worth it until a filter needs the exact interface).
+                destination: Some(ctx.listener.config.address),
+                protocol: protocol_name(downstream_version),
+                tls: ctx.tls,
+                properties: Vec::new(),
+            };
+            let (active, answer) =
+                ctx.listener
+                    .filters
+                    .on_request(&mut head, stream, end_of_stream);
             exchange.filters = Some(active);
             *req.method_mut() = head.method;
             *req.uri_mut() = head.uri;
@@ -152,6 +164,16 @@ fn forward(
             }
         };
         Ok(response)
+    }
+}
+
+/// Envoy's spelling of the protocol, for the `request.protocol` property.
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
     }
 }
 

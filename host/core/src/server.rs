@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustng_runtime_config::Config;
-use rustng_wasm::WasmEngine;
+use rustng_wasm::{PluginHost, WasmEngine};
 use tokio::sync::watch;
 
 use crate::error::CoreError;
@@ -54,12 +54,14 @@ impl Server {
                 plugin: String::new(),
                 message: e.to_string(),
             })?;
+            let host = Arc::new(PluginHost::default());
             for plugin in &config.plugins {
-                let loaded =
-                    LoadedPlugin::load(&engine, plugin).map_err(|message| CoreError::Plugin {
+                let loaded = LoadedPlugin::load(&engine, &host, plugin).map_err(|message| {
+                    CoreError::Plugin {
                         plugin: plugin.name.clone(),
                         message,
-                    })?;
+                    }
+                })?;
                 plugins.insert(plugin.name.clone(), Arc::new(loaded));
             }
         }

@@ -63,7 +63,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
     // This worker's instance of every plugin, shared by the listeners that use it.
     let filters: HashMap<&str, Rc<Filter>> = plugins
         .iter()
-        .map(|(name, plugin)| (name.as_str(), Rc::new(Filter::new(Arc::clone(plugin)))))
+        .map(|(name, plugin)| (name.as_str(), Filter::start(Arc::clone(plugin))))
         .collect();
 
     let clusters: HashMap<&str, Rc<ClusterRt>> = config

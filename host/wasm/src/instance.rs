@@ -9,13 +9,14 @@ use rustng_abi::{Action, BufferType, LogLevel};
 use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::error::WasmError;
-use crate::http::{HeadersOutcome, RequestHead, ResponseHead};
+use crate::host::InstanceEnv;
+use crate::http::{HeadersOutcome, RequestHead, ResponseHead, StreamInfo};
 use crate::limits::Limits;
 use crate::module::PluginModule;
-use crate::state::{GuestExports, HostState, LogSink, PluginConfig, tracing_sink};
+use crate::state::{GuestExports, HostState, PluginConfig, tracing_sink};
 
 /// The root (plugin) context's id. Stream contexts will count up from here.
-const ROOT_CONTEXT_ID: i32 = 1;
+pub(crate) const ROOT_CONTEXT_ID: i32 = 1;
 
 /// A started plugin instance.
 pub struct PluginInstance {
@@ -44,6 +45,8 @@ struct StreamCallbacks {
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 impl StreamCallbacks {
@@ -55,6 +58,8 @@ impl StreamCallbacks {
             on_done: typed(instance, store, "proxy_on_done")?,
             on_log: typed(instance, store, "proxy_on_log")?,
             on_delete: typed(instance, store, "proxy_on_delete")?,
+            on_tick: typed(instance, store, "proxy_on_tick")?,
+            on_queue_ready: typed(instance, store, "proxy_on_queue_ready")?,
         })
     }
 }
@@ -104,7 +109,7 @@ impl PluginInstance {
         module: &PluginModule,
         config: Arc<PluginConfig>,
         limits: Limits,
-        log: Option<LogSink>,
+        env: InstanceEnv,
     ) -> Result<PluginInstance, WasmError> {
         let state = HostState {
             config,
@@ -112,12 +117,15 @@ impl PluginInstance {
                 .memory_size(limits.max_memory_bytes)
                 .instances(1)
                 .build(),
-            log: log.unwrap_or_else(tracing_sink),
+            log: env.log.unwrap_or_else(tracing_sink),
             log_level: LogLevel::Trace,
             exports: None,
             readable_buffer: None,
             tick_period_ms: 0,
             http: Default::default(),
+            host: env.host,
+            queue_ready: env.queue_ready,
+            metrics: Vec::new(),
         };
         let mut store = Store::new(module.engine.inner(), state);
         store.limiter(|state| &mut state.limits);
@@ -201,12 +209,19 @@ impl PluginInstance {
         &mut self,
         context: HttpContextId,
         head: &mut RequestHead,
+        stream: &mut StreamInfo,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
-        self.store.data_mut().http.request = Some(std::mem::take(head));
+        let http = &mut self.store.data_mut().http;
+        http.request = Some(std::mem::take(head));
+        http.stream = Some(std::mem::take(stream));
         let result = self.headers_callback(Phase::Request, context, end_of_stream);
-        if let Some(changed) = self.store.data_mut().http.request.take() {
+        let http = &mut self.store.data_mut().http;
+        if let Some(changed) = http.request.take() {
             *head = changed;
+        }
+        if let Some(changed) = http.stream.take() {
+            *stream = changed;
         }
         result
     }
@@ -217,14 +232,49 @@ impl PluginInstance {
         &mut self,
         context: HttpContextId,
         head: &mut ResponseHead,
+        stream: &mut StreamInfo,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
-        self.store.data_mut().http.response = Some(std::mem::take(head));
+        let http = &mut self.store.data_mut().http;
+        http.response = Some(std::mem::take(head));
+        http.stream = Some(std::mem::take(stream));
         let result = self.headers_callback(Phase::Response, context, end_of_stream);
-        if let Some(changed) = self.store.data_mut().http.response.take() {
+        let http = &mut self.store.data_mut().http;
+        if let Some(changed) = http.response.take() {
             *head = changed;
         }
+        if let Some(changed) = http.stream.take() {
+            *stream = changed;
+        }
         result
+    }
+
+    /// `proxy_on_tick` on the root context; the host calls it every `tick_period`.
+    pub fn on_tick(&mut self) -> Result<(), WasmError> {
+        match &self.stream.on_tick {
+            Some(f) => invoke(
+                &mut self.store,
+                &self.limits,
+                "proxy_on_tick",
+                f,
+                ROOT_CONTEXT_ID,
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_queue_ready`: a queue this instance registered has messages.
+    pub fn on_queue_ready(&mut self, ready: crate::QueueReady) -> Result<(), WasmError> {
+        match &self.stream.on_queue_ready {
+            Some(f) => invoke(
+                &mut self.store,
+                &self.limits,
+                "proxy_on_queue_ready",
+                f,
+                (ready.context_id, ready.token as i32),
+            ),
+            None => Ok(()),
+        }
     }
 
     fn headers_callback(

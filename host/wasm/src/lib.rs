@@ -6,23 +6,29 @@
 //! call deadline. Every guest entry has an epoch deadline, and a guest can fail only itself:
 //! traps, deadlines and memory exhaustion come back as [`WasmError`], never as a crash.
 //!
-//! This is the first slice of issue 3: engine, loading, linking, the VM/plugin start
-//! sequence, logging, configuration buffers and WASI basics. HTTP contexts follow.
+//! State that crosses instances (shared data, queues, metrics) lives in one [`PluginHost`]
+//! per process; what an instance borrows from its worker comes in an [`InstanceEnv`].
 
 mod engine;
 mod error;
+mod host;
 mod hostcalls;
 mod http;
 mod instance;
 mod limits;
 mod memory;
+mod metrics;
 mod module;
+mod shared;
 mod state;
 
 pub use engine::WasmEngine;
 pub use error::WasmError;
-pub use http::{HeadersOutcome, LocalResponse, RequestHead, ResponseHead};
+pub use host::{InstanceEnv, PluginHost};
+pub use http::{HeadersOutcome, LocalResponse, RequestHead, ResponseHead, StreamInfo};
 pub use instance::{HttpContextId, PluginInstance};
 pub use limits::Limits;
+pub use metrics::MetricRegistry;
 pub use module::PluginModule;
+pub use shared::{QueueNotifier, QueueReady};
 pub use state::{LogSink, PluginConfig};

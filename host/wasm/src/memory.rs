@@ -20,6 +20,25 @@ pub(crate) fn slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> 
     memory.get(start..end).ok_or(Status::InvalidMemoryAccess)
 }
 
+/// A copy of `len` bytes at `ptr`.
+pub(crate) fn read_guest(
+    caller: &Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> Result<Vec<u8>, Status> {
+    let memory = guest_memory(caller).ok_or(Status::InvalidMemoryAccess)?;
+    Ok(slice(memory, ptr, len)?.to_vec())
+}
+
+/// A guest string (names, keys, paths): not valid UTF-8 is a bad argument.
+pub(crate) fn read_guest_str(
+    caller: &Caller<'_, HostState>,
+    ptr: i32,
+    len: i32,
+) -> Result<String, Status> {
+    String::from_utf8(read_guest(caller, ptr, len)?).map_err(|_| Status::BadArgument)
+}
+
 /// Writes a little-endian `u32` at `ptr`.
 pub(crate) fn write_u32(
     caller: &mut Caller<'_, HostState>,
@@ -53,13 +72,19 @@ pub(crate) fn write_bytes(
 }
 
 /// Copies `bytes` into a fresh guest allocation (the guest's own allocator) and stores its
-/// address and length at `return_ptr` and `return_len`, the ABI's way to return data.
+/// address and length at `return_ptr` and `return_len`, the ABI's way to return data. Empty
+/// data is returned as a null pointer without calling the allocator, as Envoy does (SDKs read
+/// that as "no value").
 pub(crate) fn return_bytes(
     caller: &mut Caller<'_, HostState>,
     bytes: &[u8],
     return_ptr: i32,
     return_len: i32,
 ) -> Result<(), Status> {
+    if bytes.is_empty() {
+        write_u32(caller, return_ptr, 0)?;
+        return write_u32(caller, return_len, 0);
+    }
     let allocate = caller
         .data()
         .exports

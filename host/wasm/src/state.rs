@@ -5,7 +5,10 @@ use std::sync::Arc;
 use rustng_abi::{BufferType, LogLevel};
 use wasmtime::{Memory, StoreLimits, TypedFunc};
 
+use crate::host::PluginHost;
 use crate::http::HttpCallState;
+use crate::metrics::Metric;
+use crate::shared::QueueNotifier;
 
 /// A plugin's configuration, Envoy's `PluginConfig`/`VmConfig` reduced to what the guest sees.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,9 +65,29 @@ pub(crate) struct HostState {
     pub(crate) tick_period_ms: u32,
     /// The HTTP head the current callback works on.
     pub(crate) http: HttpCallState,
+    /// Shared data, queues and metrics of the whole process.
+    pub(crate) host: Arc<PluginHost>,
+    /// How this instance's worker hears of messages on the queues it registered.
+    pub(crate) queue_ready: Option<QueueNotifier>,
+    /// Metrics this instance used, by id: recording through a kept handle takes no lock.
+    pub(crate) metrics: Vec<Option<Arc<Metric>>>,
 }
 
 impl HostState {
+    /// The metric with `id`, kept for the next call.
+    pub(crate) fn metric(&mut self, id: u32) -> Result<Arc<Metric>, rustng_abi::Status> {
+        let index = id as usize;
+        if let Some(Some(metric)) = self.metrics.get(index) {
+            return Ok(Arc::clone(metric));
+        }
+        let metric = self.host.metrics().handle(id)?;
+        if self.metrics.len() <= index {
+            self.metrics.resize(index + 1, None);
+        }
+        self.metrics[index] = Some(Arc::clone(&metric));
+        Ok(metric)
+    }
+
     /// The bytes of `buffer` if the current callback may read it.
     pub(crate) fn buffer(&self, buffer: BufferType) -> Option<&[u8]> {
         if self.readable_buffer != Some(buffer) {

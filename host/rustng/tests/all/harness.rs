@@ -77,6 +77,21 @@ impl Rustng {
         std::fs::read_to_string(self.dir.path().join("rustng.log")).unwrap_or_default()
     }
 
+    /// Whether `needle` shows up in the log within a few seconds (logs are written by a
+    /// background thread, so a line can trail the response it belongs to).
+    pub(crate) fn log_eventually_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Log lines parsed as JSON (non-JSON lines are skipped).
     pub(crate) fn log_json(&self) -> Vec<serde_json::Value> {
         self.log()

@@ -6,10 +6,12 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+mod envoy;
 mod harness;
 mod origin;
 
 mod cli;
+mod conformance;
 mod grpc;
 mod h1_upstream;
 mod limits;

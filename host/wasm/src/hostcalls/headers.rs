@@ -13,7 +13,7 @@ use wasmtime::{Caller, Linker};
 
 use super::status;
 use crate::http::{LocalResponse, RequestHead};
-use crate::memory::{guest_memory, return_bytes, slice, write_u32};
+use crate::memory::{guest_memory, read_guest, return_bytes, slice, write_u32};
 use crate::state::HostState;
 
 pub(super) const NAMES: &[(Module, &str)] = &[
@@ -247,11 +247,6 @@ fn set_pairs(state: &mut HostState, map: MapType, serialized: &[u8]) -> Result<(
         change(state, map, key, Change::Add(value))?;
     }
     Ok(())
-}
-
-fn read_guest(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
-    let memory = guest_memory(caller).ok_or(Status::InvalidMemoryAccess)?;
-    Ok(slice(memory, ptr, len)?.to_vec())
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

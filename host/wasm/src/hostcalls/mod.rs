@@ -6,6 +6,9 @@ mod buffers;
 mod clock;
 mod headers;
 mod log;
+mod metrics;
+mod properties;
+mod shared;
 mod wasi;
 
 use rustng_abi::table::{HOSTCALLS, Module, ValType};
@@ -26,6 +29,9 @@ const GROUPS: &[Implemented] = &[
     buffers::NAMES,
     clock::NAMES,
     headers::NAMES,
+    metrics::NAMES,
+    properties::NAMES,
+    shared::NAMES,
     wasi::NAMES,
 ];
 
@@ -36,6 +42,9 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, WasmError> {
     buffers::add_to_linker(&mut linker).map_err(runtime)?;
     clock::add_to_linker(&mut linker).map_err(runtime)?;
     headers::add_to_linker(&mut linker).map_err(runtime)?;
+    metrics::add_to_linker(&mut linker).map_err(runtime)?;
+    properties::add_to_linker(&mut linker).map_err(runtime)?;
+    shared::add_to_linker(&mut linker).map_err(runtime)?;
     wasi::add_to_linker(&mut linker).map_err(runtime)?;
     for hostcall in HOSTCALLS {
         let implemented = GROUPS

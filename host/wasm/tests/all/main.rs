@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use rustng_abi::{AbiVersion, LogLevel};
 use rustng_wasm::{
-    Limits, LogSink, PluginConfig, PluginInstance, PluginModule, WasmEngine, WasmError,
+    InstanceEnv, Limits, LogSink, PluginConfig, PluginInstance, PluginModule, WasmEngine, WasmError,
 };
 
 type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
@@ -30,6 +30,14 @@ fn capture() -> (LogSink, Lines) {
         }
     });
     (sink, lines)
+}
+
+/// An instance environment of its own (fresh shared state) that logs into `sink`.
+fn env(sink: LogSink) -> InstanceEnv {
+    InstanceEnv {
+        log: Some(sink),
+        ..InstanceEnv::default()
+    }
 }
 
 /// A module with a bump allocator, the 0.2.1 marker and the given extra imports and body.
@@ -67,7 +75,7 @@ fn start(bytes: &[u8], limits: Limits) -> (Result<PluginInstance, WasmError>, Li
     let module = PluginModule::compile(engine(), bytes).expect("compiles");
     let (sink, lines) = capture();
     (
-        PluginInstance::start(&module, config(r#"{"tag":"abc"}"#), limits, Some(sink)),
+        PluginInstance::start(&module, config(r#"{"tag":"abc"}"#), limits, env(sink)),
         lines,
     )
 }

@@ -8,6 +8,7 @@ use http::{HeaderValue, Method, StatusCode};
 use rustng_abi::{AbiVersion, LogLevel};
 use rustng_wasm::{
     HeadersOutcome, Limits, PluginConfig, PluginInstance, PluginModule, RequestHead, ResponseHead,
+    StreamInfo,
 };
 
 use crate::{capture, engine, lines};
@@ -47,14 +48,14 @@ fn the_rust_sdk_filter_rewrites_headers_and_answers_locally() {
         plugin_configuration: b"abc".to_vec(),
         ..PluginConfig::default()
     });
-    let mut plugin =
-        PluginInstance::start(&module, config, Limits::default(), Some(sink)).expect("starts");
+    let mut plugin = PluginInstance::start(&module, config, Limits::default(), crate::env(sink))
+        .expect("starts");
 
     // A request passes with headers added, replaced and removed.
     let context = plugin.create_http_context().expect("context");
     let mut head = request("/hello?x=1");
     let outcome = plugin
-        .on_request_headers(context, &mut head, true)
+        .on_request_headers(context, &mut head, &mut StreamInfo::default(), true)
         .expect("runs");
     assert_eq!(outcome, HeadersOutcome::Continue);
     assert_eq!(head.headers["x-filter-tag"], "abc");
@@ -70,7 +71,7 @@ fn the_rust_sdk_filter_rewrites_headers_and_answers_locally() {
         ..ResponseHead::default()
     };
     let outcome = plugin
-        .on_response_headers(context, &mut response, false)
+        .on_response_headers(context, &mut response, &mut StreamInfo::default(), false)
         .expect("runs");
     assert_eq!(outcome, HeadersOutcome::Continue);
     assert_eq!(response.headers["x-filter-saw-status"], "201");
@@ -82,7 +83,7 @@ fn the_rust_sdk_filter_rewrites_headers_and_answers_locally() {
     let context = plugin.create_http_context().expect("context");
     let mut head = request("/deny");
     match plugin
-        .on_request_headers(context, &mut head, true)
+        .on_request_headers(context, &mut head, &mut StreamInfo::default(), true)
         .expect("runs")
     {
         HeadersOutcome::LocalResponse(local) => {

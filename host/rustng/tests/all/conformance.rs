@@ -1,0 +1,224 @@
+//! The proxy-wasm conformance suite, differential: the same module (wasm-tests/rust/conformance,
+//! upstream Rust SDK), the same plugin configuration and the same requests go through Envoy,
+//! the reference host, and through RustNg. Each case's report must be identical in both, and
+//! must also hold the values the ABI promises (so a bug shared by both hosts still fails).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::Full;
+
+use crate::client::{self, HttpClient, Reply, send};
+use crate::envoy::{Envoy, EnvoyPlugin};
+use crate::harness::Rustng;
+use crate::origin::Origin;
+
+fn conformance_wasm() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../wasm-tests/target/wasm32-wasip1/release/conformance.wasm");
+    assert!(
+        path.exists(),
+        "{} missing: run `make filters`",
+        path.display()
+    );
+    path
+}
+
+/// Both hosts, running the conformance module with `configuration`.
+struct Hosts {
+    rustng: Rustng,
+    envoy: Envoy,
+    client: HttpClient,
+    _origin: Origin,
+}
+
+impl Hosts {
+    async fn start(configuration: &str) -> Hosts {
+        let origin = Origin::start("conformance").await;
+        let wasm = conformance_wasm();
+        let rustng = Rustng::start(&format!(
+            "workers: 1
+plugins:
+  - name: conformance
+    root_id: ''
+    vm_config:
+      vm_id: ''
+      runtime: envoy.wasm.runtime.v8
+      code: {{ local: {{ filename: {wasm} }} }}
+    configuration:
+      '@type': type.googleapis.com/google.protobuf.StringValue
+      value: {configuration}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [conformance]
+clusters:
+  - name: backend
+    endpoints:
+      - address: {origin}
+",
+            wasm = wasm.display(),
+            origin = origin.addr,
+        ));
+        let envoy = Envoy::start(
+            &EnvoyPlugin {
+                name: "conformance",
+                wasm: &wasm,
+                configuration,
+            },
+            origin.addr,
+        );
+        Hosts {
+            rustng,
+            envoy,
+            client: client::http1(),
+            _origin: origin,
+        }
+    }
+
+    /// Runs `case` on both hosts; returns RustNg's report after checking Envoy's is the same.
+    async fn case(&self, case: &str) -> String {
+        let ours = self
+            .request(&self.rustng.url(&format!("/conformance/{case}")))
+            .await;
+        let reference = self
+            .request(&self.envoy.url(&format!("/conformance/{case}")))
+            .await;
+        assert_eq!(ours.status, 200, "{case} in RustNg: {}", ours.text());
+        assert_eq!(
+            reference.status,
+            200,
+            "{case} in Envoy: {}",
+            reference.text()
+        );
+        assert_eq!(
+            ours.text(),
+            reference.text(),
+            "case {case}: RustNg (left) and Envoy (right) differ"
+        );
+        assert_eq!(ours.headers["x-conformance-case"], case);
+        ours.text()
+    }
+
+    async fn request(&self, url: &str) -> Reply {
+        let req = Request::get(url)
+            .header("host", "conformance.test")
+            .header("user-agent", "conformance-test")
+            .header("x-probe", "probe-value")
+            .body(Full::default())
+            .expect("request");
+        send(&self.client, req).await
+    }
+
+    /// Polls `case` on both hosts until its report contains `line` (both must get there).
+    async fn eventually(&self, case: &str, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (host, url) in [
+            ("RustNg", self.rustng.url(&format!("/conformance/{case}"))),
+            ("Envoy", self.envoy.url(&format!("/conformance/{case}"))),
+        ] {
+            loop {
+                let report = self.request(&url).await.text();
+                if report.lines().any(|l| l == line) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{host}: {case} never reported {line:?}; last report:\n{report}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn assert_lines(report: &str, expected: &[&str]) {
+    for line in expected {
+        assert!(
+            report.lines().any(|l| l == *line),
+            "missing {line:?} in report:\n{report}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_data_with_compare_and_swap_matches_envoy() {
+    let hosts = Hosts::start("plain").await;
+    let report = hosts.case("shared-data").await;
+    assert_lines(
+        &report,
+        &[
+            "get.missing=!NotFound",
+            "set.create=Ok",
+            "get.created=v1",
+            "cas.nonzero=true",
+            "set.current-cas=Ok",
+            "set.stale-cas=CasMismatch",
+            "get.after=v2",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_queues_and_ticks_reach_the_root_context_as_in_envoy() {
+    let hosts = Hosts::start("tick").await;
+    let report = hosts.case("queue-send").await;
+    assert_lines(
+        &report,
+        &[
+            "resolve.own=true",
+            "resolve.missing=None",
+            "enqueue=Ok",
+            "enqueue.unknown=NotFound",
+            "dequeue.unknown=NotFound",
+        ],
+    );
+    // on_queue_ready moved the message into shared data; on_tick counted ticks.
+    hosts
+        .eventually("queue-read", "queue.last=hello queue")
+        .await;
+    hosts.eventually("tick", "ticked=true").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_match_envoy() {
+    let hosts = Hosts::start("plain").await;
+    let report = hosts.case("metrics").await;
+    assert_lines(
+        &report,
+        &[
+            "define=Ok",
+            // A new id per definition (Envoy's behaviour), both adding to one series.
+            "define.same-name=false",
+            "counter.increment=Ok",
+            "counter.get=Ok(5)",
+            "gauge.get=Ok(6)",
+            "histogram.record=Ok",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_match_envoy() {
+    let hosts = Hosts::start("plain").await;
+    let report = hosts.case("properties").await;
+    assert_lines(
+        &report,
+        &[
+            "plugin_name=conformance",
+            "request.path=/conformance/properties",
+            "request.url_path=/conformance/properties",
+            "request.host=conformance.test",
+            "request.method=GET",
+            "request.scheme=http",
+            "request.protocol=HTTP/1.1",
+            "request.useragent=conformance-test",
+            "request.headers.x-probe=probe-value",
+            "source.address.loopback=true",
+            "source.port.len=8",
+            "get.set=kept",
+        ],
+    );
+}

@@ -1,0 +1,284 @@
+//! The conformance filter (upstream proxy-wasm Rust SDK). A request to `/conformance/<case>`
+//! runs one group of hostcalls and is answered locally with a report, one `name=value` line
+//! per check, so that a test can assert the values and compare two hosts byte for byte. Other
+//! requests pass through untouched.
+//!
+//! Root context: `on_vm_start` registers the queue `conformance`; `on_configure` sets a tick
+//! period of 50 ms when the plugin configuration contains `tick`; `on_tick` counts ticks in
+//! shared data (`ticks`); `on_queue_ready` moves each message into shared data
+//! (`queue.last`). The `tick` and `queue-*` cases read those back.
+//!
+//! Every report line is also logged at info level (`conformance <case> <name>=<value>`), so
+//! that the hosts' logs can be compared too.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { queue: 0 }) });
+}}
+
+const QUEUE: &str = "conformance";
+
+struct Root {
+    queue: u32,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        self.queue = self.register_shared_queue(QUEUE);
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        if String::from_utf8_lossy(&config).contains("tick") {
+            self.set_tick_period(std::time::Duration::from_millis(50));
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        // Compare-and-swap loop: every worker's instance ticks into the same counter.
+        loop {
+            let (value, cas) = self.get_shared_data("ticks");
+            let count = value
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let next = (count + 1).to_string();
+            match self.set_shared_data("ticks", Some(next.as_bytes()), cas) {
+                Err(Status::CasMismatch) => continue,
+                _ => break,
+            }
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        while let Ok(Some(message)) = self.dequeue_shared_queue(queue_id) {
+            let _ = self.set_shared_data("queue.last", Some(&message), None);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream;
+
+impl Context for Stream {}
+
+/// The checks of one case, in order.
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+}
+
+impl Report {
+    fn line(&mut self, name: &str, value: impl Into<String>) {
+        self.lines.push(format!("{name}={}", value.into()));
+    }
+
+    fn status(&mut self, name: &str, result: Result<(), Status>) {
+        self.line(name, status_text(result.err()));
+    }
+
+    fn bytes(&mut self, name: &str, result: Result<Option<Vec<u8>>, Status>) {
+        let value = match result {
+            Ok(Some(bytes)) => printable(&bytes),
+            Ok(None) => "!NotFound".to_owned(),
+            Err(status) => format!("!{status:?}"),
+        };
+        self.line(name, value);
+    }
+}
+
+fn status_text(status: Option<Status>) -> String {
+    match status {
+        None => "Ok".to_owned(),
+        Some(status) => format!("{status:?}"),
+    }
+}
+
+/// Text as text; anything else as hex, so reports stay one line per check.
+fn printable(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.chars().all(|c| !c.is_control()) => text.to_owned(),
+        _ => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let Some(case) = path.strip_prefix("/conformance/") else {
+            return Action::Continue;
+        };
+        let case = case.split('?').next().unwrap_or_default().to_owned();
+        let mut report = Report::default();
+        match case.as_str() {
+            "shared-data" => shared_data(self, &mut report),
+            "queue-send" => queue_send(self, &mut report),
+            "queue-read" => {
+                let (value, _) = self.get_shared_data("queue.last");
+                report.bytes("queue.last", Ok(value));
+            }
+            "tick" => {
+                let (value, _) = self.get_shared_data("ticks");
+                let ticks = value
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                report.line("ticked", (ticks > 0).to_string());
+            }
+            "metrics" => metrics(&mut report),
+            "properties" => properties(&mut report),
+            _ => report.line("unknown-case", case.as_str()),
+        }
+        for line in &report.lines {
+            let _ = hostcalls::log(LogLevel::Info, &format!("conformance {case} {line}"));
+        }
+        let mut body = report.lines.join("\n");
+        body.push('\n');
+        self.send_http_response(
+            200,
+            vec![
+                ("content-type", "text/plain"),
+                ("x-conformance-case", &case),
+            ],
+            Some(body.as_bytes()),
+        );
+        Action::Pause
+    }
+}
+
+fn shared_data(stream: &Stream, report: &mut Report) {
+    let key = "conformance.k";
+    report.bytes("get.missing", Ok(stream.get_shared_data(key).0));
+    report.status("set.create", stream.set_shared_data(key, Some(b"v1"), None));
+    let (value, cas) = stream.get_shared_data(key);
+    report.bytes("get.created", Ok(value));
+    report.line("cas.nonzero", cas.is_some_and(|c| c != 0).to_string());
+    report.status(
+        "set.current-cas",
+        stream.set_shared_data(key, Some(b"v2"), cas),
+    );
+    report.status(
+        "set.stale-cas",
+        stream.set_shared_data(key, Some(b"v3"), cas),
+    );
+    report.bytes("get.after", Ok(stream.get_shared_data(key).0));
+    report.status(
+        "set.empty-value",
+        stream.set_shared_data("conformance.empty", Some(b""), None),
+    );
+    report.bytes(
+        "get.empty-value",
+        Ok(stream.get_shared_data("conformance.empty").0),
+    );
+}
+
+fn queue_send(stream: &Stream, report: &mut Report) {
+    let queue = stream.resolve_shared_queue("", QUEUE);
+    report.line("resolve.own", queue.is_some_and(|q| q != 0).to_string());
+    report.line(
+        "resolve.missing",
+        format!("{:?}", stream.resolve_shared_queue("", "no-such-queue")),
+    );
+    if let Some(queue) = queue {
+        report.status(
+            "enqueue",
+            stream.enqueue_shared_queue(queue, Some(b"hello queue")),
+        );
+    }
+    report.status(
+        "enqueue.unknown",
+        stream.enqueue_shared_queue(0x7fff_fff0, Some(b"x")),
+    );
+    report.line(
+        "dequeue.unknown",
+        match stream.dequeue_shared_queue(0x7fff_fff0) {
+            Ok(value) => format!("{value:?}"),
+            Err(status) => format!("{status:?}"),
+        },
+    );
+}
+
+fn metrics(report: &mut Report) {
+    let counter = hostcalls::define_metric(MetricType::Counter, "conformance.requests");
+    let gauge = hostcalls::define_metric(MetricType::Gauge, "conformance.level");
+    let histogram = hostcalls::define_metric(MetricType::Histogram, "conformance.sizes");
+    let (Ok(counter), Ok(gauge), Ok(histogram)) = (counter, gauge, histogram) else {
+        report.line("define", "failed");
+        return;
+    };
+    report.line("define", "Ok");
+    report.line(
+        "define.same-name",
+        (hostcalls::define_metric(MetricType::Counter, "conformance.requests") == Ok(counter))
+            .to_string(),
+    );
+    report.status("counter.increment", hostcalls::increment_metric(counter, 3));
+    report.status("counter.record", hostcalls::record_metric(counter, 2));
+    report.line(
+        "counter.get",
+        format!("{:?}", hostcalls::get_metric(counter)),
+    );
+    report.status("gauge.record", hostcalls::record_metric(gauge, 10));
+    report.status("gauge.decrement", hostcalls::increment_metric(gauge, -4));
+    report.line("gauge.get", format!("{:?}", hostcalls::get_metric(gauge)));
+    report.status("histogram.record", hostcalls::record_metric(histogram, 42));
+}
+
+fn properties(report: &mut Report) {
+    let text = [
+        "plugin_name",
+        "plugin_root_id",
+        "plugin_vm_id",
+        "request.path",
+        "request.url_path",
+        "request.host",
+        "request.method",
+        "request.scheme",
+        "request.protocol",
+        "request.query",
+        "request.useragent",
+        "request.referer",
+        "request.headers.x-probe",
+        "request.headers.x-absent",
+        "connection.mtls",
+        "no_such_property",
+    ];
+    for name in text {
+        let path: Vec<&str> = name.splitn(3, '.').collect();
+        report.bytes(name, hostcalls::get_property(path));
+    }
+    // Addresses vary with the ports; check their shape.
+    match hostcalls::get_property(vec!["source", "address"]) {
+        Ok(Some(address)) => report.line(
+            "source.address.loopback",
+            String::from_utf8_lossy(&address)
+                .starts_with("127.0.0.1:")
+                .to_string(),
+        ),
+        other => report.line("source.address.loopback", format!("{other:?}")),
+    }
+    match hostcalls::get_property(vec!["source", "port"]) {
+        Ok(Some(port)) => report.line("source.port.len", port.len().to_string()),
+        other => report.line("source.port.len", format!("{other:?}")),
+    }
+    report.status(
+        "set",
+        hostcalls::set_property(vec!["conformance_note"], Some(b"kept")),
+    );
+    report.bytes("get.set", hostcalls::get_property(vec!["conformance_note"]));
+}
