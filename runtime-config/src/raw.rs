@@ -134,6 +134,9 @@ pub struct RawHttpOptions {
     pub idle_timeout: Option<String>,
     /// Most concurrent streams on one HTTP/2 connection. Default 256.
     pub max_concurrent_streams: Option<u32>,
+    /// Most body bytes held for filters that buffer a request or response (Envoy's
+    /// `per_connection_buffer_limit_bytes`); a request over it gets 413. Default 1 MiB.
+    pub buffer_limit_bytes: Option<usize>,
 }
 
 /// `listeners[].tls`.

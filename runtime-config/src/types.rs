@@ -102,6 +102,8 @@ pub struct Listener {
 pub struct HttpOptions {
     /// Largest request head in bytes; larger gets 431.
     pub max_request_headers_bytes: usize,
+    /// Most body bytes held for buffering filters; a request over it gets 413.
+    pub buffer_limit_bytes: usize,
     /// Time to receive a whole request head; slower gets 408.
     pub request_headers_timeout: Duration,
     /// Close a connection with nothing in flight after this long.

@@ -13,6 +13,8 @@ use crate::{ConfigError, FieldError};
 mod defaults {
     use std::time::Duration;
 
+    /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
+    pub(crate) const BUFFER_LIMIT_BYTES: usize = 1024 * 1024;
     /// Envoy's default for `max_request_headers_kb`.
     pub(super) const MAX_REQUEST_HEADERS_KB: usize = 60;
     /// Long enough for real clients on bad links, short enough to shed slowloris.
@@ -246,8 +248,16 @@ impl Validator {
                 "must be at least 1",
             );
         }
+        let buffer_limit_bytes = h.buffer_limit_bytes.unwrap_or(defaults::BUFFER_LIMIT_BYTES);
+        if buffer_limit_bytes == 0 {
+            self.error(
+                format!("{path}.http.buffer_limit_bytes"),
+                "must be at least 1",
+            );
+        }
         let http = HttpOptions {
             max_request_headers_bytes: kb * 1024,
+            buffer_limit_bytes,
             request_headers_timeout: self.duration(
                 &format!("{path}.http.request_headers_timeout"),
                 h.request_headers_timeout.as_deref(),

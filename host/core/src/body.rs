@@ -16,10 +16,8 @@ use tokio::time::Instant;
 
 use crate::access_log::AccessRecord;
 use crate::connection::ConnCtx;
-use crate::filters::ActiveFilters;
-use crate::upstream::{H1Body, UpstreamBody};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use crate::filters::SharedFilters;
+use crate::upstream::{BoxError, H1Body, LocalBody, UpstreamBody};
 
 /// Everything that must happen when a request ends, however it ends: with the body read to
 /// the end, with the client gone mid-body, or with the request future dropped before any
@@ -33,8 +31,9 @@ pub(crate) struct Exchange {
     /// Boxed: ~200 bytes that every request future would otherwise carry (and copy) even
     /// with the access log off.
     pub(crate) record: Option<Box<AccessRecord>>,
-    /// The filters' stream contexts, ended (done, log, delete) when the exchange ends.
-    pub(crate) filters: Option<ActiveFilters>,
+    /// The filters' stream contexts, ended (done, log, delete) when the last holder (this,
+    /// or a filtered body) lets go.
+    pub(crate) filters: Option<SharedFilters>,
     bytes: u64,
     completed: bool,
 }
@@ -75,6 +74,8 @@ enum Kind {
     Http1(H1Body),
     Incoming(Incoming),
     Local(Option<Bytes>),
+    /// Through the filters (listeners with plugins only).
+    Boxed(LocalBody),
 }
 
 /// A downstream response body: the upstream's, streamed, or a local one.
@@ -109,6 +110,16 @@ impl ProxyBody {
         }
     }
 
+    /// A body the filters produce.
+    pub(crate) fn boxed(body: LocalBody, exchange: Exchange) -> Self {
+        ProxyBody {
+            kind: Kind::Boxed(body),
+            exchange: Some(exchange),
+            bytes: 0,
+            ended: false,
+        }
+    }
+
     /// A body straight from hyper (the answer to a protocol-switch request).
     pub(crate) fn incoming(body: Incoming, exchange: Exchange) -> Self {
         ProxyBody {
@@ -129,6 +140,7 @@ impl ProxyBody {
             Kind::Http1(body) => body.is_end_stream(),
             Kind::Incoming(body) => body.is_end_stream(),
             Kind::Local(data) => data.is_none(),
+            Kind::Boxed(body) => body.is_end_stream(),
         }
     }
 }
@@ -148,6 +160,7 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Boxed(body) => Pin::new(body).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -170,6 +183,7 @@ impl Body for ProxyBody {
             Kind::Http1(body) => body.size_hint(),
             Kind::Incoming(body) => body.size_hint(),
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Boxed(body) => body.size_hint(),
         }
     }
 }

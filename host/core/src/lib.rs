@@ -10,6 +10,7 @@ mod access_log;
 mod body;
 mod connection;
 mod error;
+mod filtered;
 mod filters;
 mod head_timeout;
 mod headers;

@@ -7,18 +7,17 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body::Body as _;
 use hyper::body::Incoming;
-use rustng_wasm::{RequestHead, ResponseHead, StreamInfo};
 
 use crate::access_log::AccessRecord;
 use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
 use crate::error::ProxyError;
+use crate::filtered;
 use crate::filters::LocalAnswer;
 use crate::headers;
 use crate::tunnel;
-use crate::upstream::{ClusterRt, Outgoing};
+use crate::upstream::{ClusterRt, Outgoing, RequestBody};
 
 /// The hyper service of one downstream connection.
 pub(crate) struct ProxyService {
@@ -61,39 +60,17 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
                 error: None,
             })
         });
-        let mut exchange = Exchange::begin(Rc::clone(ctx), record);
+        let exchange = Exchange::begin(Rc::clone(ctx), record);
 
         // The filters see the request as it will leave (forwarding headers and request id
         // included), and may change it or answer it, as Envoy's HTTP filters do.
         if !ctx.listener.filters.is_empty() {
-            let mut head = RequestHead {
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                headers: std::mem::take(req.headers_mut()),
-                scheme: if ctx.tls { "https" } else { "http" },
-            };
-            let end_of_stream = req.body().is_end_stream();
-            let stream = StreamInfo {
-                source: Some(ctx.peer),
-                // The listener's address: a wildcard bind shows as such (getsockname per
-                // connection is not worth it until a filter needs the exact interface).
-                destination: Some(ctx.listener.config.address),
-                protocol: protocol_name(downstream_version),
-                tls: ctx.tls,
-                properties: Vec::new(),
-            };
-            let (active, answer) =
-                ctx.listener
-                    .filters
-                    .on_request(&mut head, stream, end_of_stream);
-            exchange.filters = Some(active);
-            *req.method_mut() = head.method;
-            *req.uri_mut() = head.uri;
-            *req.headers_mut() = head.headers;
-            if let Some(answer) = answer {
-                let response = local_answer(answer, exchange, downstream_version);
-                return Box::pin(std::future::ready(Ok(response)));
-            }
+            return Box::pin(filtered::forward(
+                Rc::clone(ctx),
+                req,
+                exchange,
+                removed.upgrade,
+            ));
         }
 
         let Some(cluster) = ctx.listener.default_cluster.clone() else {
@@ -116,7 +93,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let (head, body) = req.into_parts();
         let outgoing = Outgoing {
             head,
-            body: Some(body),
+            body: Some(RequestBody::Incoming(body)),
         };
         Box::pin(forward(cluster, outgoing, exchange, downstream_version))
     }
@@ -138,20 +115,6 @@ fn forward(
                 let mut parts = upstream.head;
                 headers::strip_hop_by_hop(&mut parts.headers);
                 parts.version = response_version(downstream_version);
-                if let Some(filters) = &mut exchange.filters {
-                    let mut head = ResponseHead {
-                        status: parts.status,
-                        headers: std::mem::take(&mut parts.headers),
-                    };
-                    let end_of_stream = upstream.body.is_end_stream();
-                    let answer = filters.on_response(&mut head, end_of_stream);
-                    parts.status = head.status;
-                    parts.headers = head.headers;
-                    if let Some(answer) = answer {
-                        // The upstream body is dropped unread: its connection is not reused.
-                        return Ok(local_answer(answer, exchange, downstream_version));
-                    }
-                }
                 exchange.set_status(parts.status.as_u16());
                 if let Some(record) = &mut exchange.record {
                     record.upstream = Some(upstream.endpoint);
@@ -168,7 +131,7 @@ fn forward(
 }
 
 /// Envoy's spelling of the protocol, for the `request.protocol` property.
-fn protocol_name(version: Version) -> &'static str {
+pub(crate) fn protocol_name(version: Version) -> &'static str {
     match version {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_2 => "HTTP/2",
@@ -177,7 +140,7 @@ fn protocol_name(version: Version) -> &'static str {
     }
 }
 
-fn response_version(downstream: Version) -> Version {
+pub(crate) fn response_version(downstream: Version) -> Version {
     if downstream == Version::HTTP_2 {
         Version::HTTP_2
     } else {
@@ -186,7 +149,7 @@ fn response_version(downstream: Version) -> Version {
 }
 
 /// A filter's local response, or the answer of a failing filter's policy.
-fn local_answer(
+pub(crate) fn local_answer(
     answer: LocalAnswer,
     mut exchange: Exchange,
     version: Version,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustng_runtime_config::Config;
-use rustng_wasm::{PluginHost, WasmEngine};
+use rustng_wasm::{PluginHost, UpstreamCheck, WasmEngine};
 use tokio::sync::watch;
 
 use crate::error::CoreError;
@@ -55,13 +55,17 @@ impl Server {
                 message: e.to_string(),
             })?;
             let host = Arc::new(PluginHost::default());
+            let cluster_names: std::collections::HashSet<String> =
+                config.clusters.iter().map(|c| c.name.clone()).collect();
+            let upstreams: UpstreamCheck = Arc::new(move |name| cluster_names.contains(name));
             for plugin in &config.plugins {
-                let loaded = LoadedPlugin::load(&engine, &host, plugin).map_err(|message| {
-                    CoreError::Plugin {
-                        plugin: plugin.name.clone(),
-                        message,
-                    }
-                })?;
+                let loaded =
+                    LoadedPlugin::load(&engine, &host, &upstreams, plugin).map_err(|message| {
+                        CoreError::Plugin {
+                            plugin: plugin.name.clone(),
+                            message,
+                        }
+                    })?;
                 plugins.insert(plugin.name.clone(), Arc::new(loaded));
             }
         }

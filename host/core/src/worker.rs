@@ -60,16 +60,22 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         plugins,
         shutdown,
     } = setup;
+    let clusters: Rc<HashMap<String, Rc<ClusterRt>>> = Rc::new(
+        config
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), Rc::new(ClusterRt::new(c.clone()))))
+            .collect(),
+    );
     // This worker's instance of every plugin, shared by the listeners that use it.
     let filters: HashMap<&str, Rc<Filter>> = plugins
         .iter()
-        .map(|(name, plugin)| (name.as_str(), Filter::start(Arc::clone(plugin))))
-        .collect();
-
-    let clusters: HashMap<&str, Rc<ClusterRt>> = config
-        .clusters
-        .iter()
-        .map(|c| (c.name.as_str(), Rc::new(ClusterRt::new(c.clone()))))
+        .map(|(name, plugin)| {
+            (
+                name.as_str(),
+                Filter::start(Arc::clone(plugin), Rc::clone(&clusters)),
+            )
+        })
         .collect();
     let open = Rc::new(Cell::new(0usize));
     let registry = Rc::new(Registry::default());

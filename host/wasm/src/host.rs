@@ -23,6 +23,9 @@ impl PluginHost {
     }
 }
 
+/// Says whether a cluster of that name exists (for `proxy_http_call`).
+pub type UpstreamCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// What one instance gets from its host besides its module and configuration.
 #[derive(Clone, Default)]
 pub struct InstanceEnv {
@@ -33,4 +36,6 @@ pub struct InstanceEnv {
     /// Called when a queue this instance registered receives a message; without it the
     /// instance never hears of its queues (it can still dequeue).
     pub queue_ready: Option<QueueNotifier>,
+    /// Which clusters HTTP calls may go to; without it every `proxy_http_call` is refused.
+    pub upstreams: Option<UpstreamCheck>,
 }

@@ -80,6 +80,71 @@ impl StreamInfo {
     }
 }
 
+/// What a body or trailers callback decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyOutcome {
+    /// Pass the data (as the plugin left it) on.
+    Continue,
+    /// Hold the data and call again with everything held so far when more arrives
+    /// (Envoy's `StopIterationAndBuffer`).
+    Buffer,
+    /// The plugin answered locally.
+    LocalResponse(LocalResponse),
+}
+
+/// An HTTP call a plugin made with `proxy_http_call`, for the host to send.
+#[derive(Debug, Clone)]
+pub struct HttpCallRequest {
+    /// Handed to the plugin; the answer comes back with it.
+    pub token: u32,
+    /// The context that made the call (the answer goes to it).
+    pub context_id: i32,
+    /// The cluster to send it to.
+    pub upstream: String,
+    /// Method, path and authority come from the `:method`, `:path`, `:authority` fields.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// Host.
+    pub authority: String,
+    /// The other fields.
+    pub headers: HeaderMap,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// Request trailers.
+    pub trailers: HeaderMap,
+    /// How long the host waits for the whole response.
+    pub timeout: std::time::Duration,
+}
+
+/// The answer to an HTTP call; `None` where it is delivered means the call failed (refused,
+/// reset, timed out), which the plugin sees as a response with no headers.
+#[derive(Debug, Clone, Default)]
+pub struct HttpCallResponse {
+    /// Status (`:status`).
+    pub status: StatusCode,
+    /// Header fields.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+    /// Trailer fields.
+    pub trailers: HeaderMap,
+}
+
+/// `proxy_continue_stream` / `proxy_close_stream` (and a local response sent outside a
+/// stream's own callback), addressed to a stream context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamAction {
+    /// Resume the request (after a pause).
+    ContinueRequest,
+    /// Resume the response.
+    ContinueResponse,
+    /// Reset the stream.
+    Close,
+    /// Answer locally.
+    LocalResponse(LocalResponse),
+}
+
 /// The HTTP state of the callback in progress.
 #[derive(Debug, Default)]
 pub(crate) struct HttpCallState {
@@ -88,4 +153,10 @@ pub(crate) struct HttpCallState {
     pub(crate) local_response: Option<LocalResponse>,
     /// Present during stream callbacks.
     pub(crate) stream: Option<StreamInfo>,
+    /// The body data a body callback works on (readable and writable as its buffer type).
+    pub(crate) body: Option<(rustng_abi::BufferType, Vec<u8>)>,
+    pub(crate) request_trailers: Option<HeaderMap>,
+    pub(crate) response_trailers: Option<HeaderMap>,
+    /// During `proxy_on_http_call_response`.
+    pub(crate) call_response: Option<HttpCallResponse>,
 }

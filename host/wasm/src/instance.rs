@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderMap;
 use rustng_abi::{Action, BufferType, LogLevel};
 use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::error::WasmError;
 use crate::host::InstanceEnv;
-use crate::http::{HeadersOutcome, RequestHead, ResponseHead, StreamInfo};
+use crate::http::{
+    BodyOutcome, HeadersOutcome, HttpCallRequest, HttpCallResponse, RequestHead, ResponseHead,
+    StreamAction, StreamInfo,
+};
 use crate::limits::Limits;
 use crate::module::PluginModule;
 use crate::state::{GuestExports, HostState, PluginConfig, tracing_sink};
@@ -47,7 +51,15 @@ struct StreamCallbacks {
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    on_request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    on_http_call_response: Option<CallResponseCallback>,
 }
+
+/// `proxy_on_http_call_response(context_id, token, headers, body_size, trailers)`.
+type CallResponseCallback = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 impl StreamCallbacks {
     fn resolve(instance: &Instance, store: &mut Store<HostState>) -> Result<Self, WasmError> {
@@ -60,6 +72,11 @@ impl StreamCallbacks {
             on_delete: typed(instance, store, "proxy_on_delete")?,
             on_tick: typed(instance, store, "proxy_on_tick")?,
             on_queue_ready: typed(instance, store, "proxy_on_queue_ready")?,
+            on_request_body: typed(instance, store, "proxy_on_request_body")?,
+            on_response_body: typed(instance, store, "proxy_on_response_body")?,
+            on_request_trailers: typed(instance, store, "proxy_on_request_trailers")?,
+            on_response_trailers: typed(instance, store, "proxy_on_response_trailers")?,
+            on_http_call_response: typed(instance, store, "proxy_on_http_call_response")?,
         })
     }
 }
@@ -98,8 +115,24 @@ fn headers(
 }
 
 /// An HTTP stream context inside a plugin instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HttpContextId(i32);
+
+impl HttpContextId {
+    /// The id the guest knows the context by (stream actions and calls carry it).
+    pub fn id(self) -> i32 {
+        self.0
+    }
+}
+
+/// Which body or trailers callback.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Downstream to upstream.
+    Request,
+    /// Upstream to downstream.
+    Response,
+}
 
 impl PluginInstance {
     /// Instantiates `module` and runs the start sequence. Any failure (trap, deadline, memory
@@ -126,6 +159,12 @@ impl PluginInstance {
             host: env.host,
             queue_ready: env.queue_ready,
             metrics: Vec::new(),
+            callback_context: ROOT_CONTEXT_ID,
+            effective_context: ROOT_CONTEXT_ID,
+            stream_actions: Vec::new(),
+            pending_calls: Vec::new(),
+            last_call_token: 0,
+            upstreams: env.upstreams,
         };
         let mut store = Store::new(module.engine.inner(), state);
         store.limiter(|state| &mut state.limits);
@@ -196,6 +235,7 @@ impl PluginInstance {
             invoke(
                 &mut self.store,
                 &self.limits,
+                id,
                 "proxy_on_context_create",
                 f,
                 (id, ROOT_CONTEXT_ID),
@@ -255,6 +295,7 @@ impl PluginInstance {
             Some(f) => invoke(
                 &mut self.store,
                 &self.limits,
+                ROOT_CONTEXT_ID,
                 "proxy_on_tick",
                 f,
                 ROOT_CONTEXT_ID,
@@ -269,6 +310,7 @@ impl PluginInstance {
             Some(f) => invoke(
                 &mut self.store,
                 &self.limits,
+                ready.context_id,
                 "proxy_on_queue_ready",
                 f,
                 (ready.context_id, ready.token as i32),
@@ -297,12 +339,18 @@ impl PluginInstance {
         self.store.data_mut().http.local_response = None;
         // Borrowed, not cloned: a TypedFunc clone takes a reference on its registered type.
         let action = match callback {
-            HeadersCallback::WithoutEndOfStream(f) => {
-                invoke(&mut self.store, &self.limits, name, f, (context.0, count))?
-            }
+            HeadersCallback::WithoutEndOfStream(f) => invoke(
+                &mut self.store,
+                &self.limits,
+                context.0,
+                name,
+                f,
+                (context.0, count),
+            )?,
             HeadersCallback::WithEndOfStream(f) => invoke(
                 &mut self.store,
                 &self.limits,
+                context.0,
                 name,
                 f,
                 (context.0, count, i32::from(end_of_stream)),
@@ -329,12 +377,26 @@ impl PluginInstance {
         if let Some(f) = &self.stream.on_done {
             // A plugin that answers false asks to finish later (proxy_done); streams here
             // end with the exchange, so the host goes on with log and delete regardless.
-            invoke(&mut self.store, &self.limits, "proxy_on_done", f, context.0)?;
+            invoke(
+                &mut self.store,
+                &self.limits,
+                context.0,
+                "proxy_on_done",
+                f,
+                context.0,
+            )?;
         }
         if let Some(f) = &self.stream.on_log {
             self.store.data_mut().http.request = request;
             self.store.data_mut().http.response = response;
-            let logged = invoke(&mut self.store, &self.limits, "proxy_on_log", f, context.0);
+            let logged = invoke(
+                &mut self.store,
+                &self.limits,
+                context.0,
+                "proxy_on_log",
+                f,
+                context.0,
+            );
             self.store.data_mut().http = Default::default();
             logged?;
         }
@@ -342,12 +404,209 @@ impl PluginInstance {
             invoke(
                 &mut self.store,
                 &self.limits,
+                context.0,
                 "proxy_on_delete",
                 f,
                 context.0,
             )?;
         }
         Ok(())
+    }
+
+    /// Whether the module has a body callback for `direction` (SDK-built modules always do;
+    /// hand-written ones may not, and their bodies then stream without guest calls).
+    pub fn has_body_callback(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Request => self.stream.on_request_body.is_some(),
+            Direction::Response => self.stream.on_response_body.is_some(),
+        }
+    }
+
+    /// Runs `proxy_on_request_body` / `proxy_on_response_body` on `body`, everything the
+    /// stream holds for this filter so far; the plugin may read and change it.
+    pub fn on_body(
+        &mut self,
+        direction: Direction,
+        context: HttpContextId,
+        body: &mut Vec<u8>,
+        stream: &mut StreamInfo,
+        end_of_stream: bool,
+    ) -> Result<BodyOutcome, WasmError> {
+        let (name, callback, buffer) = match direction {
+            Direction::Request => (
+                "proxy_on_request_body",
+                &self.stream.on_request_body,
+                BufferType::HttpRequestBody,
+            ),
+            Direction::Response => (
+                "proxy_on_response_body",
+                &self.stream.on_response_body,
+                BufferType::HttpResponseBody,
+            ),
+        };
+        let Some(callback) = callback else {
+            return Ok(BodyOutcome::Continue);
+        };
+        let size = i32::try_from(body.len()).unwrap_or(i32::MAX);
+        let http = &mut self.store.data_mut().http;
+        http.body = Some((buffer, std::mem::take(body)));
+        http.stream = Some(std::mem::take(stream));
+        http.local_response = None;
+        let action = invoke(
+            &mut self.store,
+            &self.limits,
+            context.0,
+            name,
+            callback,
+            (context.0, size, i32::from(end_of_stream)),
+        );
+        let http = &mut self.store.data_mut().http;
+        if let Some((_, changed)) = http.body.take() {
+            *body = changed;
+        }
+        if let Some(changed) = http.stream.take() {
+            *stream = changed;
+        }
+        let action = action?;
+        if let Some(local) = http.local_response.take() {
+            return Ok(BodyOutcome::LocalResponse(local));
+        }
+        // Envoy's data statuses: 0 continues; StopIterationAndBuffer, …AndWatermark and
+        // …NoBuffer all hold the data here until the filter lets it go.
+        Ok(if action == 0 {
+            BodyOutcome::Continue
+        } else {
+            BodyOutcome::Buffer
+        })
+    }
+
+    /// Runs `proxy_on_request_trailers` / `proxy_on_response_trailers` on `trailers`.
+    pub fn on_trailers(
+        &mut self,
+        direction: Direction,
+        context: HttpContextId,
+        trailers: &mut HeaderMap,
+        stream: &mut StreamInfo,
+    ) -> Result<BodyOutcome, WasmError> {
+        let (name, callback) = match direction {
+            Direction::Request => (
+                "proxy_on_request_trailers",
+                &self.stream.on_request_trailers,
+            ),
+            Direction::Response => (
+                "proxy_on_response_trailers",
+                &self.stream.on_response_trailers,
+            ),
+        };
+        let Some(callback) = callback else {
+            return Ok(BodyOutcome::Continue);
+        };
+        let count = i32::try_from(trailers.len()).unwrap_or(i32::MAX);
+        let http = &mut self.store.data_mut().http;
+        let slot = match direction {
+            Direction::Request => &mut http.request_trailers,
+            Direction::Response => &mut http.response_trailers,
+        };
+        *slot = Some(std::mem::take(trailers));
+        http.stream = Some(std::mem::take(stream));
+        http.local_response = None;
+        let action = invoke(
+            &mut self.store,
+            &self.limits,
+            context.0,
+            name,
+            callback,
+            (context.0, count),
+        );
+        let http = &mut self.store.data_mut().http;
+        let slot = match direction {
+            Direction::Request => &mut http.request_trailers,
+            Direction::Response => &mut http.response_trailers,
+        };
+        if let Some(changed) = slot.take() {
+            *trailers = changed;
+        }
+        if let Some(changed) = http.stream.take() {
+            *stream = changed;
+        }
+        let action = action?;
+        if let Some(local) = http.local_response.take() {
+            return Ok(BodyOutcome::LocalResponse(local));
+        }
+        Ok(if action == 0 {
+            BodyOutcome::Continue
+        } else {
+            BodyOutcome::Buffer
+        })
+    }
+
+    /// Delivers an HTTP call's response (`None`: the call failed) to the context that made
+    /// it. For a stream context the stream's request head and info are readable and
+    /// writable meanwhile (a filter typically adds a header from the answer, then resumes).
+    /// What the plugin decided comes back through [`PluginInstance::take_stream_actions`].
+    pub fn on_http_call_response(
+        &mut self,
+        call: &HttpCallRequest,
+        response: Option<HttpCallResponse>,
+        mut head: Option<&mut RequestHead>,
+        mut stream: Option<&mut StreamInfo>,
+    ) -> Result<(), WasmError> {
+        let Some(callback) = &self.stream.on_http_call_response else {
+            return Ok(());
+        };
+        let (headers, body, trailers) = response.as_ref().map_or((0, 0, 0), |r| {
+            (
+                // `:status` counts as a field.
+                1 + r.headers.len(),
+                r.body.len(),
+                r.trailers.len(),
+            )
+        });
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let http = &mut self.store.data_mut().http;
+        http.call_response = response;
+        http.request = head.as_mut().map(|h| std::mem::take(&mut **h));
+        http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
+        http.local_response = None;
+        let result = invoke(
+            &mut self.store,
+            &self.limits,
+            call.context_id,
+            "proxy_on_http_call_response",
+            callback,
+            (
+                call.context_id,
+                call.token as i32,
+                count(headers),
+                count(body),
+                count(trailers),
+            ),
+        );
+        let state = self.store.data_mut();
+        let http = &mut state.http;
+        http.call_response = None;
+        if let (Some(head), Some(changed)) = (head, http.request.take()) {
+            *head = changed;
+        }
+        if let (Some(stream), Some(changed)) = (stream, http.stream.take()) {
+            *stream = changed;
+        }
+        if let Some(local) = http.local_response.take() {
+            state
+                .stream_actions
+                .push((call.context_id, StreamAction::LocalResponse(local)));
+        }
+        result
+    }
+
+    /// HTTP calls the plugin made since the last time, for the host to send.
+    pub fn take_http_calls(&mut self) -> Vec<HttpCallRequest> {
+        std::mem::take(&mut self.store.data_mut().pending_calls)
+    }
+
+    /// Continue / close / local response the plugin addressed to streams since the last time.
+    pub fn take_stream_actions(&mut self) -> Vec<(i32, StreamAction)> {
+        std::mem::take(&mut self.store.data_mut().stream_actions)
     }
 
     fn has(&mut self, name: &str) -> bool {
@@ -364,6 +623,9 @@ impl PluginInstance {
             .instance
             .get_typed_func(&mut self.store, name)
             .map_err(|e| WasmError::Abi(format!("{name}: {e:#}")))?;
+        let state = self.store.data_mut();
+        state.callback_context = ROOT_CONTEXT_ID;
+        state.effective_context = ROOT_CONTEXT_ID;
         self.store.set_epoch_deadline(self.limits.deadline_ticks());
         func.call(&mut self.store, args)
             .map_err(|e| classify(name, e, &self.limits))
@@ -410,10 +672,14 @@ fn header_count(http: &crate::http::HttpCallState, phase: Phase) -> i32 {
 fn invoke<P: WasmParams, R: WasmResults>(
     store: &mut Store<HostState>,
     limits: &Limits,
+    context: i32,
     name: &'static str,
     func: &TypedFunc<P, R>,
     args: P,
 ) -> Result<R, WasmError> {
+    let state = store.data_mut();
+    state.callback_context = context;
+    state.effective_context = context;
     store.set_epoch_deadline(limits.deadline_ticks());
     func.call(&mut *store, args)
         .map_err(|e| classify(name, e, limits))

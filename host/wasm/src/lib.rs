@@ -24,9 +24,12 @@ mod state;
 
 pub use engine::WasmEngine;
 pub use error::WasmError;
-pub use host::{InstanceEnv, PluginHost};
-pub use http::{HeadersOutcome, LocalResponse, RequestHead, ResponseHead, StreamInfo};
-pub use instance::{HttpContextId, PluginInstance};
+pub use host::{InstanceEnv, PluginHost, UpstreamCheck};
+pub use http::{
+    BodyOutcome, HeadersOutcome, HttpCallRequest, HttpCallResponse, LocalResponse, RequestHead,
+    ResponseHead, StreamAction, StreamInfo,
+};
+pub use instance::{Direction, HttpContextId, PluginInstance};
 pub use limits::Limits;
 pub use metrics::MetricRegistry;
 pub use module::PluginModule;

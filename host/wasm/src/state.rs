@@ -6,7 +6,7 @@ use rustng_abi::{BufferType, LogLevel};
 use wasmtime::{Memory, StoreLimits, TypedFunc};
 
 use crate::host::PluginHost;
-use crate::http::HttpCallState;
+use crate::http::{HttpCallRequest, HttpCallState, StreamAction};
 use crate::metrics::Metric;
 use crate::shared::QueueNotifier;
 
@@ -71,6 +71,18 @@ pub(crate) struct HostState {
     pub(crate) queue_ready: Option<QueueNotifier>,
     /// Metrics this instance used, by id: recording through a kept handle takes no lock.
     pub(crate) metrics: Vec<Option<Arc<Metric>>>,
+    /// The context the current callback was called for.
+    pub(crate) callback_context: i32,
+    /// The context hostcalls act on: the callback's, unless `proxy_set_effective_context`
+    /// switched it (a root context resuming a stream from `proxy_on_tick`, say).
+    pub(crate) effective_context: i32,
+    /// Continue / close / local response for contexts other than the callback's own.
+    pub(crate) stream_actions: Vec<(i32, StreamAction)>,
+    /// HTTP calls made during the callback, for the host to send after it.
+    pub(crate) pending_calls: Vec<HttpCallRequest>,
+    pub(crate) last_call_token: u32,
+    /// Whether a cluster exists (`proxy_http_call` refuses unknown ones at once, as Envoy).
+    pub(crate) upstreams: Option<crate::host::UpstreamCheck>,
 }
 
 impl HostState {
@@ -88,14 +100,27 @@ impl HostState {
         Ok(metric)
     }
 
-    /// The bytes of `buffer` if the current callback may read it.
+    /// The bytes of `buffer` if the current callback may read it: the configurations during
+    /// the callback that receives them, bodies during body callbacks, a call's response body
+    /// during `proxy_on_http_call_response`.
     pub(crate) fn buffer(&self, buffer: BufferType) -> Option<&[u8]> {
-        if self.readable_buffer != Some(buffer) {
-            return None;
-        }
         match buffer {
+            BufferType::VmConfiguration | BufferType::PluginConfiguration
+                if self.readable_buffer != Some(buffer) =>
+            {
+                None
+            }
             BufferType::VmConfiguration => Some(&self.config.vm_configuration),
             BufferType::PluginConfiguration => Some(&self.config.plugin_configuration),
+            BufferType::HttpRequestBody | BufferType::HttpResponseBody => self
+                .http
+                .body
+                .as_ref()
+                .filter(|(kind, _)| *kind == buffer)
+                .map(|(_, bytes)| bytes.as_slice()),
+            BufferType::HttpCallResponseBody => {
+                self.http.call_response.as_ref().map(|r| r.body.as_slice())
+            }
             _ => None,
         }
     }

@@ -1,6 +1,7 @@
 //! A cluster on one worker: picks an endpoint, gets a connection, sends the request, retries
 //! on another endpoint when nothing reached the first one.
 
+use crate::upstream::RequestBody;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -57,7 +58,7 @@ impl UpstreamBody {
 /// has started sending it: from then on, no other attempt can be made.
 pub(crate) struct Outgoing {
     pub(crate) head: http::request::Parts,
-    pub(crate) body: Option<Incoming>,
+    pub(crate) body: Option<RequestBody>,
 }
 
 /// A response head from an upstream, with its body still to come.

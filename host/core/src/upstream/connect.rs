@@ -1,5 +1,6 @@
 //! Opening upstream connections: TCP with a deadline, then the HTTP handshake.
 
+use crate::upstream::RequestBody;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -63,7 +64,7 @@ pub(crate) async fn http1_upgradable(
 pub(crate) async fn http2(
     address: SocketAddr,
     timeout: Duration,
-) -> Result<http2::SendRequest<Incoming>, ProxyError> {
+) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
     let stream = tcp(address, timeout).await?;
     let (sender, conn) = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())

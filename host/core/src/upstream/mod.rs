@@ -6,6 +6,8 @@ mod cluster;
 mod connect;
 mod h1;
 mod pool;
+mod request_body;
 
 pub(crate) use cluster::{ClusterRt, Outgoing, UpstreamBody};
 pub(crate) use h1::H1Body;
+pub(crate) use request_body::{BoxError, BoxLocal, LocalBody, RequestBody};

@@ -1,10 +1,10 @@
 //! Keep-alive connections to one endpoint, owned by one worker.
 
+use crate::upstream::RequestBody;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use tokio::time::Instant;
 
@@ -19,7 +19,7 @@ struct Idle {
 /// The idle HTTP/1.1 connections and the shared HTTP/2 connection of one endpoint.
 pub(crate) struct EndpointPool {
     idle: RefCell<VecDeque<Idle>>,
-    h2: RefCell<Option<http2::SendRequest<Incoming>>>,
+    h2: RefCell<Option<http2::SendRequest<RequestBody>>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -58,7 +58,7 @@ impl EndpointPool {
     }
 
     /// The shared HTTP/2 connection, if one is open.
-    pub(crate) fn http2(&self) -> Option<http2::SendRequest<Incoming>> {
+    pub(crate) fn http2(&self) -> Option<http2::SendRequest<RequestBody>> {
         let mut h2 = self.h2.borrow_mut();
         match &*h2 {
             Some(sender) if !sender.is_closed() => Some(sender.clone()),
@@ -70,7 +70,7 @@ impl EndpointPool {
         }
     }
 
-    pub(crate) fn set_http2(&self, sender: http2::SendRequest<Incoming>) {
+    pub(crate) fn set_http2(&self, sender: http2::SendRequest<RequestBody>) {
         *self.h2.borrow_mut() = Some(sender);
     }
 

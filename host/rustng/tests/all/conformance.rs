@@ -102,6 +102,28 @@ clusters:
         ours.text()
     }
 
+    /// Sends the same request to both hosts; returns RustNg's reply after checking that the
+    /// status and body match Envoy's.
+    async fn both(&self, method: &str, path: &str, body: &'static str) -> Reply {
+        let send_to = |url: String| {
+            let req = Request::builder()
+                .method(method)
+                .uri(url)
+                .header("host", "conformance.test")
+                .body(Full::new(bytes::Bytes::from_static(body.as_bytes())))
+                .expect("request");
+            send(&self.client, req)
+        };
+        let ours = send_to(self.rustng.url(path)).await;
+        let reference = send_to(self.envoy.url(path)).await;
+        assert_eq!(
+            (ours.status, ours.text()),
+            (reference.status, reference.text()),
+            "{method} {path}: RustNg (left) and Envoy (right) differ"
+        );
+        ours
+    }
+
     async fn request(&self, url: &str) -> Reply {
         let req = Request::get(url)
             .header("host", "conformance.test")
@@ -221,4 +243,52 @@ async fn properties_match_envoy() {
             "get.set=kept",
         ],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_buffered_and_rewritten_as_in_envoy() {
+    let hosts = Hosts::start("plain").await;
+    // The request body is held until its end, then prefixed (content-length removed).
+    let reply = hosts
+        .both("POST", "/pass/body-rewrite/reflect", "hello body")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "rewritten:hello body");
+    // The response body is held until its end, then upper-cased.
+    let reply = hosts
+        .both("POST", "/pass/response-upper/reflect", "make me loud")
+        .await;
+    assert_eq!(reply.text(), "MAKE ME LOUD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_calls_answer_and_resume_streams_as_in_envoy() {
+    let hosts = Hosts::start("plain").await;
+    let report = hosts.case("call-status").await;
+    assert_lines(&report, &["call.status=201", "call.body=status 201"]);
+    let report = hosts.case("call-unknown-cluster").await;
+    assert_lines(&report, &["dispatch=BadArgument"]);
+
+    // The request waits for the call, gains a header from its answer, then goes upstream.
+    let ours = hosts
+        .request(&hosts.rustng.url("/pass/call-then-continue/echo"))
+        .await;
+    let reference = hosts
+        .request(&hosts.envoy.url("/pass/call-then-continue/echo"))
+        .await;
+    for reply in [&ours, &reference] {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let echo = reply.json();
+        assert_eq!(echo["headers"]["x-call-status"][0], "201", "{echo}");
+        assert_eq!(echo["headers"]["x-call-body"][0], "status 201", "{echo}");
+    }
+    // A body waits, unread, while the head is paused on the call, then follows it.
+    let reply = hosts
+        .both(
+            "POST",
+            "/pass/call-then-continue/reflect",
+            "held while paused",
+        )
+        .await;
+    assert_eq!(reply.text(), "held while paused");
 }

@@ -117,7 +117,7 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let mut response =
-        if path.starts_with("/echo") {
+        if path.starts_with("/echo") || path.ends_with("/echo") {
             let method = req.method().to_string();
             let uri = req.uri().to_string();
             let version = format!("{:?}", req.version());
@@ -133,6 +133,15 @@ async fn handle(
                 "headers": headers, "body_len": body.len(),
             });
             Response::new(full(json.to_string()))
+        } else if path.ends_with("/reflect") {
+            // The request body as the response body, for filters that rewrite bodies.
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Response::new(full(body))
         } else if let Some(code) = path.strip_prefix("/status/") {
             let mut r = Response::new(full(format!("status {code}")));
             *r.status_mut() = code

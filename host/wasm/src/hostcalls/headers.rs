@@ -12,7 +12,7 @@ use rustng_abi::{MapType, Status, decode_pairs, encode_pairs, encoded_len};
 use wasmtime::{Caller, Linker};
 
 use super::status;
-use crate::http::{LocalResponse, RequestHead};
+use crate::http::{LocalResponse, RequestHead, StreamAction};
 use crate::memory::{guest_memory, read_guest, return_bytes, slice, write_u32};
 use crate::state::HostState;
 
@@ -73,7 +73,15 @@ fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
             ));
             &response.headers
         }
-        _ => return Err(Status::NotFound),
+        MapType::HttpCallResponseHeaders => {
+            let response = state.http.call_response.as_ref().ok_or(Status::NotFound)?;
+            out.push((
+                b":status".to_vec(),
+                response.status.as_str().as_bytes().to_vec(),
+            ));
+            &response.headers
+        }
+        other => plain_map(state, other)?,
     };
     for (name, value) in fields {
         if name == header::HOST && map == MapType::HttpRequestHeaders {
@@ -100,20 +108,7 @@ fn change(
     if key.first() == Some(&b':') {
         return change_pseudo(state, map, &key, change);
     }
-    let headers = match map {
-        MapType::HttpRequestHeaders => {
-            &mut state.http.request.as_mut().ok_or(Status::NotFound)?.headers
-        }
-        MapType::HttpResponseHeaders => {
-            &mut state
-                .http
-                .response
-                .as_mut()
-                .ok_or(Status::NotFound)?
-                .headers
-        }
-        _ => return Err(Status::NotFound),
-    };
+    let headers = writable_map(state, map)?;
     let name = HeaderName::from_bytes(&key).map_err(|_| Status::BadArgument)?;
     match change {
         Change::Add(value) => {
@@ -214,8 +209,41 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue,
                 _ => lookup(&response.headers, key),
             }
         }
-        _ => Err(Status::NotFound),
+        MapType::HttpCallResponseHeaders => {
+            let response = state.http.call_response.as_ref().ok_or(Status::NotFound)?;
+            match key {
+                b":status" => HeaderValue::from_str(response.status.as_str())
+                    .map_err(|_| Status::InternalFailure),
+                _ => lookup(&response.headers, key),
+            }
+        }
+        other => lookup(plain_map(state, other)?, key),
     }
+}
+
+/// A map without pseudo-headers: trailers, and the trailers of an HTTP call's response.
+fn plain_map(state: &HostState, map: MapType) -> Result<&http::HeaderMap, Status> {
+    let http = &state.http;
+    match map {
+        MapType::HttpRequestTrailers => http.request_trailers.as_ref(),
+        MapType::HttpResponseTrailers => http.response_trailers.as_ref(),
+        MapType::HttpCallResponseTrailers => http.call_response.as_ref().map(|r| &r.trailers),
+        _ => None,
+    }
+    .ok_or(Status::NotFound)
+}
+
+/// The fields of a map the current callback may change (a call's response is read-only).
+fn writable_map(state: &mut HostState, map: MapType) -> Result<&mut http::HeaderMap, Status> {
+    let http = &mut state.http;
+    match map {
+        MapType::HttpRequestHeaders => http.request.as_mut().map(|r| &mut r.headers),
+        MapType::HttpResponseHeaders => http.response.as_mut().map(|r| &mut r.headers),
+        MapType::HttpRequestTrailers => http.request_trailers.as_mut(),
+        MapType::HttpResponseTrailers => http.response_trailers.as_mut(),
+        _ => None,
+    }
+    .ok_or(Status::NotFound)
 }
 
 fn lookup(headers: &http::HeaderMap, key: &[u8]) -> Result<HeaderValue, Status> {
@@ -226,23 +254,7 @@ fn lookup(headers: &http::HeaderMap, key: &[u8]) -> Result<HeaderValue, Status> 
 
 fn set_pairs(state: &mut HostState, map: MapType, serialized: &[u8]) -> Result<(), Status> {
     let pairs = decode_pairs(serialized).map_err(|_| Status::BadArgument)?;
-    match map {
-        MapType::HttpRequestHeaders => state
-            .http
-            .request
-            .as_mut()
-            .ok_or(Status::NotFound)?
-            .headers
-            .clear(),
-        MapType::HttpResponseHeaders => state
-            .http
-            .response
-            .as_mut()
-            .ok_or(Status::NotFound)?
-            .headers
-            .clear(),
-        _ => return Err(Status::NotFound),
-    }
+    writable_map(state, map)?.clear();
     for (key, value) in pairs {
         change(state, map, key, Change::Add(value))?;
     }
@@ -379,12 +391,22 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     let value = HeaderValue::from_bytes(v).map_err(|_| Status::BadArgument)?;
                     fields.push((name, value));
                 }
-                caller.data_mut().http.local_response = Some(LocalResponse {
+                let local = LocalResponse {
                     status,
                     headers: fields,
                     body,
                     details: String::from_utf8_lossy(&details).into_owned(),
-                });
+                };
+                let state = caller.data_mut();
+                // For the callback's own stream the callback's outcome carries it; a stream
+                // answered from elsewhere (a call's response, a tick) gets it as an action.
+                if state.effective_context == state.callback_context {
+                    state.http.local_response = Some(local);
+                } else {
+                    state
+                        .stream_actions
+                        .push((state.effective_context, StreamAction::LocalResponse(local)));
+                }
                 Ok(())
             })();
             status(result)

@@ -9,6 +9,7 @@ mod log;
 mod metrics;
 mod properties;
 mod shared;
+mod stream;
 mod wasi;
 
 use rustng_abi::table::{HOSTCALLS, Module, ValType};
@@ -32,6 +33,7 @@ const GROUPS: &[Implemented] = &[
     metrics::NAMES,
     properties::NAMES,
     shared::NAMES,
+    stream::NAMES,
     wasi::NAMES,
 ];
 
@@ -45,6 +47,7 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, WasmError> {
     metrics::add_to_linker(&mut linker).map_err(runtime)?;
     properties::add_to_linker(&mut linker).map_err(runtime)?;
     shared::add_to_linker(&mut linker).map_err(runtime)?;
+    stream::add_to_linker(&mut linker).map_err(runtime)?;
     wasi::add_to_linker(&mut linker).map_err(runtime)?;
     for hostcall in HOSTCALLS {
         let implemented = GROUPS

@@ -121,14 +121,12 @@ fn unimplemented_hostcalls_answer_12_and_bad_pointers_6_without_trapping() {
     let bytes = module(
         &format!(
             r#"{LOG}
-  (import "env" "proxy_http_call" (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#
+  (import "env" "proxy_grpc_cancel" (func $grpc_cancel (param i32) (result i32)))"#
         ),
         r#"
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
     (i32.and
-      (i32.eq (call $http_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
-                               (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0))
-              (i32.const 12))
+      (i32.eq (call $grpc_cancel (i32.const 1)) (i32.const 12))
       (i32.and
         (i32.eq (call $log (i32.const 2) (i32.const -16) (i32.const 64)) (i32.const 6))
         (i32.and

@@ -10,6 +10,13 @@
 //!
 //! Every report line is also logged at info level (`conformance <case> <name>=<value>`), so
 //! that the hosts' logs can be compared too.
+//!
+//! Requests to `/pass/<case>/...` go upstream, with the case's stream behaviour:
+//! `body-rewrite` buffers the request body and prefixes it; `response-upper` buffers the
+//! response body and upper-cases it; `call-then-continue` pauses the request on an HTTP
+//! call to the `backend` cluster and resumes it with the call's status as a header (the
+//! body, if any, follows once it is resumed). The
+//! `/conformance/call-*` cases answer locally from an HTTP call's response.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -65,7 +72,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream))
+        Some(Box::new(Stream::default()))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -73,9 +80,114 @@ impl RootContext for Root {
     }
 }
 
-struct Stream;
+/// One request: which `/pass/` or call case it runs.
+#[derive(Default)]
+struct Stream {
+    case: String,
+}
 
-impl Context for Stream {}
+const UPSTREAM: &str = "backend";
+
+impl Context for Stream {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_else(|| "none".to_owned());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .map(|b| printable(&b))
+            .unwrap_or_default();
+        match self.case.as_str() {
+            "call-then-continue" => {
+                self.set_http_request_header("x-call-status", Some(&status));
+                self.set_http_request_header("x-call-body", Some(&body));
+                self.resume_http_request();
+            }
+            _ => {
+                let report = format!("call.status={status}\ncall.body={body}\n");
+                for line in report.lines() {
+                    let _ = hostcalls::log(
+                        LogLevel::Info,
+                        &format!("conformance {} {line}", self.case),
+                    );
+                }
+                self.send_http_response(
+                    200,
+                    vec![("x-conformance-case", self.case.as_str())],
+                    Some(report.as_bytes()),
+                );
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// `/pass/<case>/...`: stream behaviour on a request that goes upstream.
+    fn pass(&mut self, case: &str) -> Action {
+        self.case = case.to_owned();
+        match case {
+            "body-rewrite" => {
+                self.set_http_request_header("content-length", None);
+                Action::Continue
+            }
+            "call-then-continue" => {
+                let call = self.dispatch_http_call(
+                    UPSTREAM,
+                    vec![
+                        (":method", "GET"),
+                        (":path", "/status/201"),
+                        (":authority", "conformance.test"),
+                    ],
+                    None,
+                    vec![],
+                    std::time::Duration::from_secs(5),
+                );
+                match call {
+                    Ok(_) => Action::Pause,
+                    Err(status) => {
+                        self.set_http_request_header("x-call-error", Some(&format!("{status:?}")));
+                        Action::Continue
+                    }
+                }
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    /// `/conformance/call-*`: a call whose answer becomes the local response.
+    fn call(&mut self, case: &str, report: &mut Report) -> Action {
+        self.case = case.to_owned();
+        let (upstream, path) = match case {
+            "call-status" => (UPSTREAM, "/status/201"),
+            "call-unknown-cluster" => ("no-such-cluster", "/"),
+            _ => (UPSTREAM, "/status/404"),
+        };
+        let call = self.dispatch_http_call(
+            upstream,
+            vec![
+                (":method", "GET"),
+                (":path", path),
+                (":authority", "conformance.test"),
+            ],
+            None,
+            vec![],
+            std::time::Duration::from_secs(5),
+        );
+        match call {
+            Ok(_) => Action::Pause,
+            Err(status) => {
+                report.line("dispatch", format!("{status:?}"));
+                Action::Continue
+            }
+        }
+    }
+}
 
 /// The checks of one case, in order.
 #[derive(Default)]
@@ -120,12 +232,23 @@ fn printable(bytes: &[u8]) -> String {
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let path = self.get_http_request_header(":path").unwrap_or_default();
+        if let Some(rest) = path.strip_prefix("/pass/") {
+            let case = rest.split('/').next().unwrap_or_default().to_owned();
+            return self.pass(&case);
+        }
         let Some(case) = path.strip_prefix("/conformance/") else {
             return Action::Continue;
         };
         let case = case.split('?').next().unwrap_or_default().to_owned();
         let mut report = Report::default();
+        if case.starts_with("call-") {
+            let action = self.call(&case, &mut report);
+            if action == Action::Pause {
+                return action;
+            }
+        }
         match case.as_str() {
+            c if c.starts_with("call-") => {}
             "shared-data" => shared_data(self, &mut report),
             "queue-send" => queue_send(self, &mut report),
             "queue-read" => {
@@ -158,6 +281,41 @@ impl HttpContext for Stream {
             Some(body.as_bytes()),
         );
         Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.case.as_str() {
+            "body-rewrite" if !end_of_stream => Action::Pause,
+            "body-rewrite" => {
+                let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+                let mut rewritten = b"rewritten:".to_vec();
+                rewritten.extend_from_slice(&body);
+                self.set_http_request_body(0, body_size, &rewritten);
+                Action::Continue
+            }
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.case == "response-upper" {
+            self.set_http_response_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.case != "response-upper" {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        self.set_http_response_body(0, body_size, &body.to_ascii_uppercase());
+        Action::Continue
     }
 }
 

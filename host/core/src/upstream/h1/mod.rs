@@ -10,13 +10,13 @@ mod body;
 mod decode;
 mod encode;
 
+use crate::upstream::RequestBody;
 use std::io;
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use http::Method;
 use http::request;
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -99,7 +99,7 @@ impl H1Connection {
     pub(crate) async fn send(
         &mut self,
         head: &request::Parts,
-        body: &mut Option<Incoming>,
+        body: &mut Option<RequestBody>,
         reused: bool,
     ) -> Result<ResponseHead, SendError> {
         use http_body::Body as _;
@@ -156,7 +156,7 @@ impl H1Connection {
     /// (413, 401) and stop reading, and waiting for the body to drain would deadlock.
     async fn send_body_and_read_head(
         &mut self,
-        mut body: Incoming,
+        mut body: RequestBody,
         framing: RequestFraming,
         method: &Method,
     ) -> Result<Result<ResponseHead, HeadError>, SendError> {
@@ -165,7 +165,7 @@ impl H1Connection {
         let sending = async {
             use http_body_util::BodyExt as _;
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| SendError::Downstream(Box::new(e)))?;
+                let frame = frame.map_err(SendError::Downstream)?;
                 write_buf.clear();
                 match frame.into_data() {
                     Ok(data) => {

@@ -1,0 +1,255 @@
+//! Running a request's filters, phase by phase, in Envoy's order: request phases first to
+//! last, response phases last to first. Each phase says whether the exchange goes on, waits
+//! (a filter paused or is buffering), or is answered locally.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use http::HeaderMap;
+use rustng_wasm::{
+    BodyOutcome, Direction, HeadersOutcome, HttpContextId, RequestHead, ResponseHead, StreamInfo,
+};
+
+use super::{Filter, LocalAnswer};
+
+/// The filters of a listener on one worker, in config order.
+#[derive(Default)]
+pub(crate) struct FilterChain {
+    filters: Vec<Rc<Filter>>,
+}
+
+/// What a phase decided.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Every filter let it through.
+    Continue,
+    /// The filter at this position paused (headers) or holds the data (body); the phase goes
+    /// on from the next position once it lets go.
+    Pause(usize),
+    /// Answer the client with this instead.
+    Answer(LocalAnswer),
+}
+
+/// The stream contexts a request opened; ends them (done, log, delete) when dropped.
+pub(crate) struct ActiveFilters {
+    contexts: Vec<(Rc<Filter>, HttpContextId)>,
+    /// The stream's addresses and the properties its filters set, seen by all of them.
+    pub(crate) stream: StreamInfo,
+    /// An answer a body filter gave after the request had left: the forwarding code sends it
+    /// instead of the upstream's error.
+    pub(crate) answer: Option<LocalAnswer>,
+}
+
+/// Shared by the request body, the response body and the exchange (whichever ends last ends
+/// the contexts). Only one of them runs at a time on the worker, so borrows never overlap.
+pub(crate) type SharedFilters = Rc<RefCell<ActiveFilters>>;
+
+impl FilterChain {
+    pub(crate) fn new(filters: Vec<Rc<Filter>>) -> FilterChain {
+        FilterChain { filters }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    pub(crate) fn begin(&self, stream: StreamInfo) -> ActiveFilters {
+        ActiveFilters {
+            contexts: Vec::with_capacity(self.filters.len()),
+            stream,
+            answer: None,
+        }
+    }
+
+    /// Runs `proxy_on_request_headers` from filter `from` on (creating each filter's
+    /// context as it goes). `Pause(i)` means filter `i` paused; resume with `from = i + 1`.
+    pub(crate) fn request_headers(
+        &self,
+        active: &mut ActiveFilters,
+        head: &mut RequestHead,
+        from: usize,
+        end_of_stream: bool,
+    ) -> Step {
+        for (index, filter) in self.filters.iter().enumerate().skip(from) {
+            if !filter.ready() {
+                if filter.fails_open() {
+                    continue;
+                }
+                return Step::Answer(LocalAnswer::plugin_failed());
+            }
+            let stream = &mut active.stream;
+            let contexts = &mut active.contexts;
+            let outcome = filter.with_instance(|instance| {
+                let context = instance.create_http_context()?;
+                contexts.push((Rc::clone(filter), context));
+                instance.on_request_headers(context, head, stream, end_of_stream)
+            });
+            match outcome {
+                None | Some(Ok(HeadersOutcome::Continue)) => {}
+                Some(Ok(HeadersOutcome::Pause)) => return Step::Pause(index),
+                Some(Ok(HeadersOutcome::LocalResponse(local))) => {
+                    return Step::Answer(LocalAnswer::from_plugin(local));
+                }
+                Some(Err(error)) => {
+                    // The context died with the instance: nothing to end.
+                    active.contexts.retain(|(f, _)| !Rc::ptr_eq(f, filter));
+                    if !filter.fail(&error) {
+                        return Step::Answer(LocalAnswer::plugin_failed());
+                    }
+                }
+            }
+        }
+        Step::Continue
+    }
+}
+
+impl ActiveFilters {
+    /// The context at `position` in `direction`'s order.
+    fn at(&self, direction: Direction, position: usize) -> Option<(Rc<Filter>, HttpContextId)> {
+        let index = match direction {
+            Direction::Request => position,
+            Direction::Response => self.contexts.len().checked_sub(position + 1)?,
+        };
+        self.contexts
+            .get(index)
+            .map(|(filter, context)| (Rc::clone(filter), *context))
+    }
+
+    /// The filter and context at `position` (the one a paused phase waits on).
+    pub(crate) fn context_at(
+        &self,
+        direction: Direction,
+        position: usize,
+    ) -> Option<(Rc<Filter>, HttpContextId)> {
+        self.at(direction, position)
+    }
+
+    /// Position of the newest context in request order (the filter that just paused).
+    pub(crate) fn last_position(&self) -> usize {
+        self.contexts.len().saturating_sub(1)
+    }
+
+    /// Whether any filter of the exchange has a body callback for `direction`.
+    pub(crate) fn wants_body(&self, direction: Direction) -> bool {
+        self.contexts.iter().any(|(filter, _)| {
+            filter
+                .instance
+                .borrow()
+                .as_ref()
+                .is_some_and(|i| i.has_body_callback(direction))
+        })
+    }
+
+    /// A failed context: applies the policy and drops the context.
+    fn failed(&mut self, filter: &Rc<Filter>, error: &rustng_wasm::WasmError) -> Option<Step> {
+        self.contexts.retain(|(f, _)| !Rc::ptr_eq(f, filter));
+        (!filter.fail(error)).then(|| Step::Answer(LocalAnswer::plugin_failed()))
+    }
+
+    /// Runs `proxy_on_response_headers` from `from` (response order: last filter first).
+    pub(crate) fn response_headers(
+        &mut self,
+        head: &mut ResponseHead,
+        from: usize,
+        end_of_stream: bool,
+    ) -> Step {
+        let mut position = from;
+        while let Some((filter, context)) = self.at(Direction::Response, position) {
+            let stream = &mut self.stream;
+            let outcome = filter.with_instance(|instance| {
+                instance.on_response_headers(context, head, stream, end_of_stream)
+            });
+            match outcome {
+                None | Some(Ok(HeadersOutcome::Continue)) => {}
+                Some(Ok(HeadersOutcome::Pause)) => return Step::Pause(position),
+                Some(Ok(HeadersOutcome::LocalResponse(local))) => {
+                    return Step::Answer(LocalAnswer::from_plugin(local));
+                }
+                Some(Err(error)) => {
+                    if let Some(step) = self.failed(&filter, &error) {
+                        return step;
+                    }
+                    // The failed context is gone: the same position is the next filter.
+                    continue;
+                }
+            }
+            position += 1;
+        }
+        Step::Continue
+    }
+
+    /// Runs the body callbacks of `direction` on `data` (everything held so far) from
+    /// `from`. `Pause(i)`: filter `i` holds the data; call again from `i` when more arrives.
+    pub(crate) fn body(
+        &mut self,
+        direction: Direction,
+        data: &mut Vec<u8>,
+        end_of_stream: bool,
+        from: usize,
+    ) -> Step {
+        let mut position = from;
+        while let Some((filter, context)) = self.at(direction, position) {
+            let stream = &mut self.stream;
+            let outcome = filter.with_instance(|instance| {
+                instance.on_body(direction, context, data, stream, end_of_stream)
+            });
+            match outcome {
+                None | Some(Ok(BodyOutcome::Continue)) => {}
+                // At the end of the stream there is nothing more to wait for: Envoy passes
+                // the data on then too.
+                Some(Ok(BodyOutcome::Buffer)) if !end_of_stream => return Step::Pause(position),
+                Some(Ok(BodyOutcome::Buffer)) => {}
+                Some(Ok(BodyOutcome::LocalResponse(local))) => {
+                    return Step::Answer(LocalAnswer::from_plugin(local));
+                }
+                Some(Err(error)) => {
+                    if let Some(step) = self.failed(&filter, &error) {
+                        return step;
+                    }
+                    continue;
+                }
+            }
+            position += 1;
+        }
+        Step::Continue
+    }
+
+    /// Runs the trailers callbacks of `direction`.
+    pub(crate) fn trailers(&mut self, direction: Direction, trailers: &mut HeaderMap) -> Step {
+        let mut position = 0;
+        while let Some((filter, context)) = self.at(direction, position) {
+            let stream = &mut self.stream;
+            let outcome = filter.with_instance(|instance| {
+                instance.on_trailers(direction, context, trailers, stream)
+            });
+            match outcome {
+                Some(Ok(BodyOutcome::LocalResponse(local))) => {
+                    return Step::Answer(LocalAnswer::from_plugin(local));
+                }
+                Some(Err(error)) => {
+                    if let Some(step) = self.failed(&filter, &error) {
+                        return step;
+                    }
+                    continue;
+                }
+                // Trailers end the stream: holding them back would hold it forever.
+                _ => {}
+            }
+            position += 1;
+        }
+        Step::Continue
+    }
+}
+
+impl Drop for ActiveFilters {
+    fn drop(&mut self) {
+        for (filter, context) in self.contexts.drain(..) {
+            filter.context_ended(context.id());
+            let finished =
+                filter.with_instance(|instance| instance.finish_http_context(context, None, None));
+            if let Some(Err(error)) = finished {
+                filter.fail(&error);
+            }
+        }
+    }
+}
