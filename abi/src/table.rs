@@ -167,6 +167,17 @@ pub const HOSTCALLS: &[Hostcall] = &[
     wasi("args_sizes_get", &[I32, I32], &[I32]),
     wasi("args_get", &[I32, I32], &[I32]),
     wasi("proc_exit", &[I32], &[]),
+    // What Go's wasip1 runtime imports besides: stdio descriptors, no preopened
+    // directories, yielding and polling that never block.
+    wasi("sched_yield", &[], &[I32]),
+    wasi("poll_oneoff", &[I32, I32, I32, I32], &[I32]),
+    wasi("fd_close", &[I32], &[I32]),
+    wasi("fd_fdstat_get", &[I32, I32], &[I32]),
+    wasi("fd_fdstat_set_flags", &[I32, I32], &[I32]),
+    wasi("fd_prestat_get", &[I32, I32], &[I32]),
+    wasi("fd_prestat_dir_name", &[I32, I32, I32], &[I32]),
+    wasi("fd_read", &[I32, I32, I32, I32], &[I32]),
+    wasi("fd_seek", &[I32, I64, I32, I32], &[I32]),
 ];
 
 /// Every callback of ABI v0.2.1 (all optional for a module).

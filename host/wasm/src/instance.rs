@@ -568,14 +568,16 @@ impl PluginInstance {
         http.request = head.as_mut().map(|h| std::mem::take(&mut **h));
         http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
         http.local_response = None;
+        // Calls belong to the root context, as in Envoy: the callback gets the root's id and
+        // the SDK finds the caller by token and makes it the effective context.
         let result = invoke(
             &mut self.store,
             &self.limits,
-            call.context_id,
+            ROOT_CONTEXT_ID,
             "proxy_on_http_call_response",
             callback,
             (
-                call.context_id,
+                ROOT_CONTEXT_ID,
                 call.token as i32,
                 count(headers),
                 count(body),

@@ -14,9 +14,12 @@ use crate::envoy::{Envoy, EnvoyPlugin};
 use crate::harness::Rustng;
 use crate::origin::Origin;
 
-fn conformance_wasm() -> PathBuf {
+/// A conformance module built by `make filters`: `wasm32-wasip1/release/conformance.wasm`
+/// (Rust SDK) or `go-conformance.wasm` (Go SDK), under wasm-tests/target.
+fn conformance_wasm(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../wasm-tests/target/wasm32-wasip1/release/conformance.wasm");
+        .join("../../wasm-tests/target")
+        .join(name);
     assert!(
         path.exists(),
         "{} missing: run `make filters`",
@@ -24,6 +27,9 @@ fn conformance_wasm() -> PathBuf {
     );
     path
 }
+
+const RUST_SDK: &str = "wasm32-wasip1/release/conformance.wasm";
+const GO_SDK: &str = "go-conformance.wasm";
 
 /// Both hosts, running the conformance module with `configuration`.
 struct Hosts {
@@ -35,8 +41,12 @@ struct Hosts {
 
 impl Hosts {
     async fn start(configuration: &str) -> Hosts {
+        Hosts::start_module(RUST_SDK, configuration).await
+    }
+
+    async fn start_module(module: &str, configuration: &str) -> Hosts {
         let origin = Origin::start("conformance").await;
-        let wasm = conformance_wasm();
+        let wasm = conformance_wasm(module);
         let rustng = Rustng::start(&format!(
             "workers: 1
 plugins:
@@ -291,4 +301,43 @@ async fn http_calls_answer_and_resume_streams_as_in_envoy() {
         )
         .await;
     assert_eq!(reply.text(), "held while paused");
+}
+
+/// The same cases through a filter built with the upstream Go SDK (Go's own wasip1 port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_sdk_filter_behaves_as_in_envoy() {
+    let hosts = Hosts::start_module(GO_SDK, "plain").await;
+    let report = hosts.case("shared-data").await;
+    assert_lines(
+        &report,
+        &[
+            "get.missing=!NotFound",
+            "get.created=v1",
+            "set.current-cas=Ok",
+            "set.stale-cas=CasMismatch",
+            "get.after=v2",
+        ],
+    );
+    let report = hosts.case("metrics").await;
+    assert_lines(&report, &["counter.get=5", "gauge.get=6"]);
+    let report = hosts.case("properties").await;
+    assert_lines(
+        &report,
+        &[
+            "plugin_name=conformance",
+            "request.path=/conformance/properties",
+            "request.protocol=HTTP/1.1",
+            "request.headers.x-probe=probe-value",
+            "source.port.len=8",
+            "get.set=kept",
+        ],
+    );
+    let report = hosts.case("call-status").await;
+    assert_lines(&report, &["call.status=201", "call.body=status 201"]);
+    let reply = hosts.both("POST", "/pass/body-rewrite/reflect", "from go").await;
+    assert_eq!(reply.text(), "rewritten:from go");
+    let reply = hosts
+        .both("POST", "/pass/call-then-continue/reflect", "go waits")
+        .await;
+    assert_eq!(reply.text(), "go waits");
 }

@@ -1,5 +1,7 @@
 //! The WASI preview1 subset proxy-wasm SDKs use: output becomes log lines, clocks, randomness,
-//! the plugin's own environment, no arguments, and no filesystem at all.
+//! the plugin's own environment, no arguments, and no filesystem at all. The three stdio
+//! descriptors exist (Go's runtime inspects them); there are no preopened directories;
+//! nothing ever blocks a worker: `poll_oneoff` reports every clock as expired at once.
 
 use std::time::Instant;
 
@@ -22,7 +24,64 @@ pub(super) const NAMES: &[(Module, &str)] = &[
     (Module::WasiPreview1, "args_sizes_get"),
     (Module::WasiPreview1, "args_get"),
     (Module::WasiPreview1, "proc_exit"),
+    (Module::WasiPreview1, "sched_yield"),
+    (Module::WasiPreview1, "poll_oneoff"),
+    (Module::WasiPreview1, "fd_close"),
+    (Module::WasiPreview1, "fd_fdstat_get"),
+    (Module::WasiPreview1, "fd_fdstat_set_flags"),
+    (Module::WasiPreview1, "fd_prestat_get"),
+    (Module::WasiPreview1, "fd_prestat_dir_name"),
 ];
+
+/// Whether `fd` is stdin, stdout or stderr.
+fn stdio(fd: i32) -> Result<(), WasiErrno> {
+    if (0..=2).contains(&fd) {
+        Ok(())
+    } else {
+        Err(WasiErrno::Badf)
+    }
+}
+
+/// `filetype` of the stdio descriptors: a character device.
+const CHARACTER_DEVICE: u8 = 2;
+/// `eventtype` of a clock subscription.
+const EVENT_CLOCK: u8 = 0;
+const SUBSCRIPTION_SIZE: usize = 48;
+const EVENT_SIZE: usize = 32;
+
+/// Answers every subscription at once: clocks as expired, descriptors as unsupported.
+fn poll_oneoff(
+    caller: &mut Caller<'_, HostState>,
+    subscriptions: i32,
+    events: i32,
+    count: i32,
+    written: i32,
+) -> Result<(), WasiErrno> {
+    let count = usize::try_from(count).map_err(|_| WasiErrno::Inval)?;
+    let input = {
+        let memory = guest_memory(caller).ok_or(WasiErrno::Fault)?;
+        let len = count
+            .checked_mul(SUBSCRIPTION_SIZE)
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or(WasiErrno::Inval)?;
+        slice(memory, subscriptions, len).map_err(fault)?.to_vec()
+    };
+    let mut output = vec![0u8; count * EVENT_SIZE];
+    for (subscription, event) in input
+        .chunks_exact(SUBSCRIPTION_SIZE)
+        .zip(output.chunks_exact_mut(EVENT_SIZE))
+    {
+        // userdata, then error (u16) and type (u8).
+        event[..8].copy_from_slice(&subscription[..8]);
+        let tag = subscription[8];
+        if tag != EVENT_CLOCK {
+            event[8..10].copy_from_slice(&(WasiErrno::Notsup as u16).to_le_bytes());
+        }
+        event[10] = tag;
+    }
+    write_bytes(caller, events, &output).map_err(fault)?;
+    write_u32(caller, written, count as u32).map_err(fault)
+}
 
 fn errno(result: Result<(), WasiErrno>) -> i32 {
     match result {
@@ -38,6 +97,54 @@ fn fault(_: Status) -> WasiErrno {
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     for module in ["wasi_snapshot_preview1", WASI_UNSTABLE] {
+        linker.func_wrap(module, "sched_yield", |_: Caller<'_, HostState>| -> i32 {
+            WasiErrno::Success as i32
+        })?;
+        linker.func_wrap(
+            module,
+            "poll_oneoff",
+            |mut caller: Caller<'_, HostState>,
+             subscriptions: i32,
+             events: i32,
+             count: i32,
+             written: i32|
+             -> i32 { errno(poll_oneoff(&mut caller, subscriptions, events, count, written)) },
+        )?;
+        linker.func_wrap(
+            module,
+            "fd_close",
+            |_: Caller<'_, HostState>, fd: i32| -> i32 { errno(stdio(fd)) },
+        )?;
+        linker.func_wrap(
+            module,
+            "fd_fdstat_get",
+            |mut caller: Caller<'_, HostState>, fd: i32, out: i32| -> i32 {
+                errno(stdio(fd).and_then(|()| {
+                    // filetype, flags, rights (base, inheriting): a plain character device.
+                    let mut stat = [0u8; 24];
+                    stat[0] = CHARACTER_DEVICE;
+                    write_bytes(&mut caller, out, &stat).map_err(fault)
+                }))
+            },
+        )?;
+        linker.func_wrap(
+            module,
+            "fd_fdstat_set_flags",
+            |_: Caller<'_, HostState>, fd: i32, _flags: i32| -> i32 { errno(stdio(fd)) },
+        )?;
+        // No preopened directories: every descriptor asked about is not one.
+        linker.func_wrap(
+            module,
+            "fd_prestat_get",
+            |_: Caller<'_, HostState>, _fd: i32, _out: i32| -> i32 { WasiErrno::Badf as i32 },
+        )?;
+        linker.func_wrap(
+            module,
+            "fd_prestat_dir_name",
+            |_: Caller<'_, HostState>, _fd: i32, _path: i32, _len: i32| -> i32 {
+                WasiErrno::Badf as i32
+            },
+        )?;
         linker.func_wrap(
             module,
             "fd_write",
