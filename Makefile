@@ -28,6 +28,7 @@ filters: setup
 	for m in $(WASM_WORKSPACES); do $(CARGO) build --manifest-path $$m --release --target wasm32-wasip1 || exit 1; done
 	mkdir -p wasm-tests/target
 	cd wasm-tests/go/conformance && GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o ../../../$(GO_CONFORMANCE) .
+	cd wasm-tests/assemblyscript/conformance && npm ci --no-audit --no-fund --silent && npm run --silent build
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -33,3 +33,9 @@ if ! command -v go >/dev/null 2>&1; then
   echo "setup: Go >= 1.24 is required to build wasm-tests/go (install golang from go.dev or the distro's backports)" >&2
   exit 1
 fi
+
+# The AssemblyScript conformance filter is built with npm (`npm ci` in wasm-tests/assemblyscript).
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: Node.js with npm is required to build wasm-tests/assemblyscript" >&2
+  exit 1
+fi

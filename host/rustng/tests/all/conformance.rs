@@ -14,8 +14,9 @@ use crate::envoy::{Envoy, EnvoyPlugin};
 use crate::harness::Rustng;
 use crate::origin::Origin;
 
-/// A conformance module built by `make filters`: `wasm32-wasip1/release/conformance.wasm`
-/// (Rust SDK) or `go-conformance.wasm` (Go SDK), under wasm-tests/target.
+/// A conformance module built by `make filters`, under wasm-tests/target:
+/// `wasm32-wasip1/release/conformance.wasm` (Rust SDK), `go-conformance.wasm` (Go SDK),
+/// `as-conformance.wasm` (AssemblyScript SDK).
 fn conformance_wasm(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../wasm-tests/target")
@@ -30,6 +31,7 @@ fn conformance_wasm(name: &str) -> PathBuf {
 
 const RUST_SDK: &str = "wasm32-wasip1/release/conformance.wasm";
 const GO_SDK: &str = "go-conformance.wasm";
+const ASSEMBLYSCRIPT_SDK: &str = "as-conformance.wasm";
 
 /// Both hosts, running the conformance module with `configuration`.
 struct Hosts {
@@ -340,4 +342,45 @@ async fn a_go_sdk_filter_behaves_as_in_envoy() {
         .both("POST", "/pass/call-then-continue/reflect", "go waits")
         .await;
     assert_eq!(reply.text(), "go waits");
+}
+
+/// A filter built with the AssemblyScript SDK (@solo-io/proxy-runtime, ABI 0.2.0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assemblyscript_sdk_filter_behaves_as_in_envoy() {
+    let hosts = Hosts::start_module(ASSEMBLYSCRIPT_SDK, "plain").await;
+    let report = hosts.case("headers").await;
+    assert_lines(
+        &report,
+        &[
+            ":method=GET",
+            ":path=/conformance/headers",
+            ":authority=conformance.test",
+            "x-probe=probe-value",
+            "x-absent=",
+        ],
+    );
+    let report = hosts.case("properties").await;
+    assert_lines(
+        &report,
+        &[
+            "plugin_name=conformance",
+            "request.path=/conformance/properties",
+            "request.protocol=HTTP/1.1",
+            "request.headers.x-probe=probe-value",
+        ],
+    );
+    let report = hosts.case("call-status").await;
+    assert_lines(&report, &["call.status=201", "call.body=status 201"]);
+
+    for url in [
+        hosts.rustng.url("/pass/add-header/echo"),
+        hosts.envoy.url("/pass/add-header/echo"),
+    ] {
+        let reply = hosts.request(&url).await;
+        assert_eq!(reply.status, 200, "{url}: {}", reply.text());
+        assert_eq!(reply.headers["x-as-sdk-status"], "200", "{url}");
+        let echo = reply.json();
+        assert_eq!(echo["headers"]["x-as-sdk"][0], "added", "{url}: {echo}");
+        assert!(echo["headers"].get("x-probe").is_none(), "{url}: {echo}");
+    }
 }

@@ -66,12 +66,11 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     Ok(())
 }
 
-/// Envoy reports an empty string attribute (an unset root id, no query) as absent.
+/// An empty string (an unset root id, no query) is still a value: `OK` with no bytes, which
+/// reaches the guest as a null pointer (SDKs that cannot tell read it as absent; the
+/// AssemblyScript SDK would fail its start on a `NOT_FOUND`, as Envoy never gives one).
 fn string(value: impl AsRef<[u8]>) -> Result<Vec<u8>, Status> {
-    match value.as_ref() {
-        [] => Err(Status::NotFound),
-        bytes => Ok(bytes.to_vec()),
-    }
+    Ok(value.as_ref().to_vec())
 }
 
 fn int(value: i64) -> Result<Vec<u8>, Status> {
