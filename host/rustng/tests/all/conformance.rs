@@ -336,7 +336,9 @@ async fn a_go_sdk_filter_behaves_as_in_envoy() {
     );
     let report = hosts.case("call-status").await;
     assert_lines(&report, &["call.status=201", "call.body=status 201"]);
-    let reply = hosts.both("POST", "/pass/body-rewrite/reflect", "from go").await;
+    let reply = hosts
+        .both("POST", "/pass/body-rewrite/reflect", "from go")
+        .await;
     assert_eq!(reply.text(), "rewritten:from go");
     let reply = hosts
         .both("POST", "/pass/call-then-continue/reflect", "go waits")

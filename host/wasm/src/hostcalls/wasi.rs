@@ -108,7 +108,15 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
              events: i32,
              count: i32,
              written: i32|
-             -> i32 { errno(poll_oneoff(&mut caller, subscriptions, events, count, written)) },
+             -> i32 {
+                errno(poll_oneoff(
+                    &mut caller,
+                    subscriptions,
+                    events,
+                    count,
+                    written,
+                ))
+            },
         )?;
         linker.func_wrap(
             module,
