@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::foreign::ForeignFunctions;
 use crate::metrics::MetricRegistry;
 use crate::shared::{QueueNotifier, SharedData, SharedQueues};
 use crate::state::LogSink;
@@ -14,9 +15,18 @@ pub struct PluginHost {
     pub(crate) data: SharedData,
     pub(crate) queues: SharedQueues,
     metrics: MetricRegistry,
+    pub(crate) foreign: ForeignFunctions,
 }
 
 impl PluginHost {
+    /// A host whose plugins can call `foreign` (`proxy_call_foreign_function`).
+    pub fn new(foreign: ForeignFunctions) -> Self {
+        PluginHost {
+            foreign,
+            ..PluginHost::default()
+        }
+    }
+
     /// The metrics plugins defined, for `/metrics`.
     pub fn metrics(&self) -> &MetricRegistry {
         &self.metrics

@@ -159,4 +159,6 @@ pub(crate) struct HttpCallState {
     pub(crate) response_trailers: Option<HeaderMap>,
     /// During `proxy_on_http_call_response`.
     pub(crate) call_response: Option<HttpCallResponse>,
+    /// During `proxy_on_foreign_function`.
+    pub(crate) foreign_arguments: Option<Vec<u8>>,
 }

@@ -56,6 +56,7 @@ struct StreamCallbacks {
     on_request_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_http_call_response: Option<CallResponseCallback>,
+    on_foreign_function: Option<TypedFunc<(i32, i32, i32), ()>>,
 }
 
 /// `proxy_on_http_call_response(context_id, token, headers, body_size, trailers)`.
@@ -77,6 +78,7 @@ impl StreamCallbacks {
             on_request_trailers: typed(instance, store, "proxy_on_request_trailers")?,
             on_response_trailers: typed(instance, store, "proxy_on_response_trailers")?,
             on_http_call_response: typed(instance, store, "proxy_on_http_call_response")?,
+            on_foreign_function: typed(instance, store, "proxy_on_foreign_function")?,
         })
     }
 }
@@ -598,6 +600,31 @@ impl PluginInstance {
                 .stream_actions
                 .push((call.context_id, StreamAction::LocalResponse(local)));
         }
+        result
+    }
+
+    /// `proxy_on_foreign_function` on the root context: the host calls into the plugin
+    /// (an answer to an earlier foreign call, say), with `arguments` readable as
+    /// `FOREIGN_FUNCTION_ARGUMENTS`.
+    pub fn on_foreign_function(
+        &mut self,
+        function_id: u32,
+        arguments: Vec<u8>,
+    ) -> Result<(), WasmError> {
+        let Some(callback) = &self.stream.on_foreign_function else {
+            return Ok(());
+        };
+        let size = i32::try_from(arguments.len()).unwrap_or(i32::MAX);
+        self.store.data_mut().http.foreign_arguments = Some(arguments);
+        let result = invoke(
+            &mut self.store,
+            &self.limits,
+            ROOT_CONTEXT_ID,
+            "proxy_on_foreign_function",
+            callback,
+            (ROOT_CONTEXT_ID, function_id as i32, size),
+        );
+        self.store.data_mut().http.foreign_arguments = None;
         result
     }
 

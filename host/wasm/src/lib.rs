@@ -11,6 +11,7 @@
 
 mod engine;
 mod error;
+mod foreign;
 mod host;
 mod hostcalls;
 mod http;
@@ -24,6 +25,7 @@ mod state;
 
 pub use engine::WasmEngine;
 pub use error::WasmError;
+pub use foreign::{ForeignFunction, ForeignFunctions};
 pub use host::{InstanceEnv, PluginHost, UpstreamCheck};
 pub use http::{
     BodyOutcome, HeadersOutcome, HttpCallRequest, HttpCallResponse, LocalResponse, RequestHead,

@@ -121,6 +121,7 @@ impl HostState {
             BufferType::HttpCallResponseBody => {
                 self.http.call_response.as_ref().map(|r| r.body.as_slice())
             }
+            BufferType::CallData => self.http.foreign_arguments.as_deref(),
             _ => None,
         }
     }

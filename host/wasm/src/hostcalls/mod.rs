@@ -4,6 +4,7 @@
 
 mod buffers;
 mod clock;
+mod foreign;
 mod headers;
 mod log;
 mod metrics;
@@ -29,6 +30,7 @@ const GROUPS: &[Implemented] = &[
     log::NAMES,
     buffers::NAMES,
     clock::NAMES,
+    foreign::NAMES,
     headers::NAMES,
     metrics::NAMES,
     properties::NAMES,
@@ -43,6 +45,7 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, WasmError> {
     log::add_to_linker(&mut linker).map_err(runtime)?;
     buffers::add_to_linker(&mut linker).map_err(runtime)?;
     clock::add_to_linker(&mut linker).map_err(runtime)?;
+    foreign::add_to_linker(&mut linker).map_err(runtime)?;
     headers::add_to_linker(&mut linker).map_err(runtime)?;
     metrics::add_to_linker(&mut linker).map_err(runtime)?;
     properties::add_to_linker(&mut linker).map_err(runtime)?;

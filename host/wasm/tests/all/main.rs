@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use rustng_abi::{AbiVersion, LogLevel};
 use rustng_wasm::{
-    InstanceEnv, Limits, LogSink, PluginConfig, PluginInstance, PluginModule, WasmEngine, WasmError,
+    ForeignFunctions, InstanceEnv, Limits, LogSink, PluginConfig, PluginHost, PluginInstance,
+    PluginModule, WasmEngine, WasmError,
 };
 
 type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
@@ -301,4 +302,60 @@ fn wasi_output_becomes_log_lines_and_proc_exit_ends_the_call() {
         }
         other => panic!("expected proc_exit to end the call, got {:?}", other.err()),
     }
+}
+
+#[test]
+fn foreign_functions_are_called_by_name_and_unknown_ones_are_not_found() {
+    let bytes = module(
+        &format!(
+            r#"{LOG}
+  {GET_BUFFER}
+  (import "env" "proxy_call_foreign_function" (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (data (i32.const 100) "test.upper")
+  (data (i32.const 120) "quiet")
+  (data (i32.const 140) "nope")"#
+        ),
+        r#"
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (if (i32.ne (call $foreign (i32.const 100) (i32.const 10) (i32.const 120) (i32.const 5)
+                               (i32.const 200) (i32.const 204))
+                (i32.const 0))
+      (then (return (i32.const 0))))
+    ;; The result (pointer at 200, length at 204) goes to the log.
+    (drop (call $log (i32.const 2) (i32.load (i32.const 200)) (i32.load (i32.const 204))))
+    (i32.eq (call $foreign (i32.const 140) (i32.const 4) (i32.const 120) (i32.const 5)
+                           (i32.const 200) (i32.const 204))
+            (i32.const 1)))
+  ;; Logs "<function id>:<arguments>" (ids below 10 only) at warn.
+  (func (export "proxy_on_foreign_function") (param $root i32) (param $id i32) (param $size i32)
+    (i32.store8 (i32.const 300) (i32.add (i32.const 48) (local.get $id)))
+    (i32.store8 (i32.const 301) (i32.const 58))
+    (drop (call $get_buffer (i32.const 8) (i32.const 0) (local.get $size) (i32.const 208) (i32.const 212)))
+    (memory.copy (i32.const 302) (i32.load (i32.const 208)) (i32.load (i32.const 212)))
+    (drop (call $log (i32.const 3) (i32.const 300) (i32.add (i32.const 2) (i32.load (i32.const 212))))))
+"#,
+    );
+    let mut foreign = ForeignFunctions::default();
+    foreign.register(
+        "test.upper",
+        Arc::new(|plugin: &str, argument: &[u8]| {
+            Ok(format!(
+                "{plugin}:{}",
+                String::from_utf8_lossy(argument).to_uppercase()
+            )
+            .into_bytes())
+        }),
+    );
+    let module = PluginModule::compile(engine(), &bytes).expect("compiles");
+    let (sink, logged) = capture();
+    let env = InstanceEnv {
+        host: Arc::new(PluginHost::new(foreign)),
+        log: Some(sink),
+        ..InstanceEnv::default()
+    };
+    PluginInstance::start(&module, config(""), Limits::default(), env).expect("every check held");
+    assert_eq!(
+        lines(&logged),
+        vec![(LogLevel::Info, "test:QUIET".to_owned())]
+    );
 }
