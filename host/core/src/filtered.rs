@@ -2,12 +2,18 @@
 //! filter chain with Envoy's semantics (pauses, buffering bodies, local answers, HTTP
 //! calls), then the exchange is the plain one. Listeners without filters never come here, so
 //! the plain path pays nothing for it.
+//!
+//! Pauses are rare and the request future is copied into its box on every request, so the
+//! common path stays small: the request headers run before any future exists, and a phase
+//! that pauses waits in a future of its own, boxed only then.
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
-use http::{HeaderMap, HeaderValue, Request, Response, Version, header};
+use http::{HeaderMap, HeaderValue, Request, Response, Version, header, request};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -22,19 +28,21 @@ use crate::proxy::{local_answer, local_error, protocol_name, response_version};
 use crate::tunnel;
 use crate::upstream::{BoxError, BoxLocal as _, LocalBody, Outgoing, RequestBody, UpstreamBody};
 
-/// Serves one request through the listener's filters.
-pub(crate) async fn forward(
-    ctx: Rc<ConnCtx>,
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+
+/// A request through the listener's filters: the request headers now, the rest in the
+/// returned future.
+pub(crate) fn serve(
+    ctx: &Rc<ConnCtx>,
     req: Request<Incoming>,
     mut exchange: Exchange,
     upgrade: Option<HeaderValue>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> ResponseFuture {
     let version = req.version();
-    let limit = ctx.listener.config.http.buffer_limit_bytes;
     let (mut parts, body) = req.into_parts();
     let mut head = RequestHead {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
+        method: std::mem::take(&mut parts.method),
+        uri: std::mem::take(&mut parts.uri),
         headers: std::mem::take(&mut parts.headers),
         scheme: if ctx.tls { "https" } else { "http" },
     };
@@ -49,119 +57,193 @@ pub(crate) async fn forward(
     };
     let filters: SharedFilters = Rc::new(RefCell::new(ctx.listener.filters.begin(stream)));
     exchange.filters = Some(Rc::clone(&filters));
-
-    // Request headers, first filter to last, waiting wherever one pauses.
     let no_body = body.is_end_stream();
-    let mut from = 0;
-    loop {
-        let step = {
-            let mut active = filters.borrow_mut();
-            ctx.listener
-                .filters
-                .request_headers(&mut active, &mut head, from, no_body)
-        };
-        match step {
-            Step::Continue => break,
-            Step::Answer(answer) => return Ok(local_answer(answer, exchange, version)),
-            Step::Pause(index) => {
-                let position = filters.borrow().last_position();
-                let resumed =
-                    wait_for_resume(&filters, Direction::Request, position, Some(&mut head)).await;
-                match resumed {
-                    Resumed::Continue => from = index + 1,
-                    Resumed::Answer(answer) => return Ok(local_answer(answer, exchange, version)),
-                }
-            }
-        }
-    }
-    parts.method = head.method;
-    parts.uri = head.uri;
-    parts.headers = head.headers;
-
-    let Some(cluster) = ctx.listener.default_cluster.clone() else {
-        return Ok(local_error(
-            ErrorKind::NoRoute.into_error(),
-            exchange,
-            version,
-        ));
+    let step = {
+        let mut active = filters.borrow_mut();
+        ctx.listener
+            .filters
+            .request_headers(&mut active, &mut head, 0, no_body)
     };
-    if let Some(protocol) = upgrade
-        && version == Version::HTTP_11
-    {
-        let req = Request::from_parts(parts, body);
-        return Ok(tunnel::forward(&cluster, req, protocol, exchange).await);
-    }
-
-    let body = request_body(&filters, &parts.headers, body, limit);
-    let mut outgoing = Outgoing {
-        head: parts,
-        body: Some(body),
-    };
-    let sent = cluster.send(&mut outgoing).await;
-    drop(outgoing);
-    // A body filter that answered while the request went out wins over the upstream's error.
-    let answered = filters.borrow_mut().answer.take();
-    if let Some(answer) = answered {
-        return Ok(local_answer(answer, exchange, version));
-    }
-    let upstream = match sent {
-        Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
-            return Ok(local_error(error, exchange, version));
-        }
-    };
-
-    // Response headers, last filter first.
-    let mut parts = upstream.head;
-    headers::strip_hop_by_hop(&mut parts.headers);
-    parts.version = response_version(version);
-    let mut head = ResponseHead {
-        status: parts.status,
-        headers: std::mem::take(&mut parts.headers),
-    };
-    let no_body = upstream.body.is_end_stream();
-    let mut from = 0;
-    loop {
-        let step = filters
-            .borrow_mut()
-            .response_headers(&mut head, from, no_body);
-        match step {
-            Step::Continue => break,
-            // The upstream body is dropped unread: its connection is not reused.
-            Step::Answer(answer) => return Ok(local_answer(answer, exchange, version)),
-            Step::Pause(position) => {
-                let resumed = wait_for_resume(&filters, Direction::Response, position, None).await;
-                match resumed {
-                    Resumed::Continue => from = position + 1,
-                    Resumed::Answer(answer) => return Ok(local_answer(answer, exchange, version)),
-                }
-            }
-        }
-    }
-    parts.status = head.status;
-    parts.headers = head.headers;
-    exchange.set_status(parts.status.as_u16());
-    if let Some(record) = &mut exchange.record {
-        record.upstream = Some(upstream.endpoint);
-    }
-    let body = if no_body || !filters.borrow().wants_body(Direction::Response) {
-        // Nothing to run on the body: it streams untouched.
-        boxed(upstream.body)
-    } else {
-        FilteredBody::new(
-            Direction::Response,
-            boxed(upstream.body),
-            Rc::clone(&filters),
-            content_length(&parts.headers),
-            limit,
-        )
-        .boxed_local()
-    };
-    Ok(Response::from_parts(
+    let request = Pending {
+        ctx: Rc::clone(ctx),
         parts,
-        ProxyBody::boxed(body, exchange),
-    ))
+        body,
+        exchange,
+        filters,
+        upgrade,
+        version,
+    };
+    match step {
+        Step::Continue => Box::pin(request.finish_head(head).send()),
+        Step::Answer(answer) => {
+            let response = local_answer(answer, request.exchange, version);
+            Box::pin(std::future::ready(Ok(response)))
+        }
+        Step::Pause(index) => Box::pin(request.paused(head, index)),
+    }
+}
+
+/// A request whose headers went through (some of) the filters.
+struct Pending {
+    ctx: Rc<ConnCtx>,
+    parts: request::Parts,
+    body: Incoming,
+    exchange: Exchange,
+    filters: SharedFilters,
+    upgrade: Option<HeaderValue>,
+    version: Version,
+}
+
+impl Pending {
+    fn finish_head(mut self, head: RequestHead) -> Self {
+        self.parts.method = head.method;
+        self.parts.uri = head.uri;
+        self.parts.headers = head.headers;
+        self
+    }
+
+    /// Waits where a filter paused the request headers, runs the remaining filters (which
+    /// may pause again), then sends.
+    async fn paused(
+        self,
+        mut head: RequestHead,
+        mut index: usize,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let no_body = self.body.is_end_stream();
+        loop {
+            let position = self.filters.borrow().last_position();
+            let resumed =
+                wait_for_resume(&self.filters, Direction::Request, position, Some(&mut head)).await;
+            if let Resumed::Answer(answer) = resumed {
+                return Ok(local_answer(answer, self.exchange, self.version));
+            }
+            let step = {
+                let mut active = self.filters.borrow_mut();
+                self.ctx.listener.filters.request_headers(
+                    &mut active,
+                    &mut head,
+                    index + 1,
+                    no_body,
+                )
+            };
+            match step {
+                Step::Continue => break,
+                Step::Answer(answer) => {
+                    return Ok(local_answer(answer, self.exchange, self.version));
+                }
+                Step::Pause(next) => index = next,
+            }
+        }
+        self.finish_head(head).send().await
+    }
+
+    /// Sends the request and runs the response phases.
+    async fn send(self) -> Result<Response<ProxyBody>, Infallible> {
+        let Pending {
+            ctx,
+            parts,
+            body,
+            mut exchange,
+            filters,
+            upgrade,
+            version,
+        } = self;
+        let limit = ctx.listener.config.http.buffer_limit_bytes;
+        let Some(cluster) = ctx.listener.default_cluster.clone() else {
+            return Ok(local_error(
+                ErrorKind::NoRoute.into_error(),
+                exchange,
+                version,
+            ));
+        };
+        if let Some(protocol) = upgrade
+            && version == Version::HTTP_11
+        {
+            let req = Request::from_parts(parts, body);
+            return Ok(tunnel::forward(&cluster, req, protocol, exchange).await);
+        }
+
+        let body = request_body(&filters, &parts.headers, body, limit);
+        let mut outgoing = Outgoing {
+            head: parts,
+            body: Some(body),
+        };
+        let sent = cluster.send(&mut outgoing).await;
+        drop(outgoing);
+        // A body filter that answered while the request went out wins over the upstream's
+        // error.
+        let answered = filters.borrow_mut().answer.take();
+        if let Some(answer) = answered {
+            return Ok(local_answer(answer, exchange, version));
+        }
+        let upstream = match sent {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
+                return Ok(local_error(error, exchange, version));
+            }
+        };
+
+        // Response headers, last filter first.
+        let mut parts = upstream.head;
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.version = response_version(version);
+        let mut head = ResponseHead {
+            status: parts.status,
+            headers: std::mem::take(&mut parts.headers),
+        };
+        let no_body = upstream.body.is_end_stream();
+        let mut from = 0;
+        loop {
+            let step = filters
+                .borrow_mut()
+                .response_headers(&mut head, from, no_body);
+            match step {
+                Step::Continue => break,
+                // The upstream body is dropped unread: its connection is not reused.
+                Step::Answer(answer) => return Ok(local_answer(answer, exchange, version)),
+                Step::Pause(position) => {
+                    // Boxed: the wait would otherwise sit in every request's future.
+                    let resumed = Box::pin(wait_for_resume(
+                        &filters,
+                        Direction::Response,
+                        position,
+                        None,
+                    ))
+                    .await;
+                    match resumed {
+                        Resumed::Continue => from = position + 1,
+                        Resumed::Answer(answer) => {
+                            return Ok(local_answer(answer, exchange, version));
+                        }
+                    }
+                }
+            }
+        }
+        parts.status = head.status;
+        parts.headers = head.headers;
+        exchange.set_status(parts.status.as_u16());
+        if let Some(record) = &mut exchange.record {
+            record.upstream = Some(upstream.endpoint);
+        }
+        let body = if no_body || !filters.borrow().wants_body(Direction::Response) {
+            // Nothing to run on the body: it streams untouched.
+            boxed(upstream.body)
+        } else {
+            FilteredBody::new(
+                Direction::Response,
+                boxed(upstream.body),
+                Rc::clone(&filters),
+                content_length(&parts.headers),
+                limit,
+            )
+            .boxed_local()
+        };
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::boxed(body, exchange),
+        ))
+    }
 }
 
 /// The request body as it leaves: through the body callbacks if any filter has them.

@@ -65,12 +65,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         // The filters see the request as it will leave (forwarding headers and request id
         // included), and may change it or answer it, as Envoy's HTTP filters do.
         if !ctx.listener.filters.is_empty() {
-            return Box::pin(filtered::forward(
-                Rc::clone(ctx),
-                req,
-                exchange,
-                removed.upgrade,
-            ));
+            return filtered::serve(ctx, req, exchange, removed.upgrade);
         }
 
         let Some(cluster) = ctx.listener.default_cluster.clone() else {

@@ -44,7 +44,6 @@ pub(crate) fn tracing_sink() -> LogSink {
 }
 
 /// The guest's exports a hostcall needs: its memory and its allocator.
-#[derive(Clone)]
 pub(crate) struct GuestExports {
     pub(crate) memory: Memory,
     pub(crate) allocate: TypedFunc<i32, i32>,

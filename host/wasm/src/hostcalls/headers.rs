@@ -104,12 +104,19 @@ fn change(
     key: &[u8],
     change: Change<'_>,
 ) -> Result<(), Status> {
-    let key = key.to_ascii_lowercase();
     if key.first() == Some(&b':') {
-        return change_pseudo(state, map, &key, change);
+        return change_pseudo(state, map, &key.to_ascii_lowercase(), change);
     }
     let headers = writable_map(state, map)?;
-    let name = HeaderName::from_bytes(&key).map_err(|_| Status::BadArgument)?;
+    if let Change::Remove = change {
+        // By `&str`: parsed in place, no allocation for a name the map may not even hold.
+        if let Ok(key) = std::str::from_utf8(key) {
+            headers.remove(key);
+        }
+        return Ok(());
+    }
+    // `HeaderName` lowercases as it parses (one copy, not two).
+    let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
     match change {
         Change::Add(value) => {
             let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
@@ -119,9 +126,7 @@ fn change(
             let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
             headers.insert(name, value);
         }
-        Change::Remove => {
-            headers.remove(name);
-        }
+        Change::Remove => {}
     }
     Ok(())
 }
