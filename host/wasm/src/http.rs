@@ -131,6 +131,66 @@ pub struct HttpCallResponse {
     pub trailers: HeaderMap,
 }
 
+/// A gRPC call or stream a plugin opened (`proxy_grpc_call`, `proxy_grpc_stream`).
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    /// Handed to the plugin; every event of the call comes back with it.
+    pub token: u32,
+    /// The context that opened it.
+    pub context_id: i32,
+    /// The cluster (HTTP/2) to send it to.
+    pub upstream: String,
+    /// Fully qualified service name (`package.Service`).
+    pub service: String,
+    /// Method name.
+    pub method: String,
+    /// Initial metadata (request headers).
+    pub metadata: HeaderMap,
+    /// The request message of a unary call; `None` for a stream (messages follow with
+    /// [`GrpcAction::Send`]).
+    pub message: Option<Vec<u8>>,
+    /// Deadline of a unary call (`None`: none, as for streams).
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// What a plugin did to gRPC calls during a callback, for the host to carry out after it.
+#[derive(Debug, Clone)]
+pub enum GrpcAction {
+    /// Open a call or stream.
+    Open(GrpcCall),
+    /// Send a message on a stream; `end_stream` half-closes it.
+    Send {
+        /// The stream.
+        token: u32,
+        /// The message (without gRPC framing).
+        message: Vec<u8>,
+        /// Whether this is the last message.
+        end_stream: bool,
+    },
+    /// Half-close a stream, or let a call finish (`proxy_grpc_close`).
+    Close(u32),
+    /// Drop a call or stream without further callbacks (`proxy_grpc_cancel`).
+    Cancel(u32),
+}
+
+/// Something that happened on a gRPC call or stream, for the plugin.
+#[derive(Debug, Clone)]
+pub enum GrpcEvent {
+    /// The response headers (streams only, as in Envoy).
+    InitialMetadata(HeaderMap),
+    /// One response message (without framing).
+    Message(Vec<u8>),
+    /// The response trailers (streams only).
+    TrailingMetadata(HeaderMap),
+    /// The end: the `grpc-status` and its message (`proxy_get_status` reads them).
+    Close {
+        /// `grpc-status`.
+        status: u32,
+        /// `grpc-message`.
+        message: String,
+    },
+}
+
 /// `proxy_continue_stream` / `proxy_close_stream` (and a local response sent outside a
 /// stream's own callback), addressed to a stream context.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,4 +221,10 @@ pub(crate) struct HttpCallState {
     pub(crate) call_response: Option<HttpCallResponse>,
     /// During `proxy_on_foreign_function`.
     pub(crate) foreign_arguments: Option<Vec<u8>>,
+    /// During a gRPC metadata callback: which map, and its fields.
+    pub(crate) grpc_metadata: Option<(rustng_abi::MapType, HeaderMap)>,
+    /// During `proxy_on_grpc_receive`.
+    pub(crate) grpc_message: Option<Vec<u8>>,
+    /// During `proxy_on_grpc_close`: what `proxy_get_status` answers.
+    pub(crate) grpc_status: Option<(u32, String)>,
 }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
-use rustng_abi::{Action, BufferType, LogLevel};
+use rustng_abi::{Action, BufferType, LogLevel, MapType};
 use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::error::WasmError;
 use crate::host::InstanceEnv;
 use crate::http::{
-    BodyOutcome, HeadersOutcome, HttpCallRequest, HttpCallResponse, RequestHead, ResponseHead,
-    StreamAction, StreamInfo,
+    BodyOutcome, GrpcAction, GrpcEvent, HeadersOutcome, HttpCallRequest, HttpCallResponse,
+    RequestHead, ResponseHead, StreamAction, StreamInfo,
 };
 use crate::limits::Limits;
 use crate::module::PluginModule;
@@ -57,6 +57,10 @@ struct StreamCallbacks {
     on_response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     on_http_call_response: Option<CallResponseCallback>,
     on_foreign_function: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_receive_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_receive_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
 }
 
 /// `proxy_on_http_call_response(context_id, token, headers, body_size, trailers)`.
@@ -79,6 +83,18 @@ impl StreamCallbacks {
             on_response_trailers: typed(instance, store, "proxy_on_response_trailers")?,
             on_http_call_response: typed(instance, store, "proxy_on_http_call_response")?,
             on_foreign_function: typed(instance, store, "proxy_on_foreign_function")?,
+            on_grpc_receive_initial_metadata: typed(
+                instance,
+                store,
+                "proxy_on_grpc_receive_initial_metadata",
+            )?,
+            on_grpc_receive: typed(instance, store, "proxy_on_grpc_receive")?,
+            on_grpc_receive_trailing_metadata: typed(
+                instance,
+                store,
+                "proxy_on_grpc_receive_trailing_metadata",
+            )?,
+            on_grpc_close: typed(instance, store, "proxy_on_grpc_close")?,
         })
     }
 }
@@ -166,6 +182,7 @@ impl PluginInstance {
             stream_actions: Vec::new(),
             pending_calls: Vec::new(),
             last_call_token: 0,
+            grpc_actions: Vec::new(),
             upstreams: env.upstreams,
         };
         let mut store = Store::new(module.engine.inner(), state);
@@ -626,6 +643,67 @@ impl PluginInstance {
         );
         self.store.data_mut().http.foreign_arguments = None;
         result
+    }
+
+    /// Delivers a gRPC event for the call `token` on the root context (the SDKs find the
+    /// caller by token, as for HTTP calls).
+    pub fn on_grpc(&mut self, token: u32, event: GrpcEvent) -> Result<(), WasmError> {
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let http = &mut self.store.data_mut().http;
+        let (name, callback, argument) = match event {
+            GrpcEvent::InitialMetadata(fields) => {
+                let n = count(fields.len());
+                http.grpc_metadata = Some((MapType::GrpcReceiveInitialMetadata, fields));
+                (
+                    "proxy_on_grpc_receive_initial_metadata",
+                    &self.stream.on_grpc_receive_initial_metadata,
+                    n,
+                )
+            }
+            GrpcEvent::Message(message) => {
+                let n = count(message.len());
+                http.grpc_message = Some(message);
+                ("proxy_on_grpc_receive", &self.stream.on_grpc_receive, n)
+            }
+            GrpcEvent::TrailingMetadata(fields) => {
+                let n = count(fields.len());
+                http.grpc_metadata = Some((MapType::GrpcReceiveTrailingMetadata, fields));
+                (
+                    "proxy_on_grpc_receive_trailing_metadata",
+                    &self.stream.on_grpc_receive_trailing_metadata,
+                    n,
+                )
+            }
+            GrpcEvent::Close { status, message } => {
+                http.grpc_status = Some((status, message));
+                (
+                    "proxy_on_grpc_close",
+                    &self.stream.on_grpc_close,
+                    status as i32,
+                )
+            }
+        };
+        let result = match callback {
+            Some(f) => invoke(
+                &mut self.store,
+                &self.limits,
+                ROOT_CONTEXT_ID,
+                name,
+                f,
+                (ROOT_CONTEXT_ID, token as i32, argument),
+            ),
+            None => Ok(()),
+        };
+        let http = &mut self.store.data_mut().http;
+        http.grpc_metadata = None;
+        http.grpc_message = None;
+        http.grpc_status = None;
+        result
+    }
+
+    /// gRPC calls opened, messages sent, calls closed or cancelled since the last time.
+    pub fn take_grpc_actions(&mut self) -> Vec<GrpcAction> {
+        std::mem::take(&mut self.store.data_mut().grpc_actions)
     }
 
     /// HTTP calls the plugin made since the last time, for the host to send.

@@ -28,8 +28,8 @@ pub use error::WasmError;
 pub use foreign::{ForeignFunction, ForeignFunctions};
 pub use host::{InstanceEnv, PluginHost, UpstreamCheck};
 pub use http::{
-    BodyOutcome, HeadersOutcome, HttpCallRequest, HttpCallResponse, LocalResponse, RequestHead,
-    ResponseHead, StreamAction, StreamInfo,
+    BodyOutcome, GrpcAction, GrpcCall, GrpcEvent, HeadersOutcome, HttpCallRequest,
+    HttpCallResponse, LocalResponse, RequestHead, ResponseHead, StreamAction, StreamInfo,
 };
 pub use instance::{Direction, HttpContextId, PluginInstance};
 pub use limits::Limits;

@@ -6,7 +6,7 @@ use rustng_abi::{BufferType, LogLevel};
 use wasmtime::{Memory, StoreLimits, TypedFunc};
 
 use crate::host::PluginHost;
-use crate::http::{HttpCallRequest, HttpCallState, StreamAction};
+use crate::http::{GrpcAction, HttpCallRequest, HttpCallState, StreamAction};
 use crate::metrics::Metric;
 use crate::shared::QueueNotifier;
 
@@ -80,6 +80,8 @@ pub(crate) struct HostState {
     /// HTTP calls made during the callback, for the host to send after it.
     pub(crate) pending_calls: Vec<HttpCallRequest>,
     pub(crate) last_call_token: u32,
+    /// gRPC calls opened, messages sent, calls closed or cancelled during the callback.
+    pub(crate) grpc_actions: Vec<GrpcAction>,
     /// Whether a cluster exists (`proxy_http_call` refuses unknown ones at once, as Envoy).
     pub(crate) upstreams: Option<crate::host::UpstreamCheck>,
 }
@@ -121,6 +123,7 @@ impl HostState {
                 self.http.call_response.as_ref().map(|r| r.body.as_slice())
             }
             BufferType::CallData => self.http.foreign_arguments.as_deref(),
+            BufferType::GrpcReceiveBuffer => self.http.grpc_message.as_deref(),
             _ => None,
         }
     }

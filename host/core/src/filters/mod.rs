@@ -14,6 +14,7 @@
 mod body;
 mod callout;
 mod chain;
+mod grpc;
 mod pause;
 
 use std::cell::{Cell, RefCell};
@@ -25,7 +26,7 @@ use std::time::Duration;
 use http::{HeaderValue, StatusCode};
 use rustng_runtime_config::{FailurePolicy, Plugin};
 use rustng_wasm::{
-    HttpCallRequest, HttpCallResponse, InstanceEnv, Limits, PluginConfig, PluginHost,
+    GrpcAction, HttpCallRequest, HttpCallResponse, InstanceEnv, Limits, PluginConfig, PluginHost,
     PluginInstance, PluginModule, QueueNotifier, QueueReady, StreamAction, UpstreamCheck,
     WasmEngine, WasmError,
 };
@@ -98,6 +99,13 @@ impl LoadedPlugin {
     }
 }
 
+/// What a plugin asked for during a callback, besides its return value.
+struct Asked {
+    calls: Vec<HttpCallRequest>,
+    actions: Vec<(i32, StreamAction)>,
+    grpc: Vec<GrpcAction>,
+}
+
 /// Something for a stream that waits on a plugin (see [`pause`]).
 pub(crate) enum StreamEvent {
     /// Continue, close or answer, from any callback of the plugin.
@@ -122,6 +130,8 @@ pub(crate) struct Filter {
     /// Contexts with HTTP calls in flight; a context that ends leaves, and its calls' answers
     /// are dropped (Envoy cancels them).
     calling: RefCell<HashMap<i32, usize>>,
+    /// gRPC calls and streams in flight, by token.
+    grpc: RefCell<HashMap<u32, grpc::GrpcHandle>>,
 }
 
 impl Filter {
@@ -149,6 +159,7 @@ impl Filter {
             clusters,
             waiting: RefCell::default(),
             calling: RefCell::default(),
+            grpc: RefCell::default(),
         });
         // What the start sequence asked for (a call from on_configure, say).
         filter.collect();
@@ -167,28 +178,28 @@ impl Filter {
         self: &Rc<Self>,
         call: impl FnOnce(&mut PluginInstance) -> Result<T, WasmError>,
     ) -> Option<Result<T, WasmError>> {
-        let (result, calls, actions) = {
+        let (result, asked) = {
             let mut slot = self.instance.borrow_mut();
             let instance = slot.as_mut()?;
             let result = call(instance);
-            let (calls, actions) = self.after_callback(instance);
-            (result, calls, actions)
+            (result, self.after_callback(instance))
         };
-        self.dispatch(calls, actions);
+        self.dispatch(asked);
         Some(result)
     }
 
     /// Notes a tick period a callback may have changed and takes what the plugin asked for.
-    fn after_callback(
-        &self,
-        instance: &mut PluginInstance,
-    ) -> (Vec<HttpCallRequest>, Vec<(i32, StreamAction)>) {
+    fn after_callback(&self, instance: &mut PluginInstance) -> Asked {
         let period = instance.tick_period();
         if period != self.tick_period.get() {
             self.tick_period.set(period);
             self.tick_changed.notify_one();
         }
-        (instance.take_http_calls(), instance.take_stream_actions())
+        Asked {
+            calls: instance.take_http_calls(),
+            actions: instance.take_stream_actions(),
+            grpc: instance.take_grpc_actions(),
+        }
     }
 
     /// Collects and dispatches outside any callback (after the start sequence).
@@ -197,14 +208,22 @@ impl Filter {
             let mut slot = self.instance.borrow_mut();
             slot.as_mut().map(|instance| self.after_callback(instance))
         };
-        if let Some((calls, actions)) = taken {
-            self.dispatch(calls, actions);
+        if let Some(asked) = taken {
+            self.dispatch(asked);
         }
     }
 
     /// Starts the calls and hands the actions to the streams waiting for them. An action for
     /// a stream that is not waiting (already running again, or gone) has nothing to do.
-    fn dispatch(self: &Rc<Self>, calls: Vec<HttpCallRequest>, actions: Vec<(i32, StreamAction)>) {
+    fn dispatch(self: &Rc<Self>, asked: Asked) {
+        let Asked {
+            calls,
+            actions,
+            grpc,
+        } = asked;
+        for action in grpc {
+            grpc::dispatch(self, action);
+        }
         for call in calls {
             *self
                 .calling
@@ -272,6 +291,9 @@ impl Filter {
         // The dead instance's streams will never be resumed by it.
         self.waiting.borrow_mut().clear();
         self.calling.borrow_mut().clear();
+        for (_, call) in self.grpc.borrow_mut().drain() {
+            call.cancel();
+        }
         self.fails_open()
     }
 

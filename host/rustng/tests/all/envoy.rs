@@ -47,7 +47,9 @@ pub(crate) struct Envoy {
 }
 
 impl Envoy {
-    pub(crate) fn start(plugin: &EnvoyPlugin<'_>, upstream: SocketAddr) -> Envoy {
+    /// Envoy with `plugin` in front of `upstream` (cluster `backend`, HTTP/1.1), plus a
+    /// cluster `grpc` (HTTP/2) for the plugin's gRPC calls.
+    pub(crate) fn start(plugin: &EnvoyPlugin<'_>, upstream: SocketAddr, grpc: SocketAddr) -> Envoy {
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = format!(
@@ -95,12 +97,25 @@ impl Envoy {
       endpoints:
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
+  - name: grpc
+    type: STATIC
+    connect_timeout: 5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {grpc_port} }} }} }}
 "#,
             port = addr.port(),
             name = plugin.name,
             wasm = serde_json::to_string(&plugin.wasm.display().to_string()).expect("json"),
             configuration = serde_json::to_string(plugin.configuration).expect("json"),
             upstream_port = upstream.port(),
+            grpc_port = grpc.port(),
         );
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write config");

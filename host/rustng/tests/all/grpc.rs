@@ -82,7 +82,8 @@ impl StreamingService<Note> for Chat {
     }
 }
 
-async fn start_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// A tonic server with `rustng.test.Echo/Unary` and `/Chat` on 127.0.0.1 (HTTP/2).
+pub(crate) async fn start_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -233,6 +233,11 @@ fn plain_map(state: &HostState, map: MapType) -> Result<&http::HeaderMap, Status
         MapType::HttpRequestTrailers => http.request_trailers.as_ref(),
         MapType::HttpResponseTrailers => http.response_trailers.as_ref(),
         MapType::HttpCallResponseTrailers => http.call_response.as_ref().map(|r| &r.trailers),
+        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => http
+            .grpc_metadata
+            .as_ref()
+            .filter(|(kind, _)| *kind == map)
+            .map(|(_, fields)| fields),
         _ => None,
     }
     .ok_or(Status::NotFound)

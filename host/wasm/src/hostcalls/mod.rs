@@ -5,6 +5,7 @@
 mod buffers;
 mod clock;
 mod foreign;
+mod grpc;
 mod headers;
 mod log;
 mod metrics;
@@ -31,6 +32,7 @@ const GROUPS: &[Implemented] = &[
     buffers::NAMES,
     clock::NAMES,
     foreign::NAMES,
+    grpc::NAMES,
     headers::NAMES,
     metrics::NAMES,
     properties::NAMES,
@@ -46,6 +48,7 @@ pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, WasmError> {
     buffers::add_to_linker(&mut linker).map_err(runtime)?;
     clock::add_to_linker(&mut linker).map_err(runtime)?;
     foreign::add_to_linker(&mut linker).map_err(runtime)?;
+    grpc::add_to_linker(&mut linker).map_err(runtime)?;
     headers::add_to_linker(&mut linker).map_err(runtime)?;
     metrics::add_to_linker(&mut linker).map_err(runtime)?;
     properties::add_to_linker(&mut linker).map_err(runtime)?;

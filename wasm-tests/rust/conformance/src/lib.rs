@@ -80,15 +80,74 @@ impl RootContext for Root {
     }
 }
 
-/// One request: which `/pass/` or call case it runs.
+/// One request: which `/pass/` or call case it runs, and what a gRPC stream reported.
 #[derive(Default)]
 struct Stream {
     case: String,
+    grpc: Vec<String>,
+}
+
+/// The cluster of the gRPC cases (HTTP/2 to the test's tonic server).
+const GRPC_UPSTREAM: &str = "grpc";
+const GRPC_SERVICE: &str = "rustng.test.Echo";
+
+/// A `rustng.test.Note { text = 1, seq = 2 }` in protobuf's wire format, by hand.
+fn note(text: &str, seq: u8) -> Vec<u8> {
+    let mut out = vec![0x0a, text.len() as u8];
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&[0x10, seq]);
+    out
 }
 
 const UPSTREAM: &str = "backend";
 
 impl Context for Stream {
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        let mut lines = vec![format!("grpc.status={status_code}")];
+        if status_code == 0 {
+            let body = self
+                .get_grpc_call_response_body(0, response_size)
+                .unwrap_or_default();
+            lines.push(format!("grpc.response={}", printable(&body)));
+        } else {
+            let (_, message) = self.get_grpc_status();
+            lines.push(format!("grpc.message={}", message.unwrap_or_default()));
+        }
+        self.answer_lines(&lines);
+    }
+
+    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, _num_elements: u32) {
+        let content_type = self
+            .get_grpc_stream_initial_metadata_value("content-type")
+            .map(|v| printable(&v))
+            .unwrap_or_default();
+        self.grpc
+            .push(format!("stream.content-type={content_type}"));
+    }
+
+    fn on_grpc_stream_message(&mut self, _token: u32, message_size: usize) {
+        let message = self
+            .get_grpc_stream_message(0, message_size)
+            .unwrap_or_default();
+        self.grpc
+            .push(format!("stream.message={}", printable(&message)));
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token: u32, _num_elements: u32) {
+        let status = self
+            .get_grpc_stream_trailing_metadata_value("grpc-status")
+            .map(|v| printable(&v))
+            .unwrap_or_default();
+        self.grpc
+            .push(format!("stream.trailer.grpc-status={status}"));
+    }
+
+    fn on_grpc_stream_close(&mut self, _token: u32, status_code: u32) {
+        let mut lines = std::mem::take(&mut self.grpc);
+        lines.push(format!("stream.close={status_code}"));
+        self.answer_lines(&lines);
+    }
+
     fn on_http_call_response(
         &mut self,
         _token: u32,
@@ -128,6 +187,65 @@ impl Context for Stream {
 }
 
 impl Stream {
+    /// Answers the request with `lines` (for callbacks after the request headers).
+    fn answer_lines(&self, lines: &[String]) {
+        for line in lines {
+            let _ = hostcalls::log(LogLevel::Info, &format!("conformance {} {line}", self.case));
+        }
+        let mut body = lines.join("\n");
+        body.push('\n');
+        self.send_http_response(
+            200,
+            vec![("x-conformance-case", self.case.as_str())],
+            Some(body.as_bytes()),
+        );
+    }
+
+    /// `/conformance/grpc-*`: a gRPC call or stream whose outcome becomes the answer.
+    fn grpc(&mut self, case: &str, report: &mut Report) -> Action {
+        self.case = case.to_owned();
+        let timeout = std::time::Duration::from_secs(5);
+        let opened = match case {
+            "grpc-unary" => self.dispatch_grpc_call(
+                GRPC_UPSTREAM,
+                GRPC_SERVICE,
+                "Unary",
+                vec![("x-from", b"conformance")],
+                Some(&note("hi", 41)),
+                timeout,
+            ),
+            "grpc-unary-fail" => self.dispatch_grpc_call(
+                GRPC_UPSTREAM,
+                GRPC_SERVICE,
+                "Unary",
+                vec![],
+                Some(&note("fail", 0)),
+                timeout,
+            ),
+            "grpc-unknown-cluster" => self.dispatch_grpc_call(
+                "no-such-cluster",
+                GRPC_SERVICE,
+                "Unary",
+                vec![],
+                Some(&note("hi", 1)),
+                timeout,
+            ),
+            _ => self
+                .open_grpc_stream(GRPC_UPSTREAM, GRPC_SERVICE, "Chat", vec![])
+                .inspect(|token| {
+                    self.send_grpc_stream_message(*token, Some(&note("one", 1)), false);
+                    self.send_grpc_stream_message(*token, Some(&note("two", 2)), true);
+                }),
+        };
+        match opened {
+            Ok(_) => Action::Pause,
+            Err(status) => {
+                report.line("dispatch", format!("{status:?}"));
+                Action::Continue
+            }
+        }
+    }
+
     /// `/pass/<case>/...`: stream behaviour on a request that goes upstream.
     fn pass(&mut self, case: &str) -> Action {
         self.case = case.to_owned();
@@ -247,8 +365,14 @@ impl HttpContext for Stream {
                 return action;
             }
         }
+        if case.starts_with("grpc-") {
+            let action = self.grpc(&case, &mut report);
+            if action == Action::Pause {
+                return action;
+            }
+        }
         match case.as_str() {
-            c if c.starts_with("call-") => {}
+            c if c.starts_with("call-") || c.starts_with("grpc-") => {}
             "shared-data" => shared_data(self, &mut report),
             "queue-send" => queue_send(self, &mut report),
             "queue-read" => {
