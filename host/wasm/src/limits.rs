@@ -13,6 +13,17 @@ pub(crate) const MAX_LOG_MESSAGE: usize = 64 * 1024;
 /// Largest `random_get` request; the WASI call answers `INVAL` above it.
 pub(crate) const MAX_RANDOM_BYTES: usize = 64 * 1024;
 
+/// Most fields a guest may grow a header map to. A hostile module adding headers in a loop
+/// fills host memory, not its own, so the host stops it: no real filter adds thousands.
+pub(crate) const MAX_HEADER_MAP_FIELDS: usize = 1024;
+
+/// Most bytes (names and values) a guest may grow a header map to, for the same reason;
+/// far above any proxy's request-head limit (Envoy's default is 60 KiB).
+pub(crate) const MAX_HEADER_MAP_BYTES: usize = 1024 * 1024;
+
+/// Largest body a guest may make with `proxy_set_buffer_bytes` (host memory again).
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// Limits of one plugin instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {

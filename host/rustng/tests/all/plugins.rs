@@ -87,13 +87,16 @@ async fn an_envoy_rust_sdk_filter_runs_unchanged() {
     );
 }
 
-/// Traps on paths starting `/b`, loops forever on `/l`, passes the rest.
+/// Traps on paths starting `/b`, loops forever on `/l`, adds 60 KB headers until the host
+/// refuses one (then traps, as an SDK would) on `/h`, passes the rest.
 fn hostile_module(dir: &std::path::Path) -> PathBuf {
     let wasm = wat::parse_str(
         r#"(module
   (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
   (data (i32.const 16) ":path")
+  (data (i32.const 32) "x-flood")
   (global $heap (mut i32) (i32.const 4096))
   (func (export "malloc") (param $size i32) (result i32)
     (local $p i32)
@@ -108,6 +111,13 @@ fn hostile_module(dir: &std::path::Path) -> PathBuf {
     (local.set $second (i32.load8_u (i32.add (i32.load (i32.const 64)) (i32.const 1))))
     (if (i32.eq (local.get $second) (i32.const 98)) (then unreachable))
     (if (i32.eq (local.get $second) (i32.const 108)) (then (loop $forever (br $forever))))
+    (if (i32.eq (local.get $second) (i32.const 104))
+      (then
+        (memory.fill (i32.const 65536) (i32.const 97) (i32.const 60000))
+        (loop $flood
+          (br_if $flood (i32.eqz (call $add (i32.const 0) (i32.const 32) (i32.const 7)
+                                           (i32.const 65536) (i32.const 60000)))))
+        unreachable))
     (i32.const 0))
 )"#,
     )
@@ -176,6 +186,15 @@ async fn failure_policies_decide_and_the_proxy_keeps_serving() {
         started.elapsed()
     );
     assert_eq!(get(&client, &proxy.url("/ok")).await.status, 200);
+    // A header flood stops at the host's map limit (1 MiB), not at the host's memory.
+    let before = proxy.rss_kib();
+    assert_eq!(get(&client, &proxy.url("/headers")).await.status, 503);
+    assert_eq!(get(&client, &proxy.url("/ok")).await.status, 200);
+    assert!(
+        proxy.rss_kib() < before + 64 * 1024,
+        "RSS grew from {before} KiB to {} KiB",
+        proxy.rss_kib()
+    );
     assert!(
         proxy.log_eventually_contains("deadline exceeded"),
         "{}",

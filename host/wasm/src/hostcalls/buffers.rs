@@ -7,6 +7,7 @@ use rustng_abi::{BufferType, Status};
 use wasmtime::{Caller, Linker};
 
 use super::status;
+use crate::limits::MAX_BODY_BYTES;
 use crate::memory::{read_guest, return_bytes, write_u32};
 use crate::state::HostState;
 
@@ -86,6 +87,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 /// size 0 prepends, the whole length replaces everything); at or past the end, `data` is
 /// appended; anything else is `BAD_ARGUMENT`.
 fn splice(body: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -> Result<(), Status> {
+    if body.len().saturating_add(data.len()) > MAX_BODY_BYTES {
+        return Err(Status::InternalFailure);
+    }
     if start == 0 {
         let drained = size.min(body.len());
         body.splice(..drained, data.iter().copied());

@@ -13,6 +13,7 @@ use wasmtime::{Caller, Linker};
 
 use super::status;
 use crate::http::{LocalResponse, RequestHead, StreamAction};
+use crate::limits::{MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_FIELDS};
 use crate::memory::{guest_memory, read_guest, return_bytes, slice, write_u32};
 use crate::state::HostState;
 
@@ -224,6 +225,26 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue,
         }
         other => lookup(plain_map(state, other)?, key),
     }
+}
+
+/// Whether a map may take another `adding` bytes (see `MAX_HEADER_MAP_*`). Refused with
+/// `INTERNAL_FAILURE`: the SDKs treat it as fatal, so a module adding without end traps and
+/// meets its failure policy instead of exhausting the host.
+fn room_for(headers: &http::HeaderMap, adding: usize) -> Result<(), Status> {
+    if headers.len() >= MAX_HEADER_MAP_FIELDS || adding > MAX_HEADER_MAP_BYTES {
+        return Err(Status::InternalFailure);
+    }
+    // Summing is O(fields): only worth it once a map is larger than any ordinary one.
+    if headers.len() > 64 {
+        let held: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if held + adding > MAX_HEADER_MAP_BYTES {
+            return Err(Status::InternalFailure);
+        }
+    }
+    Ok(())
 }
 
 /// A map without pseudo-headers: trailers, and the trailers of an HTTP call's response.
