@@ -118,6 +118,9 @@ fn change(
     }
     // `HeaderName` lowercases as it parses (one copy, not two).
     let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+    if let Change::Add(value) | Change::Replace(value) = change {
+        room_for(headers, key.len() + value.len())?;
+    }
     match change {
         Change::Add(value) => {
             let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
