@@ -2,8 +2,10 @@
 //! with their WebAssembly signatures. The host registers its implementations from this table
 //! and tests check the implementation against it, so the code never silently becomes the spec.
 //!
-//! Source: the proxy-wasm ABI v0.2.1 specification. The v0.1.0 and v0.2.0 differences join
-//! the table as those versions are implemented (issue 3).
+//! Source: the proxy-wasm ABI specifications. [`HOSTCALLS`] is v0.2.1; [`hostcalls`] gives
+//! the table of any version: 0.1.0 and 0.2.0 modules import a few calls that 0.2.1 dropped
+//! or changed (`proxy_get_configuration`, `proxy_continue_request`/`_response`,
+//! `proxy_clear_route_cache`, and a `proxy_grpc_call` without initial metadata).
 
 /// A WebAssembly value type in a signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +233,42 @@ pub const CALLBACKS: &[Callback] = &[
     cb("proxy_on_queue_ready", &[I32, I32], &[]),
     cb("proxy_on_foreign_function", &[I32, I32, I32], &[]),
 ];
+
+/// 0.1.0's calls beyond the shared ones: configuration through one call, resuming by
+/// direction, and the route cache.
+pub const HOSTCALLS_0_1_0_EXTRA: &[Hostcall] = &[
+    env("proxy_get_configuration", &[I32, I32]),
+    env("proxy_continue_request", &[]),
+    env("proxy_continue_response", &[]),
+    env("proxy_clear_route_cache", &[]),
+];
+
+/// 0.2.0's calls beyond the shared ones.
+pub const HOSTCALLS_0_2_0_EXTRA: &[Hostcall] = &[env("proxy_clear_route_cache", &[])];
+
+/// `proxy_grpc_call` before 0.2.1: no initial metadata.
+pub const GRPC_CALL_BEFORE_0_2_1: Hostcall = env(
+    "proxy_grpc_call",
+    &[I32, I32, I32, I32, I32, I32, I32, I32, I32, I32],
+);
+
+/// Every hostcall a module of `version` may import.
+pub fn hostcalls(version: crate::AbiVersion) -> Vec<Hostcall> {
+    use crate::AbiVersion::{V0_1_0, V0_2_0, V0_2_1};
+    let extra = match version {
+        V0_1_0 => HOSTCALLS_0_1_0_EXTRA,
+        V0_2_0 => HOSTCALLS_0_2_0_EXTRA,
+        V0_2_1 => &[],
+    };
+    HOSTCALLS
+        .iter()
+        .map(|h| match (version, h.name) {
+            (V0_1_0 | V0_2_0, "proxy_grpc_call") => GRPC_CALL_BEFORE_0_2_1,
+            _ => *h,
+        })
+        .chain(extra.iter().copied())
+        .collect()
+}
 
 /// The hostcall called `name` in `module`.
 pub fn hostcall(module: Module, name: &str) -> Option<&'static Hostcall> {

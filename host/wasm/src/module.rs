@@ -1,7 +1,7 @@
 //! A compiled proxy-wasm module, checked against the ABI and ready to instantiate.
 
 use rustng_abi::AbiVersion;
-use rustng_abi::table::{HOSTCALLS, Module as ImportModule};
+use rustng_abi::table::{self, Module as ImportModule};
 use wasmtime::{ExternType, InstancePre, Module};
 
 use crate::engine::WasmEngine;
@@ -40,8 +40,9 @@ impl PluginModule {
                 "exports neither proxy_on_memory_allocate nor malloc".into(),
             ));
         };
+        let hostcalls = table::hostcalls(abi);
         for import in module.imports() {
-            let known = HOSTCALLS.iter().any(|h| {
+            let known = hostcalls.iter().any(|h| {
                 h.module.name() == import.module() && h.name == import.name()
                     || (import.module() == "wasi_unstable"
                         && h.module == ImportModule::WasiPreview1
@@ -54,7 +55,7 @@ impl PluginModule {
                 });
             }
         }
-        let linker = hostcalls::linker(engine.inner())?;
+        let linker = hostcalls::linker(engine.inner(), abi)?;
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| WasmError::Abi(format!("imports do not match the ABI: {e:#}")))?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use rustng_abi::table::Module;
-use rustng_abi::{Status, decode_pairs};
+use rustng_abi::{AbiVersion, Status, decode_pairs};
 use wasmtime::{Caller, Linker};
 
 use super::status;
@@ -96,7 +96,60 @@ fn open(
     token
 }
 
-pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(
+    linker: &mut Linker<HostState>,
+    version: AbiVersion,
+) -> wasmtime::Result<()> {
+    if version == AbiVersion::V0_2_1 {
+        add_grpc_call(linker)?;
+    } else {
+        add_grpc_call_without_metadata(linker)?;
+    }
+    add_the_rest(linker)
+}
+
+/// Before 0.2.1, `proxy_grpc_call` took no initial metadata.
+fn add_grpc_call_without_metadata(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |mut caller: Caller<'_, HostState>,
+         upstream: i32,
+         upstream_size: i32,
+         service: i32,
+         service_size: i32,
+         method: i32,
+         method_size: i32,
+         message: i32,
+         message_size: i32,
+         timeout_ms: i32,
+         return_token: i32|
+         -> i32 {
+            status((|| {
+                let target = target(
+                    &caller,
+                    (upstream, upstream_size),
+                    (service, service_size),
+                    (method, method_size),
+                    (0, 0),
+                )?;
+                let message = read_guest(&caller, message, message_size)?;
+                let token = open(&mut caller, target, Some(message), timeout(timeout_ms));
+                write_u32(&mut caller, return_token, token)
+            })())
+        },
+    )?;
+    Ok(())
+}
+
+fn timeout(ms: i32) -> Option<Duration> {
+    match ms as u32 {
+        0 => None,
+        ms => Some(Duration::from_millis(u64::from(ms))),
+    }
+}
+
+fn add_grpc_call(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_grpc_call",
@@ -123,15 +176,15 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     (metadata, metadata_size),
                 )?;
                 let message = read_guest(&caller, message, message_size)?;
-                let timeout = match timeout_ms as u32 {
-                    0 => None,
-                    ms => Some(Duration::from_millis(u64::from(ms))),
-                };
-                let token = open(&mut caller, target, Some(message), timeout);
+                let token = open(&mut caller, target, Some(message), timeout(timeout_ms));
                 write_u32(&mut caller, return_token, token)
             })())
         },
     )?;
+    Ok(())
+}
+
+fn add_the_rest(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_grpc_stream",

@@ -7,6 +7,7 @@ mod clock;
 mod foreign;
 mod grpc;
 mod headers;
+mod legacy;
 mod log;
 mod metrics;
 mod properties;
@@ -14,7 +15,8 @@ mod shared;
 mod stream;
 mod wasi;
 
-use rustng_abi::table::{HOSTCALLS, Module, ValType};
+use rustng_abi::AbiVersion;
+use rustng_abi::table::{self, Module, ValType};
 use rustng_abi::{Status, WasiErrno};
 use wasmtime::{Engine, FuncType, Linker, Val};
 
@@ -34,6 +36,7 @@ const GROUPS: &[Implemented] = &[
     foreign::NAMES,
     grpc::NAMES,
     headers::NAMES,
+    legacy::NAMES,
     metrics::NAMES,
     properties::NAMES,
     shared::NAMES,
@@ -41,21 +44,23 @@ const GROUPS: &[Implemented] = &[
     wasi::NAMES,
 ];
 
-pub(crate) fn linker(engine: &Engine) -> Result<Linker<HostState>, WasmError> {
+/// The linker for modules of `version`: every call of its table, implemented or stubbed.
+pub(crate) fn linker(engine: &Engine, version: AbiVersion) -> Result<Linker<HostState>, WasmError> {
     let mut linker = Linker::new(engine);
     let runtime = |e: wasmtime::Error| WasmError::Runtime(format!("{e:#}"));
     log::add_to_linker(&mut linker).map_err(runtime)?;
     buffers::add_to_linker(&mut linker).map_err(runtime)?;
     clock::add_to_linker(&mut linker).map_err(runtime)?;
     foreign::add_to_linker(&mut linker).map_err(runtime)?;
-    grpc::add_to_linker(&mut linker).map_err(runtime)?;
+    grpc::add_to_linker(&mut linker, version).map_err(runtime)?;
     headers::add_to_linker(&mut linker).map_err(runtime)?;
+    legacy::add_to_linker(&mut linker, version).map_err(runtime)?;
     metrics::add_to_linker(&mut linker).map_err(runtime)?;
     properties::add_to_linker(&mut linker).map_err(runtime)?;
     shared::add_to_linker(&mut linker).map_err(runtime)?;
     stream::add_to_linker(&mut linker).map_err(runtime)?;
     wasi::add_to_linker(&mut linker).map_err(runtime)?;
-    for hostcall in HOSTCALLS {
+    for hostcall in &table::hostcalls(version) {
         let implemented = GROUPS
             .iter()
             .any(|group| group.contains(&(hostcall.module, hostcall.name)));

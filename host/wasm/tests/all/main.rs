@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use rustng_abi::{AbiVersion, LogLevel};
 use rustng_wasm::{
-    ForeignFunctions, InstanceEnv, Limits, LogSink, PluginConfig, PluginHost, PluginInstance,
-    PluginModule, WasmEngine, WasmError,
+    ForeignFunctions, HeadersOutcome, InstanceEnv, Limits, LogSink, PluginConfig, PluginHost,
+    PluginInstance, PluginModule, RequestHead, StreamAction, StreamInfo, WasmEngine, WasmError,
 };
 
 type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
@@ -43,6 +43,12 @@ fn env(sink: LogSink) -> InstanceEnv {
 
 /// A module with a bump allocator, the 0.2.1 marker and the given extra imports and body.
 fn module(imports: &str, body: &str) -> Vec<u8> {
+    module_of(AbiVersion::V0_2_1, imports, body)
+}
+
+/// The same for any ABI version.
+fn module_of(version: AbiVersion, imports: &str, body: &str) -> Vec<u8> {
+    let marker = version.marker();
     let text = format!(
         r#"(module
   {imports}
@@ -54,7 +60,7 @@ fn module(imports: &str, body: &str) -> Vec<u8> {
     (global.set $heap (i32.add (global.get $heap)
       (i32.and (i32.add (local.get $size) (i32.const 7)) (i32.const -8))))
     (local.get $ptr))
-  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "{marker}"))
   {body}
 )"#
     );
@@ -360,4 +366,70 @@ fn foreign_functions_are_called_by_name_and_unknown_ones_are_not_found() {
         lines(&logged),
         vec![(LogLevel::Info, "test:QUIET".to_owned())]
     );
+}
+
+#[test]
+fn abi_0_1_0_modules_read_configuration_and_resume_by_direction() {
+    let bytes = module_of(
+        AbiVersion::V0_1_0,
+        &format!(
+            r#"{LOG}
+  (import "env" "proxy_get_configuration" (func $get_configuration (param i32 i32) (result i32)))
+  (import "env" "proxy_continue_request" (func $continue_request (result i32)))
+  (import "env" "proxy_clear_route_cache" (func $clear_route_cache (result i32)))"#
+        ),
+        r#"
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (if (i32.ne (call $get_configuration (i32.const 200) (i32.const 204)) (i32.const 0))
+      (then (return (i32.const 0))))
+    (drop (call $log (i32.const 3) (i32.load (i32.const 200)) (i32.load (i32.const 204))))
+    (i32.eqz (call $clear_route_cache)))
+  ;; 0.1.0's two-argument form; resumes itself through the 0.1.0 call.
+  (func (export "proxy_on_request_headers") (param i32 i32) (result i32)
+    (drop (call $continue_request))
+    (i32.const 1))
+"#,
+    );
+    let (result, logged) = start(&bytes, Limits::default());
+    let mut instance = result.expect("starts");
+    assert_eq!(
+        lines(&logged),
+        vec![(LogLevel::Warn, r#"{"tag":"abc"}"#.to_owned())]
+    );
+    let context = instance.create_http_context().expect("context");
+    let outcome = instance
+        .on_request_headers(
+            context,
+            &mut RequestHead::default(),
+            &mut StreamInfo::default(),
+            true,
+        )
+        .expect("runs");
+    assert_eq!(outcome, HeadersOutcome::Pause);
+    assert_eq!(
+        instance.take_stream_actions(),
+        vec![(context.id(), StreamAction::ContinueRequest)]
+    );
+}
+
+#[test]
+fn each_abi_version_links_its_own_calls() {
+    // 0.2.0's gRPC call has no initial metadata, and the route cache call still exists.
+    let old = module_of(
+        AbiVersion::V0_2_0,
+        r#"(import "env" "proxy_grpc_call" (func (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_clear_route_cache" (func (result i32)))"#,
+        "",
+    );
+    PluginModule::compile(engine(), &old).expect("a 0.2.0 module loads");
+    // 0.2.1 dropped proxy_get_configuration: a module that imports it is refused.
+    let mixed = module(
+        r#"(import "env" "proxy_get_configuration" (func (param i32 i32) (result i32)))"#,
+        "",
+    );
+    match PluginModule::compile(engine(), &mixed) {
+        Err(WasmError::UnknownImport { name, .. }) => assert_eq!(name, "proxy_get_configuration"),
+        Err(other) => panic!("expected an unknown import, got {other}"),
+        Ok(_) => panic!("expected an unknown import"),
+    }
 }
