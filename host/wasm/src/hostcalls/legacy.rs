@@ -46,16 +46,14 @@ pub(super) fn add_to_linker(
         "env",
         "proxy_get_configuration",
         |mut caller: Caller<'_, HostState>, return_data: i32, return_size: i32| -> i32 {
-            status((|| {
-                // Whichever configuration the current callback receives.
-                let state = caller.data();
-                let bytes = state
-                    .readable_buffer
-                    .and_then(|buffer| state.buffer(buffer))
-                    .unwrap_or_default()
-                    .to_vec();
-                return_bytes(&mut caller, &bytes, return_data, return_size)
-            })())
+            // Whichever configuration the current callback receives.
+            let state = caller.data();
+            let bytes = state
+                .readable_buffer
+                .and_then(|buffer| state.buffer(buffer))
+                .unwrap_or_default()
+                .to_vec();
+            status(return_bytes(&mut caller, &bytes, return_data, return_size))
         },
     )?;
     linker.func_wrap(
