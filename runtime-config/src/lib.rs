@@ -13,7 +13,7 @@ mod validate;
 pub use error::{ConfigError, FieldError};
 pub use types::{
     CertificateConfig, Cluster, Config, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
-    LogConfig, LogFormat, Plugin, TlsConfig, UpstreamProtocol,
+    ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig, UpstreamProtocol,
 };
 pub use validate::validate;
 

@@ -120,6 +120,12 @@ pub struct RawListener {
     /// Plugins run on every request, in order (names from `plugins`).
     #[serde(default)]
     pub http_filters: Vec<String>,
+    /// `http` (default) or `tcp`: a TCP listener proxies connections to `default_cluster`
+    /// byte for byte (Envoy's `tcp_proxy`), through its `network_filters`.
+    pub protocol: Option<String>,
+    /// Plugins run on every connection of a `tcp` listener, in order.
+    #[serde(default)]
+    pub network_filters: Vec<String>,
 }
 
 /// `listeners[].http` — limits against slow, large or greedy clients.

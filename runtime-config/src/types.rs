@@ -95,6 +95,19 @@ pub struct Listener {
     pub http: HttpOptions,
     /// Plugins run on each request, in order.
     pub http_filters: Vec<String>,
+    /// What the listener speaks.
+    pub protocol: ListenerProtocol,
+    /// Plugins run on each connection of a TCP listener, in order.
+    pub network_filters: Vec<String>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and HTTP/2 (cleartext or TLS).
+    Http,
+    /// Plain TCP, proxied to the listener's cluster.
+    Tcp,
 }
 
 /// HTTP limits of a listener.

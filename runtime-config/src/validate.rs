@@ -117,12 +117,17 @@ impl Validator {
                         format!("duplicate listener name \"{}\"", l.name),
                     );
                 }
-                for (j, filter) in l.http_filters.iter().enumerate() {
-                    if !plugin_names.contains(filter) {
-                        self.error(
-                            format!("{path}.http_filters[{j}]"),
-                            format!("unknown plugin \"{filter}\""),
-                        );
+                for (field, filters) in [
+                    ("http_filters", &l.http_filters),
+                    ("network_filters", &l.network_filters),
+                ] {
+                    for (j, filter) in filters.iter().enumerate() {
+                        if !plugin_names.contains(filter) {
+                            self.error(
+                                format!("{path}.{field}[{j}]"),
+                                format!("unknown plugin \"{filter}\""),
+                            );
+                        }
                     }
                 }
                 let listener = self.listener(&path, l, &cluster_names)?;
@@ -271,6 +276,45 @@ impl Validator {
             max_concurrent_streams,
         };
 
+        let protocol = match l.protocol.as_deref() {
+            None | Some("http") => ListenerProtocol::Http,
+            Some("tcp") => ListenerProtocol::Tcp,
+            Some(other) => {
+                self.error(
+                    format!("{path}.protocol"),
+                    format!("unknown protocol \"{other}\" (http or tcp)"),
+                );
+                ListenerProtocol::Http
+            }
+        };
+        match protocol {
+            ListenerProtocol::Http if !l.network_filters.is_empty() => self.error(
+                format!("{path}.network_filters"),
+                "only TCP listeners (protocol: tcp) run network filters",
+            ),
+            ListenerProtocol::Tcp => {
+                if !l.http_filters.is_empty() {
+                    self.error(
+                        format!("{path}.http_filters"),
+                        "a TCP listener sees no HTTP: use network_filters",
+                    );
+                }
+                if l.default_cluster.is_none() {
+                    self.error(
+                        format!("{path}.default_cluster"),
+                        "a TCP listener needs the cluster it proxies to",
+                    );
+                }
+                if tls.is_some() {
+                    self.error(
+                        format!("{path}.tls"),
+                        "TLS on TCP listeners is not supported yet",
+                    );
+                }
+            }
+            ListenerProtocol::Http => {}
+        }
+
         Some(Listener {
             name: l.name,
             address: address?,
@@ -280,6 +324,8 @@ impl Validator {
             access_log: l.access_log.unwrap_or(true),
             http,
             http_filters: l.http_filters,
+            protocol,
+            network_filters: l.network_filters,
         })
     }
 

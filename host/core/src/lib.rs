@@ -21,6 +21,7 @@ mod registry;
 mod request_id;
 mod server;
 mod sniff;
+mod tcp_proxy;
 mod tls;
 mod tunnel;
 mod upstream;

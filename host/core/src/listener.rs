@@ -10,7 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::Codecs;
-use crate::filters::FilterChain;
+use crate::filters::{Filter, FilterChain};
 use crate::upstream::ClusterRt;
 
 /// Pending connections the kernel queues per socket (Linux caps it at `somaxconn`).
@@ -77,5 +77,7 @@ pub(crate) struct ListenerRt {
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) codecs: Codecs,
     pub(crate) filters: FilterChain,
+    /// A TCP listener's network filters, in order.
+    pub(crate) network_filters: Vec<Rc<Filter>>,
     pub(crate) limit: Arc<ConnectionLimit>,
 }

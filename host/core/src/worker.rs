@@ -19,7 +19,9 @@ use crate::filters::{Filter, FilterChain, LoadedPlugin};
 use crate::listener::{ConnectionLimit, ListenerRt};
 use crate::registry::Registry;
 use crate::sniff::{self, Protocol};
+use crate::tcp_proxy;
 use crate::upstream::ClusterRt;
+use rustng_runtime_config::ListenerProtocol;
 
 /// How often idle upstream connections past their timeout are closed.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -100,6 +102,11 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
                     .filter_map(|name| filters.get(name.as_str()).cloned())
                     .collect(),
             ),
+            network_filters: listener
+                .network_filters
+                .iter()
+                .filter_map(|name| filters.get(name.as_str()).cloned())
+                .collect(),
             limit,
             config: listener.clone(),
         });
@@ -183,6 +190,14 @@ async fn accept_loop(
         let registry = Rc::clone(&registry);
         let open = Rc::clone(&open);
         open.set(open.get() + 1);
+        if listener.config.protocol == ListenerProtocol::Tcp {
+            tokio::task::spawn_local(async move {
+                tcp_proxy::serve(stream, listener, peer).await;
+                drop(slot);
+                open.set(open.get() - 1);
+            });
+            continue;
+        }
         // Two task shapes, so a cleartext connection's task is not sized for TLS state.
         match listener.tls.clone() {
             None => tokio::task::spawn_local(async move {

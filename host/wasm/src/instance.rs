@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
-use rustng_abi::{Action, BufferType, LogLevel, MapType};
+use rustng_abi::{Action, BufferType, LogLevel, MapType, PeerType};
 use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::error::WasmError;
@@ -61,6 +61,11 @@ struct StreamCallbacks {
     on_grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
     on_grpc_receive_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     on_grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
+    on_new_connection: Option<TypedFunc<i32, i32>>,
+    on_downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_downstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
+    on_upstream_connection_close: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 /// `proxy_on_http_call_response(context_id, token, headers, body_size, trailers)`.
@@ -95,6 +100,19 @@ impl StreamCallbacks {
                 "proxy_on_grpc_receive_trailing_metadata",
             )?,
             on_grpc_close: typed(instance, store, "proxy_on_grpc_close")?,
+            on_new_connection: typed(instance, store, "proxy_on_new_connection")?,
+            on_downstream_data: typed(instance, store, "proxy_on_downstream_data")?,
+            on_upstream_data: typed(instance, store, "proxy_on_upstream_data")?,
+            on_downstream_connection_close: typed(
+                instance,
+                store,
+                "proxy_on_downstream_connection_close",
+            )?,
+            on_upstream_connection_close: typed(
+                instance,
+                store,
+                "proxy_on_upstream_connection_close",
+            )?,
         })
     }
 }
@@ -132,7 +150,7 @@ fn headers(
     Ok(Some(callback))
 }
 
-/// An HTTP stream context inside a plugin instance.
+/// A stream context inside a plugin instance: one HTTP request, or one TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HttpContextId(i32);
 
@@ -141,6 +159,15 @@ impl HttpContextId {
     pub fn id(self) -> i32 {
         self.0
     }
+}
+
+/// Which connection of a TCP stream.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PeerSide {
+    /// Client to proxy.
+    Downstream,
+    /// Proxy to upstream.
+    Upstream,
 }
 
 /// Which body or trailers callback.
@@ -704,6 +731,93 @@ impl PluginInstance {
     /// gRPC calls opened, messages sent, calls closed or cancelled since the last time.
     pub fn take_grpc_actions(&mut self) -> Vec<GrpcAction> {
         std::mem::take(&mut self.store.data_mut().grpc_actions)
+    }
+
+    /// `proxy_on_new_connection` for a TCP stream context; `true` to go on (a pause is taken
+    /// as going on: RustNg does not hold new connections yet).
+    pub fn on_new_connection(&mut self, context: HttpContextId) -> Result<(), WasmError> {
+        if let Some(f) = &self.stream.on_new_connection {
+            invoke(
+                &mut self.store,
+                &self.limits,
+                context.0,
+                "proxy_on_new_connection",
+                f,
+                context.0,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `proxy_on_downstream_data` / `proxy_on_upstream_data` on `data` (everything held for
+    /// this filter so far), readable and writable as `DOWNSTREAM_DATA` / `UPSTREAM_DATA`.
+    /// `Ok(false)`: the plugin paused, hold the data.
+    pub fn on_tcp_data(
+        &mut self,
+        side: PeerSide,
+        context: HttpContextId,
+        data: &mut Vec<u8>,
+        end_of_stream: bool,
+    ) -> Result<bool, WasmError> {
+        let (name, callback, buffer) = match side {
+            PeerSide::Downstream => (
+                "proxy_on_downstream_data",
+                &self.stream.on_downstream_data,
+                BufferType::DownstreamData,
+            ),
+            PeerSide::Upstream => (
+                "proxy_on_upstream_data",
+                &self.stream.on_upstream_data,
+                BufferType::UpstreamData,
+            ),
+        };
+        let Some(callback) = callback else {
+            return Ok(true);
+        };
+        let size = i32::try_from(data.len()).unwrap_or(i32::MAX);
+        self.store.data_mut().http.body = Some((buffer, std::mem::take(data)));
+        let action = invoke(
+            &mut self.store,
+            &self.limits,
+            context.0,
+            name,
+            callback,
+            (context.0, size, i32::from(end_of_stream)),
+        );
+        if let Some((_, changed)) = self.store.data_mut().http.body.take() {
+            *data = changed;
+        }
+        Ok(action? == 0)
+    }
+
+    /// `proxy_on_downstream_connection_close` / `proxy_on_upstream_connection_close`.
+    pub fn on_tcp_close(
+        &mut self,
+        side: PeerSide,
+        context: HttpContextId,
+        peer: PeerType,
+    ) -> Result<(), WasmError> {
+        let (name, callback) = match side {
+            PeerSide::Downstream => (
+                "proxy_on_downstream_connection_close",
+                &self.stream.on_downstream_connection_close,
+            ),
+            PeerSide::Upstream => (
+                "proxy_on_upstream_connection_close",
+                &self.stream.on_upstream_connection_close,
+            ),
+        };
+        match callback {
+            Some(f) => invoke(
+                &mut self.store,
+                &self.limits,
+                context.0,
+                name,
+                f,
+                (context.0, peer as i32),
+            ),
+            None => Ok(()),
+        }
     }
 
     /// HTTP calls the plugin made since the last time, for the host to send.

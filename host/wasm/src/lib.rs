@@ -31,9 +31,10 @@ pub use http::{
     BodyOutcome, GrpcAction, GrpcCall, GrpcEvent, HeadersOutcome, HttpCallRequest,
     HttpCallResponse, LocalResponse, RequestHead, ResponseHead, StreamAction, StreamInfo,
 };
-pub use instance::{Direction, HttpContextId, PluginInstance};
+pub use instance::{Direction, HttpContextId, PeerSide, PluginInstance};
 pub use limits::Limits;
 pub use metrics::MetricRegistry;
 pub use module::PluginModule;
+pub use rustng_abi::PeerType;
 pub use shared::{QueueNotifier, QueueReady};
 pub use state::{LogSink, PluginConfig};

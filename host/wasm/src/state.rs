@@ -113,7 +113,10 @@ impl HostState {
             }
             BufferType::VmConfiguration => Some(&self.config.vm_configuration),
             BufferType::PluginConfiguration => Some(&self.config.plugin_configuration),
-            BufferType::HttpRequestBody | BufferType::HttpResponseBody => self
+            BufferType::HttpRequestBody
+            | BufferType::HttpResponseBody
+            | BufferType::DownstreamData
+            | BufferType::UpstreamData => self
                 .http
                 .body
                 .as_ref()
@@ -124,7 +127,6 @@ impl HostState {
             }
             BufferType::CallData => self.http.foreign_arguments.as_deref(),
             BufferType::GrpcReceiveBuffer => self.http.grpc_message.as_deref(),
-            _ => None,
         }
     }
 }

@@ -245,6 +245,15 @@ impl Filter {
         }
     }
 
+    /// Sends the plugin's actions for `context` (and the answers to its calls) to `events`.
+    pub(crate) fn wait_on(&self, context: i32, events: mpsc::UnboundedSender<StreamEvent>) {
+        self.waiting.borrow_mut().insert(context, events);
+    }
+
+    pub(crate) fn stop_waiting(&self, context: i32) {
+        self.waiting.borrow_mut().remove(&context);
+    }
+
     /// A stream context ended: answers to its calls are no longer delivered.
     pub(crate) fn context_ended(&self, context: i32) {
         let mut calling = self.calling.borrow_mut();

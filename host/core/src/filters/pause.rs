@@ -34,7 +34,7 @@ pub(crate) async fn wait_for_resume(
         return Resumed::Continue;
     };
     let (sender, mut events) = mpsc::unbounded_channel();
-    filter.waiting.borrow_mut().insert(context.id(), sender);
+    filter.wait_on(context.id(), sender);
     let resumed = loop {
         match events.recv().await {
             // The instance died and dropped its waiting streams.
@@ -80,7 +80,7 @@ pub(crate) async fn wait_for_resume(
             }
         }
     };
-    filter.waiting.borrow_mut().remove(&context.id());
+    filter.stop_waiting(context.id());
     resumed
 }
 

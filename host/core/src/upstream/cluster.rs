@@ -4,6 +4,7 @@
 use crate::upstream::RequestBody;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use tokio::net::TcpStream;
 
 use http::uri::{Authority, Parts, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
@@ -268,17 +269,35 @@ impl ClusterRt {
     ) -> Result<(SocketAddr, http1::SendRequest<Incoming>), ProxyError> {
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
         let mut last_error = ProxyError::new(ErrorKind::NoHealthyUpstream);
-        for slot in tried
-            .iter_mut()
-            .take(self.endpoints.len().min(MAX_ATTEMPTS))
-        {
-            let Some(index) = self.balancer.pick(|i| *slot == i) else {
+        for attempt in 0..self.endpoints.len().min(MAX_ATTEMPTS) {
+            // Another endpoint than the ones that already failed.
+            let Some(index) = self.balancer.pick(|i| tried.contains(&i)) else {
                 break;
             };
-            *slot = index;
+            tried[attempt] = index;
             let address = self.endpoints[index].address;
             match connect::http1_upgradable(address, self.config.connect_timeout).await {
                 Ok(sender) => return Ok((address, sender)),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Opens a plain TCP connection to an endpoint (TCP listeners), trying another endpoint
+    /// when a connect fails, as requests do.
+    pub(crate) async fn connect_tcp(&self) -> Result<(SocketAddr, TcpStream), ProxyError> {
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut last_error = ProxyError::new(ErrorKind::NoHealthyUpstream);
+        for attempt in 0..self.endpoints.len().min(MAX_ATTEMPTS) {
+            // Another endpoint than the ones that already failed.
+            let Some(index) = self.balancer.pick(|i| tried.contains(&i)) else {
+                break;
+            };
+            tried[attempt] = index;
+            let address = self.endpoints[index].address;
+            match connect::tcp(address, self.config.connect_timeout).await {
+                Ok(stream) => return Ok((address, stream)),
                 Err(e) => last_error = e,
             }
         }

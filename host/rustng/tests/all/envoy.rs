@@ -50,13 +50,11 @@ impl Envoy {
     /// Envoy with `plugin` in front of `upstream` (cluster `backend`, HTTP/1.1), plus a
     /// cluster `grpc` (HTTP/2) for the plugin's gRPC calls.
     pub(crate) fn start(plugin: &EnvoyPlugin<'_>, upstream: SocketAddr, grpc: SocketAddr) -> Envoy {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config = format!(
             r#"static_resources:
   listeners:
   - name: main
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{port}} }} }}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -110,13 +108,65 @@ impl Envoy {
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {grpc_port} }} }} }}
 "#,
-            port = addr.port(),
             name = plugin.name,
             wasm = serde_json::to_string(&plugin.wasm.display().to_string()).expect("json"),
             configuration = serde_json::to_string(plugin.configuration).expect("json"),
             upstream_port = upstream.port(),
             grpc_port = grpc.port(),
         );
+        Envoy::launch(&config)
+    }
+
+    /// Envoy with `plugin` as a network (TCP) filter in front of `tcp_proxy` to `upstream`.
+    pub(crate) fn start_tcp(plugin: &EnvoyPlugin<'_>, upstream: SocketAddr) -> Envoy {
+        let config = format!(
+            r#"static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {{port}} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.wasm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
+          config:
+            name: {name}
+            root_id: ""
+            vm_config:
+              vm_id: ""
+              runtime: envoy.wasm.runtime.v8
+              code: {{ local: {{ filename: {wasm} }} }}
+            configuration:
+              "@type": type.googleapis.com/google.protobuf.StringValue
+              value: {configuration}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: backend
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
+"#,
+            name = plugin.name,
+            wasm = serde_json::to_string(&plugin.wasm.display().to_string()).expect("json"),
+            configuration = serde_json::to_string(plugin.configuration).expect("json"),
+            upstream_port = upstream.port(),
+        );
+        Envoy::launch(&config)
+    }
+
+    /// Writes `config` (with `{port}` replaced by a free port) and starts Envoy on it.
+    fn launch(config: &str) -> Envoy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config = config.replace("{port}", &addr.port().to_string());
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("envoy.log")).expect("log file");

@@ -17,5 +17,6 @@ mod h1_upstream;
 mod limits;
 mod plugins;
 mod proxying;
+mod tcp;
 mod tls;
 mod upstreams;

@@ -37,7 +37,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let action = match StreamType::try_from(stream as u32) {
                     Ok(StreamType::HttpRequest) => StreamAction::ContinueRequest,
                     Ok(StreamType::HttpResponse) => StreamAction::ContinueResponse,
-                    // TCP streams are not paused by RustNg yet: nothing to resume.
+                    // A paused TCP stream resumes with its next data, not on request yet.
                     Ok(_) => return Err(Status::Unimplemented),
                     Err(_) => return Err(Status::BadArgument),
                 };
