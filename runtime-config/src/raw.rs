@@ -44,6 +44,19 @@ pub struct RawPlugin {
     pub failure_policy: Option<String>,
     /// Envoy's older spelling of `failure_policy: FAIL_OPEN`.
     pub fail_open: Option<bool>,
+    /// What each instance may use (RustNg's own; Envoy's V8 has process-wide flags instead).
+    #[serde(default)]
+    pub limits: RawPluginLimits,
+}
+
+/// `plugins[].limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPluginLimits {
+    /// Most linear memory one instance may grow to, in MiB. Default 64.
+    pub max_memory_mb: Option<usize>,
+    /// Longest one callback may run (`100ms`, …); past it the call traps. Default 100ms.
+    pub callback_timeout: Option<String>,
 }
 
 /// `plugins[].vm_config` — Envoy's `VmConfig`.

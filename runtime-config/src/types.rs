@@ -38,6 +38,10 @@ pub struct Plugin {
     pub environment: Vec<(String, String)>,
     /// What a failing plugin does to the request.
     pub failure_policy: FailurePolicy,
+    /// Most linear memory per instance, in bytes.
+    pub max_memory_bytes: usize,
+    /// Longest a callback may run.
+    pub callback_timeout: Duration,
 }
 
 /// What happens to requests when a plugin traps, runs out of time or memory (Envoy's names).

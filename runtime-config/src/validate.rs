@@ -9,10 +9,18 @@ use crate::raw::{RawCertificate, RawCluster, RawConfig, RawListener, RawPlugin};
 use crate::types::*;
 use crate::{ConfigError, FieldError};
 
+/// Per-instance memory a plugin may ask for (wasm32 cannot address more than 4 GiB).
+const PLUGIN_MEMORY_MB_RANGE: std::ops::RangeInclusive<usize> = 1..=4096;
+
 /// Defaults, each with the reason for its value.
 mod defaults {
     use std::time::Duration;
 
+    /// An order of magnitude over what SDK-built filters use (1-2 MiB), small enough that a
+    /// memory bomb cannot hurt the host.
+    pub(crate) const PLUGIN_MEMORY_MB: usize = 64;
+    /// Filters run in microseconds; anything near 100 ms is a loop blocking a worker.
+    pub(crate) const PLUGIN_CALLBACK_TIMEOUT: Duration = Duration::from_millis(100);
     /// Envoy's default `per_connection_buffer_limit_bytes` (1 MiB).
     pub(crate) const BUFFER_LIMIT_BYTES: usize = 1024 * 1024;
     /// Envoy's default for `max_request_headers_kb`.
@@ -445,6 +453,28 @@ impl Validator {
             p.vm_config.configuration,
         );
         let configuration = self.configuration(&format!("{path}.configuration"), p.configuration);
+        let memory_mb = p.limits.max_memory_mb.unwrap_or(defaults::PLUGIN_MEMORY_MB);
+        if !PLUGIN_MEMORY_MB_RANGE.contains(&memory_mb) {
+            self.error(
+                format!("{path}.limits.max_memory_mb"),
+                format!(
+                    "{memory_mb} is out of range {}..={}",
+                    PLUGIN_MEMORY_MB_RANGE.start(),
+                    PLUGIN_MEMORY_MB_RANGE.end()
+                ),
+            );
+        }
+        let callback_timeout = self.duration(
+            &format!("{path}.limits.callback_timeout"),
+            p.limits.callback_timeout.as_deref(),
+            defaults::PLUGIN_CALLBACK_TIMEOUT,
+        );
+        if callback_timeout > Duration::from_secs(10) {
+            self.error(
+                format!("{path}.limits.callback_timeout"),
+                "at most 10s: a callback blocks its whole worker while it runs",
+            );
+        }
         Plugin {
             name: p.name,
             root_id: p.root_id,
@@ -458,6 +488,8 @@ impl Validator {
                 .map(|e| e.key_values.into_iter().collect())
                 .unwrap_or_default(),
             failure_policy,
+            max_memory_bytes: memory_mb * 1024 * 1024,
+            callback_timeout,
         }
     }
 
@@ -692,30 +724,43 @@ listeners:
         assert_eq!(c.plugins[1].failure_policy, FailurePolicy::FailReload);
         assert_eq!(c.plugins[2].configuration, b"wrapped");
         assert_eq!(c.plugins[2].failure_policy, FailurePolicy::FailClosed);
+        assert_eq!(c.plugins[2].max_memory_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.plugins[2].callback_timeout, Duration::from_millis(100));
 
         let bad = "
 plugins:
   - name: a
     vm_config: { code: { local: { filename: /nonexistent/f.wasm } } }
     failure_policy: SOMETIMES
+    limits: { max_memory_mb: 0, callback_timeout: 1m }
 listeners:
   - name: main
     address: 127.0.0.1:8080
     http_filters: [a, nope]
+  - name: l4
+    address: 127.0.0.1:8081
+    protocol: udp
+    network_filters: [a]
 ";
         let errs = errors(bad);
         assert_eq!(
             errs[0],
             "listeners[0].http_filters[1]: unknown plugin \"nope\""
         );
-        assert!(
-            errs[1].starts_with("plugins[0].vm_config.code.local.filename: cannot read"),
-            "{errs:?}"
-        );
-        assert!(
-            errs[2].starts_with("plugins[0].failure_policy: unknown policy \"SOMETIMES\""),
-            "{errs:?}"
-        );
+        let expected = [
+            "plugins[0].vm_config.code.local.filename: cannot read",
+            "plugins[0].failure_policy: unknown policy \"SOMETIMES\"",
+            "plugins[0].limits.max_memory_mb: 0 is out of range 1..=4096",
+            "plugins[0].limits.callback_timeout: at most 10s",
+            "listeners[1].protocol: unknown protocol \"udp\" (http or tcp)",
+            "listeners[1].network_filters: only TCP listeners (protocol: tcp) run network filters",
+        ];
+        for prefix in expected {
+            assert!(
+                errs.iter().any(|e| e.starts_with(prefix)),
+                "{prefix}: {errs:?}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -47,6 +47,7 @@ pub(crate) struct LoadedPlugin {
     config: Arc<PluginConfig>,
     module: PluginModule,
     policy: FailurePolicy,
+    limits: Limits,
     host: Arc<PluginHost>,
     upstreams: UpstreamCheck,
 }
@@ -76,6 +77,10 @@ impl LoadedPlugin {
             config,
             module,
             policy: plugin.failure_policy,
+            limits: Limits {
+                max_memory_bytes: plugin.max_memory_bytes,
+                call_deadline: plugin.callback_timeout,
+            },
             host: Arc::clone(host),
             upstreams: Arc::clone(upstreams),
         };
@@ -88,7 +93,7 @@ impl LoadedPlugin {
         PluginInstance::start(
             &self.module,
             Arc::clone(&self.config),
-            Limits::default(),
+            self.limits,
             InstanceEnv {
                 host: Arc::clone(&self.host),
                 log: None,
