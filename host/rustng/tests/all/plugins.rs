@@ -173,7 +173,10 @@ async fn failure_policies_decide_and_the_proxy_keeps_serving() {
     // loop is cut at the deadline the same way.
     let proxy = Rustng::start(&config(
         &origin,
-        &hostile_plugin(&module, "FAIL_RELOAD"),
+        &format!(
+            "{}\n    limits: {{ callback_timeout: 30ms }}",
+            hostile_plugin(&module, "FAIL_RELOAD")
+        ),
         "hostile",
     ));
     assert_eq!(get(&client, &proxy.url("/boom")).await.status, 503);
@@ -191,6 +194,8 @@ async fn failure_policies_decide_and_the_proxy_keeps_serving() {
         "{}",
         proxy.log()
     );
+    // The plugin's own callback timeout, not the default.
+    assert!(proxy.log().contains("30 ms"), "{}", proxy.log());
     // A header flood stops at the host's map limit (1 MiB), not at the host's memory.
     let before = proxy.rss_kib();
     let traps = |proxy: &Rustng| proxy.log().matches("unreachable").count();
