@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustng_runtime_config::Config;
-use rustng_wasm::{PluginHost, UpstreamCheck, WasmEngine};
+use rustng_wasm::{EngineLimits, PluginHost, UpstreamCheck, WasmEngine};
 use tokio::sync::watch;
 
 use crate::error::CoreError;
@@ -50,7 +50,23 @@ impl Server {
         }
         let mut plugins = HashMap::new();
         if !config.plugins.is_empty() {
-            let engine = WasmEngine::new().map_err(|e| CoreError::Plugin {
+            // Every worker's instance of every plugin, a trial instance each, and as many
+            // again for reloads.
+            let plugins_count = u32::try_from(config.plugins.len()).unwrap_or(u32::MAX);
+            let workers = u32::try_from(config.workers).unwrap_or(u32::MAX);
+            let limits = EngineLimits {
+                instance_slots: plugins_count
+                    .saturating_mul(workers.saturating_add(1))
+                    .saturating_mul(2)
+                    .max(16),
+                max_memory_bytes: config
+                    .plugins
+                    .iter()
+                    .map(|p| p.max_memory_bytes)
+                    .max()
+                    .unwrap_or(0),
+            };
+            let engine = WasmEngine::with_limits(limits).map_err(|e| CoreError::Plugin {
                 plugin: String::new(),
                 message: e.to_string(),
             })?;
