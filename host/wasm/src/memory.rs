@@ -20,6 +20,21 @@ pub(crate) fn slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> 
     memory.get(start..end).ok_or(Status::InvalidMemoryAccess)
 }
 
+/// The guest's memory and the host state at once, so a hostcall can read guest bytes while
+/// it changes the state, without copying them first.
+pub(crate) fn memory_and_state<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+) -> Result<(&'a [u8], &'a mut HostState), Status> {
+    let memory = caller
+        .data()
+        .exports
+        .as_ref()
+        .map(|e| e.memory)
+        .ok_or(Status::InvalidMemoryAccess)?;
+    let (data, state) = memory.data_and_store_mut(caller);
+    Ok((data, state))
+}
+
 /// A copy of `len` bytes at `ptr`.
 pub(crate) fn read_guest(
     caller: &Caller<'_, HostState>,

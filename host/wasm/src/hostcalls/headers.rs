@@ -14,7 +14,7 @@ use wasmtime::{Caller, Linker};
 use super::status;
 use crate::http::{LocalResponse, RequestHead, StreamAction};
 use crate::limits::{MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_FIELDS};
-use crate::memory::{guest_memory, read_guest, return_bytes, slice, write_u32};
+use crate::memory::{guest_memory, memory_and_state, read_guest, return_bytes, slice, write_u32};
 use crate::state::HostState;
 
 pub(super) const NAMES: &[(Module, &str)] = &[
@@ -374,14 +374,15 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                   -> i32 {
                 let result = (|| {
                     let map = map_type(map)?;
-                    let key = read_guest(&caller, key, key_size)?;
-                    let value = read_guest(&caller, value, value_size)?;
+                    let (memory, state) = memory_and_state(&mut caller)?;
+                    let key = slice(memory, key, key_size)?;
+                    let value = slice(memory, value, value_size)?;
                     let how = if replace {
-                        Change::Replace(&value)
+                        Change::Replace(value)
                     } else {
-                        Change::Add(&value)
+                        Change::Add(value)
                     };
-                    change(caller.data_mut(), map, &key, how)
+                    change(state, map, key, how)
                 })();
                 status(result)
             },
@@ -393,8 +394,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         |mut caller: Caller<'_, HostState>, map: i32, key: i32, key_size: i32| -> i32 {
             let result = (|| {
                 let map = map_type(map)?;
-                let key = read_guest(&caller, key, key_size)?;
-                change(caller.data_mut(), map, &key, Change::Remove)
+                let (memory, state) = memory_and_state(&mut caller)?;
+                let key = slice(memory, key, key_size)?;
+                change(state, map, key, Change::Remove)
             })();
             status(result)
         },
