@@ -24,6 +24,18 @@ pub struct RawConfig {
     /// proxy-wasm plugins, in Envoy's `PluginConfig` shape.
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    /// Settings of the wasm runtime shared by all plugins.
+    #[serde(default)]
+    pub wasm: RawWasm,
+}
+
+/// `wasm` — the runtime all plugins share.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWasm {
+    /// Directory where compiled modules are kept across restarts (absolute path). Default:
+    /// none (modules are compiled once per process).
+    pub module_cache_dir: Option<String>,
 }
 
 /// `plugins[]` — Envoy's `envoy.extensions.wasm.v3.PluginConfig`.

@@ -17,6 +17,8 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// proxy-wasm plugins, in file order.
     pub plugins: Vec<Plugin>,
+    /// Where compiled modules are kept across restarts, if anywhere.
+    pub module_cache_dir: Option<PathBuf>,
 }
 
 /// A validated proxy-wasm plugin.

@@ -166,12 +166,22 @@ impl Validator {
             .map(|(i, p)| self.plugin(&format!("plugins[{i}]"), p))
             .collect();
 
+        let module_cache_dir = raw.wasm.module_cache_dir.map(PathBuf::from);
+        if let Some(dir) = &module_cache_dir
+            && !dir.is_absolute()
+        {
+            self.error(
+                "wasm.module_cache_dir",
+                format!("must be an absolute path, not \"{}\"", dir.display()),
+            );
+        }
         Config {
             workers,
             log,
             listeners,
             clusters,
             plugins,
+            module_cache_dir,
         }
     }
 

@@ -65,6 +65,7 @@ impl Server {
                     .map(|p| p.max_memory_bytes)
                     .max()
                     .unwrap_or(0),
+                cache_dir: config.module_cache_dir.clone(),
             };
             let engine = WasmEngine::with_limits(limits).map_err(|e| CoreError::Plugin {
                 plugin: String::new(),

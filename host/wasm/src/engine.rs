@@ -1,6 +1,21 @@
-//! The process's one wasmtime engine, and the ticker that gives guest calls their deadlines.
+//! The process's one wasmtime engine, the ticker that gives guest calls their deadlines, and
+//! the cache of compiled modules.
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+#[allow(
+    clippy::disallowed_types,
+    reason = "taken when a module is compiled (load, reload), never on a request"
+)]
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, Module, OptLevel,
+    PoolingAllocationConfig,
+};
 
 use crate::error::WasmError;
 use crate::limits::EPOCH_TICK;
@@ -9,10 +24,35 @@ use crate::limits::EPOCH_TICK;
 #[derive(Clone)]
 pub struct WasmEngine {
     engine: Engine,
+    compiled: Arc<CompiledModules>,
+}
+
+/// Modules compiled by this engine, by the sha256 of their bytes: the same module (in two
+/// plugins, or pushed again) is compiled once per process. With a cache directory, wasmtime
+/// also keeps the machine code on disk, keyed by the module and the compiler's settings, so a
+/// restart (or the next binary, after an upgrade) skips compiling too.
+#[derive(Default)]
+struct CompiledModules {
+    #[allow(clippy::disallowed_types, reason = "see the use above")]
+    by_digest: Mutex<HashMap<[u8; 32], Module>>,
+    hits: AtomicUsize,
+    misses: AtomicUsize,
+    disk: Option<Cache>,
+}
+
+/// How the module caches did so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Compilations answered from memory.
+    pub memory_hits: usize,
+    /// Modules compiled (or loaded from disk) in this process.
+    pub memory_misses: usize,
+    /// Of those, loaded from the disk cache instead of compiled.
+    pub disk_hits: usize,
 }
 
 /// How many instances the engine's pool holds, and how large their memories may grow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineLimits {
     /// Instances alive at once (every worker's instance of every plugin, plus the ones a
     /// reload or a load test starts).
@@ -20,6 +60,8 @@ pub struct EngineLimits {
     /// The largest memory any plugin may grow to (each plugin's own limit is enforced per
     /// store; this sizes the pool's slots).
     pub max_memory_bytes: usize,
+    /// Where compiled machine code is kept across restarts; `None`: memory only.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineLimits {
@@ -27,6 +69,7 @@ impl Default for EngineLimits {
         EngineLimits {
             instance_slots: 64,
             max_memory_bytes: 64 * 1024 * 1024,
+            cache_dir: None,
         }
     }
 }
@@ -57,6 +100,18 @@ impl WasmEngine {
         config.epoch_interruption(true);
         config.cranelift_opt_level(OptLevel::Speed);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let disk = match &limits.cache_dir {
+            Some(dir) => {
+                let mut cache = CacheConfig::new();
+                cache.with_directory(dir);
+                let cache = Cache::new(cache).map_err(|e| {
+                    WasmError::Runtime(format!("module cache {}: {e:#}", dir.display()))
+                })?;
+                config.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
         let engine = Engine::new(&config).map_err(|e| WasmError::Runtime(format!("{e:#}")))?;
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -72,7 +127,47 @@ impl WasmEngine {
                 }
             })
             .map_err(|e| WasmError::Runtime(format!("epoch thread: {e}")))?;
-        Ok(WasmEngine { engine })
+        Ok(WasmEngine {
+            engine,
+            compiled: Arc::new(CompiledModules {
+                disk,
+                ..CompiledModules::default()
+            }),
+        })
+    }
+
+    /// Compiles `bytes`, or returns the module compiled from the same bytes before.
+    pub(crate) fn module(&self, bytes: &[u8]) -> Result<Module, WasmError> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let compiled = &self.compiled;
+        if let Some(module) = compiled
+            .by_digest
+            .lock()
+            .map_err(|_| WasmError::Runtime("module cache poisoned".into()))?
+            .get(&digest)
+        {
+            compiled.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(module.clone());
+        }
+        // Compiled outside the lock: it takes milliseconds to seconds.
+        let module =
+            Module::new(&self.engine, bytes).map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
+        compiled.misses.fetch_add(1, Ordering::Relaxed);
+        compiled
+            .by_digest
+            .lock()
+            .map_err(|_| WasmError::Runtime("module cache poisoned".into()))?
+            .insert(digest, module.clone());
+        Ok(module)
+    }
+
+    /// How the module caches did so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        CacheStats {
+            memory_hits: self.compiled.hits.load(Ordering::Relaxed),
+            memory_misses: self.compiled.misses.load(Ordering::Relaxed),
+            disk_hits: self.compiled.disk.as_ref().map_or(0, Cache::cache_hits),
+        }
     }
 
     pub(crate) fn inner(&self) -> &Engine {

@@ -23,7 +23,7 @@ mod module;
 mod shared;
 mod state;
 
-pub use engine::{EngineLimits, WasmEngine};
+pub use engine::{CacheStats, EngineLimits, WasmEngine};
 pub use error::WasmError;
 pub use foreign::{ForeignFunction, ForeignFunctions};
 pub use host::{InstanceEnv, PluginHost, UpstreamCheck};

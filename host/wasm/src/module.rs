@@ -2,7 +2,7 @@
 
 use rustng_abi::AbiVersion;
 use rustng_abi::table::{self, Module as ImportModule};
-use wasmtime::{ExternType, InstancePre, Module};
+use wasmtime::{ExternType, InstancePre};
 
 use crate::engine::WasmEngine;
 use crate::error::WasmError;
@@ -20,8 +20,7 @@ pub struct PluginModule {
 impl PluginModule {
     /// Compiles and checks `bytes`; the error says what is wrong with the module.
     pub fn compile(engine: &WasmEngine, bytes: &[u8]) -> Result<PluginModule, WasmError> {
-        let module =
-            Module::new(engine.inner(), bytes).map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
+        let module = engine.module(bytes)?;
         let abi = AbiVersion::detect(module.exports().map(|e| e.name()))
             .map_err(|e| WasmError::Abi(e.to_string()))?;
         if !module

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use rustng_abi::{AbiVersion, LogLevel};
 use rustng_wasm::{
-    ForeignFunctions, HeadersOutcome, InstanceEnv, Limits, LogSink, PluginConfig, PluginHost,
-    PluginInstance, PluginModule, RequestHead, StreamAction, StreamInfo, WasmEngine, WasmError,
+    EngineLimits, ForeignFunctions, HeadersOutcome, InstanceEnv, Limits, LogSink, PluginConfig,
+    PluginHost, PluginInstance, PluginModule, RequestHead, StreamAction, StreamInfo, WasmEngine,
+    WasmError,
 };
 
 type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
@@ -432,4 +433,37 @@ fn each_abi_version_links_its_own_calls() {
         Err(other) => panic!("expected an unknown import, got {other}"),
         Ok(_) => panic!("expected an unknown import"),
     }
+}
+
+#[test]
+fn modules_are_compiled_once_per_process_and_kept_on_disk() {
+    let bytes = module(LOG, "");
+    let dir = tempfile_dir();
+    let limits = EngineLimits {
+        cache_dir: Some(dir.clone()),
+        ..EngineLimits::default()
+    };
+    let first = WasmEngine::with_limits(limits.clone()).expect("engine");
+    PluginModule::compile(&first, &bytes).expect("compiles");
+    PluginModule::compile(&first, &bytes).expect("from memory");
+    let stats = first.cache_stats();
+    assert_eq!((stats.memory_misses, stats.memory_hits), (1, 1));
+
+    // A new process (a new engine) with the same directory loads the machine code from disk.
+    let second = WasmEngine::with_limits(limits).expect("engine");
+    PluginModule::compile(&second, &bytes).expect("from disk");
+    assert_eq!(second.cache_stats().disk_hits, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir =
+        std::env::temp_dir().join(format!("rustng-wasm-cache-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
