@@ -7,7 +7,8 @@ use std::rc::Rc;
 
 use http::HeaderMap;
 use rustng_wasm::{
-    BodyOutcome, Direction, HeadersOutcome, HttpContextId, RequestHead, ResponseHead, StreamInfo,
+    BodyOutcome, Direction, HeadersOutcome, HttpContextId, LocalResponse, PluginInstance,
+    RequestHead, ResponseHead, StreamInfo, WasmError,
 };
 
 use super::{Filter, LocalAnswer};
@@ -153,16 +154,71 @@ impl ActiveFilters {
         from: usize,
         end_of_stream: bool,
     ) -> Step {
+        self.run(Direction::Response, from, |instance, context, stream| {
+            Ok(
+                match instance.on_response_headers(context, head, stream, end_of_stream)? {
+                    HeadersOutcome::Continue => Verdict::Next,
+                    HeadersOutcome::Pause => Verdict::Hold,
+                    HeadersOutcome::LocalResponse(local) => Verdict::Answer(local),
+                },
+            )
+        })
+    }
+
+    /// Runs the body callbacks of `direction` on `data` (everything held so far) from
+    /// `from`. `Pause(i)`: filter `i` holds the data; call again from `i` when more arrives.
+    pub(crate) fn body(
+        &mut self,
+        direction: Direction,
+        data: &mut Vec<u8>,
+        end_of_stream: bool,
+        from: usize,
+    ) -> Step {
+        self.run(direction, from, |instance, context, stream| {
+            Ok(
+                match instance.on_body(direction, context, data, stream, end_of_stream)? {
+                    BodyOutcome::Buffer if !end_of_stream => Verdict::Hold,
+                    // At the end of the stream there is nothing more to wait for: Envoy
+                    // passes the data on then too.
+                    BodyOutcome::Continue | BodyOutcome::Buffer => Verdict::Next,
+                    BodyOutcome::LocalResponse(local) => Verdict::Answer(local),
+                },
+            )
+        })
+    }
+
+    /// Runs the trailers callbacks of `direction`.
+    pub(crate) fn trailers(&mut self, direction: Direction, trailers: &mut HeaderMap) -> Step {
+        self.run(direction, 0, |instance, context, stream| {
+            Ok(
+                match instance.on_trailers(direction, context, trailers, stream)? {
+                    BodyOutcome::LocalResponse(local) => Verdict::Answer(local),
+                    // Trailers end the stream: holding them back would hold it forever.
+                    BodyOutcome::Continue | BodyOutcome::Buffer => Verdict::Next,
+                },
+            )
+        })
+    }
+
+    /// Calls `callback` for each filter of the phase from `from` in `direction`'s order,
+    /// applying the failure policy to a filter that fails.
+    fn run(
+        &mut self,
+        direction: Direction,
+        from: usize,
+        mut callback: impl FnMut(
+            &mut PluginInstance,
+            HttpContextId,
+            &mut StreamInfo,
+        ) -> Result<Verdict, WasmError>,
+    ) -> Step {
         let mut position = from;
-        while let Some((filter, context)) = self.at(Direction::Response, position) {
+        while let Some((filter, context)) = self.at(direction, position) {
             let stream = &mut self.stream;
-            let outcome = filter.with_instance(|instance| {
-                instance.on_response_headers(context, head, stream, end_of_stream)
-            });
-            match outcome {
-                None | Some(Ok(HeadersOutcome::Continue)) => {}
-                Some(Ok(HeadersOutcome::Pause)) => return Step::Pause(position),
-                Some(Ok(HeadersOutcome::LocalResponse(local))) => {
+            match filter.with_instance(|instance| callback(instance, context, stream)) {
+                None | Some(Ok(Verdict::Next)) => {}
+                Some(Ok(Verdict::Hold)) => return Step::Pause(position),
+                Some(Ok(Verdict::Answer(local))) => {
                     return Step::Answer(LocalAnswer::from_plugin(local));
                 }
                 Some(Err(error)) => {
@@ -177,68 +233,16 @@ impl ActiveFilters {
         }
         Step::Continue
     }
+}
 
-    /// Runs the body callbacks of `direction` on `data` (everything held so far) from
-    /// `from`. `Pause(i)`: filter `i` holds the data; call again from `i` when more arrives.
-    pub(crate) fn body(
-        &mut self,
-        direction: Direction,
-        data: &mut Vec<u8>,
-        end_of_stream: bool,
-        from: usize,
-    ) -> Step {
-        let mut position = from;
-        while let Some((filter, context)) = self.at(direction, position) {
-            let stream = &mut self.stream;
-            let outcome = filter.with_instance(|instance| {
-                instance.on_body(direction, context, data, stream, end_of_stream)
-            });
-            match outcome {
-                None | Some(Ok(BodyOutcome::Continue)) => {}
-                // At the end of the stream there is nothing more to wait for: Envoy passes
-                // the data on then too.
-                Some(Ok(BodyOutcome::Buffer)) if !end_of_stream => return Step::Pause(position),
-                Some(Ok(BodyOutcome::Buffer)) => {}
-                Some(Ok(BodyOutcome::LocalResponse(local))) => {
-                    return Step::Answer(LocalAnswer::from_plugin(local));
-                }
-                Some(Err(error)) => {
-                    if let Some(step) = self.failed(&filter, &error) {
-                        return step;
-                    }
-                    continue;
-                }
-            }
-            position += 1;
-        }
-        Step::Continue
-    }
-
-    /// Runs the trailers callbacks of `direction`.
-    pub(crate) fn trailers(&mut self, direction: Direction, trailers: &mut HeaderMap) -> Step {
-        let mut position = 0;
-        while let Some((filter, context)) = self.at(direction, position) {
-            let stream = &mut self.stream;
-            let outcome = filter.with_instance(|instance| {
-                instance.on_trailers(direction, context, trailers, stream)
-            });
-            match outcome {
-                Some(Ok(BodyOutcome::LocalResponse(local))) => {
-                    return Step::Answer(LocalAnswer::from_plugin(local));
-                }
-                Some(Err(error)) => {
-                    if let Some(step) = self.failed(&filter, &error) {
-                        return step;
-                    }
-                    continue;
-                }
-                // Trailers end the stream: holding them back would hold it forever.
-                _ => {}
-            }
-            position += 1;
-        }
-        Step::Continue
-    }
+/// What one filter's callback decided, in the terms every phase shares.
+enum Verdict {
+    /// On to the next filter.
+    Next,
+    /// This filter holds the phase (a paused head, buffered data).
+    Hold,
+    /// This filter answered.
+    Answer(LocalResponse),
 }
 
 impl Drop for ActiveFilters {

@@ -267,26 +267,27 @@ impl ClusterRt {
     pub(crate) async fn connect_for_upgrade(
         &self,
     ) -> Result<(SocketAddr, http1::SendRequest<Incoming>), ProxyError> {
-        let mut tried = [usize::MAX; MAX_ATTEMPTS];
-        let mut last_error = ProxyError::new(ErrorKind::NoHealthyUpstream);
-        for attempt in 0..self.endpoints.len().min(MAX_ATTEMPTS) {
-            // Another endpoint than the ones that already failed.
-            let Some(index) = self.balancer.pick(|i| tried.contains(&i)) else {
-                break;
-            };
-            tried[attempt] = index;
-            let address = self.endpoints[index].address;
-            match connect::http1_upgradable(address, self.config.connect_timeout).await {
-                Ok(sender) => return Ok((address, sender)),
-                Err(e) => last_error = e,
-            }
-        }
-        Err(last_error)
+        let timeout = self.config.connect_timeout;
+        self.connect_any(|address| connect::http1_upgradable(address, timeout))
+            .await
     }
 
-    /// Opens a plain TCP connection to an endpoint (TCP listeners), trying another endpoint
-    /// when a connect fails, as requests do.
+    /// Opens a plain TCP connection to an endpoint (TCP listeners).
     pub(crate) async fn connect_tcp(&self) -> Result<(SocketAddr, TcpStream), ProxyError> {
+        let timeout = self.config.connect_timeout;
+        self.connect_any(|address| connect::tcp(address, timeout))
+            .await
+    }
+
+    /// Connects to an endpoint with `connect`, trying another endpoint when one fails, as
+    /// requests do.
+    async fn connect_any<T, F>(
+        &self,
+        connect: impl Fn(SocketAddr) -> F,
+    ) -> Result<(SocketAddr, T), ProxyError>
+    where
+        F: std::future::Future<Output = Result<T, ProxyError>>,
+    {
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
         let mut last_error = ProxyError::new(ErrorKind::NoHealthyUpstream);
         for attempt in 0..self.endpoints.len().min(MAX_ATTEMPTS) {
@@ -296,8 +297,8 @@ impl ClusterRt {
             };
             tried[attempt] = index;
             let address = self.endpoints[index].address;
-            match connect::tcp(address, self.config.connect_timeout).await {
-                Ok(stream) => return Ok((address, stream)),
+            match connect(address).await {
+                Ok(connection) => return Ok((address, connection)),
                 Err(e) => last_error = e,
             }
         }
