@@ -673,10 +673,21 @@ impl PluginInstance {
     }
 
     /// Delivers a gRPC event for the call `token` on the root context (the SDKs find the
-    /// caller by token, as for HTTP calls).
-    pub fn on_grpc(&mut self, token: u32, event: GrpcEvent) -> Result<(), WasmError> {
+    /// caller by token, as for HTTP calls). For a call a paused stream made, its head and
+    /// info are readable and writable meanwhile.
+    pub fn on_grpc(
+        &mut self,
+        call: (u32, i32),
+        event: GrpcEvent,
+        mut head: Option<&mut RequestHead>,
+        mut stream: Option<&mut StreamInfo>,
+    ) -> Result<(), WasmError> {
+        let (token, context_id) = call;
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let http = &mut self.store.data_mut().http;
+        http.request = head.as_mut().map(|h| std::mem::take(&mut **h));
+        http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
+        http.local_response = None;
         let (name, callback, argument) = match event {
             GrpcEvent::InitialMetadata(fields) => {
                 let n = count(fields.len());
@@ -721,10 +732,22 @@ impl PluginInstance {
             ),
             None => Ok(()),
         };
-        let http = &mut self.store.data_mut().http;
+        let state = self.store.data_mut();
+        let http = &mut state.http;
         http.grpc_metadata = None;
         http.grpc_message = None;
         http.grpc_status = None;
+        if let (Some(head), Some(changed)) = (head, http.request.take()) {
+            *head = changed;
+        }
+        if let (Some(stream), Some(changed)) = (stream, http.stream.take()) {
+            *stream = changed;
+        }
+        if let Some(local) = http.local_response.take() {
+            state
+                .stream_actions
+                .push((context_id, StreamAction::LocalResponse(local)));
+        }
         result
     }
 

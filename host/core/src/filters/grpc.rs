@@ -12,7 +12,7 @@ use http_body_util::BodyExt as _;
 use rustng_wasm::{GrpcAction, GrpcCall, GrpcEvent, PluginInstance};
 use tokio::sync::mpsc;
 
-use super::Filter;
+use super::{Filter, StreamEvent};
 use crate::upstream::{BoxError, BoxLocal as _, Outgoing, RequestBody, UpstreamBody};
 
 /// gRPC's `UNAVAILABLE`: what a call that never got an answer ends with (Envoy's choice).
@@ -95,8 +95,18 @@ fn frame(message: &[u8]) -> Bytes {
     framed.freeze()
 }
 
-fn deliver(filter: &Rc<Filter>, token: u32, event: GrpcEvent) {
-    filter.root_call(|instance: &mut PluginInstance| instance.on_grpc(token, event));
+/// To the stream that waits on the call's context, if one does (it runs the callback with
+/// its head in reach), else straight to the instance.
+fn deliver(filter: &Rc<Filter>, call: &GrpcCall, event: GrpcEvent) {
+    let waiting = filter.waiting.borrow().get(&call.context_id).cloned();
+    let ids = (call.token, call.context_id);
+    match waiting {
+        Some(stream) => {
+            let _ = stream.send(StreamEvent::Grpc(Box::new((ids, event))));
+        }
+        None => filter
+            .root_call(|instance: &mut PluginInstance| instance.on_grpc(ids, event, None, None)),
+    }
 }
 
 /// Runs one call or stream to its end.
@@ -119,7 +129,7 @@ async fn run(filter: Rc<Filter>, call: GrpcCall, outgoing: Option<mpsc::Unbounde
         Ok(ended) if unary && ended.status == 0 => {}
         Ok(ended) | Err(ended) => deliver(
             &filter,
-            token,
+            &call,
             GrpcEvent::Close {
                 status: ended.status,
                 message: ended.message,
@@ -228,7 +238,7 @@ async fn exchange(
     if !unary {
         deliver(
             filter,
-            call.token,
+            call,
             GrpcEvent::InitialMetadata(response.head.headers),
         );
     }
@@ -249,7 +259,7 @@ async fn exchange(
                     if unary {
                         unary_message = Some(message);
                     } else {
-                        deliver(filter, call.token, GrpcEvent::Message(message));
+                        deliver(filter, call, GrpcEvent::Message(message));
                     }
                 }
             }
@@ -262,10 +272,10 @@ async fn exchange(
     if unary {
         if ended.status == 0 {
             let message = unary_message.unwrap_or_default();
-            deliver(filter, call.token, GrpcEvent::Message(message));
+            deliver(filter, call, GrpcEvent::Message(message));
         }
     } else {
-        deliver(filter, call.token, GrpcEvent::TrailingMetadata(trailers));
+        deliver(filter, call, GrpcEvent::TrailingMetadata(trailers));
     }
     Ok(ended)
 }

@@ -26,9 +26,9 @@ use std::time::Duration;
 use http::{HeaderValue, StatusCode};
 use rustng_runtime_config::{FailurePolicy, Plugin};
 use rustng_wasm::{
-    GrpcAction, HttpCallRequest, HttpCallResponse, InstanceEnv, Limits, PluginConfig, PluginHost,
-    PluginInstance, PluginModule, QueueNotifier, QueueReady, StreamAction, UpstreamCheck,
-    WasmEngine, WasmError,
+    GrpcAction, GrpcEvent, HttpCallRequest, HttpCallResponse, InstanceEnv, Limits, PluginConfig,
+    PluginHost, PluginInstance, PluginModule, QueueNotifier, QueueReady, StreamAction,
+    UpstreamCheck, WasmEngine, WasmError,
 };
 use tokio::sync::{Notify, mpsc};
 
@@ -118,6 +118,8 @@ pub(crate) enum StreamEvent {
     /// The answer to an HTTP call the stream's context made; the stream delivers it itself,
     /// so that the plugin can read and change the stream's head meanwhile.
     CallResponse(Box<(HttpCallRequest, Option<HttpCallResponse>)>),
+    /// An event of a gRPC call the stream's context made (token and context, event).
+    Grpc(Box<((u32, i32), GrpcEvent)>),
 }
 
 /// One plugin's instance on one worker; `None` while failed.

@@ -66,22 +66,44 @@ pub(crate) async fn wait_for_resume(
                         instance.on_http_call_response(&call, response, head, Some(stream))
                     })
                 };
-                match outcome {
-                    Some(Err(error)) => {
-                        if !filter.fail(&error) {
-                            break Resumed::Answer(LocalAnswer::plugin_failed());
-                        }
-                        break Resumed::Continue;
-                    }
-                    None => break failed(&filter),
-                    // What the plugin decided arrives as actions on `events`.
-                    Some(Ok(())) => {}
+                if let Some(resumed) = after_answer(&filter, outcome) {
+                    break resumed;
+                }
+            }
+            Some(StreamEvent::Grpc(event)) => {
+                let (call, event) = *event;
+                let outcome = {
+                    let mut active = filters.borrow_mut();
+                    let stream = &mut active.stream;
+                    let head = head.as_deref_mut();
+                    filter
+                        .with_instance(|instance| instance.on_grpc(call, event, head, Some(stream)))
+                };
+                if let Some(resumed) = after_answer(&filter, outcome) {
+                    break resumed;
                 }
             }
         }
     };
     filter.stop_waiting(context.id());
     resumed
+}
+
+/// After a call's answer ran in the plugin: a failure ends the wait (as the policy says);
+/// otherwise what the plugin decided arrives as actions.
+fn after_answer(
+    filter: &super::Filter,
+    outcome: Option<Result<(), rustng_wasm::WasmError>>,
+) -> Option<Resumed> {
+    match outcome {
+        Some(Ok(())) => None,
+        Some(Err(error)) => Some(if filter.fail(&error) {
+            Resumed::Continue
+        } else {
+            Resumed::Answer(LocalAnswer::plugin_failed())
+        }),
+        None => Some(failed(filter)),
+    }
 }
 
 fn failed(filter: &super::Filter) -> Resumed {

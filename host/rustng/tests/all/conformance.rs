@@ -419,6 +419,18 @@ async fn grpc_calls_and_streams_behave_as_in_envoy() {
     let report = hosts.case("grpc-unknown-cluster").await;
     // Envoy reads the upstream as a serialized GrpcService first, then as a cluster name.
     assert_lines(&report, &["dispatch=ParseFailure"]);
+    // A paused request gains the gRPC call's outcome as headers, then goes upstream.
+    for url in [
+        hosts.rustng.url("/pass/grpc-then-continue/echo"),
+        hosts.envoy.url("/pass/grpc-then-continue/echo"),
+    ] {
+        let echo = hosts.request(&url).await.json();
+        assert_eq!(echo["headers"]["x-grpc-status"][0], "0", "{url}: {echo}");
+        assert_eq!(
+            echo["headers"]["x-grpc-response-size"][0], "12",
+            "{url}: {echo}"
+        );
+    }
     // Two messages out, each echoed upper-cased, then the trailers and the close.
     let report = hosts.case("grpc-stream").await;
     assert_lines(

@@ -103,6 +103,14 @@ const UPSTREAM: &str = "backend";
 
 impl Context for Stream {
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        if self.case == "grpc-then-continue" {
+            // The paused request gains the call's outcome as a header, then goes upstream.
+            let size = response_size.to_string();
+            self.set_http_request_header("x-grpc-status", Some(&status_code.to_string()));
+            self.set_http_request_header("x-grpc-response-size", Some(&size));
+            self.resume_http_request();
+            return;
+        }
         let mut lines = vec![format!("grpc.status={status_code}")];
         if status_code == 0 {
             let body = self
@@ -253,6 +261,20 @@ impl Stream {
             "body-rewrite" => {
                 self.set_http_request_header("content-length", None);
                 Action::Continue
+            }
+            "grpc-then-continue" => {
+                let call = self.dispatch_grpc_call(
+                    GRPC_UPSTREAM,
+                    GRPC_SERVICE,
+                    "Unary",
+                    vec![],
+                    Some(&note("hi", 41)),
+                    std::time::Duration::from_secs(5),
+                );
+                match call {
+                    Ok(_) => Action::Pause,
+                    Err(_) => Action::Continue,
+                }
             }
             "call-then-continue" => {
                 let call = self.dispatch_http_call(
