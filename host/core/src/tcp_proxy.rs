@@ -4,7 +4,8 @@
 //!
 //! Data from the client goes through the filters first to last (`proxy_on_downstream_data`),
 //! data from the upstream last to first (`proxy_on_upstream_data`); a filter that pauses
-//! holds the data, and is called again with everything held when more arrives. A side that
+//! holds the data, and is called again with everything held when more arrives (or lets it go
+//! with `proxy_continue_stream`). A side that
 //! closes is half-closed on the other (the filters hear `proxy_on_*_connection_close`), and
 //! the contexts end (done, log, delete) when both sides are closed.
 
@@ -165,11 +166,25 @@ pub(crate) async fn serve(mut client: TcpStream, listener: Rc<ListenerRt>, peer:
                     contexts.closed(PeerSide::Upstream, PeerType::Remote);
                 }
             }
-            Some(event) = contexts.events.recv() => {
-                if let StreamEvent::Action(StreamAction::Close) = event {
+            Some(event) = contexts.events.recv() => match event {
+                StreamEvent::Action(StreamAction::Close) => {
                     tracing::debug!(listener = &*listener.name, %peer, "TCP connection closed by a filter");
                     break;
                 }
+                // A filter lets what it held go on, as it is now.
+                StreamEvent::Action(StreamAction::ContinueDownstream) if !held_up.is_empty() => {
+                    if upstream_write.write_all(&held_up).await.is_err() {
+                        break;
+                    }
+                    held_up.clear();
+                }
+                StreamEvent::Action(StreamAction::ContinueUpstream) if !held_down.is_empty() => {
+                    if client_write.write_all(&held_down).await.is_err() {
+                        break;
+                    }
+                    held_down.clear();
+                }
+                _ => {}
             }
         }
     }

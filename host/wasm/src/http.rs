@@ -199,6 +199,10 @@ pub enum StreamAction {
     ContinueRequest,
     /// Resume the response.
     ContinueResponse,
+    /// Let a TCP connection's held client data go on (`proxy_continue_stream(DOWNSTREAM)`).
+    ContinueDownstream,
+    /// Let a TCP connection's held upstream data go on.
+    ContinueUpstream,
     /// Reset the stream.
     Close,
     /// Answer locally.

@@ -57,6 +57,20 @@ async fn converse(addr: SocketAddr, parts: &[&[u8]]) -> String {
         .expect("the conversation ends in time")
 }
 
+/// Sends `message` and reads `expected` bytes back without closing its side first.
+async fn answer_while_open(addr: SocketAddr, message: &[u8], expected: usize) -> String {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(message).await.expect("write");
+        let mut received = vec![0u8; expected];
+        stream.read_exact(&mut received).await.expect("read");
+        String::from_utf8_lossy(&received).into_owned()
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .expect("the answer arrives while the connection is open")
+}
+
 fn config(upstream: SocketAddr, filters: &str) -> String {
     format!(
         "workers: 1
@@ -104,6 +118,13 @@ async fn tcp_connections_pass_through_network_filters_as_in_envoy() {
         assert_eq!(
             converse(host, &[b"hold me ", b"now\n"]).await,
             "[down][up]hold me now\n",
+            "{host}"
+        );
+        // Held unmarked until the root's tick resumes it with proxy_continue_stream: the
+        // answer arrives while the client keeps its side open (no end of stream flushes it).
+        assert_eq!(
+            answer_while_open(host, b"wait for it\n", "[down]wait for it\n".len()).await,
+            "[down]wait for it\n",
             "{host}"
         );
     }

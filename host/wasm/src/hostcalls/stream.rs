@@ -37,8 +37,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 let action = match StreamType::try_from(stream as u32) {
                     Ok(StreamType::HttpRequest) => StreamAction::ContinueRequest,
                     Ok(StreamType::HttpResponse) => StreamAction::ContinueResponse,
-                    // A paused TCP stream resumes with its next data, not on request yet.
-                    Ok(_) => return Err(Status::Unimplemented),
+                    Ok(StreamType::Downstream) => StreamAction::ContinueDownstream,
+                    Ok(StreamType::Upstream) => StreamAction::ContinueUpstream,
                     Err(_) => return Err(Status::BadArgument),
                 };
                 let state = caller.data_mut();

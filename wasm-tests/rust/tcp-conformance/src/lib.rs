@@ -1,8 +1,12 @@
 //! The TCP conformance filter (upstream proxy-wasm Rust SDK, stream contexts). Data from the
 //! client is prefixed with `[up]`, data from the upstream with `[down]`, so a client of an
 //! echo server reads `[down][up]<what it sent>`. A chunk containing `hold` is held (the
-//! filter pauses) and leaves together with the next one. Every callback logs a line, so the
-//! hosts' logs can be compared too.
+//! filter pauses) and leaves together with the next one; a chunk containing `wait` is held,
+//! unmarked, until the root context's next tick resumes it (`proxy_continue_stream`). Every
+//! callback logs a line, so the hosts' logs can be compared too.
+
+use std::cell::RefCell;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, RootContext, StreamContext};
@@ -15,11 +19,28 @@ proxy_wasm::main! {{
 
 struct Root;
 
+thread_local! {
+    /// Connections waiting for the next tick to let their client data go on.
+    static WAITING: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Context for Root {}
 
 impl RootContext for Root {
-    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(Connection))
+    fn on_configure(&mut self, _size: usize) -> bool {
+        self.set_tick_period(Duration::from_millis(20));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        for context in WAITING.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+            let _ = hostcalls::set_effective_context(context);
+            let _ = hostcalls::resume_downstream();
+        }
+    }
+
+    fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(Connection { context_id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -27,7 +48,9 @@ impl RootContext for Root {
     }
 }
 
-struct Connection;
+struct Connection {
+    context_id: u32,
+}
 
 impl Context for Connection {}
 
@@ -59,6 +82,10 @@ impl StreamContext for Connection {
             return Action::Continue;
         }
         let held = self.get_downstream_data(0, data_size).unwrap_or_default();
+        if held.windows(4).any(|w| w == b"wait") {
+            WAITING.with(|w| w.borrow_mut().push(self.context_id));
+            return Action::Pause;
+        }
         match mark(&held, b"[up]") {
             Some(marked) => {
                 self.set_downstream_data(0, data_size, &marked);
