@@ -243,3 +243,91 @@ listeners:
         run.stderr
     );
 }
+
+/// A module that passes everything but traps in `phase` (one of its HTTP callbacks).
+fn trapping_module(dir: &std::path::Path, phase: &str) -> PathBuf {
+    let callback = |name: &str, params: &str, result: bool| {
+        let body = if name == phase {
+            "unreachable"
+        } else if result {
+            "(i32.const 0)"
+        } else {
+            ""
+        };
+        let result = if result { "(result i32)" } else { "" };
+        format!("  (func (export \"{name}\") {params} {result} {body})\n")
+    };
+    let mut text = String::from(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+"#,
+    );
+    text += &callback("proxy_on_request_headers", "(param i32 i32 i32)", true);
+    text += &callback("proxy_on_request_body", "(param i32 i32 i32)", true);
+    text += &callback("proxy_on_response_headers", "(param i32 i32 i32)", true);
+    text += &callback("proxy_on_response_body", "(param i32 i32 i32)", true);
+    text += &callback("proxy_on_log", "(param i32)", false);
+    text += ")";
+    let path = dir.join(format!("{phase}.wasm"));
+    std::fs::write(&path, wat::parse_str(&text).expect("wat")).expect("write module");
+    path
+}
+
+/// A trap in any phase meets the failure policy, and the proxy keeps serving: before the
+/// response has started the client gets 503; once it has, the response is cut (a body
+/// phase) or already complete (`proxy_on_log`), and the next request meets the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_any_phase_meets_the_policy() {
+    let origin = Origin::start("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = client::http1();
+    let post = |url: String| {
+        Request::post(url)
+            .body(Full::new(bytes::Bytes::from_static(b"some body")))
+            .expect("request")
+    };
+    for (phase, first) in [
+        ("proxy_on_request_headers", Some(503)),
+        ("proxy_on_request_body", Some(503)),
+        ("proxy_on_response_headers", Some(503)),
+        ("proxy_on_response_body", None),
+        ("proxy_on_log", Some(200)),
+    ] {
+        let module = trapping_module(dir.path(), phase);
+        let proxy = Rustng::start(&config(
+            &origin,
+            &hostile_plugin(&module, "FAIL_CLOSED"),
+            "hostile",
+        ));
+        let url = proxy.url("/echo/x");
+        // A body phase trap after the head went out cuts the response: no status to check.
+        let reply = tokio::time::timeout(Duration::from_secs(5), client.request(post(url.clone())))
+            .await
+            .expect("answered in time");
+        if let Some(status) = first {
+            assert_eq!(
+                reply.expect("a response").status().as_u16(),
+                status,
+                "{phase}"
+            );
+        }
+        // The plugin stays failed (FAIL_CLOSED); the proxy answers every next request.
+        for _ in 0..3 {
+            assert_eq!(get(&client, &url).await.status, 503, "{phase}");
+        }
+        assert!(
+            proxy.log_eventually_contains(&format!("{phase}: trap")),
+            "{phase}: {}",
+            proxy.log()
+        );
+    }
+}
