@@ -513,17 +513,7 @@ impl PluginInstance {
         if let Some(changed) = http.stream.take() {
             *stream = changed;
         }
-        let action = action?;
-        if let Some(local) = http.local_response.take() {
-            return Ok(BodyOutcome::LocalResponse(local));
-        }
-        // Envoy's data statuses: 0 continues; StopIterationAndBuffer, …AndWatermark and
-        // …NoBuffer all hold the data here until the filter lets it go.
-        Ok(if action == 0 {
-            BodyOutcome::Continue
-        } else {
-            BodyOutcome::Buffer
-        })
+        body_outcome(action, http)
     }
 
     /// Runs `proxy_on_request_trailers` / `proxy_on_response_trailers` on `trailers`.
@@ -575,15 +565,7 @@ impl PluginInstance {
         if let Some(changed) = http.stream.take() {
             *stream = changed;
         }
-        let action = action?;
-        if let Some(local) = http.local_response.take() {
-            return Ok(BodyOutcome::LocalResponse(local));
-        }
-        Ok(if action == 0 {
-            BodyOutcome::Continue
-        } else {
-            BodyOutcome::Buffer
-        })
+        body_outcome(action, http)
     }
 
     /// Delivers an HTTP call's response (`None`: the call failed) to the context that made
@@ -897,6 +879,24 @@ impl PluginInstance {
 enum Phase {
     Request,
     Response,
+}
+
+/// What a body or trailers callback decided: its local answer if it gave one, else its
+/// action. Envoy's data statuses: 0 continues; StopIterationAndBuffer, …AndWatermark and
+/// …NoBuffer all hold the data here until the filter lets it go.
+fn body_outcome(
+    action: Result<i32, WasmError>,
+    http: &mut crate::http::HttpCallState,
+) -> Result<BodyOutcome, WasmError> {
+    let action = action?;
+    if let Some(local) = http.local_response.take() {
+        return Ok(BodyOutcome::LocalResponse(local));
+    }
+    Ok(if action == 0 {
+        BodyOutcome::Continue
+    } else {
+        BodyOutcome::Buffer
+    })
 }
 
 /// The `num_headers` argument: fields as the guest will see them.
