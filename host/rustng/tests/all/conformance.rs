@@ -128,7 +128,43 @@ clusters:
             "case {case}: RustNg (left) and Envoy (right) differ"
         );
         assert_eq!(ours.headers["x-conformance-case"], case);
+        self.same_logs(case, ours.text().lines().count()).await;
         ours.text()
+    }
+
+    /// What the filter logged for `case` (one line per report line) must be the same in
+    /// both hosts, in the same order.
+    async fn same_logs(&self, case: &str, lines: usize) {
+        let marker = format!("conformance {case} ");
+        let pick = |log: String| -> Vec<String> {
+            log.lines()
+                .filter_map(|line| {
+                    let start = line.find(&marker)?;
+                    // RustNg's JSON lines end the message with a quote.
+                    let message = &line[start..];
+                    let end = message.find('"').unwrap_or(message.len());
+                    Some(message[..end].to_owned())
+                })
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ours = pick(self.rustng.log());
+            // Envoy's bookkeeping suffix on upstream gRPC messages, as in `case`.
+            let reference = pick(self.envoy.log().replace("{via_upstream}", ""));
+            if ours.len() >= lines && reference.len() >= lines {
+                assert_eq!(
+                    ours, reference,
+                    "case {case}: the filter's log lines differ, RustNg (left), Envoy (right)"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "case {case}: expected {lines} log lines, RustNg has {ours:?}, Envoy has {reference:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Sends the same request to both hosts; returns RustNg's reply after checking that the
