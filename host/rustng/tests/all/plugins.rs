@@ -196,7 +196,17 @@ async fn failure_policies_decide_and_the_proxy_keeps_serving() {
     );
     // The plugin's own callback timeout, not the default.
     assert!(proxy.log().contains("30 ms"), "{}", proxy.log());
-    // A header flood stops at the host's map limit (1 MiB), not at the host's memory.
+    // A header flood stops at the host's map limit (1 MiB), not at the host's memory. A
+    // deadline far away, so that only the host's refusal can stop it (a debug build on a
+    // busy machine takes tens of milliseconds to copy the values).
+    let proxy = Rustng::start(&config(
+        &origin,
+        &format!(
+            "{}\n    limits: {{ callback_timeout: 5s }}",
+            hostile_plugin(&module, "FAIL_RELOAD")
+        ),
+        "hostile",
+    ));
     let before = proxy.rss_kib();
     let traps = |proxy: &Rustng| proxy.log().matches("unreachable").count();
     let deadlines = |proxy: &Rustng| proxy.log().matches("deadline exceeded").count();
