@@ -26,7 +26,7 @@ use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume
 use crate::headers;
 use crate::proxy::{local_answer, local_error, protocol_name, response_version};
 use crate::tunnel;
-use crate::upstream::{BoxError, BoxLocal as _, LocalBody, Outgoing, RequestBody, UpstreamBody};
+use crate::upstream::{BoxError, BoxLocal as _, Outgoing, RequestBody};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
@@ -226,22 +226,23 @@ impl Pending {
         if let Some(record) = &mut exchange.record {
             record.upstream = Some(upstream.endpoint);
         }
-        let body = if no_body || !filters.borrow().wants_body(Direction::Response) {
+        if no_body || !filters.borrow().wants_body(Direction::Response) {
             // Nothing to run on the body: it streams untouched.
-            boxed(upstream.body)
-        } else {
-            FilteredBody::new(
-                Direction::Response,
-                boxed(upstream.body),
-                Rc::clone(&filters),
-                content_length(&parts.headers),
-                limit,
-            )
-            .boxed_local()
-        };
+            return Ok(Response::from_parts(
+                parts,
+                ProxyBody::upstream(upstream.body, exchange),
+            ));
+        }
+        let body = FilteredBody::new(
+            Direction::Response,
+            upstream.body,
+            Rc::clone(&filters),
+            content_length(&parts.headers),
+            limit,
+        );
         Ok(Response::from_parts(
             parts,
-            ProxyBody::boxed(body, exchange),
+            ProxyBody::boxed(body.boxed_local(), exchange),
         ))
     }
 }
@@ -256,7 +257,7 @@ fn request_body(
     if body.is_end_stream() || !filters.borrow().wants_body(Direction::Request) {
         return RequestBody::Incoming(body);
     }
-    let source = body.map_err(|e| Box::new(e) as BoxError).boxed_local();
+    let source = body.map_err(box_error as fn(hyper::Error) -> BoxError);
     RequestBody::Boxed(
         FilteredBody::new(
             Direction::Request,
@@ -276,9 +277,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn boxed(body: UpstreamBody) -> LocalBody {
-    match body {
-        UpstreamBody::Http1(body) => body.boxed_local(),
-        UpstreamBody::Http2(body) => body.map_err(|e| Box::new(e) as BoxError).boxed_local(),
-    }
+fn box_error(error: hyper::Error) -> BoxError {
+    Box::new(error)
 }

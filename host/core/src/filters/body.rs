@@ -16,13 +16,13 @@ use http_body::{Body, Frame, SizeHint};
 use rustng_wasm::Direction;
 
 use super::{SharedFilters, Step, pause};
-use crate::upstream::{BoxError, LocalBody};
+use crate::upstream::BoxError;
 
 /// A body on its way through the filters.
-pub(crate) struct FilteredBody {
+pub(crate) struct FilteredBody<S> {
     direction: Direction,
     /// The rest of the body; `None` once it ended.
-    source: Option<LocalBody>,
+    source: Option<S>,
     filters: SharedFilters,
     held: Vec<u8>,
     /// Where the filters are called from for the held data.
@@ -50,11 +50,11 @@ pub(crate) enum FilteredBodyError {
     LengthMismatch,
 }
 
-impl FilteredBody {
+impl<S> FilteredBody<S> {
     /// `content_length`: the length the head announces, if any.
     pub(crate) fn new(
         direction: Direction,
-        source: LocalBody,
+        source: S,
         filters: SharedFilters,
         content_length: Option<u64>,
         limit: usize,
@@ -126,7 +126,10 @@ impl FilteredBody {
     }
 }
 
-impl Body for FilteredBody {
+impl<S> Body for FilteredBody<S>
+where
+    S: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 

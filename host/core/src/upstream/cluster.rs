@@ -1,7 +1,7 @@
 //! A cluster on one worker: picks an endpoint, gets a connection, sends the request, retries
 //! on another endpoint when nothing reached the first one.
 
-use crate::upstream::RequestBody;
+use crate::upstream::{BoxError, RequestBody};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use tokio::net::TcpStream;
@@ -44,13 +44,33 @@ pub(crate) enum UpstreamBody {
     Http2(Incoming),
 }
 
-impl UpstreamBody {
-    /// Whether the response has no body left to read.
-    pub(crate) fn is_end_stream(&self) -> bool {
-        use http_body::Body as _;
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => std::pin::Pin::new(body).poll_frame(cx),
+            UpstreamBody::Http2(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Http1(body) => body.is_end_stream(),
             UpstreamBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(body) => body.size_hint(),
         }
     }
 }
