@@ -13,7 +13,7 @@ use crate::error::WasmError;
 use crate::host::InstanceEnv;
 use crate::http::{
     BodyOutcome, GrpcAction, GrpcEvent, HeadersOutcome, HttpCallRequest, HttpCallResponse,
-    RequestHead, ResponseHead, StreamAction, StreamInfo,
+    HttpCallState, RequestHead, ResponseHead, StreamAction, StreamInfo,
 };
 use crate::limits::Limits;
 use crate::module::PluginModule;
@@ -298,22 +298,14 @@ impl PluginInstance {
         stream: &mut StreamInfo,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
-        let http = &mut self.store.data_mut().http;
-        http.request = Some(std::mem::take(head));
-        http.stream = Some(std::mem::take(stream));
+        let slot: Slot<RequestHead> = |http| &mut http.request;
+        lend(&mut self.store.data_mut().http, slot, head, stream);
         let result = self.headers_callback(Phase::Request, context, end_of_stream);
-        let http = &mut self.store.data_mut().http;
-        if let Some(changed) = http.request.take() {
-            *head = changed;
-        }
-        if let Some(changed) = http.stream.take() {
-            *stream = changed;
-        }
+        take_back(&mut self.store.data_mut().http, slot, head, stream);
         result
     }
 
-    /// Runs `proxy_on_response_headers` on `head`, which the plugin may change. `request` is
-    /// readable (not writable) meanwhile, as in Envoy.
+    /// Runs `proxy_on_response_headers` on `head`, which the plugin may change.
     pub fn on_response_headers(
         &mut self,
         context: HttpContextId,
@@ -321,17 +313,10 @@ impl PluginInstance {
         stream: &mut StreamInfo,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
-        let http = &mut self.store.data_mut().http;
-        http.response = Some(std::mem::take(head));
-        http.stream = Some(std::mem::take(stream));
+        let slot: Slot<ResponseHead> = |http| &mut http.response;
+        lend(&mut self.store.data_mut().http, slot, head, stream);
         let result = self.headers_callback(Phase::Response, context, end_of_stream);
-        let http = &mut self.store.data_mut().http;
-        if let Some(changed) = http.response.take() {
-            *head = changed;
-        }
-        if let Some(changed) = http.stream.take() {
-            *stream = changed;
-        }
+        take_back(&mut self.store.data_mut().http, slot, head, stream);
         result
     }
 
@@ -538,13 +523,12 @@ impl PluginInstance {
             return Ok(BodyOutcome::Continue);
         };
         let count = i32::try_from(trailers.len()).unwrap_or(i32::MAX);
-        let http = &mut self.store.data_mut().http;
-        let slot = match direction {
-            Direction::Request => &mut http.request_trailers,
-            Direction::Response => &mut http.response_trailers,
+        let slot: Slot<HeaderMap> = match direction {
+            Direction::Request => |http| &mut http.request_trailers,
+            Direction::Response => |http| &mut http.response_trailers,
         };
-        *slot = Some(std::mem::take(trailers));
-        http.stream = Some(std::mem::take(stream));
+        let http = &mut self.store.data_mut().http;
+        lend(http, slot, trailers, stream);
         http.local_response = None;
         let action = invoke(
             &mut self.store,
@@ -555,16 +539,7 @@ impl PluginInstance {
             (context.0, count),
         );
         let http = &mut self.store.data_mut().http;
-        let slot = match direction {
-            Direction::Request => &mut http.request_trailers,
-            Direction::Response => &mut http.response_trailers,
-        };
-        if let Some(changed) = slot.take() {
-            *trailers = changed;
-        }
-        if let Some(changed) = http.stream.take() {
-            *stream = changed;
-        }
+        take_back(http, slot, trailers, stream);
         body_outcome(action, http)
     }
 
@@ -881,12 +856,36 @@ enum Phase {
     Response,
 }
 
+/// Where in the callback state a head or trailers map goes while the guest works on it.
+type Slot<H> = fn(&mut HttpCallState) -> &mut Option<H>;
+
+/// Moves `head` and `stream` into the store for a callback (taken, not copied).
+fn lend<H: Default>(
+    http: &mut HttpCallState,
+    slot: Slot<H>,
+    head: &mut H,
+    stream: &mut StreamInfo,
+) {
+    *slot(http) = Some(std::mem::take(head));
+    http.stream = Some(std::mem::take(stream));
+}
+
+/// Moves them back, with what the guest changed.
+fn take_back<H>(http: &mut HttpCallState, slot: Slot<H>, head: &mut H, stream: &mut StreamInfo) {
+    if let Some(changed) = slot(http).take() {
+        *head = changed;
+    }
+    if let Some(changed) = http.stream.take() {
+        *stream = changed;
+    }
+}
+
 /// What a body or trailers callback decided: its local answer if it gave one, else its
 /// action. Envoy's data statuses: 0 continues; StopIterationAndBuffer, …AndWatermark and
 /// …NoBuffer all hold the data here until the filter lets it go.
 fn body_outcome(
     action: Result<i32, WasmError>,
-    http: &mut crate::http::HttpCallState,
+    http: &mut HttpCallState,
 ) -> Result<BodyOutcome, WasmError> {
     let action = action?;
     if let Some(local) = http.local_response.take() {
