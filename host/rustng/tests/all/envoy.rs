@@ -39,6 +39,27 @@ pub(crate) struct EnvoyPlugin<'a> {
     pub(crate) configuration: &'a str,
 }
 
+impl EnvoyPlugin<'_> {
+    /// Envoy's `PluginConfig` for this plugin, as a JSON flow value (valid YAML at any
+    /// indentation), for the HTTP and the network Wasm filter alike.
+    fn config(&self) -> String {
+        serde_json::json!({
+            "name": self.name,
+            "root_id": "",
+            "vm_config": {
+                "vm_id": "",
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": { "local": { "filename": self.wasm.display().to_string() } },
+            },
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": self.configuration,
+            },
+        })
+        .to_string()
+    }
+}
+
 /// A running Envoy; killed when dropped.
 pub(crate) struct Envoy {
     child: Child,
@@ -73,16 +94,7 @@ impl Envoy {
           - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: {name}
-                root_id: ""
-                vm_config:
-                  vm_id: ""
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{ local: {{ filename: {wasm} }} }}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {configuration}
+              config: {plugin}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -108,9 +120,7 @@ impl Envoy {
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {grpc_port} }} }} }}
 "#,
-            name = plugin.name,
-            wasm = serde_json::to_string(&plugin.wasm.display().to_string()).expect("json"),
-            configuration = serde_json::to_string(plugin.configuration).expect("json"),
+            plugin = plugin.config(),
             upstream_port = upstream.port(),
             grpc_port = grpc.port(),
         );
@@ -129,16 +139,7 @@ impl Envoy {
       - name: envoy.filters.network.wasm
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm
-          config:
-            name: {name}
-            root_id: ""
-            vm_config:
-              vm_id: ""
-              runtime: envoy.wasm.runtime.v8
-              code: {{ local: {{ filename: {wasm} }} }}
-            configuration:
-              "@type": type.googleapis.com/google.protobuf.StringValue
-              value: {configuration}
+          config: {plugin}
       - name: envoy.filters.network.tcp_proxy
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
@@ -154,9 +155,7 @@ impl Envoy {
       - lb_endpoints:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream_port} }} }} }}
 "#,
-            name = plugin.name,
-            wasm = serde_json::to_string(&plugin.wasm.display().to_string()).expect("json"),
-            configuration = serde_json::to_string(plugin.configuration).expect("json"),
+            plugin = plugin.config(),
             upstream_port = upstream.port(),
         );
         Envoy::launch(&config)
