@@ -105,8 +105,13 @@ impl FilterChain {
 }
 
 impl ActiveFilters {
-    /// The context at `position` in `direction`'s order.
-    fn at(&self, direction: Direction, position: usize) -> Option<(Rc<Filter>, HttpContextId)> {
+    /// The filter and context at `position` in `direction`'s order (for a paused phase: the
+    /// one it waits on).
+    pub(crate) fn context_at(
+        &self,
+        direction: Direction,
+        position: usize,
+    ) -> Option<(Rc<Filter>, HttpContextId)> {
         let index = match direction {
             Direction::Request => position,
             Direction::Response => self.contexts.len().checked_sub(position + 1)?,
@@ -114,15 +119,6 @@ impl ActiveFilters {
         self.contexts
             .get(index)
             .map(|(filter, context)| (Rc::clone(filter), *context))
-    }
-
-    /// The filter and context at `position` (the one a paused phase waits on).
-    pub(crate) fn context_at(
-        &self,
-        direction: Direction,
-        position: usize,
-    ) -> Option<(Rc<Filter>, HttpContextId)> {
-        self.at(direction, position)
     }
 
     /// Position of the newest context in request order (the filter that just paused).
@@ -213,7 +209,7 @@ impl ActiveFilters {
         ) -> Result<Verdict, WasmError>,
     ) -> Step {
         let mut position = from;
-        while let Some((filter, context)) = self.at(direction, position) {
+        while let Some((filter, context)) = self.context_at(direction, position) {
             let stream = &mut self.stream;
             match filter.with_instance(|instance| callback(instance, context, stream)) {
                 None | Some(Ok(Verdict::Next)) => {}
