@@ -1,5 +1,6 @@
 //! Serving one downstream connection: protocol detection (HTTP/1.1 or HTTP/2 prior knowledge),
-//! the idle timeout hyper lacks, and graceful close on shutdown.
+//! the idle timeout, and graceful close on shutdown. HTTP/1.1 is RustNg's own
+//! connection loop (`h1`), HTTP/2 is hyper's.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -8,11 +9,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::h1;
 use crate::head_timeout::HeadTimeout;
 use crate::listener::ListenerRt;
 use crate::local_exec::LocalExec;
@@ -111,32 +113,30 @@ impl ConnState {
 pub(crate) struct ConnCtx {
     pub(crate) listener: Rc<ListenerRt>,
     pub(crate) peer: SocketAddr,
+    /// `peer`'s address as the `x-forwarded-for` entry.
+    pub(crate) client_address: http::HeaderValue,
     pub(crate) tls: bool,
     pub(crate) state: Arc<ConnState>,
 }
 
 /// The HTTP codecs of a listener, configured once from its limits.
 pub(crate) struct Codecs {
-    http1: http1::Builder,
+    max_request_head_bytes: usize,
     http2: http2::Builder<LocalExec>,
 }
 
 impl Codecs {
     pub(crate) fn new(http: &rustng_runtime_config::HttpOptions) -> Self {
-        let mut http1 = http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .max_buf_size(http.max_request_headers_bytes)
-            // Replaced by `HeadTimeout`, which answers 408 instead of closing silently.
-            .header_read_timeout(None);
         let mut http2 = http2::Builder::new(LocalExec);
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(http.max_concurrent_streams)
             .max_header_list_size(u32::try_from(http.max_request_headers_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(60)));
-        Codecs { http1, http2 }
+        Codecs {
+            max_request_head_bytes: http.max_request_headers_bytes,
+            http2,
+        }
     }
 }
 
@@ -156,6 +156,7 @@ pub(crate) async fn serve<I>(
     let ctx = Rc::new(ConnCtx {
         listener: Rc::clone(&listener),
         peer,
+        client_address: crate::headers::client_address_value(peer.ip()),
         tls,
         state: Arc::clone(&state),
     });
@@ -170,19 +171,19 @@ pub(crate) async fn serve<I>(
                 Arc::clone(&state),
                 listener.config.http.request_headers_timeout,
             );
-            let conn = listener
-                .codecs
-                .http1
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            Watched::new(conn, registration, |c| c.graceful_shutdown()).await
+            let conn = h1::Connection::new(io, service, listener.codecs.max_request_head_bytes);
+            Watched::new(conn, registration, |c| c.graceful_shutdown())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         }
         Protocol::Http2 => {
             let conn = listener
                 .codecs
                 .http2
                 .serve_connection(TokioIo::new(io), service);
-            Watched::new(conn, registration, |c| c.graceful_shutdown()).await
+            Watched::new(conn, registration, |c| c.graceful_shutdown())
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         }
     };
     if let Err(e) = result {

@@ -15,18 +15,17 @@ use std::rc::Rc;
 
 use http::{HeaderMap, HeaderValue, Request, Response, Version, header, request};
 use http_body::Body as _;
-use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use rustng_wasm::{Direction, RequestHead, ResponseHead, StreamInfo};
 
 use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
+use crate::downstream_body::DownstreamBody;
 use crate::error::ErrorKind;
 use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
 use crate::headers;
 use crate::proxy::{local_answer, local_error, protocol_name, response_version};
 use crate::tunnel;
-use crate::upstream::{BoxError, BoxLocal as _, Outgoing, RequestBody};
+use crate::upstream::{BoxLocal as _, Outgoing, RequestBody};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
@@ -34,7 +33,7 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, In
 /// returned future.
 pub(crate) fn serve(
     ctx: &Rc<ConnCtx>,
-    req: Request<Incoming>,
+    req: Request<DownstreamBody>,
     mut exchange: Exchange,
     upgrade: Option<HeaderValue>,
 ) -> ResponseFuture {
@@ -87,7 +86,7 @@ pub(crate) fn serve(
 struct Pending {
     ctx: Rc<ConnCtx>,
     parts: request::Parts,
-    body: Incoming,
+    body: DownstreamBody,
     exchange: Exchange,
     filters: SharedFilters,
     upgrade: Option<HeaderValue>,
@@ -251,17 +250,16 @@ impl Pending {
 fn request_body(
     filters: &SharedFilters,
     headers: &HeaderMap,
-    body: Incoming,
+    body: DownstreamBody,
     limit: usize,
 ) -> RequestBody {
     if body.is_end_stream() || !filters.borrow().wants_body(Direction::Request) {
-        return RequestBody::Incoming(body);
+        return RequestBody::Downstream(body);
     }
-    let source = body.map_err(box_error as fn(hyper::Error) -> BoxError);
     RequestBody::Boxed(
         FilteredBody::new(
             Direction::Request,
-            source,
+            body,
             Rc::clone(filters),
             content_length(headers),
             limit,
@@ -275,8 +273,4 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-}
-
-fn box_error(error: hyper::Error) -> BoxError {
-    Box::new(error)
 }

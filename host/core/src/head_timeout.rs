@@ -1,9 +1,9 @@
 //! The request-head timeout with the answer nginx gives: `408 Request Timeout`, then close.
 //!
-//! hyper's own `header_read_timeout` closes the socket without a word, so this wrapper sits
-//! between the socket and hyper instead. The clock starts with the first byte of a request head
-//! and stops when the request reaches the proxy service; while it runs and the head is still
-//! incomplete, every pending read also waits on the deadline. On the fast path (a whole head in
+//! A wrapper around the socket, under the HTTP/1.1 connection loop, so that the loop itself
+//! needs no timer. The clock starts with the first byte of a request head and stops when the
+//! request reaches the proxy service; while it runs and the head is still incomplete, every
+//! pending read also waits on the deadline. On the fast path (a whole head in
 //! one read) it costs two relaxed atomic stores, and neither a clock read nor a timer.
 
 use std::io;
@@ -25,7 +25,7 @@ enum Phase {
     Timing,
     /// Deadline passed: writing the 408, `usize` bytes of it done.
     Answering(usize),
-    /// The 408 is out; reads see end of stream so hyper closes the connection.
+    /// The 408 is out; reads see end of stream so the connection loop closes.
     Closed,
 }
 

@@ -31,7 +31,7 @@ pub(crate) struct Removed {
 }
 
 /// Removes hop-by-hop headers, including every header the `connection` header names, and
-/// `expect` (hyper answers `100-continue` itself when the body is first read, which is when the
+/// `expect` (the HTTP/1.1 connection answers `100-continue` itself when the body is first read, which is when the
 /// upstream starts taking it, so the upstream must not see the expectation again).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
     // One scan with cheap comparisons (standard names compare as enum tags) instead of a
@@ -84,27 +84,33 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
     removed
 }
 
-/// Appends the client address to `x-forwarded-for` (as nginx's `$proxy_add_x_forwarded_for`)
-/// and sets `x-forwarded-proto` to the scheme the client used.
-pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
+/// The client address as a header value, made once per connection: formatting an address is
+/// the costliest part of the forwarding headers, and every request on the connection shares it.
+pub(crate) fn client_address_value(client: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // An IPv6 address with scope fits in 64 bytes, and its text is always a valid value.
+    let len = match write!(cursor, "{client}") {
+        Ok(()) => cursor.position() as usize,
+        Err(_) => 0,
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Appends the client address (from [`client_address_value`]) to `x-forwarded-for`, as nginx's
+/// `$proxy_add_x_forwarded_for` does, and sets `x-forwarded-proto` to the scheme the client used.
+pub(crate) fn add_forwarding(headers: &mut HeaderMap, client: &HeaderValue, tls: bool) {
     // One hashed lookup per header (`entry`), not a `get` and an `insert`.
     match headers.entry(X_FORWARDED_FOR.clone()) {
         Entry::Vacant(slot) => {
-            let mut buf = [0u8; 64];
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            // An IPv6 address with scope fits in 64 bytes; the value is always valid.
-            if write!(cursor, "{client}").is_ok() {
-                let len = cursor.position() as usize;
-                if let Ok(value) = HeaderValue::from_bytes(&buf[..len]) {
-                    slot.insert(value);
-                }
-            }
+            slot.insert(client.clone());
         }
         Entry::Occupied(mut slot) => {
             let prior = slot.get().as_bytes();
-            let mut value = Vec::with_capacity(prior.len() + 48);
+            let mut value = Vec::with_capacity(prior.len() + 2 + client.len());
             value.extend_from_slice(prior);
-            let _ = write!(value, ", {client}");
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(client.as_bytes());
             if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
                 slot.insert(value);
             }
@@ -159,10 +165,18 @@ mod tests {
     #[test]
     fn forwarding_headers_append_and_set() {
         let mut h = HeaderMap::new();
-        add_forwarding(&mut h, "10.0.0.1".parse().expect("ip"), false);
+        add_forwarding(
+            &mut h,
+            &client_address_value("10.0.0.1".parse().expect("ip")),
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        add_forwarding(&mut h, "::1".parse().expect("ip"), true);
+        add_forwarding(
+            &mut h,
+            &client_address_value("::1".parse().expect("ip")),
+            true,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         let long = "1.2.3.4, ".repeat(100);
@@ -170,7 +184,11 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_str(&long).expect("value"),
         );
-        add_forwarding(&mut h, "5.6.7.8".parse().expect("ip"), false);
+        add_forwarding(
+            &mut h,
+            &client_address_value("5.6.7.8".parse().expect("ip")),
+            false,
+        );
         assert!(
             h["x-forwarded-for"]
                 .to_str()

@@ -9,9 +9,11 @@
 mod access_log;
 mod body;
 mod connection;
+mod downstream_body;
 mod error;
 mod filtered;
 mod filters;
+mod h1;
 mod head_timeout;
 mod headers;
 mod listener;

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
+use crate::downstream_body::DownstreamBody;
+
 use crate::access_log::AccessRecord;
 use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
@@ -30,21 +32,29 @@ impl ProxyService {
     }
 }
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
+pub(crate) type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
+/// hyper serves HTTP/2; HTTP/1.1 has RustNg's own connection loop (`h1::Connection`).
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = ResponseFuture;
 
+    fn call(&self, req: Request<Incoming>) -> ResponseFuture {
+        self.handle(req.map(DownstreamBody::http2))
+    }
+}
+
+impl ProxyService {
     /// Everything that needs no waiting (header rules, request id, cluster choice) happens here,
     /// before the future exists: the future then holds only what crosses an `.await`, and it
     /// is that future's size that is copied into its box on every request.
-    fn call(&self, mut req: Request<Incoming>) -> ResponseFuture {
+    pub(crate) fn handle(&self, mut req: Request<DownstreamBody>) -> ResponseFuture {
         let ctx = &self.ctx;
         let downstream_version = req.version();
         let removed = headers::strip_hop_by_hop(req.headers_mut());
-        headers::add_forwarding(req.headers_mut(), ctx.peer.ip(), ctx.tls);
+        headers::add_forwarding(req.headers_mut(), &ctx.client_address, ctx.tls);
         let request_id = headers::ensure_request_id(req.headers_mut());
 
         let record = ctx.listener.config.access_log.then(|| {
@@ -88,7 +98,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
         let (head, body) = req.into_parts();
         let outgoing = Outgoing {
             head,
-            body: Some(RequestBody::Incoming(body)),
+            body: Some(RequestBody::Downstream(body)),
         };
         Box::pin(forward(cluster, outgoing, exchange, downstream_version))
     }

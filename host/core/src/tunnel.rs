@@ -4,10 +4,10 @@
 use std::rc::Rc;
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{Exchange, ProxyBody};
+use crate::downstream_body::DownstreamBody;
 use crate::error::{ErrorKind, ProxyError};
 use crate::headers;
 use crate::proxy::local_error;
@@ -16,11 +16,18 @@ use crate::upstream::ClusterRt;
 /// Forwards an `Upgrade` request; on `101` both connections become one byte tunnel.
 pub(crate) async fn forward(
     cluster: &Rc<ClusterRt>,
-    mut req: Request<Incoming>,
+    mut req: Request<DownstreamBody>,
     protocol: HeaderValue,
     mut exchange: Exchange,
 ) -> Response<ProxyBody> {
-    let downstream = hyper::upgrade::on(&mut req);
+    let Some(downstream) = req.body_mut().take_upgrade() else {
+        // Only HTTP/1.1 requests can switch, and those carry the switch with their body.
+        return local_error(
+            ErrorKind::InvalidRequest.into_error(),
+            exchange,
+            Version::HTTP_11,
+        );
+    };
     req.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     req.headers_mut().insert(header::UPGRADE, protocol);
@@ -54,14 +61,14 @@ pub(crate) async fn forward(
 
     let upstream = hyper::upgrade::on(&mut response);
     tokio::task::spawn_local(async move {
-        let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
+        let upstream = async { upstream.await.map_err(std::io::Error::other) };
+        let (mut downstream, upstream) = match tokio::try_join!(downstream.wait(), upstream) {
             Ok(both) => both,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade did not complete");
                 return;
             }
         };
-        let mut downstream = TokioIo::new(downstream);
         let mut upstream = TokioIo::new(upstream);
         if let Err(e) = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
             tracing::debug!(error = %e, "tunnel closed");

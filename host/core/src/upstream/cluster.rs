@@ -9,6 +9,8 @@ use tokio::net::TcpStream;
 use http::uri::{Authority, Parts, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
+
+use crate::downstream_body::DownstreamBody;
 use hyper::client::conn::http1;
 use rustng_runtime_config::{Cluster, UpstreamProtocol};
 
@@ -286,7 +288,7 @@ impl ClusterRt {
     /// Opens a dedicated HTTP/1.1 connection that survives a protocol switch (WebSocket).
     pub(crate) async fn connect_for_upgrade(
         &self,
-    ) -> Result<(SocketAddr, http1::SendRequest<Incoming>), ProxyError> {
+    ) -> Result<(SocketAddr, http1::SendRequest<DownstreamBody>), ProxyError> {
         let timeout = self.config.connect_timeout;
         self.connect_any(|address| connect::http1_upgradable(address, timeout))
             .await

@@ -4,7 +4,7 @@ use crate::upstream::RequestBody;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use crate::downstream_body::DownstreamBody;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -46,7 +46,7 @@ fn handshake_failed(address: SocketAddr, e: hyper::Error) -> ProxyError {
 pub(crate) async fn http1_upgradable(
     address: SocketAddr,
     timeout: Duration,
-) -> Result<http1::SendRequest<Incoming>, ProxyError> {
+) -> Result<http1::SendRequest<DownstreamBody>, ProxyError> {
     let stream = tcp(address, timeout).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))

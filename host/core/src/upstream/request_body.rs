@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::downstream_body::DownstreamBody;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,7 +32,7 @@ where
 
 /// A request body for either upstream protocol.
 pub(crate) enum RequestBody {
-    Incoming(Incoming),
+    Downstream(DownstreamBody),
     Full(Option<Bytes>),
     Boxed(LocalBody),
 }
@@ -52,9 +53,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RequestBody::Incoming(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
+            RequestBody::Downstream(body) => Pin::new(body).poll_frame(cx),
             RequestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             RequestBody::Boxed(body) => body.as_mut().poll_frame(cx),
         }
@@ -62,7 +61,7 @@ impl Body for RequestBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Incoming(body) => body.is_end_stream(),
+            RequestBody::Downstream(body) => body.is_end_stream(),
             RequestBody::Full(data) => data.is_none(),
             RequestBody::Boxed(body) => body.is_end_stream(),
         }
@@ -70,7 +69,7 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Incoming(body) => body.size_hint(),
+            RequestBody::Downstream(body) => body.size_hint(),
             RequestBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

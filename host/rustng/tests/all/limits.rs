@@ -97,6 +97,9 @@ async fn malformed_requests_get_400_and_garbage_never_hurts() {
         b"NOT A REQUEST\r\n\r\n",
         b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+        // Request smuggling shapes: two framings, or a chunked body an HTTP/1.0 peer cannot have.
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"GET /a b c HTTP/1.1\r\nHost: x\r\n\r\n",
         // A broken chunk in a body the origin reads: the client's fault, not the upstream's.
         b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",

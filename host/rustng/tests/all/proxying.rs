@@ -334,3 +334,52 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "slow");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start("a").await;
+    let proxy = Rustng::start(&simple_config(&[origin.addr], "", ""));
+    // Three requests in one write, the second with a body; the last closes.
+    let reply = client::raw(
+        proxy.addr,
+        b"GET /status/201 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+          GET /status/202 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let statuses: Vec<&str> = reply
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &reply[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["201", "200", "202"], "{reply}");
+    assert!(reply.contains("\"received\":3"), "{reply}");
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+    assert_eq!(origin.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_get_a_length_or_a_close() {
+    let origin = Origin::start("a").await;
+    let proxy = Rustng::start(&simple_config(&[origin.addr], "", ""));
+    // No keep-alive asked: the response closes the connection.
+    let reply = client::raw(
+        proxy.addr,
+        b"GET /status/200 HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+    assert!(reply.ends_with("status 200"), "{reply}");
+    // A streamed body of unknown length: no chunked coding for 1.0, the close ends it.
+    let reply = client::raw(
+        proxy.addr,
+        b"GET /trailers HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(!reply.contains("transfer-encoding"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\nbody"), "{reply:?}");
+}

@@ -7,8 +7,8 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::decode::{BodyDecoder, Decoded};
 use super::{H1Connection, READ_CHUNK};
+use crate::h1::decode::{BodyDecoder, Decoded};
 use crate::upstream::cluster::ClusterRt;
 
 /// Streams a response body and returns the connection to its pool once the body has been read

@@ -7,8 +7,6 @@
 //! request at a time, or sits in the pool; no lock, no channel, no extra task.
 
 mod body;
-mod decode;
-mod encode;
 
 use crate::upstream::RequestBody;
 use std::io;
@@ -20,9 +18,10 @@ use http::request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub(crate) use crate::h1::decode::{DecodeError, ResponseHead};
+use crate::h1::encode::RequestFraming;
+use crate::h1::{decode, encode};
 pub(crate) use body::H1Body;
-pub(crate) use decode::{DecodeError, ResponseHead};
-use encode::RequestFraming;
 
 /// Read buffer growth step: large enough for a typical response in one read.
 const READ_CHUNK: usize = 16 * 1024;

@@ -1,7 +1,10 @@
-//! Writing an HTTP/1.1 request head and chunk framing.
+//! Writing HTTP/1.1: request and response heads, chunk framing, the `date` field.
 
 use http::header::{self, HeaderMap};
-use http::{Method, Uri};
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{Method, StatusCode, Uri};
 
 /// How the request body is framed on the upstream connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +40,7 @@ pub(crate) fn request_head(
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    fields(out, headers);
     let has_length = headers.contains_key(header::CONTENT_LENGTH);
     let framing = if body_empty {
         if !has_length && announces_empty_body(method) {
@@ -70,14 +68,54 @@ pub(crate) fn chunk_header(out: &mut Vec<u8>, len: usize) {
 pub(crate) fn chunked_end(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
     if let Some(trailers) = trailers {
-        for (name, value) in trailers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        fields(out, trailers);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Header fields, one line each, names as stored (lowercase).
+pub(crate) fn fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `HTTP/1.1 200 OK` and its CRLF. Responses always say 1.1, HTTP/1.0 clients included, as
+/// nginx and hyper do (RFC 9110 §6.2: the highest minor version the server supports).
+pub(crate) fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The `date` value of the current second: formatting a date costs more than the rest
+    /// of a small response head, and it changes once a second.
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [b' '; 29])) };
+}
+
+/// The `date` field (RFC 9110 §6.6.1: an origin with a clock must send it; a proxy adds it
+/// when the upstream did not).
+pub(crate) fn date_field(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            let formatted = httpdate::fmt_http_date(now);
+            if formatted.len() == text.len() {
+                text.copy_from_slice(formatted.as_bytes());
+                *cached = second;
+            }
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 #[cfg(test)]
@@ -136,5 +174,24 @@ mod tests {
         trailers.insert("x-t", HeaderValue::from_static("1"));
         chunked_end(&mut out, Some(&trailers));
         assert_eq!(out, b"12c\r\n...\r\n0\r\nx-t: 1\r\n\r\n");
+    }
+
+    #[test]
+    fn status_lines_and_date() {
+        let mut out = Vec::new();
+        status_line(&mut out, StatusCode::NOT_FOUND);
+        status_line(&mut out, StatusCode::from_u16(599).expect("status"));
+        assert_eq!(out, b"HTTP/1.1 404 Not Found\r\nHTTP/1.1 599 \r\n");
+        let mut out = Vec::new();
+        date_field(&mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(
+            text.starts_with("date: ") && text.ends_with(" GMT\r\n"),
+            "{text}"
+        );
+        assert!(
+            httpdate::parse_http_date(&text[6..text.len() - 2]).is_ok(),
+            "{text}"
+        );
     }
 }

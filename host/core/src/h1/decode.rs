@@ -1,4 +1,5 @@
-//! Reading an HTTP/1.1 response: the head, then the body framing it implies (RFC 9112 §6.3).
+//! Reading HTTP/1.1 messages: request and response heads, then the body framing each implies
+//! (RFC 9112 §6.3).
 //!
 //! Pure functions over a `BytesMut`, so every edge case is a unit test without sockets.
 //! Header values are slices of the received head (`Bytes`), never copied.
@@ -7,7 +8,7 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version, request};
 
 /// Most header fields in a response head; more is a protocol error, as in hyper (100).
 const MAX_HEADERS: usize = 128;
@@ -90,37 +91,9 @@ pub(crate) fn parse_head(
             continue;
         }
 
-        // Offsets first, then freeze the head so names and values are built from it, values as
-        // zero-copy slices. Typical heads fit the stack array; longer ones take a Vec.
-        let base = buf.as_ptr() as usize;
-        let offset = |h: &httparse::Header<'_>| {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            (name, name + h.name.len(), value, value + h.value.len())
-        };
-        let count = response.headers.len();
-        let mut inline = [(0usize, 0usize, 0usize, 0usize); INLINE_HEADERS];
-        let spilled: Vec<(usize, usize, usize, usize)>;
-        let offsets: &[(usize, usize, usize, usize)] = if count <= INLINE_HEADERS {
-            for (slot, h) in inline.iter_mut().zip(response.headers.iter()) {
-                *slot = offset(h);
-            }
-            &inline[..count]
-        } else {
-            spilled = response.headers.iter().map(offset).collect();
-            &spilled
-        };
-        let head: Bytes = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(name_start, name_end, value_start, value_end) in offsets {
-            let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| {
-                DecodeError::Head(format!("header name {:?}", &head[name_start..name_end]))
-            })?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
-                .map_err(|_| DecodeError::Head(format!("value of {name}")))?;
-            headers.append(name, value);
-        }
-
+        let fields = FieldOffsets::new(buf, response.headers);
+        let (_, headers) = freeze_head(buf, len, &fields)
+            .map_err(|field| DecodeError::Head(format!("header {field}")))?;
         let keep_alive = keep_alive(version, &headers);
         let body = framing(method, status, &headers)?;
         let keep_alive = keep_alive && !matches!(body, BodyDecoder::UntilClose);
@@ -134,7 +107,220 @@ pub(crate) fn parse_head(
     }
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// Where each header field's name and value sit in a parsed head, by offset, so the head can
+/// be split off its buffer (ending `httparse`'s borrow) before the map is built. Typical heads
+/// keep their offsets on the stack.
+struct FieldOffsets {
+    inline: [(usize, usize, usize, usize); INLINE_HEADERS],
+    spilled: Vec<(usize, usize, usize, usize)>,
+    count: usize,
+}
+
+impl FieldOffsets {
+    fn new(buf: &[u8], fields: &[httparse::Header<'_>]) -> Self {
+        let base = buf.as_ptr() as usize;
+        let offset = |h: &httparse::Header<'_>| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            (name, name + h.name.len(), value, value + h.value.len())
+        };
+        let mut table = FieldOffsets {
+            inline: [(0, 0, 0, 0); INLINE_HEADERS],
+            spilled: Vec::new(),
+            count: fields.len(),
+        };
+        if fields.len() <= INLINE_HEADERS {
+            for (slot, h) in table.inline.iter_mut().zip(fields) {
+                *slot = offset(h);
+            }
+        } else {
+            table.spilled = fields.iter().map(offset).collect();
+        }
+        table
+    }
+
+    fn as_slice(&self) -> &[(usize, usize, usize, usize)] {
+        if self.count <= INLINE_HEADERS {
+            &self.inline[..self.count]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+/// Splits the first `len` bytes (a parsed head) off `buf` and builds its header map, values as
+/// zero-copy slices of the frozen head. On an invalid name or value, the error is that field's
+/// name, for the message.
+fn freeze_head(
+    buf: &mut BytesMut,
+    len: usize,
+    fields: &FieldOffsets,
+) -> Result<(Bytes, HeaderMap), String> {
+    let head: Bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.count);
+    for &(name_start, name_end, value_start, value_end) in fields.as_slice() {
+        let raw_name = &head[name_start..name_end];
+        let name = HeaderName::from_bytes(raw_name)
+            .map_err(|_| String::from_utf8_lossy(raw_name).into_owned())?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+            .map_err(|_| name.as_str().to_owned())?;
+        headers.append(name, value);
+    }
+    Ok((head, headers))
+}
+
+/// Why a request head is refused; the status the client gets before the connection closes.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum RequestError {
+    /// 400: not HTTP, or framing that cannot be trusted (request smuggling shapes included).
+    #[error("bad request: {0}")]
+    Invalid(String),
+    /// 431: the head outgrew the listener's limit, or has too many fields.
+    #[error("request head too large")]
+    TooLarge,
+}
+
+impl RequestError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            RequestError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RequestError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+}
+
+/// A parsed request head and what it says about the body and the connection.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    pub(crate) parts: request::Parts,
+    pub(crate) body: BodyDecoder,
+    /// The client allows another request on this connection after this one.
+    pub(crate) keep_alive: bool,
+    /// `expect: 100-continue`: the client waits for a `100` before sending the body.
+    pub(crate) expect_continue: bool,
+    /// `te: trailers`: the client takes trailers in a chunked response.
+    pub(crate) accepts_trailers: bool,
+    /// `connection: upgrade` with an `upgrade` field: a protocol switch may follow.
+    pub(crate) upgrade: bool,
+}
+
+/// Parses a request head at the start of `buf` (after any empty lines, which RFC 9112 §2.2
+/// lets a server skip). `Ok(None)`: incomplete, and still under `max_bytes`.
+pub(crate) fn parse_request_head(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+) -> Result<Option<RequestHead>, RequestError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) if len > max_bytes => {
+            return Err(RequestError::TooLarge);
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= max_bytes => {
+            return Err(RequestError::TooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::TooLarge),
+        Err(e) => return Err(RequestError::Invalid(e.to_string())),
+    };
+    let invalid = |what: String| RequestError::Invalid(what);
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| invalid("method".into()))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // The target's offsets, so the URI can be a slice of the frozen head like the values.
+    let base = buf.as_ptr() as usize;
+    let target = parsed.path.unwrap_or_default();
+    let target_start = target.as_ptr() as usize - base;
+    let target_end = target_start + target.len();
+    let fields = FieldOffsets::new(buf, parsed.headers);
+    let (head, headers) =
+        freeze_head(buf, len, &fields).map_err(|field| invalid(format!("header {field}")))?;
+    let uri = Uri::from_maybe_shared(head.slice(target_start..target_end))
+        .map_err(|e| invalid(format!("request target: {e}")))?;
+
+    let body = request_framing(version, &headers)?;
+    let keep_alive = keep_alive(version, &headers);
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let accepts_trailers = has_token(&headers, header::TE, "trailers");
+    let upgrade =
+        headers.contains_key(header::UPGRADE) && has_token(&headers, header::CONNECTION, "upgrade");
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(RequestHead {
+        parts,
+        body,
+        keep_alive,
+        expect_continue,
+        accepts_trailers,
+        upgrade,
+    }))
+}
+
+/// RFC 9112 §6.3, for requests: chunked or a length, never "until close". What a proxy cannot
+/// frame exactly is refused, since the upstream might frame it differently (request
+/// smuggling): `transfer-encoding` with `content-length`, a coding other than a final
+/// `chunked`, `transfer-encoding` in HTTP/1.0, and disagreeing lengths.
+fn request_framing(version: Version, headers: &HeaderMap) -> Result<BodyDecoder, RequestError> {
+    let invalid = |what: &str| RequestError::Invalid(what.to_owned());
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(invalid("transfer-encoding in HTTP/1.0"));
+        }
+        if headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(invalid("both transfer-encoding and content-length"));
+        }
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return match last {
+            Some(t) if t.eq_ignore_ascii_case("chunked") => Ok(BodyDecoder::Chunked(Chunked::Size)),
+            _ => Err(invalid("transfer-encoding without a final chunked")),
+        };
+    }
+    match content_length(headers).map_err(|_| invalid("content-length"))? {
+        Some(n) => Ok(BodyDecoder::Length(n)),
+        None => Ok(BodyDecoder::Length(0)),
+    }
+}
+
+/// The message's `content-length`: every field and list element must be the same number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| DecodeError::ContentLength)?;
+        for element in text.split(',') {
+            let element = element.trim();
+            if element.is_empty()
+                || element.len() > 19
+                || !element.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(DecodeError::ContentLength);
+            }
+            let parsed: u64 = element.parse().map_err(|_| DecodeError::ContentLength)?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(DecodeError::ContentLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length)
+}
+
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
             .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -176,19 +362,7 @@ fn framing(
             BodyDecoder::UntilClose
         });
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let parsed: u64 = value
-            .to_str()
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or(DecodeError::ContentLength)?;
-        if length.is_some_and(|l| l != parsed) {
-            return Err(DecodeError::ContentLength);
-        }
-        length = Some(parsed);
-    }
+    let length = content_length(headers)?;
     Ok(match length {
         Some(n) => BodyDecoder::Length(n),
         None => BodyDecoder::UntilClose,
@@ -662,5 +836,102 @@ mod tests {
         let (out, _, _) = decode_all(&mut d, b"stream until close", 4).expect("ok");
         assert_eq!(out, b"stream until close");
         assert_eq!(d, BodyDecoder::Done);
+    }
+
+    fn request(text: &str) -> Result<Option<RequestHead>, RequestError> {
+        parse_request_head(&mut BytesMut::from(text), 16 * 1024)
+    }
+
+    #[test]
+    fn request_heads_with_their_framing_and_flags() {
+        let mut buf = BytesMut::from(
+            "\r\nPOST /up?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\
+             Expect: 100-continue\r\nTE: trailers\r\n\r\nhelloGET",
+        );
+        let head = parse_request_head(&mut buf, 1024)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.parts.method, Method::POST);
+        assert_eq!(head.parts.uri, "/up?x=1");
+        assert_eq!(head.parts.version, Version::HTTP_11);
+        assert_eq!(head.parts.headers["host"], "a");
+        assert_eq!(head.body, BodyDecoder::Length(5));
+        assert!(head.keep_alive && head.expect_continue && head.accepts_trailers);
+        assert!(!head.upgrade);
+        assert_eq!(
+            &buf[..],
+            b"helloGET",
+            "the body and what follows stay in the buffer"
+        );
+
+        let head = request("GET / HTTP/1.0\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert!(!head.keep_alive && head.body.is_done());
+        let head = request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert!(head.keep_alive);
+        let head = request(
+            "GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .expect("valid")
+        .expect("complete");
+        assert!(head.upgrade && head.keep_alive);
+        let head = request("PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.body, BodyDecoder::Chunked(Chunked::Size));
+        let head = request("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert!(!head.keep_alive);
+    }
+
+    #[test]
+    fn requests_that_cannot_be_framed_exactly_are_400() {
+        for bad in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            "NOT A REQUEST\r\n\r\n",
+            "GET /a b HTTP/1.1\r\n\r\n",
+        ] {
+            let result = request(bad);
+            assert!(
+                matches!(result, Err(RequestError::Invalid(_))),
+                "{bad:?}: {result:?}"
+            );
+        }
+        let head = request("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n")
+            .expect("repeated equal lengths are one length")
+            .expect("complete");
+        assert_eq!(head.body, BodyDecoder::Length(3));
+    }
+
+    #[test]
+    fn request_heads_over_the_limit_are_431_and_partial_ones_wait() {
+        assert!(matches!(request("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None)));
+        let mut big = BytesMut::from(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2000)).as_str());
+        assert_eq!(
+            parse_request_head(&mut big, 1024).err(),
+            Some(RequestError::TooLarge)
+        );
+        let whole = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
+        assert_eq!(
+            parse_request_head(&mut BytesMut::from(whole.as_str()), 1024).err(),
+            Some(RequestError::TooLarge)
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(request(&many).err(), Some(RequestError::TooLarge));
+        assert_eq!(RequestError::TooLarge.status(), 431);
     }
 }
