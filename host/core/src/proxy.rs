@@ -42,15 +42,44 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = ResponseFuture;
 
     fn call(&self, req: Request<Incoming>) -> ResponseFuture {
-        self.handle(req.map(DownstreamBody::http2))
+        match self.route(req.map(DownstreamBody::http2)) {
+            Routed::Forward(forwarding) => Box::pin(forwarding.run()),
+            Routed::Other(future) => future,
+        }
+    }
+}
+
+/// Where a request goes once its head has been dealt with.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a return value that lives for one match; boxing the common variant is what it avoids"
+)]
+pub(crate) enum Routed {
+    /// Plain proxying, the common case: its future can live inside the connection's (the
+    /// HTTP/1.1 loop awaits it in place), so nothing is boxed or copied per request.
+    Forward(Forwarding),
+    /// Through filters, a tunnel, or a local answer.
+    Other(ResponseFuture),
+}
+
+/// A request on its way to a cluster with no filter in between.
+pub(crate) struct Forwarding {
+    cluster: Rc<ClusterRt>,
+    outgoing: Outgoing,
+    exchange: Exchange,
+    version: Version,
+}
+
+impl Forwarding {
+    pub(crate) fn run(self) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+        forward(self.cluster, self.outgoing, self.exchange, self.version)
     }
 }
 
 impl ProxyService {
     /// Everything that needs no waiting (header rules, request id, cluster choice) happens here,
-    /// before the future exists: the future then holds only what crosses an `.await`, and it
-    /// is that future's size that is copied into its box on every request.
-    pub(crate) fn handle(&self, mut req: Request<DownstreamBody>) -> ResponseFuture {
+    /// before any future exists: the future then holds only what crosses an `.await`.
+    pub(crate) fn route(&self, mut req: Request<DownstreamBody>) -> Routed {
         let ctx = &self.ctx;
         let downstream_version = req.version();
         let removed = headers::strip_hop_by_hop(req.headers_mut());
@@ -75,7 +104,7 @@ impl ProxyService {
         // The filters see the request as it will leave (forwarding headers and request id
         // included), and may change it or answer it, as Envoy's HTTP filters do.
         if !ctx.listener.filters.is_empty() {
-            return filtered::serve(ctx, req, exchange, removed.upgrade);
+            return Routed::Other(filtered::serve(ctx, req, exchange, removed.upgrade));
         }
 
         let Some(cluster) = ctx.listener.default_cluster.clone() else {
@@ -84,15 +113,15 @@ impl ProxyService {
                 exchange,
                 downstream_version,
             );
-            return Box::pin(std::future::ready(Ok(response)));
+            return Routed::Other(Box::pin(std::future::ready(Ok(response))));
         };
 
         if let Some(protocol) = removed.upgrade
             && downstream_version == Version::HTTP_11
         {
-            return Box::pin(async move {
+            return Routed::Other(Box::pin(async move {
                 Ok(tunnel::forward(&cluster, req, protocol, exchange).await)
-            });
+            }));
         }
 
         let (head, body) = req.into_parts();
@@ -100,7 +129,12 @@ impl ProxyService {
             head,
             body: Some(RequestBody::Downstream(body)),
         };
-        Box::pin(forward(cluster, outgoing, exchange, downstream_version))
+        Routed::Forward(Forwarding {
+            cluster,
+            outgoing,
+            exchange,
+            version: downstream_version,
+        })
     }
 }
 

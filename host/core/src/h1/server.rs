@@ -25,7 +25,7 @@ use super::upgrade::{OnUpgrade, Upgraded};
 use super::wire::{H1RequestBody, HeadError, Io, Wire};
 use crate::body::ProxyBody;
 use crate::downstream_body::DownstreamBody;
-use crate::proxy::ProxyService;
+use crate::proxy::{ProxyService, Routed};
 
 /// Body data at least this large is written from its own buffer rather than copied behind
 /// the head or chunk line: a copy is cheaper than a second `send` only for small pieces.
@@ -113,7 +113,11 @@ async fn serve<I: Io>(
             (None, None)
         };
         let req = Request::from_parts(head.parts, DownstreamBody::http1(body, on_upgrade));
-        let response = match service.handle(req).await {
+        let responded = match service.route(req) {
+            Routed::Forward(forwarding) => forwarding.run().await,
+            Routed::Other(future) => future.await,
+        };
+        let response = match responded {
             Ok(response) => response,
             Err(never) => match never {},
         };
