@@ -22,29 +22,35 @@ use crate::listener::ListenerRt;
 
 /// Read size per side; a chunk the filters see at most at once (unless they hold data).
 const CHUNK: usize = 16 * 1024;
+/// Most client data read while a filter holds a new connection; beyond it the client waits.
+const HOLD_LIMIT: usize = 1024 * 1024;
 
 /// The network filters' contexts for one connection.
 struct Contexts {
     contexts: Vec<(Rc<Filter>, HttpContextId)>,
     /// `proxy_close_stream` from any callback of the connection's filters.
     events: mpsc::UnboundedReceiver<StreamEvent>,
+    /// A filter paused in `proxy_on_new_connection`: no upstream connection yet.
+    held: bool,
 }
 
 impl Contexts {
     fn open(filters: &[Rc<Filter>]) -> Contexts {
         let (sender, events) = mpsc::unbounded_channel();
         let mut contexts = Vec::with_capacity(filters.len());
+        let mut held = false;
         for filter in filters {
             if !filter.ready() {
                 continue;
             }
             let created = filter.with_instance(|instance| {
                 let context = instance.create_http_context()?;
-                instance.on_new_connection(context)?;
-                Ok(context)
+                let go_on = instance.on_new_connection(context)?;
+                Ok((context, go_on))
             });
             match created {
-                Some(Ok(context)) => {
+                Some(Ok((context, go_on))) => {
+                    held |= !go_on;
                     filter.wait_on(context.id(), sender.clone());
                     contexts.push((Rc::clone(filter), context));
                 }
@@ -54,7 +60,11 @@ impl Contexts {
                 None => {}
             }
         }
-        Contexts { contexts, events }
+        Contexts {
+            contexts,
+            events,
+            held,
+        }
     }
 
     /// Runs the data callbacks for `side` on `held`; `true` when every filter let it go.
@@ -114,6 +124,13 @@ pub(crate) async fn serve(mut client: TcpStream, listener: Rc<ListenerRt>, peer:
         return;
     };
     let mut contexts = Contexts::open(&listener.network_filters);
+    let mut from_client = vec![0u8; CHUNK];
+    let mut held_up: Vec<u8> = Vec::new();
+    if contexts.held
+        && !hold_connection(&mut client, &mut contexts, &mut from_client, &mut held_up).await
+    {
+        return;
+    }
     let (upstream_addr, mut upstream) = match cluster.connect_tcp().await {
         Ok(connected) => connected,
         Err(error) => {
@@ -125,11 +142,16 @@ pub(crate) async fn serve(mut client: TcpStream, listener: Rc<ListenerRt>, peer:
     let _ = upstream.set_nodelay(true);
     tracing::debug!(listener = &*listener.name, %peer, upstream = %upstream_addr, "TCP connection proxied");
 
+    // What the client sent while the connection was held goes through the filters first.
+    if !held_up.is_empty() && contexts.data(PeerSide::Downstream, &mut held_up, false) {
+        if upstream.write_all(&held_up).await.is_err() {
+            return;
+        }
+        held_up.clear();
+    }
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
-    let mut from_client = vec![0u8; CHUNK];
     let mut from_upstream = vec![0u8; CHUNK];
-    let mut held_up: Vec<u8> = Vec::new();
     let mut held_down: Vec<u8> = Vec::new();
     let (mut client_open, mut upstream_open) = (true, true);
     while client_open || upstream_open {
@@ -185,6 +207,35 @@ pub(crate) async fn serve(mut client: TcpStream, listener: Rc<ListenerRt>, peer:
                     held_down.clear();
                 }
                 _ => {}
+            }
+        }
+    }
+}
+
+/// A filter paused the new connection: no upstream until a filter resumes it with
+/// `proxy_continue_stream`, as Envoy holds it. The client is still read (up to `HOLD_LIMIT`),
+/// so that a client leaving meanwhile ends the connection; what it sent waits in `held_up` and
+/// goes through the filters once resumed. `false`: the connection ended instead.
+async fn hold_connection(
+    client: &mut TcpStream,
+    contexts: &mut Contexts,
+    buf: &mut [u8],
+    held_up: &mut Vec<u8>,
+) -> bool {
+    loop {
+        tokio::select! {
+            read = client.read(buf), if held_up.len() < HOLD_LIMIT => {
+                let n = read.unwrap_or(0);
+                if n == 0 {
+                    contexts.closed(PeerSide::Downstream, PeerType::Remote);
+                    return false;
+                }
+                held_up.extend_from_slice(&buf[..n]);
+            }
+            event = contexts.events.recv() => match event {
+                Some(StreamEvent::Action(StreamAction::ContinueDownstream)) => return true,
+                Some(StreamEvent::Action(StreamAction::Close)) | None => return false,
+                Some(_) => {}
             }
         }
     }

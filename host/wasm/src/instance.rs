@@ -713,20 +713,21 @@ impl PluginInstance {
         std::mem::take(&mut self.store.data_mut().grpc_actions)
     }
 
-    /// `proxy_on_new_connection` for a TCP stream context; `true` to go on (a pause is taken
-    /// as going on: RustNg does not hold new connections yet).
-    pub fn on_new_connection(&mut self, context: HttpContextId) -> Result<(), WasmError> {
-        if let Some(f) = &self.stream.on_new_connection {
-            invoke(
-                &mut self.store,
-                &self.limits,
-                context.0,
-                "proxy_on_new_connection",
-                f,
-                context.0,
-            )?;
-        }
-        Ok(())
+    /// `proxy_on_new_connection` for a TCP stream context. `Ok(false)`: the plugin paused, and
+    /// the connection waits (no upstream, client data unread) until it resumes, as in Envoy.
+    pub fn on_new_connection(&mut self, context: HttpContextId) -> Result<bool, WasmError> {
+        let Some(f) = &self.stream.on_new_connection else {
+            return Ok(true);
+        };
+        let action = invoke(
+            &mut self.store,
+            &self.limits,
+            context.0,
+            "proxy_on_new_connection",
+            f,
+            context.0,
+        )?;
+        Ok(action == 0)
     }
 
     /// `proxy_on_downstream_data` / `proxy_on_upstream_data` on `data` (everything held for

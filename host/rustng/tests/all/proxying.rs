@@ -244,6 +244,14 @@ async fn trailers_pass_through_http1_chunked() {
         reply.ends_with("4\r\nbody\r\n0\r\nx-trailer: yes\r\n\r\n"),
         "{reply:?}"
     );
+    // A client that did not ask for trailers gets the body without them.
+    let reply = client::raw(
+        proxy.addr,
+        b"GET /trailers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(reply.ends_with("4\r\nbody\r\n0\r\n\r\n"), "{reply:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,10 @@ async fn answer_while_open(addr: SocketAddr, message: &[u8], expected: usize) ->
 }
 
 fn config(upstream: SocketAddr, filters: &str) -> String {
+    config_with(upstream, filters, "")
+}
+
+fn config_with(upstream: SocketAddr, filters: &str, configuration: &str) -> String {
     format!(
         "workers: 1
 plugins:
@@ -79,7 +83,7 @@ plugins:
     vm_config:
       runtime: envoy.wasm.runtime.v8
       code: {{ local: {{ filename: {} }} }}
-    configuration: ''
+    configuration: '{configuration}'
 listeners:
   - name: l4
     address: '{{listen}}'
@@ -148,5 +152,32 @@ async fn a_tcp_listener_without_filters_is_a_plain_proxy() {
     let large = vec![b'x'; 1024 * 1024];
     let echoed = converse(rustng.addr, &[&large]).await;
     assert_eq!(echoed.len(), large.len());
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_paused_on_arrival_waits_for_its_filter_as_in_envoy() {
+    let (echo, task) = echo_server().await;
+    let rustng = Rustng::start(&config_with(echo, "tcpf", "hold-connection"));
+    let envoy = Envoy::start_tcp(
+        &EnvoyPlugin {
+            name: "tcpf",
+            wasm: &tcp_filter(),
+            configuration: "hold-connection",
+        },
+        echo,
+    );
+    for (name, host) in [("rustng", rustng.addr), ("envoy", envoy.addr)] {
+        // Paused in on_new_connection until the filter's second tick after it (ticks every
+        // second): the data waits at least a second, then goes through the filter.
+        let started = std::time::Instant::now();
+        let answer = answer_while_open(host, b"hello\n", "[down][up]hello\n".len()).await;
+        let waited = started.elapsed();
+        assert_eq!(answer, "[down][up]hello\n", "{name}");
+        assert!(
+            waited >= Duration::from_millis(900),
+            "{name}: answered after {waited:?}, so the connection was not held"
+        );
+    }
     task.abort();
 }

@@ -2,8 +2,10 @@
 //! client is prefixed with `[up]`, data from the upstream with `[down]`, so a client of an
 //! echo server reads `[down][up]<what it sent>`. A chunk containing `hold` is held (the
 //! filter pauses) and leaves together with the next one; a chunk containing `wait` is held,
-//! unmarked, until the root context's next tick resumes it (`proxy_continue_stream`). Every
-//! callback logs a line, so the hosts' logs can be compared too.
+//! unmarked, until the root context's next tick resumes it (`proxy_continue_stream`). With the
+//! plugin configuration `hold-connection`, new connections pause in `on_new_connection` until
+//! the second tick after their arrival (ticks then come every second: held at least a second).
+//! Every callback logs a line, so the hosts' logs can be compared too.
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -22,17 +24,41 @@ struct Root;
 thread_local! {
     /// Connections waiting for the next tick to let their client data go on.
     static WAITING: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// New connections held, with the ticks they have seen.
+    static HELD: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
+    /// `hold-connection` configured.
+    static HOLD_CONNECTIONS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        self.set_tick_period(Duration::from_millis(20));
+        let configuration = self.get_plugin_configuration().unwrap_or_default();
+        let hold = configuration == b"hold-connection";
+        HOLD_CONNECTIONS.with(|h| h.set(hold));
+        self.set_tick_period(Duration::from_millis(if hold { 1000 } else { 20 }));
         true
     }
 
     fn on_tick(&mut self) {
+        let due: Vec<u32> = HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            for (_, ticks) in held.iter_mut() {
+                *ticks += 1;
+            }
+            let due = held
+                .iter()
+                .filter(|(_, t)| *t >= 2)
+                .map(|(c, _)| *c)
+                .collect();
+            held.retain(|(_, t)| *t < 2);
+            due
+        });
+        for context in due {
+            let _ = hostcalls::set_effective_context(context);
+            let _ = hostcalls::resume_downstream();
+        }
         for context in WAITING.with(|w| std::mem::take(&mut *w.borrow_mut())) {
             let _ = hostcalls::set_effective_context(context);
             let _ = hostcalls::resume_downstream();
@@ -71,6 +97,10 @@ fn mark(held: &[u8], marker: &[u8]) -> Option<Vec<u8>> {
 impl StreamContext for Connection {
     fn on_new_connection(&mut self) -> Action {
         log("tcp new connection");
+        if HOLD_CONNECTIONS.with(|h| h.get()) {
+            HELD.with(|h| h.borrow_mut().push((self.context_id, 0)));
+            return Action::Pause;
+        }
         Action::Continue
     }
 
