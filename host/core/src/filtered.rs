@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use http::{HeaderMap, HeaderValue, Request, Response, Version, header, request};
+use http::{HeaderMap, HeaderValue, Request, Response, Version, request};
 use http_body::Body as _;
 use rustng_wasm::{Direction, RequestHead, ResponseHead, StreamInfo};
 
@@ -268,9 +268,7 @@ fn request_body(
     )
 }
 
+/// The announced body length, a hint for the body filters' buffers.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+    crate::h1::decode::content_length(headers).ok().flatten()
 }

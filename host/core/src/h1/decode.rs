@@ -4,11 +4,16 @@
 //! Pure functions over a `BytesMut`, so every edge case is a unit test without sockets.
 //! Header values are slices of the received head (`Bytes`), never copied.
 
+use std::io;
 use std::mem::MaybeUninit;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version, request};
+use http_body::Frame;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Most header fields in a response head; more is a protocol error, as in hyper (100).
 const MAX_HEADERS: usize = 128;
@@ -279,16 +284,10 @@ fn request_framing(version: Version, headers: &HeaderMap) -> Result<BodyDecoder,
         if headers.contains_key(header::CONTENT_LENGTH) {
             return Err(invalid("both transfer-encoding and content-length"));
         }
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Ok(BodyDecoder::Chunked(Chunked::Size)),
-            _ => Err(invalid("transfer-encoding without a final chunked")),
+        return if last_coding_is_chunked(headers) {
+            Ok(BodyDecoder::Chunked(Chunked::Size))
+        } else {
+            Err(invalid("transfer-encoding without a final chunked"))
         };
     }
     match content_length(headers).map_err(|_| invalid("content-length"))? {
@@ -297,8 +296,19 @@ fn request_framing(version: Version, headers: &HeaderMap) -> Result<BodyDecoder,
     }
 }
 
+/// Whether the last transfer coding applied is `chunked`, the only one that frames a message.
+fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+}
+
 /// The message's `content-length`: every field and list element must be the same number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| DecodeError::ContentLength)?;
@@ -349,14 +359,7 @@ fn framing(
         return Ok(BodyDecoder::Length(0));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last_is_chunked = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if last_is_chunked {
+        return Ok(if last_coding_is_chunked(headers) {
             BodyDecoder::Chunked(Chunked::Size)
         } else {
             BodyDecoder::UntilClose
@@ -507,6 +510,34 @@ impl BodyDecoder {
                     }
                 },
             }
+        }
+    }
+
+    /// The next body frame from `buf`, calling `fill` for one more read into it whenever the
+    /// decoder needs more input (`Ok(0)`: the peer's end of stream). `None` once the body ended.
+    /// Shared by the two sides' bodies, which differ only in how they read their socket.
+    pub(crate) fn poll_frame(
+        &mut self,
+        buf: &mut BytesMut,
+        cx: &mut Context<'_>,
+        mut fill: impl FnMut(&mut BytesMut, &mut Context<'_>) -> Poll<io::Result<usize>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let decoded = match self.decode(buf) {
+                Ok(Decoded::NeedMore) => match ready!(fill(buf, cx)) {
+                    Ok(0) => self.eof(),
+                    Ok(_) => continue,
+                    Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                },
+                other => other,
+            };
+            return Poll::Ready(match decoded {
+                Ok(Decoded::Data(data)) => Some(Ok(Frame::data(data))),
+                Ok(Decoded::Trailers(trailers)) => Some(Ok(Frame::trailers(trailers))),
+                Ok(Decoded::End) => None,
+                Ok(Decoded::NeedMore) => continue,
+                Err(e) => Some(Err(Box::new(e))),
+            });
         }
     }
 

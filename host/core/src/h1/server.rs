@@ -15,11 +15,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body::Body;
 use tokio::sync::oneshot;
 
-use super::decode::RequestError;
+use super::decode::{self, RequestError};
 use super::encode;
 use super::upgrade::{OnUpgrade, Upgraded};
 use super::wire::{H1RequestBody, HeadError, Io, Wire};
@@ -127,24 +127,25 @@ async fn serve<I: Io>(
         {
             return switch_protocols(&wire, &mut out, response, switched).await;
         }
-        let keep_alive = answering.keep_alive && !closing.get();
-        let keep_alive = write_response(&wire, &mut out, response, &answering, keep_alive).await?;
-        let finished = wire.borrow().body_finished();
-        if !keep_alive || !finished || closing.get() {
+        // A shutdown asked for while the request ran makes this its last response.
+        let keep_alive =
+            write_response(&wire, &mut out, response, &answering, closing.get()).await?;
+        if !keep_alive || closing.get() || !wire.borrow().body_finished() {
             return close(&wire).await;
         }
     }
 }
 
 /// Writes the response head and streams the body with the framing the client can read.
-/// Returns whether the connection can carry another request.
+/// Returns whether the connection can carry another request (never once `closing`).
 async fn write_response<I: Io>(
     wire: &RefCell<Wire<I>>,
     out: &mut Vec<u8>,
     response: Response<ProxyBody>,
     answering: &Answering,
-    mut keep_alive: bool,
+    closing: bool,
 ) -> io::Result<bool> {
+    let mut keep_alive = answering.keep_alive && !closing;
     let (parts, mut body) = response.into_parts();
     out.clear();
     encode::status_line(out, parts.status);
@@ -152,18 +153,18 @@ async fn write_response<I: Io>(
     if !parts.headers.contains_key(header::DATE) {
         encode::date_field(out);
     }
+    let announced = decode::content_length(&parts.headers);
     let bodiless = answering.head_request
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
         Framing::None
-    } else if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
-        match parse_length(length) {
-            Some(n) => Framing::Length(n),
-            // A filter's unreadable length: the end of the connection ends the body.
-            None => Framing::UntilClose,
-        }
+    } else if let Ok(Some(n)) = announced {
+        Framing::Length(n)
+    } else if announced.is_err() {
+        // A filter's unreadable length: the end of the connection ends the body.
+        Framing::UntilClose
     } else if let Some(n) = body.size_hint().exact() {
         length_field(out, n);
         Framing::Length(n)
@@ -261,14 +262,6 @@ enum Framing {
     Chunked,
     /// An HTTP/1.0 client and no length: the close ends the body.
     UntilClose,
-}
-
-fn parse_length(value: &HeaderValue) -> Option<u64> {
-    let text = value.to_str().ok()?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
 }
 
 fn length_field(out: &mut Vec<u8>, n: u64) {

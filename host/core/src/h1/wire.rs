@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use super::decode::{self, BodyDecoder, Decoded, RequestError, RequestHead};
+use super::decode::{self, BodyDecoder, RequestError, RequestHead};
 use crate::upstream::BoxError;
 
 /// Read buffer growth step; one read holds a typical head and more.
@@ -99,15 +99,7 @@ impl<I: Io> Wire<I> {
 
     /// One read into the buffer's free space.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
-            self.read_buf.reserve(READ_CHUNK);
-        }
-        let Some(io) = self.io.as_mut() else {
-            return Poll::Ready(Ok(0));
-        };
-        // tokio's `read_buf` fills the spare capacity without zeroing it first; the future
-        // holds only the two borrows, so making one per poll costs nothing.
-        pin!(io.read_buf(&mut self.read_buf)).poll(cx)
+        fill(self.io.as_mut(), &mut self.read_buf, cx)
     }
 
     /// A request head was taken: its body (if any) is read next. Returns the request's number.
@@ -174,29 +166,40 @@ impl<I: Io> Wire<I> {
                 Err(e) => return self.fail(Box::new(e)),
             }
         }
-        loop {
-            let decoded = match self.body.decode(&mut self.read_buf) {
-                Ok(Decoded::NeedMore) => match ready!(self.poll_fill(cx)) {
-                    Ok(0) => self.body.eof(),
-                    Ok(_) => continue,
-                    Err(e) => return self.fail(Box::new(e)),
-                },
-                other => other,
-            };
-            return match decoded {
-                Ok(Decoded::Data(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Decoded::Trailers(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-                Ok(Decoded::End) => Poll::Ready(None),
-                Ok(Decoded::NeedMore) => continue,
-                Err(e) => self.fail(Box::new(e)),
-            };
+        let io = &mut self.io;
+        let polled = ready!(self.body.poll_frame(&mut self.read_buf, cx, |buf, cx| fill(
+            io.as_mut(),
+            buf,
+            cx
+        )));
+        if matches!(polled, Some(Err(_))) {
+            self.body_failed = true;
         }
+        Poll::Ready(polled)
     }
 
     fn fail(&mut self, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.body_failed = true;
         Poll::Ready(Some(Err(error)))
     }
+}
+
+/// One read from `io` into `buf`'s free space (grown first when short); `Ok(0)` at end of
+/// stream, or when the socket was handed to a protocol switch.
+fn fill<I: Io>(
+    io: Option<&mut I>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < MIN_READ_SPACE {
+        buf.reserve(READ_CHUNK);
+    }
+    let Some(io) = io else {
+        return Poll::Ready(Ok(0));
+    };
+    // tokio's `read_buf` fills the spare capacity without zeroing it first; the future holds
+    // only the two borrows, so making one per poll costs nothing.
+    pin!(io.read_buf(buf)).poll(cx)
 }
 
 /// What a request body needs from its connection, without naming the socket type.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::{H1Connection, READ_CHUNK};
-use crate::h1::decode::{BodyDecoder, Decoded};
+use crate::h1::decode::BodyDecoder;
 use crate::upstream::cluster::ClusterRt;
 
 /// Streams a response body and returns the connection to its pool once the body has been read
@@ -60,56 +60,27 @@ impl Body for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let decoded = match this.decoder.decode(&mut conn.read_buf) {
-                Ok(Decoded::NeedMore) => {
-                    conn.read_buf.reserve(READ_CHUNK);
-                    let read = loop {
-                        if let Err(e) = ready!(conn.io.poll_read_ready(cx)) {
-                            break Err(e);
-                        }
-                        match conn.io.try_read_buf(&mut conn.read_buf) {
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                            other => break other,
-                        }
-                    };
-                    match read {
-                        Ok(0) => this.decoder.eof().inspect_err(|_| conn.reusable = false),
-                        Ok(_) => continue,
-                        Err(e) => {
-                            conn.reusable = false;
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(Box::new(e))));
-                        }
-                    }
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let io = &conn.io;
+        let polled = ready!(this.decoder.poll_frame(&mut conn.read_buf, cx, |buf, cx| {
+            buf.reserve(READ_CHUNK);
+            loop {
+                ready!(io.poll_read_ready(cx))?;
+                match io.try_read_buf(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => return Poll::Ready(other),
                 }
-                other => other,
-            };
-            return match decoded {
-                Ok(Decoded::Data(data)) => {
-                    if this.decoder.is_done() {
-                        this.release();
-                    }
-                    Poll::Ready(Some(Ok(Frame::data(data))))
-                }
-                Ok(Decoded::Trailers(trailers)) => {
-                    this.release();
-                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                }
-                Ok(Decoded::End) => {
-                    this.release();
-                    Poll::Ready(None)
-                }
-                Ok(Decoded::NeedMore) => continue,
-                Err(e) => {
-                    this.conn = None;
-                    Poll::Ready(Some(Err(Box::new(e))))
-                }
-            };
+            }
+        }));
+        match &polled {
+            // A broken body leaves the connection mid-message: it is closed, never pooled.
+            Some(Err(_)) => this.conn = None,
+            Some(Ok(frame)) if frame.is_data() && !this.decoder.is_done() => {}
+            _ => this.release(),
         }
+        Poll::Ready(polled)
     }
 
     /// Only a body decoded to its end has ended; one cut short by an error has not, so that
