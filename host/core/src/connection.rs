@@ -2,11 +2,9 @@
 //! the idle timeout, and graceful close on shutdown. HTTP/1.1 is RustNg's own
 //! connection loop (`h1`), HTTP/2 is hyper's.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Duration;
 
 use hyper::server::conn::http2;
@@ -21,23 +19,20 @@ use crate::local_exec::LocalExec;
 use crate::proxy::ProxyService;
 use crate::registry::{Registry, Watched};
 use crate::sniff::Protocol;
+use crate::upstream::BoxError;
 
 /// Per-connection bookkeeping shared by the connection task, its in-flight requests and the
-/// socket wrapper.
-///
-/// Atomics rather than `Cell`s only because hyper wants the socket (which holds this) to be
-/// `Send` for protocol upgrades; everything runs on one thread, so `Relaxed` loads and stores
-/// compile to plain moves.
+/// socket wrapper, all on the connection's worker thread.
 #[derive(Debug)]
 pub(crate) struct ConnState {
     base: Instant,
-    in_flight: AtomicU32,
+    in_flight: Cell<u32>,
     /// Microseconds since `base` of the last request start or end.
-    last_active_us: AtomicU64,
+    last_active_us: Cell<u64>,
     /// When the first byte of a request head not yet handed to the service arrived:
     /// [`NO_HEAD`], [`HEAD_UNTIMED`] (bytes arrived, the clock not read yet), or microseconds
     /// since `base` plus one.
-    head_started_us: AtomicU64,
+    head_started_us: Cell<u64>,
 }
 
 const NO_HEAD: u64 = 0;
@@ -47,9 +42,9 @@ impl ConnState {
     pub(crate) fn new() -> Self {
         ConnState {
             base: Instant::now(),
-            in_flight: AtomicU32::new(0),
-            last_active_us: AtomicU64::new(0),
-            head_started_us: AtomicU64::new(0),
+            in_flight: Cell::new(0),
+            last_active_us: Cell::new(0),
+            head_started_us: Cell::new(0),
         }
     }
 
@@ -64,38 +59,35 @@ impl ConnState {
     /// A request reached the service. No clock read: the idle clock only matters once
     /// nothing is in flight, and `request_finished` sets it then.
     pub(crate) fn request_started(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-        self.head_started_us.store(NO_HEAD, Relaxed);
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.head_started_us.set(NO_HEAD);
     }
 
     /// A request ended at `now`.
     pub(crate) fn request_finished(&self, now: Instant) {
-        let _ = self
-            .in_flight
-            .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
-        self.last_active_us.store(self.since_base(now), Relaxed);
+        self.in_flight.set(self.in_flight.get().saturating_sub(1));
+        self.last_active_us.set(self.since_base(now));
     }
 
     /// Bytes arrived: with no request in flight they belong to the next request head. The
     /// clock is read only if the head turns out to need more than this read
     /// ([`ConnState::pending_head_started`]), so whole heads in one read cost no clock read.
     pub(crate) fn head_bytes_arrived(&self) {
-        if self.in_flight.load(Relaxed) == 0 && self.head_started_us.load(Relaxed) == NO_HEAD {
-            self.head_started_us.store(HEAD_UNTIMED, Relaxed);
+        if self.in_flight.get() == 0 && self.head_started_us.get() == NO_HEAD {
+            self.head_started_us.set(HEAD_UNTIMED);
         }
     }
 
     /// When the request head still being read began, if one is.
     pub(crate) fn pending_head_started(&self) -> Option<Instant> {
-        if self.in_flight.load(Relaxed) != 0 {
+        if self.in_flight.get() != 0 {
             return None;
         }
-        match self.head_started_us.load(Relaxed) {
+        match self.head_started_us.get() {
             NO_HEAD => None,
             HEAD_UNTIMED => {
                 let now = Instant::now();
-                self.head_started_us
-                    .store(self.since_base(now) + 1, Relaxed);
+                self.head_started_us.set(self.since_base(now) + 1);
                 Some(now)
             }
             us => Some(self.at(us - 1)),
@@ -104,8 +96,7 @@ impl ConnState {
 
     /// When the connection may be closed for idleness, or `None` while requests are in flight.
     pub(crate) fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
-        (self.in_flight.load(Relaxed) == 0)
-            .then(|| self.at(self.last_active_us.load(Relaxed)) + idle_timeout)
+        (self.in_flight.get() == 0).then(|| self.at(self.last_active_us.get()) + idle_timeout)
     }
 }
 
@@ -116,7 +107,7 @@ pub(crate) struct ConnCtx {
     /// `peer`'s address as the `x-forwarded-for` entry.
     pub(crate) client_address: http::HeaderValue,
     pub(crate) tls: bool,
-    pub(crate) state: Arc<ConnState>,
+    pub(crate) state: Rc<ConnState>,
 }
 
 /// The HTTP codecs of a listener, configured once from its limits.
@@ -152,29 +143,29 @@ pub(crate) async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new());
+    let state = Rc::new(ConnState::new());
     let ctx = Rc::new(ConnCtx {
         listener: Rc::clone(&listener),
         peer,
         client_address: crate::headers::client_address_value(peer.ip()),
         tls,
-        state: Arc::clone(&state),
+        state: Rc::clone(&state),
     });
     let service = ProxyService::new(ctx);
-    let registration = registry.register(Arc::clone(&state), listener.config.http.idle_timeout);
-    let result = match protocol {
+    let registration = registry.register(Rc::clone(&state), listener.config.http.idle_timeout);
+    let result: Result<(), BoxError> = match protocol {
         Protocol::Http1 => {
             // Request heads are timed on HTTP/1 only; HTTP/2 has its own flow control and
             // header limits, and a stream's head is one HEADERS frame.
             let io = HeadTimeout::new(
                 io,
-                Arc::clone(&state),
+                Rc::clone(&state),
                 listener.config.http.request_headers_timeout,
             );
             let conn = h1::Connection::new(io, service, listener.codecs.max_request_head_bytes);
             Watched::new(conn, registration, |c| c.graceful_shutdown())
                 .await
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                .map_err(Into::into)
         }
         Protocol::Http2 => {
             let conn = listener
@@ -183,7 +174,7 @@ pub(crate) async fn serve<I>(
                 .serve_connection(TokioIo::new(io), service);
             Watched::new(conn, registration, |c| c.graceful_shutdown())
                 .await
-                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+                .map_err(Into::into)
         }
     };
     if let Err(e) = result {

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -32,14 +32,14 @@ enum Phase {
 /// A downstream stream with the request-head deadline.
 pub(crate) struct HeadTimeout<I> {
     inner: I,
-    state: Arc<ConnState>,
+    state: Rc<ConnState>,
     timeout: Duration,
     phase: Phase,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> HeadTimeout<I> {
-    pub(crate) fn new(inner: I, state: Arc<ConnState>, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: I, state: Rc<ConnState>, timeout: Duration) -> Self {
         HeadTimeout {
             inner,
             state,

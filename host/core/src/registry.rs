@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ const MAX_SWEEP: Duration = Duration::from_secs(1);
 /// How a connection is told to close.
 #[derive(Debug)]
 pub(crate) struct Control {
-    state: Arc<ConnState>,
+    state: Rc<ConnState>,
     idle_timeout: Duration,
     close: Cell<bool>,
     waker: RefCell<Option<Waker>>,
@@ -67,7 +66,7 @@ impl Drop for Registration {
 impl Registry {
     pub(crate) fn register(
         self: &Rc<Self>,
-        state: Arc<ConnState>,
+        state: Rc<ConnState>,
         idle_timeout: Duration,
     ) -> Registration {
         let control = Rc::new(Control {
@@ -205,9 +204,9 @@ mod tests {
         }
     }
 
-    fn watched(registry: &Rc<Registry>, idle: Duration) -> (Watched<Conn>, Arc<ConnState>) {
-        let state = Arc::new(ConnState::new());
-        let registration = registry.register(Arc::clone(&state), idle);
+    fn watched(registry: &Rc<Registry>, idle: Duration) -> (Watched<Conn>, Rc<ConnState>) {
+        let state = Rc::new(ConnState::new());
+        let registration = registry.register(Rc::clone(&state), idle);
         let conn = Watched::new(Conn::default(), registration, |c| c.get_mut().asked = true);
         (conn, state)
     }
