@@ -568,9 +568,7 @@ impl PluginInstance {
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let http = &mut self.store.data_mut().http;
         http.call_response = response;
-        http.request = head.as_mut().map(|h| std::mem::take(&mut **h));
-        http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
-        http.local_response = None;
+        lend_to_answer(http, &mut head, &mut stream);
         // Calls belong to the root context, as in Envoy: the callback gets the root's id and
         // the SDK finds the caller by token and makes it the effective context.
         let result = invoke(
@@ -588,19 +586,8 @@ impl PluginInstance {
             ),
         );
         let state = self.store.data_mut();
-        let http = &mut state.http;
-        http.call_response = None;
-        if let (Some(head), Some(changed)) = (head, http.request.take()) {
-            *head = changed;
-        }
-        if let (Some(stream), Some(changed)) = (stream, http.stream.take()) {
-            *stream = changed;
-        }
-        if let Some(local) = http.local_response.take() {
-            state
-                .stream_actions
-                .push((call.context_id, StreamAction::LocalResponse(local)));
-        }
+        state.http.call_response = None;
+        return_from_answer(state, call.context_id, head, stream);
         result
     }
 
@@ -642,9 +629,7 @@ impl PluginInstance {
         let (token, context_id) = call;
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let http = &mut self.store.data_mut().http;
-        http.request = head.as_mut().map(|h| std::mem::take(&mut **h));
-        http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
-        http.local_response = None;
+        lend_to_answer(http, &mut head, &mut stream);
         let (name, callback, argument) = match event {
             GrpcEvent::InitialMetadata(fields) => {
                 let n = count(fields.len());
@@ -694,17 +679,7 @@ impl PluginInstance {
         http.grpc_metadata = None;
         http.grpc_message = None;
         http.grpc_status = None;
-        if let (Some(head), Some(changed)) = (head, http.request.take()) {
-            *head = changed;
-        }
-        if let (Some(stream), Some(changed)) = (stream, http.stream.take()) {
-            *stream = changed;
-        }
-        if let Some(local) = http.local_response.take() {
-            state
-                .stream_actions
-                .push((context_id, StreamAction::LocalResponse(local)));
-        }
+        return_from_answer(state, context_id, head, stream);
         result
     }
 
@@ -872,6 +847,40 @@ fn lend<H: Default>(
 }
 
 /// Moves them back, with what the guest changed.
+/// Lends a paused stream's request head and info (when in reach) to an HTTP call's or gRPC
+/// call's answer callback, with no local response yet.
+fn lend_to_answer(
+    http: &mut HttpCallState,
+    head: &mut Option<&mut RequestHead>,
+    stream: &mut Option<&mut StreamInfo>,
+) {
+    http.request = head.as_mut().map(|h| std::mem::take(&mut **h));
+    http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
+    http.local_response = None;
+}
+
+/// After an answer callback: the head and info go back to the stream, and a local response the
+/// callback sent becomes the stream's action.
+fn return_from_answer(
+    state: &mut HostState,
+    context_id: i32,
+    head: Option<&mut RequestHead>,
+    stream: Option<&mut StreamInfo>,
+) {
+    let http = &mut state.http;
+    if let (Some(head), Some(changed)) = (head, http.request.take()) {
+        *head = changed;
+    }
+    if let (Some(stream), Some(changed)) = (stream, http.stream.take()) {
+        *stream = changed;
+    }
+    if let Some(local) = http.local_response.take() {
+        state
+            .stream_actions
+            .push((context_id, StreamAction::LocalResponse(local)));
+    }
+}
+
 fn take_back<H>(http: &mut HttpCallState, slot: Slot<H>, head: &mut H, stream: &mut StreamInfo) {
     if let Some(changed) = slot(http).take() {
         *head = changed;
