@@ -55,11 +55,8 @@ impl RootContext for Root {
             held.retain(|(_, t)| *t < 2);
             due
         });
-        for context in due {
-            let _ = hostcalls::set_effective_context(context);
-            let _ = hostcalls::resume_downstream();
-        }
-        for context in WAITING.with(|w| std::mem::take(&mut *w.borrow_mut())) {
+        let waiting = WAITING.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        for context in due.into_iter().chain(waiting) {
             let _ = hostcalls::set_effective_context(context);
             let _ = hostcalls::resume_downstream();
         }
