@@ -236,3 +236,33 @@ async fn http2_max_concurrent_streams_is_advertised_and_enforced() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_request_body_ends_reaches_a_client_still_sending() {
+    // No cluster: the 404 goes out before the body is read, and the connection must close
+    // without a reset, which would throw away the answer on the client's side.
+    let proxy = Rustng::start(
+        "listeners:
+  - name: main
+    address: '{listen}'
+",
+    );
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let mut request = b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n".to_vec();
+    request.extend_from_slice(&vec![b'x'; 256 * 1024]);
+    // Written concurrently: the proxy answers while the body is still coming.
+    let (mut read, mut write) = stream.split();
+    let writing = async {
+        let _ = write.write_all(&request).await;
+    };
+    let reading = async {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let ((), reply) = tokio::join!(writing, reading);
+    assert!(reply.starts_with("HTTP/1.1 404 "), "{reply:?}");
+    assert!(reply.ends_with("no route"), "{reply:?}");
+}
