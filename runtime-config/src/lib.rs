@@ -12,8 +12,9 @@ mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use types::{
-    CertificateConfig, Cluster, Config, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
-    ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig, UpstreamProtocol,
+    Admin, CertificateConfig, Cluster, Config, DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy,
+    HttpOptions, LbPolicy, Listener, ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig,
+    UpstreamProtocol,
 };
 pub use validate::validate;
 

@@ -27,6 +27,16 @@ pub struct RawConfig {
     /// Settings of the wasm runtime shared by all plugins.
     #[serde(default)]
     pub wasm: RawWasm,
+    /// The admin server; none unless the section is present (as in Envoy).
+    pub admin: Option<RawAdmin>,
+}
+
+/// `admin` — the operators' HTTP endpoint (`/metrics`, `/health`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Where it listens. Default: `127.0.0.1:9901` (loopback: it is not for clients).
+    pub address: Option<String>,
 }
 
 /// `wasm` — the runtime all plugins share.

@@ -19,7 +19,19 @@ pub struct Config {
     pub plugins: Vec<Plugin>,
     /// Where compiled modules are kept across restarts, if anywhere.
     pub module_cache_dir: Option<PathBuf>,
+    /// The admin server, if configured.
+    pub admin: Option<Admin>,
 }
+
+/// The admin server's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Where it listens.
+    pub address: std::net::SocketAddr,
+}
+
+/// Where the admin server listens when its section gives no address (Envoy's usual port).
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
 /// A validated proxy-wasm plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -175,6 +175,17 @@ impl Validator {
                 format!("must be an absolute path, not \"{}\"", dir.display()),
             );
         }
+        let admin = raw.admin.and_then(|a| {
+            let text = a.address.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS);
+            let address = self.socket_addr("admin.address", text)?;
+            if addresses.contains(&address) {
+                self.error(
+                    "admin.address",
+                    format!("address {address} is already used by a listener"),
+                );
+            }
+            Some(Admin { address })
+        });
         Config {
             workers,
             log,
@@ -182,6 +193,7 @@ impl Validator {
             clusters,
             plugins,
             module_cache_dir,
+            admin,
         }
     }
 
@@ -780,5 +792,24 @@ listeners:
             errors(""),
             vec!["listeners: at least one listener is required"]
         );
+    }
+
+    #[test]
+    fn the_admin_server_is_off_unless_configured_and_loopback_by_default() {
+        assert_eq!(from_yaml(MINIMAL).expect("valid").admin, None);
+        let c = from_yaml(&format!("{MINIMAL}admin: {{}}\n")).expect("valid");
+        assert_eq!(
+            c.admin.map(|a| a.address),
+            Some("127.0.0.1:9901".parse().expect("addr"))
+        );
+        assert_eq!(
+            errors(&format!("{MINIMAL}admin: {{ address: everywhere }}\n")),
+            ["admin.address: invalid socket address \"everywhere\""]
+        );
+        assert_eq!(
+            errors(&format!("{MINIMAL}admin: {{ address: 127.0.0.1:8080 }}\n")),
+            ["admin.address: address 127.0.0.1:8080 is already used by a listener"]
+        );
+        assert_eq!(errors(&format!("{MINIMAL}admin: {{ port: 1 }}\n")).len(), 1);
     }
 }

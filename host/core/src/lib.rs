@@ -24,6 +24,7 @@ mod request_id;
 mod server;
 mod sniff;
 mod tcp_proxy;
+mod telemetry;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -31,3 +32,4 @@ mod worker;
 
 pub use error::{CoreError, ErrorKind, ErrorSource, ProxyError};
 pub use server::{Server, ShutdownHandle};
+pub use telemetry::Telemetry;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::error::CoreError;
 use crate::filters::LoadedPlugin;
 use crate::listener::{self, ConnectionLimit};
+use crate::telemetry::Telemetry;
 use crate::tls;
 use crate::worker::{self, WorkerSetup};
 
@@ -20,6 +21,7 @@ pub struct Server {
     config: Arc<Config>,
     setups: Vec<WorkerSetup>,
     shutdown: watch::Sender<bool>,
+    telemetry: Telemetry,
 }
 
 /// Asks a running server to stop accepting, drain and exit.
@@ -49,6 +51,7 @@ impl Server {
             tls.push(server_config);
         }
         let mut plugins = HashMap::new();
+        let mut plugin_host = None;
         if !config.plugins.is_empty() {
             // Every worker's instance of every plugin, a trial instance each, and as many
             // again for reloads.
@@ -85,6 +88,7 @@ impl Server {
                     })?;
                 plugins.insert(plugin.name.clone(), Arc::new(loaded));
             }
+            plugin_host = Some(host);
         }
         let plugins = Arc::new(plugins);
         let limits: Vec<Arc<ConnectionLimit>> = config
@@ -118,6 +122,7 @@ impl Server {
             config,
             setups,
             shutdown,
+            telemetry: Telemetry::new(plugins, plugin_host),
         })
     }
 
@@ -132,6 +137,11 @@ impl Server {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The server's metrics, for the admin server.
+    pub fn telemetry(&self) -> Telemetry {
+        self.telemetry.clone()
     }
 
     /// A handle that stops the server from any thread.

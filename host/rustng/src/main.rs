@@ -79,7 +79,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = rustng_runtime_config::load(path)
         .with_context(|| format!("invalid config {}", path.display()))?;
     let _log_guard = logging::init(&config.log)?;
+    let admin = config.admin.clone();
     let server = rustng_core::Server::bind(config)?;
+    // Kept for the process's life: the admin thread serves until exit.
+    let _admin = admin
+        .map(|admin| rustng_admin::AdminServer::start(admin.address, server.telemetry()))
+        .transpose()
+        .context("starting the admin server")?;
     let shutdown = server.shutdown_handle();
     std::thread::Builder::new()
         .name("rustng-signals".into())

@@ -21,6 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
@@ -50,9 +51,20 @@ pub(crate) struct LoadedPlugin {
     limits: Limits,
     host: Arc<PluginHost>,
     upstreams: UpstreamCheck,
+    /// Callbacks that failed (trap, deadline, memory), on every worker: the policy's count.
+    failures: AtomicU64,
 }
 
 impl LoadedPlugin {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How many times a callback of this plugin failed, since start.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// Reads, compiles and test-starts the plugin: a module that does not load or refuses its
     /// configuration is reported now, with the reason, not on the first request.
     pub(crate) fn load(
@@ -83,6 +95,7 @@ impl LoadedPlugin {
             },
             host: Arc::clone(host),
             upstreams: Arc::clone(upstreams),
+            failures: AtomicU64::new(0),
         };
         // The trial instance gets no queue notifier: it is dropped right away.
         loaded.instantiate(None).map_err(|e| e.to_string())?;
@@ -303,6 +316,7 @@ impl Filter {
     /// Marks the instance failed and says whether the request may go on without it.
     pub(crate) fn fail(&self, error: &WasmError) -> bool {
         tracing::error!(plugin = %self.plugin.name, %error, policy = ?self.plugin.policy, "plugin failed");
+        self.plugin.failures.fetch_add(1, Ordering::Relaxed);
         *self.instance.borrow_mut() = None;
         // The dead instance's streams will never be resumed by it.
         self.waiting.borrow_mut().clear();

@@ -17,7 +17,7 @@ use crate::origin::Origin;
 /// A conformance module built by `make filters`, under wasm-tests/target:
 /// `wasm32-wasip1/release/conformance.wasm` (Rust SDK), `go-conformance.wasm` (Go SDK),
 /// `as-conformance.wasm` (AssemblyScript SDK).
-fn conformance_wasm(name: &str) -> PathBuf {
+pub(crate) fn conformance_wasm(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../wasm-tests/target")
         .join(name);
@@ -29,7 +29,7 @@ fn conformance_wasm(name: &str) -> PathBuf {
     path
 }
 
-const RUST_SDK: &str = "wasm32-wasip1/release/conformance.wasm";
+pub(crate) const RUST_SDK: &str = "wasm32-wasip1/release/conformance.wasm";
 const GO_SDK: &str = "go-conformance.wasm";
 const ASSEMBLYSCRIPT_SDK: &str = "as-conformance.wasm";
 

@@ -341,3 +341,73 @@ async fn a_trap_in_any_phase_meets_the_policy() {
         );
     }
 }
+
+/// The admin server's `/metrics` shows what plugins defined with `proxy_define_metric` and how
+/// often each plugin failed; `/health` answers; other paths and methods are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_metrics_show_plugin_metrics_and_failures() {
+    let origin = Origin::start("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hostile = trapping_module(dir.path(), "proxy_on_request_headers");
+    let conformance = crate::conformance::conformance_wasm(crate::conformance::RUST_SDK);
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", crate::harness::free_port())
+        .parse()
+        .expect("addr");
+    let plugins = format!(
+        "  - name: conformance
+    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
+{}",
+        conformance.display(),
+        hostile_plugin(&hostile, "FAIL_OPEN"),
+    );
+    let proxy = Rustng::start(&format!(
+        "{}admin: {{ address: '{admin}' }}\n",
+        config(&origin, &plugins, "conformance, hostile")
+    ));
+    let client = client::http1();
+    // The conformance filter answers this one itself, after using its metrics.
+    let report = get(&client, &proxy.url("/conformance/metrics")).await;
+    assert_eq!(report.status, 200, "{}", report.text());
+    assert!(
+        report.text().contains("counter.get=Ok(5)"),
+        "{}",
+        report.text()
+    );
+    // This one reaches the hostile filter, which traps; FAIL_OPEN lets it through.
+    assert_eq!(get(&client, &proxy.url("/echo/x")).await.status, 200);
+
+    let metrics = get(&client, &format!("http://{admin}/metrics")).await;
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        metrics.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = metrics.text();
+    for expected in [
+        "# TYPE rustng_wasm_plugin_failures_total counter\n",
+        "rustng_wasm_plugin_failures_total{plugin=\"conformance\"} 0\n",
+        "rustng_wasm_plugin_failures_total{plugin=\"hostile\"} 1\n",
+        "# TYPE rustng_wasmcustom_conformance_requests counter\nrustng_wasmcustom_conformance_requests 5\n",
+        "# TYPE rustng_wasmcustom_conformance_level gauge\nrustng_wasmcustom_conformance_level 6\n",
+        "rustng_wasmcustom_conformance_sizes_count 1\n",
+        "rustng_wasmcustom_conformance_sizes_sum 42\n",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+
+    let health = get(&client, &format!("http://{admin}/health")).await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.text(), "ok\n");
+    assert_eq!(
+        get(&client, &format!("http://{admin}/nope")).await.status,
+        404
+    );
+    let post = send(
+        &client,
+        Request::post(format!("http://{admin}/metrics"))
+            .body(Full::new(bytes::Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(post.status, 405);
+}
