@@ -195,8 +195,10 @@ impl PluginInstance {
                 .memory_size(limits.max_memory_bytes)
                 .instances(1)
                 .build(),
+            // A sink of the embedder's takes every line; the tracing sink's level is the
+            // subscriber's, asked when needed (it can change at runtime).
+            log_level: env.log.is_some().then_some(LogLevel::Trace),
             log: env.log.unwrap_or_else(tracing_sink),
-            log_level: LogLevel::Trace,
             exports: None,
             readable_buffer: None,
             tick_period_ms: 0,

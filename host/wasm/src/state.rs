@@ -43,6 +43,38 @@ pub(crate) fn tracing_sink() -> LogSink {
     })
 }
 
+/// The most verbose level the subscriber records for the `wasm` target: what
+/// `proxy_get_log_level` answers, as Envoy answers its `wasm` component's level.
+fn tracing_level() -> LogLevel {
+    use tracing::Level;
+    if tracing::enabled!(target: "wasm", Level::TRACE) {
+        LogLevel::Trace
+    } else if tracing::enabled!(target: "wasm", Level::DEBUG) {
+        LogLevel::Debug
+    } else if tracing::enabled!(target: "wasm", Level::INFO) {
+        LogLevel::Info
+    } else if tracing::enabled!(target: "wasm", Level::WARN) {
+        LogLevel::Warn
+    } else if tracing::enabled!(target: "wasm", Level::ERROR) {
+        LogLevel::Error
+    } else {
+        LogLevel::Critical
+    }
+}
+
+impl HostState {
+    /// The least severe level that reaches the log.
+    pub(crate) fn log_level(&self) -> LogLevel {
+        self.log_level.unwrap_or_else(tracing_level)
+    }
+
+    /// Whether a guest line at `level` is written: the tracing sink filters by itself, so
+    /// only an embedder's sink is checked here.
+    pub(crate) fn logs(&self, level: LogLevel) -> bool {
+        self.log_level.is_none_or(|least| level >= least)
+    }
+}
+
 /// The guest's exports a hostcall needs: its memory and its allocator.
 pub(crate) struct GuestExports {
     pub(crate) memory: Memory,
@@ -54,7 +86,9 @@ pub(crate) struct HostState {
     pub(crate) config: Arc<PluginConfig>,
     pub(crate) limits: StoreLimits,
     pub(crate) log: LogSink,
-    pub(crate) log_level: LogLevel,
+    /// The least severe level `log` takes; `None` for the tracing sink, whose subscriber
+    /// decides (see [`HostState::log_level`]).
+    pub(crate) log_level: Option<LogLevel>,
     /// Filled in once the instance exists; hostcalls made during instantiation (start
     /// functions) find it empty and answer as if memory were out of reach.
     pub(crate) exports: Option<GuestExports>,

@@ -26,7 +26,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "env",
         "proxy_get_log_level",
         |mut caller: Caller<'_, HostState>, return_level: i32| -> i32 {
-            let level = caller.data().log_level as u32;
+            let level = caller.data().log_level() as u32;
             status(write_u32(&mut caller, return_level, level))
         },
     )?;
@@ -37,7 +37,7 @@ fn log(caller: &Caller<'_, HostState>, level: i32, ptr: i32, len: i32) -> Result
     let level = LogLevel::try_from(level as u32).map_err(|_| Status::BadArgument)?;
     let memory = guest_memory(caller).ok_or(Status::InvalidMemoryAccess)?;
     let message = slice(memory, ptr, len)?;
-    if level >= caller.data().log_level {
+    if caller.data().logs(level) {
         let message = &message[..message.len().min(MAX_LOG_MESSAGE)];
         let state = caller.data();
         (state.log)(&state.config.name, level, &String::from_utf8_lossy(message));

@@ -280,7 +280,7 @@ fn fd_write(
         text.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
     let state = caller.data();
-    if level >= state.log_level {
+    if state.logs(level) {
         let line = String::from_utf8_lossy(&text);
         let line = line.trim_end_matches('\n');
         if !line.is_empty() {
