@@ -66,6 +66,7 @@ plugins:
       vm_id: ''
       runtime: envoy.wasm.runtime.v8
       code: {{ local: {{ filename: {wasm} }} }}
+      environment_variables: {{ key_values: {{ CONFORMANCE_ENV: {env} }} }}
     configuration:
       '@type': type.googleapis.com/google.protobuf.StringValue
       value: {configuration}
@@ -85,6 +86,7 @@ clusters:
 ",
             wasm = wasm.display(),
             origin = origin.addr,
+            env = crate::envoy::CONFORMANCE_ENV,
         ));
         let envoy = Envoy::start(
             &EnvoyPlugin {
@@ -283,6 +285,23 @@ async fn metrics_match_envoy() {
             "counter.get=Ok(5)",
             "gauge.get=Ok(6)",
             "histogram.record=Ok",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_log_level_environment_and_randomness_match_envoy() {
+    let hosts = Hosts::start("plain").await;
+    let report = hosts.case("runtime").await;
+    assert_lines(
+        &report,
+        &[
+            // Both hosts run the wasm log at info (Envoy: `--component-log-level wasm:info`).
+            "log-level=Ok(Info)",
+            "time.sane=true",
+            "env.CONFORMANCE_ENV=from-config",
+            "random.differs=true",
+            "foreign.unknown=Err(NotFound)",
         ],
     );
 }

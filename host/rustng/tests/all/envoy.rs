@@ -32,6 +32,10 @@ fn envoy_binary() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The environment variable every plugin gets, in Envoy and in RustNg, for the WASI
+/// `environ_*` checks.
+pub(crate) const CONFORMANCE_ENV: &str = "from-config";
+
 /// One proxy-wasm plugin as Envoy's `envoy.filters.http.wasm` config takes it.
 pub(crate) struct EnvoyPlugin<'a> {
     pub(crate) name: &'a str,
@@ -50,6 +54,7 @@ impl EnvoyPlugin<'_> {
                 "vm_id": "",
                 "runtime": "envoy.wasm.runtime.v8",
                 "code": { "local": { "filename": self.wasm.display().to_string() } },
+                "environment_variables": { "key_values": { "CONFORMANCE_ENV": CONFORMANCE_ENV } },
             },
             "configuration": {
                 "@type": "type.googleapis.com/google.protobuf.StringValue",

@@ -410,6 +410,7 @@ impl HttpContext for Stream {
                 report.line("ticked", (ticks > 0).to_string());
             }
             "metrics" => metrics(&mut report),
+            "runtime" => runtime(&mut report),
             "properties" => properties(&mut report),
             _ => report.line("unknown-case", case.as_str()),
         }
@@ -514,6 +515,39 @@ fn queue_send(stream: &Stream, report: &mut Report) {
             Ok(value) => format!("{value:?}"),
             Err(status) => format!("{status:?}"),
         },
+    );
+}
+
+/// The host's clock, log level, environment and randomness, through proxy-wasm and WASI.
+fn runtime(report: &mut Report) {
+    report.line("log-level", format!("{:?}", hostcalls::get_log_level()));
+    // proxy_get_current_time_nanoseconds and WASI clock_time_get read the same wall clock.
+    let proxy_time = hostcalls::get_current_time();
+    let wasi_time = std::time::SystemTime::now();
+    let sane = proxy_time.is_ok_and(|t| {
+        let after_2020 = t > std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800);
+        let apart = t
+            .duration_since(wasi_time)
+            .or_else(|e| Ok::<_, ()>(e.duration()))
+            .unwrap_or_default();
+        after_2020 && apart < std::time::Duration::from_secs(5)
+    });
+    report.line("time.sane", sane.to_string());
+    // WASI environ_get: the plugin's environment_variables.
+    report.line(
+        "env.CONFORMANCE_ENV",
+        std::env::var("CONFORMANCE_ENV").unwrap_or_else(|e| format!("!{e}")),
+    );
+    // WASI random_get: two draws differ.
+    let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+    let drawn = getrandom::getrandom(&mut a).and_then(|()| getrandom::getrandom(&mut b));
+    report.line("random.differs", (drawn.is_ok() && a != b).to_string());
+    report.line(
+        "foreign.unknown",
+        format!(
+            "{:?}",
+            hostcalls::call_foreign_function("conformance_no_such_function", None)
+        ),
     );
 }
 
