@@ -304,6 +304,14 @@ async fn clock_log_level_environment_and_randomness_match_envoy() {
             "foreign.unknown=Err(NotFound)",
         ],
     );
+    // WASI fd_write: stdout and stderr lines reach both hosts' logs (and `case` compared them).
+    for line in [
+        "conformance runtime stdout=fd_write",
+        "conformance runtime stderr=fd_write",
+    ] {
+        assert!(hosts.rustng.log().contains(line), "RustNg: {line}");
+        assert!(hosts.envoy.log().contains(line), "Envoy: {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -520,6 +520,10 @@ fn queue_send(stream: &Stream, report: &mut Report) {
 
 /// The host's clock, log level, environment and randomness, through proxy-wasm and WASI.
 fn runtime(report: &mut Report) {
+    // WASI fd_write on stdout and stderr: both hosts log these lines (compared like the
+    // report's own lines).
+    println!("conformance runtime stdout=fd_write");
+    eprintln!("conformance runtime stderr=fd_write");
     report.line("log-level", format!("{:?}", hostcalls::get_log_level()));
     // proxy_get_current_time_nanoseconds and WASI clock_time_get read the same wall clock.
     let proxy_time = hostcalls::get_current_time();
