@@ -72,11 +72,12 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Status::Ok as i32
         },
     )?;
-    // A plugin that deferred the end of a context (on_done returned false) says it is done.
-    // RustNg ends contexts with their exchange whatever on_done answered, so this is only
-    // acknowledged.
+    // A root context whose `proxy_on_done` answered false says it has finished. No root is
+    // ever waiting so here (RustNg does not stop VMs yet), and stream contexts end with their
+    // exchange: `NOT_FOUND`, Envoy's answer for a context with nothing pending (the Rust SDK
+    // traps on it, in both hosts).
     linker.func_wrap("env", "proxy_done", |_: Caller<'_, HostState>| -> i32 {
-        Status::Ok as i32
+        Status::NotFound as i32
     })?;
     linker.func_wrap(
         "env",
