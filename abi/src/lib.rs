@@ -1,10 +1,12 @@
 //! The proxy-wasm ABI as data: the numeric types every hostcall speaks, the serialized pairs
-//! format of header maps, ABI version detection and the table of hostcalls and callbacks.
+//! format of header maps, ABI version detection, the table of hostcalls and callbacks, and
+//! RustNg's extension names ([`extensions`]).
 //!
 //! Shared by the wasm host, the Rust SDK helpers and the tests, so it depends on nothing
 //! heavier than `thiserror`. Source: the proxy-wasm ABI specification, v0.2.1 (with the
 //! v0.2.0 and v0.1.0 differences recorded in [`table`] as they are implemented).
 
+pub mod extensions;
 mod pairs;
 pub mod table;
 mod types;

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// No cluster was chosen for the request.
     NoRoute,
+    /// A filter routed the request to a cluster the config does not have.
+    ClusterNotFound,
     /// The chosen cluster has no endpoints.
     NoHealthyUpstream,
     /// The TCP connect to an endpoint failed.
@@ -42,7 +44,9 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyUpstream | ErrorKind::ClusterNotFound => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::ConnectRefused | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
             ErrorKind::ConnectTimeout | ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -54,6 +58,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid request",
             ErrorKind::NoRoute => "no route",
             ErrorKind::NoHealthyUpstream => "no healthy upstream",
+            ErrorKind::ClusterNotFound => "cluster not found",
             ErrorKind::ConnectRefused => "upstream connect error",
             ErrorKind::ConnectTimeout => "upstream connect timeout",
             ErrorKind::UpstreamTimeout => "upstream request timeout",
@@ -68,7 +73,9 @@ impl ErrorKind {
     fn source(self) -> ErrorSource {
         match self {
             ErrorKind::InvalidRequest => ErrorSource::Downstream,
-            ErrorKind::NoRoute | ErrorKind::NoHealthyUpstream => ErrorSource::Internal,
+            ErrorKind::NoRoute | ErrorKind::NoHealthyUpstream | ErrorKind::ClusterNotFound => {
+                ErrorSource::Internal
+            }
             _ => ErrorSource::Upstream,
         }
     }

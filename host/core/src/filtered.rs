@@ -17,6 +17,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, Version, request};
 use http_body::Body as _;
 use rustng_wasm::{Direction, RequestHead, ResponseHead, StreamInfo};
 
+use rustng_abi::extensions;
+
 use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
 use crate::downstream_body::DownstreamBody;
@@ -25,7 +27,7 @@ use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume
 use crate::headers;
 use crate::proxy::{local_answer, local_error, protocol_name, response_version};
 use crate::tunnel;
-use crate::upstream::{BoxLocal as _, Outgoing, RequestBody};
+use crate::upstream::{BoxLocal as _, ClusterRt, Outgoing, RequestBody};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
@@ -148,12 +150,9 @@ impl Pending {
             version,
         } = self;
         let limit = ctx.listener.config.http.buffer_limit_bytes;
-        let Some(cluster) = ctx.listener.default_cluster.clone() else {
-            return Ok(local_error(
-                ErrorKind::NoRoute.into_error(),
-                exchange,
-                version,
-            ));
+        let cluster = match routed_cluster(&ctx, &filters) {
+            Ok(cluster) => cluster,
+            Err(kind) => return Ok(local_error(kind.into_error(), exchange, version)),
         };
         if let Some(protocol) = upgrade
             && version == Version::HTTP_11
@@ -243,6 +242,28 @@ impl Pending {
             parts,
             ProxyBody::boxed(body.boxed_local(), exchange),
         ))
+    }
+}
+
+/// Where the request goes: the cluster a filter named in `rustng.route.cluster`, else the
+/// listener's default.
+fn routed_cluster(ctx: &ConnCtx, filters: &SharedFilters) -> Result<Rc<ClusterRt>, ErrorKind> {
+    let filters = filters.borrow();
+    let named = filters
+        .stream
+        .properties
+        .iter()
+        .find(|(path, _)| extensions::property_is(path, extensions::ROUTE_CLUSTER));
+    match named {
+        Some((_, name)) => std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| ctx.listener.clusters.get(name).cloned())
+            .ok_or(ErrorKind::ClusterNotFound),
+        None => ctx
+            .listener
+            .default_cluster
+            .clone()
+            .ok_or(ErrorKind::NoRoute),
     }
 }
 

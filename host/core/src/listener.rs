@@ -74,6 +74,8 @@ pub(crate) struct ListenerRt {
     pub(crate) config: Listener,
     pub(crate) name: Rc<str>,
     pub(crate) default_cluster: Option<Rc<ClusterRt>>,
+    /// The worker's clusters by name, for filters that route (`rustng.route.cluster`).
+    pub(crate) clusters: crate::filters::Clusters,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) codecs: Codecs,
     pub(crate) filters: FilterChain,

@@ -93,6 +93,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
                 .default_cluster
                 .as_deref()
                 .and_then(|name| clusters.get(name).cloned()),
+            clusters: Rc::clone(&clusters),
             tls: tls.map(TlsAcceptor::from),
             codecs: connection::Codecs::new(&listener.http),
             filters: FilterChain::new(
