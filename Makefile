@@ -40,8 +40,9 @@ lint: setup
 	done
 
 ## Everything CI checks: formatting, lints, unit and end-to-end tests (the wasm host's tests
-## load the filters built from source).
+## load the filters built from source; the filters' own unit tests run natively).
 test: lint filters
+	$(CARGO) test --manifest-path filters/Cargo.toml
 	$(CARGO) test --workspace --no-fail-fast
 
 ## RustNg against origin-direct, nginx and haproxy in one run; writes bench/results/.

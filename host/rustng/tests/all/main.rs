@@ -17,6 +17,7 @@ mod h1_upstream;
 mod limits;
 mod plugins;
 mod proxying;
+mod routing;
 mod tcp;
 mod tls;
 mod upstreams;

@@ -1,0 +1,458 @@
+//! The route table and the decision for one request: pure code, no hostcalls, so every rule
+//! is a unit test.
+//!
+//! The configuration follows Envoy's `RouteConfiguration` (a subset of it, same field names):
+//! virtual hosts chosen by `:authority`, then the first route whose match holds.
+
+use serde::Deserialize;
+
+/// The plugin configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfiguration {
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    #[serde(default)]
+    pub name: String,
+    /// `example.com`, `*.example.com` (any subdomain), `*` (any host). Ports are ignored.
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    pub route: Option<RouteAction>,
+    pub redirect: Option<Redirect>,
+    pub direct_response: Option<DirectResponse>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    /// Every one must hold. `:method` matches the method.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatcher>,
+    #[serde(default)]
+    pub query_parameters: Vec<HeaderMatcher>,
+}
+
+/// A header (or query parameter) condition: `exact`, `prefix`, or `present`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatcher {
+    pub name: String,
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAction {
+    pub cluster: Option<String>,
+    pub weighted_clusters: Option<WeightedClusters>,
+    /// Replaces the matched `prefix` (or the whole matched `path`).
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite_literal: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedClusters {
+    pub clusters: Vec<ClusterWeight>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterWeight {
+    pub name: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    pub host_redirect: Option<String>,
+    pub path_redirect: Option<String>,
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// 301 (default), 302, 303, 307 or 308.
+    pub response_code: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: Option<DataSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    pub inline_string: String,
+}
+
+/// What the router decided for a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send to `cluster`, with the path and authority rewritten when set.
+    Forward {
+        cluster: String,
+        path: Option<String>,
+        authority: Option<String>,
+    },
+    /// Answer with a redirect to `location`.
+    Redirect { status: u16, location: String },
+    /// Answer with `status` and `body`.
+    Direct { status: u16, body: String },
+    /// No virtual host or route matched: 404, as Envoy answers.
+    NotFound,
+}
+
+/// The parts of a request routing looks at.
+pub struct RequestView<'a> {
+    /// `:authority`, port included if the client sent one.
+    pub authority: &'a str,
+    /// `:path` with its query.
+    pub path: &'a str,
+    /// `https` or `http`.
+    pub scheme: &'a str,
+    /// A request header by lowercase name (`:method` included).
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl RouteConfiguration {
+    /// Parses and checks the table: every route has exactly one action, a match with a path
+    /// condition, and weights that add up to more than zero.
+    pub fn parse(bytes: &[u8]) -> Result<RouteConfiguration, String> {
+        let table: RouteConfiguration =
+            serde_json::from_slice(bytes).map_err(|e| format!("route configuration: {e}"))?;
+        for host in &table.virtual_hosts {
+            for (i, route) in host.routes.iter().enumerate() {
+                let at = format!("virtual_hosts[{}].routes[{i}]", host.name);
+                let actions = usize::from(route.route.is_some())
+                    + usize::from(route.redirect.is_some())
+                    + usize::from(route.direct_response.is_some());
+                if actions != 1 {
+                    return Err(format!(
+                        "{at}: needs exactly one of route, redirect, direct_response"
+                    ));
+                }
+                if route.matcher.prefix.is_some() == route.matcher.path.is_some() {
+                    return Err(format!("{at}.match: needs exactly one of prefix, path"));
+                }
+                if let Some(action) = &route.route {
+                    let weighted = action.weighted_clusters.as_ref();
+                    if action.cluster.is_some() == weighted.is_some() {
+                        return Err(format!(
+                            "{at}.route: needs exactly one of cluster, weighted_clusters"
+                        ));
+                    }
+                    if weighted
+                        .is_some_and(|w| w.clusters.iter().map(|c| c.weight).sum::<u32>() == 0)
+                    {
+                        return Err(format!("{at}.route.weighted_clusters: weights add up to 0"));
+                    }
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// The decision for `request`; `random` picks among weighted clusters.
+    pub fn decide(&self, request: &RequestView<'_>, random: u32) -> Decision {
+        let host = strip_port(request.authority).to_ascii_lowercase();
+        let Some(virtual_host) = self.virtual_host(&host) else {
+            return Decision::NotFound;
+        };
+        let (path, query) = request.path.split_once('?').unwrap_or((request.path, ""));
+        let Some(route) = virtual_host
+            .routes
+            .iter()
+            .find(|r| r.matcher.matches(path, query, request.header))
+        else {
+            return Decision::NotFound;
+        };
+        if let Some(direct) = &route.direct_response {
+            return Decision::Direct {
+                status: direct.status,
+                body: direct
+                    .body
+                    .as_ref()
+                    .map(|b| b.inline_string.clone())
+                    .unwrap_or_default(),
+            };
+        }
+        if let Some(redirect) = &route.redirect {
+            let scheme = if redirect.https_redirect {
+                "https"
+            } else {
+                request.scheme
+            };
+            let host = redirect
+                .host_redirect
+                .as_deref()
+                .unwrap_or(request.authority);
+            let path = redirect.path_redirect.as_deref().unwrap_or(request.path);
+            return Decision::Redirect {
+                status: redirect.response_code.unwrap_or(301),
+                location: format!("{scheme}://{host}{path}"),
+            };
+        }
+        let Some(action) = &route.route else {
+            return Decision::NotFound;
+        };
+        let cluster = match (&action.cluster, &action.weighted_clusters) {
+            (Some(cluster), _) => cluster.clone(),
+            (None, Some(weighted)) => pick(&weighted.clusters, random),
+            (None, None) => return Decision::NotFound,
+        };
+        let path = action.prefix_rewrite.as_ref().map(|rewrite| {
+            let matched = route
+                .matcher
+                .prefix
+                .as_deref()
+                .or(route.matcher.path.as_deref())
+                .unwrap_or("");
+            let rest = &request.path[matched.len().min(request.path.len())..];
+            format!("{rewrite}{rest}")
+        });
+        Decision::Forward {
+            cluster,
+            path,
+            authority: action.host_rewrite_literal.clone(),
+        }
+    }
+
+    fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        // Envoy's order of preference: exact, then the longest `*.suffix`, then `*`.
+        let domains = || {
+            self.virtual_hosts
+                .iter()
+                .flat_map(|v| v.domains.iter().map(move |d| (v, d)))
+        };
+        if let Some((v, _)) = domains().find(|(_, d)| d.eq_ignore_ascii_case(host)) {
+            return Some(v);
+        }
+        let suffix = domains()
+            .filter_map(|(v, d)| {
+                let suffix = d.strip_prefix('*')?;
+                (!suffix.is_empty()
+                    && host.len() > suffix.len()
+                    && host.ends_with(&suffix.to_ascii_lowercase()))
+                .then_some((v, suffix.len()))
+            })
+            .max_by_key(|(_, len)| *len);
+        if let Some((v, _)) = suffix {
+            return Some(v);
+        }
+        domains().find(|(_, d)| *d == "*").map(|(v, _)| v)
+    }
+}
+
+impl RouteMatch {
+    fn matches(&self, path: &str, query: &str, header: &dyn Fn(&str) -> Option<String>) -> bool {
+        let path_holds = match (&self.prefix, &self.path) {
+            (Some(prefix), _) => path.starts_with(prefix.as_str()),
+            (_, Some(exact)) => path == exact,
+            (None, None) => false,
+        };
+        path_holds
+            && self
+                .headers
+                .iter()
+                .all(|m| m.holds(header(&m.name.to_ascii_lowercase()).as_deref()))
+            && self
+                .query_parameters
+                .iter()
+                .all(|m| m.holds(query_parameter(query, &m.name).as_deref()))
+    }
+}
+
+impl HeaderMatcher {
+    fn holds(&self, value: Option<&str>) -> bool {
+        match value {
+            None => self.present == Some(false),
+            Some(value) => {
+                self.present != Some(false)
+                    && self.exact.as_deref().is_none_or(|e| value == e)
+                    && self.prefix.as_deref().is_none_or(|p| value.starts_with(p))
+            }
+        }
+    }
+}
+
+fn query_parameter(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn strip_port(authority: &str) -> &str {
+    // `[v6]:port`, `host:port`, or no port.
+    if let Some(end) = authority.find(']') {
+        return &authority[..=end];
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+fn pick(clusters: &[ClusterWeight], random: u32) -> String {
+    let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
+    let mut point = u64::from(random) % total.max(1);
+    for cluster in clusters {
+        if point < u64::from(cluster.weight) {
+            return cluster.name.clone();
+        }
+        point -= u64::from(cluster.weight);
+    }
+    clusters.last().map(|c| c.name.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = r#"{"virtual_hosts": [
+      {"name": "api", "domains": ["api.example.com", "*.api.example.com"], "routes": [
+        {"match": {"prefix": "/v1/", "headers": [{"name": ":method", "exact": "GET"}]},
+         "route": {"cluster": "v1", "prefix_rewrite": "/", "host_rewrite_literal": "v1.internal"}},
+        {"match": {"prefix": "/", "query_parameters": [{"name": "canary", "exact": "1"}]},
+         "route": {"weighted_clusters": {"clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}]}}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "api"}}
+      ]},
+      {"name": "any", "domains": ["*"], "routes": [
+        {"match": {"path": "/old"}, "redirect": {"path_redirect": "/new", "response_code": 308}},
+        {"match": {"prefix": "/health"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}},
+        {"match": {"prefix": "/app", "headers": [{"name": "x-beta", "present": true}]}, "route": {"cluster": "beta"}}
+      ]}
+    ]}"#;
+
+    fn decide(authority: &str, path: &str, headers: &[(&str, &str)], random: u32) -> Decision {
+        let table = RouteConfiguration::parse(TABLE.as_bytes()).expect("valid table");
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = move |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        table.decide(
+            &RequestView {
+                authority,
+                path,
+                scheme: "http",
+                header: &lookup,
+            },
+            random,
+        )
+    }
+
+    fn forward(cluster: &str) -> Decision {
+        Decision::Forward {
+            cluster: cluster.into(),
+            path: None,
+            authority: None,
+        }
+    }
+
+    #[test]
+    fn hosts_paths_methods_and_rewrites() {
+        assert_eq!(
+            decide(
+                "api.example.com:8080",
+                "/v1/users?x=1",
+                &[(":method", "GET")],
+                0
+            ),
+            Decision::Forward {
+                cluster: "v1".into(),
+                path: Some("/users?x=1".into()),
+                authority: Some("v1.internal".into()),
+            }
+        );
+        // Another method falls through to the catch-all of the same host.
+        assert_eq!(
+            decide("API.example.com", "/v1/users", &[(":method", "POST")], 0),
+            forward("api")
+        );
+        assert_eq!(decide("eu.api.example.com", "/x", &[], 0), forward("api"));
+    }
+
+    #[test]
+    fn weighted_clusters_split_by_weight() {
+        let picks: Vec<Decision> = (0..4)
+            .map(|r| decide("api.example.com", "/?canary=1", &[], r))
+            .collect();
+        assert_eq!(
+            picks,
+            [forward("a"), forward("b"), forward("b"), forward("b")]
+        );
+    }
+
+    #[test]
+    fn redirects_direct_responses_and_no_match() {
+        assert_eq!(
+            decide("other.test", "/old", &[], 0),
+            Decision::Redirect {
+                status: 308,
+                location: "http://other.test/new".into()
+            }
+        );
+        assert_eq!(
+            decide("other.test", "/health/live", &[], 0),
+            Decision::Direct {
+                status: 200,
+                body: "ok".into()
+            }
+        );
+        assert_eq!(
+            decide("other.test", "/app", &[("x-beta", "1")], 0),
+            forward("beta")
+        );
+        assert_eq!(decide("other.test", "/app", &[], 0), Decision::NotFound);
+        assert_eq!(decide("other.test", "/nothing", &[], 0), Decision::NotFound);
+    }
+
+    #[test]
+    fn bad_tables_are_refused_with_the_place() {
+        for (table, expected) in [
+            (
+                r#"{"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {"prefix": "/"}}]}]}"#,
+                "virtual_hosts[a].routes[0]: needs exactly one of route, redirect, direct_response",
+            ),
+            (
+                r#"{"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {}, "route": {"cluster": "x"}}]}]}"#,
+                "virtual_hosts[a].routes[0].match: needs exactly one of prefix, path",
+            ),
+            (
+                r#"{"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "x", "weight": 0}]}}}]}]}"#,
+                "virtual_hosts[a].routes[0].route.weighted_clusters: weights add up to 0",
+            ),
+        ] {
+            assert_eq!(
+                RouteConfiguration::parse(table.as_bytes()).err().as_deref(),
+                Some(expected)
+            );
+        }
+        let unknown = RouteConfiguration::parse(br#"{"virtual_hosts": [], "extra": 1}"#);
+        assert!(unknown.is_err_and(|e| e.contains("unknown field")));
+    }
+}
