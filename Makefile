@@ -5,7 +5,7 @@ RELEASE_BIN := target/release/rustng
 # Both wasm workspaces: RustNg's own filters and the conformance suite's Rust filters.
 WASM_WORKSPACES := filters/Cargo.toml wasm-tests/Cargo.toml
 
-.PHONY: setup build release filters run test lint fmt bench clean
+.PHONY: setup build release modules filters run test lint fmt bench clean
 
 setup:
 	@scripts/setup.sh
@@ -17,15 +17,19 @@ release: setup
 	$(CARGO) build --release -p rustng
 
 ## Starts the demo upstream on :9000 and rustng on :8080 (examples/quickstart.yaml).
-run: release
+run: release modules
 	@scripts/run-demo.sh $(RELEASE_BIN) examples/quickstart.yaml
 
 # The Go SDK conformance filter: Go's own wasip1 port, as a reactor (c-shared).
 GO_CONFORMANCE := wasm-tests/target/go-conformance.wasm
 
-## The proxy-wasm filters in filters/ and wasm-tests/, built from source for wasm32-wasip1.
-filters: setup
-	for m in $(WASM_WORKSPACES); do $(CARGO) build --manifest-path $$m --release --target wasm32-wasip1 || exit 1; done
+## RustNg's own proxy-wasm modules (filters/: the router, the header filter), for wasm32-wasip1.
+modules: setup
+	$(CARGO) build --manifest-path filters/Cargo.toml --release --target wasm32-wasip1
+
+## Every proxy-wasm module: filters/ and the conformance filters in wasm-tests/, from source.
+filters: modules
+	$(CARGO) build --manifest-path wasm-tests/Cargo.toml --release --target wasm32-wasip1
 	mkdir -p wasm-tests/target
 	cd wasm-tests/go/conformance && GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o ../../../$(GO_CONFORMANCE) .
 	cd wasm-tests/assemblyscript/conformance && npm ci --no-audit --no-fund --silent && npm run --silent build
