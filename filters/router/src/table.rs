@@ -38,6 +38,8 @@ pub struct Route {
 pub struct RouteMatch {
     pub prefix: Option<String>,
     pub path: Option<String>,
+    /// The whole path (without the query) matches this regular expression.
+    pub safe_regex: Option<Pattern>,
     /// Every one must hold. `:method` matches the method.
     #[serde(default)]
     pub headers: Vec<HeaderMatcher>,
@@ -62,7 +64,48 @@ pub struct RouteAction {
     pub weighted_clusters: Option<WeightedClusters>,
     /// Replaces the matched `prefix` (or the whole matched `path`).
     pub prefix_rewrite: Option<String>,
+    /// Replaces every match of `pattern` in the path with `substitution` (`\1` names a group).
+    pub regex_rewrite: Option<RegexRewrite>,
     pub host_rewrite_literal: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    pub pattern: UnanchoredPattern,
+    pub substitution: String,
+}
+
+/// Envoy's `{regex: "..."}` matcher, compiled when the table is read, matching whole values.
+#[derive(Debug)]
+pub struct Pattern(regex_lite::Regex);
+
+/// The same, matching anywhere (for rewrites).
+#[derive(Debug)]
+pub struct UnanchoredPattern(regex_lite::Regex);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPattern {
+    regex: String,
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawPattern::deserialize(d)?;
+        regex_lite::Regex::new(&format!("^(?:{})$", raw.regex))
+            .map(Pattern)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnanchoredPattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawPattern::deserialize(d)?;
+        regex_lite::Regex::new(&raw.regex)
+            .map(UnanchoredPattern)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,8 +191,13 @@ impl RouteConfiguration {
                         "{at}: needs exactly one of route, redirect, direct_response"
                     ));
                 }
-                if route.matcher.prefix.is_some() == route.matcher.path.is_some() {
-                    return Err(format!("{at}.match: needs exactly one of prefix, path"));
+                let conditions = usize::from(route.matcher.prefix.is_some())
+                    + usize::from(route.matcher.path.is_some())
+                    + usize::from(route.matcher.safe_regex.is_some());
+                if conditions != 1 {
+                    return Err(format!(
+                        "{at}.match: needs exactly one of prefix, path, safe_regex"
+                    ));
                 }
                 if let Some(action) = &route.route {
                     let weighted = action.weighted_clusters.as_ref();
@@ -217,16 +265,7 @@ impl RouteConfiguration {
             (None, Some(weighted)) => pick(&weighted.clusters, random),
             (None, None) => return Decision::NotFound,
         };
-        let path = action.prefix_rewrite.as_ref().map(|rewrite| {
-            let matched = route
-                .matcher
-                .prefix
-                .as_deref()
-                .or(route.matcher.path.as_deref())
-                .unwrap_or("");
-            let rest = &request.path[matched.len().min(request.path.len())..];
-            format!("{rewrite}{rest}")
-        });
+        let path = rewritten_path(route, action, request.path);
         Decision::Forward {
             cluster,
             path,
@@ -260,12 +299,62 @@ impl RouteConfiguration {
     }
 }
 
+/// The path after the route's `prefix_rewrite` or `regex_rewrite`, if it has one; the query
+/// is kept as it is.
+fn rewritten_path(route: &Route, action: &RouteAction, full: &str) -> Option<String> {
+    let (path, query) = match full.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (full, None),
+    };
+    let rewritten = if let Some(rewrite) = &action.prefix_rewrite {
+        // A regex match covers the whole path, so its rewrite replaces all of it.
+        let matched = route
+            .matcher
+            .prefix
+            .as_deref()
+            .or(route.matcher.path.as_deref())
+            .map_or(path.len(), str::len);
+        format!("{rewrite}{}", &path[matched.min(path.len())..])
+    } else if let Some(rewrite) = &action.regex_rewrite {
+        let substitution = envoy_substitution(&rewrite.substitution);
+        rewrite
+            .pattern
+            .0
+            .replace_all(path, substitution.as_str())
+            .into_owned()
+    } else {
+        return None;
+    };
+    Some(match query {
+        Some(query) => format!("{rewritten}?{query}"),
+        None => rewritten,
+    })
+}
+
+/// Envoy's (RE2's) `\1` group references in the syntax of `regex_lite` (`${1}`).
+fn envoy_substitution(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str(&format!("${{{d}}}"));
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 impl RouteMatch {
     fn matches(&self, path: &str, query: &str, header: &dyn Fn(&str) -> Option<String>) -> bool {
-        let path_holds = match (&self.prefix, &self.path) {
-            (Some(prefix), _) => path.starts_with(prefix.as_str()),
-            (_, Some(exact)) => path == exact,
-            (None, None) => false,
+        let path_holds = match (&self.prefix, &self.path, &self.safe_regex) {
+            (Some(prefix), _, _) => path.starts_with(prefix.as_str()),
+            (_, Some(exact), _) => path == exact,
+            (_, _, Some(pattern)) => pattern.0.is_match(path),
+            (None, None, None) => false,
         };
         path_holds
             && self
@@ -338,7 +427,9 @@ mod tests {
       {"name": "any", "domains": ["*"], "routes": [
         {"match": {"path": "/old"}, "redirect": {"path_redirect": "/new", "response_code": 308}},
         {"match": {"prefix": "/health"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}},
-        {"match": {"prefix": "/app", "headers": [{"name": "x-beta", "present": true}]}, "route": {"cluster": "beta"}}
+        {"match": {"prefix": "/app", "headers": [{"name": "x-beta", "present": true}]}, "route": {"cluster": "beta"}},
+        {"match": {"safe_regex": {"regex": "/service/[^/]+/.*"}},
+         "route": {"cluster": "svc", "regex_rewrite": {"pattern": {"regex": "^/service/([^/]+)(/.*)$"}, "substitution": "\\2/instance/\\1"}}}
       ]}
     ]}"#;
 
@@ -432,6 +523,24 @@ mod tests {
     }
 
     #[test]
+    fn regex_matches_and_rewrites() {
+        assert_eq!(
+            decide("other.test", "/service/users/list?all=1", &[], 0),
+            Decision::Forward {
+                cluster: "svc".into(),
+                path: Some("/list/instance/users?all=1".into()),
+                authority: None,
+            }
+        );
+        // The whole path must match: no partial matches.
+        assert_eq!(
+            decide("other.test", "/x/service/users/list", &[], 0),
+            Decision::NotFound
+        );
+        assert_eq!(envoy_substitution(r"\2-\1 costs $5"), "${2}-${1} costs $$5");
+    }
+
+    #[test]
     fn bad_tables_are_refused_with_the_place() {
         for (table, expected) in [
             (
@@ -440,7 +549,7 @@ mod tests {
             ),
             (
                 r#"{"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {}, "route": {"cluster": "x"}}]}]}"#,
-                "virtual_hosts[a].routes[0].match: needs exactly one of prefix, path",
+                "virtual_hosts[a].routes[0].match: needs exactly one of prefix, path, safe_regex",
             ),
             (
                 r#"{"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [{"name": "x", "weight": 0}]}}}]}]}"#,
@@ -452,6 +561,10 @@ mod tests {
                 Some(expected)
             );
         }
+        let bad_regex = RouteConfiguration::parse(
+            br#"{"virtual_hosts": [{"domains": ["*"], "routes": [{"match": {"safe_regex": {"regex": "("}}, "route": {"cluster": "x"}}]}]}"#,
+        );
+        assert!(bad_regex.is_err_and(|e| e.starts_with("route configuration: ")));
         let unknown = RouteConfiguration::parse(br#"{"virtual_hosts": [], "extra": 1}"#);
         assert!(unknown.is_err_and(|e| e.contains("unknown field")));
     }

@@ -55,6 +55,10 @@ plugins:
               route:
                 weighted_clusters:
                   clusters: [{{ name: a, weight: 50 }}, {{ name: b, weight: 50 }}]
+            - match: {{ safe_regex: {{ regex: '/svc/[a-z]+/.*' }} }}
+              route:
+                cluster: b
+                regex_rewrite: {{ pattern: {{ regex: '^/svc/([a-z]+)/(.*)$' }}, substitution: '/\\2/\\1' }}
             - match: {{ prefix: /nowhere }}
               route: {{ cluster: missing }}
             - match: {{ prefix: / }}
@@ -91,6 +95,12 @@ clusters:
     assert_eq!(json["origin"], "b");
     assert_eq!(json["uri"], "/echo?q=1");
     assert_eq!(json["headers"]["host"][0], "b.internal");
+
+    // A regex route, its rewrite moving the captured groups; the query stays.
+    let reply = get(&client, &proxy, "api.test", "/svc/users/echo?q=2").await;
+    let json = reply.json();
+    assert_eq!(json["origin"], "b");
+    assert_eq!(json["uri"], "/echo/users?q=2");
 
     // A 50/50 split reaches both clusters (40 requests: all on one side has odds 2^-39).
     let mut seen = HashSet::new();
