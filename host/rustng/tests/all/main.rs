@@ -18,6 +18,7 @@ mod limits;
 mod plugins;
 mod proxying;
 mod routing;
+mod stock_filters;
 mod tcp;
 mod tls;
 mod upstreams;

@@ -1,0 +1,95 @@
+//! RustNg's header filter: adds, sets and removes request and response headers, configured
+//! with Envoy's header manipulation fields (see [`rules`]). Request rules run before the
+//! request leaves (so a router after this filter sees them), response rules before the
+//! response goes out.
+
+pub mod rules;
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use rules::{Edit, HeaderRules, edits};
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root { rules: Rc::new(HeaderRules::default()) })
+    });
+}}
+
+struct Root {
+    rules: Rc<HeaderRules>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match HeaderRules::parse(&bytes) {
+            Ok(rules) => {
+                self.rules = Rc::new(rules);
+                true
+            }
+            Err(error) => {
+                proxy_wasm::hostcalls::log(LogLevel::Error, &error).ok();
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Headers {
+            rules: Rc::clone(&self.rules),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Headers {
+    rules: Rc<HeaderRules>,
+}
+
+impl Context for Headers {}
+
+impl HttpContext for Headers {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let rules = Rc::clone(&self.rules);
+        let has = |name: &str| self.get_http_request_header(name).is_some();
+        for edit in edits(
+            &rules.request_headers_to_add,
+            &rules.request_headers_to_remove,
+            has,
+        ) {
+            match edit {
+                Edit::Remove(name) => self.set_http_request_header(name, None),
+                Edit::Set(name, value) => self.set_http_request_header(name, Some(value)),
+                Edit::Add(name, value) => self.add_http_request_header(name, value),
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let rules = Rc::clone(&self.rules);
+        let has = |name: &str| self.get_http_response_header(name).is_some();
+        for edit in edits(
+            &rules.response_headers_to_add,
+            &rules.response_headers_to_remove,
+            has,
+        ) {
+            match edit {
+                Edit::Remove(name) => self.set_http_response_header(name, None),
+                Edit::Set(name, value) => self.set_http_response_header(name, Some(value)),
+                Edit::Add(name, value) => self.add_http_response_header(name, value),
+            }
+        }
+        Action::Continue
+    }
+}

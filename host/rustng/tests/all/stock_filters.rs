@@ -1,0 +1,87 @@
+//! RustNg's stock filters (filters/), each a proxy-wasm module built from source, in a chain
+//! with the router.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::client::{self, send};
+use crate::harness::Rustng;
+use crate::origin::Origin;
+
+fn module(name: &str) -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../../filters/target/wasm32-wasip1/release/{name}.wasm"
+    ));
+    assert!(
+        path.exists(),
+        "{} missing: run `make filters`",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headers_filter_adds_sets_and_removes_headers_both_ways() {
+    let origin = Origin::start("a").await;
+    let proxy = Rustng::start(&format!(
+        "workers: 1
+plugins:
+  - name: headers
+    vm_config: {{ code: {{ local: {{ filename: {headers} }} }} }}
+    configuration:
+      request_headers_to_add:
+        - header: {{ key: x-env, value: prod }}
+        - header: {{ key: x-tenant, value: default }}
+          append_action: ADD_IF_ABSENT
+        - header: {{ key: x-route, value: api }}
+          append_action: OVERWRITE_IF_EXISTS_OR_ADD
+      request_headers_to_remove: [x-secret]
+      response_headers_to_add:
+        - header: {{ key: x-served-by, value: rustng }}
+      response_headers_to_remove: [x-origin]
+  - name: router
+    vm_config: {{ code: {{ local: {{ filename: {router} }} }} }}
+    configuration:
+      virtual_hosts:
+        - domains: ['*']
+          routes:
+            - match: {{ prefix: /, headers: [{{ name: x-route, exact: api }}] }}
+              route: {{ cluster: backend }}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    http_filters: [headers, router]
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+",
+        headers = module("headers").display(),
+        router = module("router").display(),
+        origin = origin.addr,
+    ));
+    let reply = send(
+        &client::http1(),
+        Request::get(proxy.url("/echo"))
+            .header("x-tenant", "acme")
+            .header("x-route", "web")
+            .header("x-secret", "s3cr3t")
+            .body(Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await;
+    // The router after the headers filter saw the overwritten x-route.
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = &reply.json()["headers"];
+    assert_eq!(seen["x-env"][0], "prod");
+    assert_eq!(seen["x-tenant"].as_array().map(Vec::len), Some(1));
+    assert_eq!(seen["x-tenant"][0], "acme");
+    assert_eq!(seen["x-route"][0], "api");
+    assert!(seen.get("x-secret").is_none(), "{seen}");
+    assert_eq!(reply.headers["x-served-by"], "rustng");
+    assert!(
+        reply.headers.get("x-origin").is_none(),
+        "{:?}",
+        reply.headers
+    );
+}
