@@ -85,3 +85,43 @@ clusters:
         reply.headers
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ip_access_filter_allows_and_denies_by_the_client_address() {
+    let origin = Origin::start("a").await;
+    let start = |rules: &str| {
+        Rustng::start(&format!(
+            "workers: 1
+plugins:
+  - name: ip
+    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
+    configuration: {rules}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [ip]
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+",
+            module = module("ip_access").display(),
+            origin = origin.addr,
+        ))
+    };
+    let client = client::http1();
+    // The tests' client is 127.0.0.1.
+    for (rules, status) in [
+        ("{ allow: ['127.0.0.0/8'] }", 200),
+        ("{ allow: ['10.0.0.0/8'] }", 403),
+        ("{ allow: ['127.0.0.0/8'], deny: ['127.0.0.1/32'] }", 403),
+        ("{ deny: ['192.168.0.0/16', '::1'] }", 200),
+    ] {
+        let proxy = start(rules);
+        let reply = client::get(&client, &proxy.url("/echo")).await;
+        assert_eq!(reply.status, status, "{rules}: {}", reply.text());
+        if status == 403 {
+            assert_eq!(reply.text(), "forbidden\n");
+        }
+    }
+}
