@@ -125,3 +125,72 @@ clusters:
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cors_filter_answers_preflights_and_marks_allowed_origins() {
+    let origin = Origin::start("a").await;
+    let proxy = Rustng::start(&format!(
+        "workers: 1
+plugins:
+  - name: cors
+    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
+    configuration:
+      allow_origin_string_match: [{{ exact: 'https://app.test' }}]
+      allow_methods: GET, PUT
+      allow_headers: content-type
+      max_age: '600'
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [cors]
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+",
+        module = module("cors").display(),
+        origin = origin.addr,
+    ));
+    let client = client::http1();
+    let request = |method: &str, origin: &str| {
+        Request::builder()
+            .method(method)
+            .uri(proxy.url("/echo"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    // The preflight is answered by the filter; the origin never sees it.
+    let preflight = send(&client, request("OPTIONS", "https://app.test")).await;
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.headers["access-control-allow-origin"],
+        "https://app.test"
+    );
+    assert_eq!(
+        preflight.headers["access-control-allow-methods"],
+        "GET, PUT"
+    );
+    assert_eq!(preflight.headers["access-control-max-age"], "600");
+    assert_eq!(origin.requests(), 0);
+
+    let allowed = send(&client, request("GET", "https://app.test")).await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(
+        allowed.headers["access-control-allow-origin"],
+        "https://app.test"
+    );
+    let other = send(&client, request("GET", "https://evil.test")).await;
+    assert_eq!(other.status, 200);
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+    // A preflight from an origin the policy does not know goes on, unanswered by the filter.
+    let other_preflight = send(&client, request("OPTIONS", "https://evil.test")).await;
+    assert!(
+        other_preflight
+            .headers
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_eq!(origin.requests(), 3);
+}
