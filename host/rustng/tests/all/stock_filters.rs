@@ -194,3 +194,51 @@ clusters:
     );
     assert_eq!(origin.requests(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_rate_limit_is_one_bucket_for_every_worker() {
+    let origin = Origin::start("a").await;
+    let proxy = Rustng::start(&format!(
+        "workers: 2
+plugins:
+  - name: limit
+    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
+    configuration:
+      token_bucket: {{ max_tokens: 3, tokens_per_fill: 1, fill_interval: 1m }}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [limit]
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+",
+        module = module("local_ratelimit").display(),
+        origin = origin.addr,
+    ));
+    // A new connection each: SO_REUSEPORT spreads them over both workers, whose instances
+    // must draw from the one bucket in shared data (per-worker buckets would allow up to 6).
+    let mut allowed = 0;
+    let mut limited = Vec::new();
+    for _ in 0..10 {
+        let reply = client::raw(
+            proxy.addr,
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        if reply.starts_with("HTTP/1.1 200 ") {
+            allowed += 1;
+        } else {
+            limited.push(reply);
+        }
+    }
+    assert_eq!(allowed, 3, "{limited:?}");
+    for reply in &limited {
+        assert!(reply.starts_with("HTTP/1.1 429 "), "{reply}");
+        assert!(reply.contains("retry-after: "), "{reply}");
+        assert!(reply.contains("x-ratelimit-limit: 3\r\n"), "{reply}");
+        assert!(reply.ends_with("local_rate_limited"), "{reply}");
+    }
+}
