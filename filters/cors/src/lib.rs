@@ -8,49 +8,26 @@ pub mod policy;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::Action;
+use rustng_sdk::ConfiguredRoot;
 
 use policy::{CorsPolicy, Verdict};
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { policy: Rc::new(CorsPolicy::default()) })
-    });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| root());
 }}
 
-struct Root {
-    policy: Rc<CorsPolicy>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match CorsPolicy::parse(&bytes) {
-            Ok(policy) => {
-                self.policy = Rc::new(policy);
-                true
-            }
-            Err(error) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &error).ok();
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Cors {
-            policy: Rc::clone(&self.policy),
+/// The root context: the policy parsed once, shared by every request.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn root() -> Box<dyn RootContext> {
+    Box::new(ConfiguredRoot::new(CorsPolicy::parse, |policy| {
+        Box::new(Cors {
+            policy,
             response_headers: Vec::new(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
+        })
+    }))
 }
 
 struct Cors {

@@ -8,48 +8,23 @@ pub mod rules;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::Action;
+use rustng_sdk::ConfiguredRoot;
 
 use rules::{Edit, HeaderRules, edits};
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { rules: Rc::new(HeaderRules::default()) })
-    });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| root());
 }}
 
-struct Root {
-    rules: Rc<HeaderRules>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match HeaderRules::parse(&bytes) {
-            Ok(rules) => {
-                self.rules = Rc::new(rules);
-                true
-            }
-            Err(error) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &error).ok();
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Headers {
-            rules: Rc::clone(&self.rules),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
+/// The root context: the rules parsed once, shared by every request.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn root() -> Box<dyn RootContext> {
+    Box::new(ConfiguredRoot::new(HeaderRules::parse, |rules| {
+        Box::new(Headers { rules })
+    }))
 }
 
 struct Headers {

@@ -7,48 +7,23 @@ pub mod cidr;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::Action;
+use rustng_sdk::ConfiguredRoot;
 
 use cidr::{AccessRules, address_of};
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { rules: Rc::new(AccessRules::default()) })
-    });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| root());
 }}
 
-struct Root {
-    rules: Rc<AccessRules>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match AccessRules::parse(&bytes) {
-            Ok(rules) => {
-                self.rules = Rc::new(rules);
-                true
-            }
-            Err(error) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &error).ok();
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(IpAccess {
-            rules: Rc::clone(&self.rules),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
+/// The root context: the ranges parsed once, shared by every request.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn root() -> Box<dyn RootContext> {
+    Box::new(ConfiguredRoot::new(AccessRules::parse, |rules| {
+        Box::new(IpAccess { rules })
+    }))
 }
 
 struct IpAccess {

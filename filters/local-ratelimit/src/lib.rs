@@ -5,10 +5,12 @@
 
 pub mod bucket;
 
+use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, Status};
+use proxy_wasm::types::{Action, Status};
+use rustng_sdk::ConfiguredRoot;
 
 use bucket::{Bucket, RateLimitConfig, State, Take};
 
@@ -19,47 +21,36 @@ const CAS_ATTEMPTS: usize = 8;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { limit: None }) });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| root());
 }}
 
-struct Root {
-    limit: Option<(String, Bucket)>,
+/// The root context: the bucket parsed once, shared by every request.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn root() -> Box<dyn RootContext> {
+    Box::new(ConfiguredRoot::new(Limiter::parse, |limiter| {
+        Box::new(Limit { limiter })
+    }))
 }
 
-impl Context for Root {}
+/// A bucket and where it lives in shared data.
+struct Limiter {
+    key: String,
+    bucket: Bucket,
+}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match RateLimitConfig::parse(&bytes) {
-            Ok((config, bucket)) => {
-                self.limit = Some((
-                    format!("rustng.local_rate_limit.{}", config.stat_prefix),
-                    bucket,
-                ));
-                true
-            }
-            Err(error) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &error).ok();
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let (key, bucket) = self.limit.clone()?;
-        Some(Box::new(Limit { key, bucket }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+impl Limiter {
+    fn parse(bytes: &[u8]) -> Result<Limiter, String> {
+        let (config, bucket) = RateLimitConfig::parse(bytes)?;
+        Ok(Limiter {
+            key: format!("rustng.local_rate_limit.{}", config.stat_prefix),
+            bucket,
+        })
     }
 }
 
 struct Limit {
-    key: String,
-    bucket: Bucket,
+    limiter: Rc<Limiter>,
 }
 
 impl Context for Limit {}
@@ -71,13 +62,13 @@ impl Limit {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         for _ in 0..CAS_ATTEMPTS {
-            let (stored, cas) = self.get_shared_data(&self.key);
+            let (stored, cas) = self.get_shared_data(&self.limiter.key);
             let state = stored.as_deref().and_then(State::decode);
-            let take = self.bucket.take(state, now_ns);
+            let take = self.limiter.bucket.take(state, now_ns);
             let Take::Allowed(next) = take else {
                 return take;
             };
-            match self.set_shared_data(&self.key, Some(&next.encode()), cas) {
+            match self.set_shared_data(&self.limiter.key, Some(&next.encode()), cas) {
                 Ok(()) => return take,
                 Err(Status::CasMismatch) => continue,
                 Err(_) => break,
@@ -96,7 +87,7 @@ impl HttpContext for Limit {
             Take::Allowed(_) => Action::Continue,
             Take::Limited { retry_after_s } => {
                 let retry_after = retry_after_s.to_string();
-                let limit = self.bucket.max_tokens.to_string();
+                let limit = self.limiter.bucket.max_tokens.to_string();
                 self.send_http_response(
                     429,
                     vec![

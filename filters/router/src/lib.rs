@@ -12,74 +12,58 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::Action;
+use rustng_sdk::ConfiguredRoot;
 
 use table::{Decision, RequestView, RouteConfiguration};
 
-/// The property the core reads the chosen cluster from (`rustng_abi::extensions`).
-const ROUTE_CLUSTER: &str = "rustng.route.cluster";
-
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root { table: None, random: Rc::new(Cell::new(0)) })
-    });
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| root());
 }}
 
-struct Root {
-    table: Option<Rc<RouteConfiguration>>,
-    /// xorshift state for weighted clusters, seeded from WASI's random source once.
-    random: Rc<Cell<u32>>,
+/// The root context: the table parsed once, shared by every request.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+fn root() -> Box<dyn RootContext> {
+    Box::new(ConfiguredRoot::new(Settings::parse, |settings| {
+        Box::new(Router { settings })
+    }))
 }
 
-impl Context for Root {}
+/// The route table, and xorshift state for weighted clusters (seeded from WASI's random
+/// source once).
+struct Settings {
+    table: RouteConfiguration,
+    random: Cell<u32>,
+}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match RouteConfiguration::parse(&bytes) {
-            Ok(table) => {
-                self.table = Some(Rc::new(table));
-                let mut seed = [0u8; 4];
-                let _ = getrandom::getrandom(&mut seed);
-                self.random.set(u32::from_le_bytes(seed) | 1);
-                true
-            }
-            Err(error) => {
-                proxy_wasm::hostcalls::log(LogLevel::Error, &error).ok();
-                false
-            }
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let table = Rc::clone(self.table.as_ref()?);
-        Some(Box::new(Router {
+impl Settings {
+    fn parse(bytes: &[u8]) -> Result<Settings, String> {
+        let table = RouteConfiguration::parse(bytes)?;
+        let mut seed = [0u8; 4];
+        let _ = getrandom::getrandom(&mut seed);
+        Ok(Settings {
             table,
-            random: Rc::clone(&self.random),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+            random: Cell::new(u32::from_le_bytes(seed) | 1),
+        })
     }
 }
 
 struct Router {
-    table: Rc<RouteConfiguration>,
-    random: Rc<Cell<u32>>,
+    settings: Rc<Settings>,
 }
 
 impl Context for Router {}
 
 impl Router {
     fn next_random(&self) -> u32 {
-        let mut x = self.random.get();
+        let random = &self.settings.random;
+        let mut x = random.get();
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        self.random.set(x);
+        random.set(x);
         x
     }
 }
@@ -94,7 +78,7 @@ impl HttpContext for Router {
             .get_http_request_header(":scheme")
             .unwrap_or_else(|| "http".to_owned());
         let header = |name: &str| self.get_http_request_header(name);
-        let decision = self.table.decide(
+        let decision = self.settings.table.decide(
             &RequestView {
                 authority: &authority,
                 path: &path,
@@ -109,7 +93,7 @@ impl HttpContext for Router {
                 path,
                 authority,
             } => {
-                self.set_property(vec![ROUTE_CLUSTER], Some(cluster.as_bytes()));
+                let _ = rustng_sdk::route::set_cluster(&cluster);
                 if let Some(path) = path {
                     self.set_http_request_header(":path", Some(&path));
                 }
