@@ -3,32 +3,25 @@
 //! responses of allowed cross-origin requests. Requests from other origins pass unmarked,
 //! as Envoy's CORS filter lets them, so the browser refuses the response to the page.
 
+// The proxy-wasm glue is reachable only from the wasm entry point; native builds are for the
+// unit tests of the pure parts.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 pub mod policy;
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use rustng_sdk::ConfiguredRoot;
 
 use policy::{CorsPolicy, Verdict};
 
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| root());
-}}
-
-/// The root context: the policy parsed once, shared by every request.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn root() -> Box<dyn RootContext> {
-    Box::new(ConfiguredRoot::new(CorsPolicy::parse, |policy| {
-        Box::new(Cors {
-            policy,
-            response_headers: Vec::new(),
-        })
-    }))
-}
+rustng_sdk::configured_http_filter!(CorsPolicy::parse, |policy| {
+    Box::new(Cors {
+        policy,
+        response_headers: Vec::new(),
+    })
+});
 
 struct Cors {
     policy: Rc<CorsPolicy>,

@@ -3,29 +3,20 @@
 //! request leaves (so a router after this filter sees them), response rules before the
 //! response goes out.
 
+// The proxy-wasm glue is reachable only from the wasm entry point; native builds are for the
+// unit tests of the pure parts.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 pub mod rules;
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use rustng_sdk::ConfiguredRoot;
 
 use rules::{Edit, HeaderRules, edits};
 
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| root());
-}}
-
-/// The root context: the rules parsed once, shared by every request.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn root() -> Box<dyn RootContext> {
-    Box::new(ConfiguredRoot::new(HeaderRules::parse, |rules| {
-        Box::new(Headers { rules })
-    }))
-}
+rustng_sdk::configured_http_filter!(HeaderRules::parse, |rules| { Box::new(Headers { rules }) });
 
 struct Headers {
     rules: Rc<HeaderRules>,

@@ -2,29 +2,20 @@
 //! `allow` list, get `403` before anything else runs; the client address is Envoy's
 //! `source.address` property (the TCP peer, not a header a client could forge).
 
+// The proxy-wasm glue is reachable only from the wasm entry point; native builds are for the
+// unit tests of the pure parts.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 pub mod cidr;
 
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use rustng_sdk::ConfiguredRoot;
 
 use cidr::{AccessRules, address_of};
 
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| root());
-}}
-
-/// The root context: the ranges parsed once, shared by every request.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn root() -> Box<dyn RootContext> {
-    Box::new(ConfiguredRoot::new(AccessRules::parse, |rules| {
-        Box::new(IpAccess { rules })
-    }))
-}
+rustng_sdk::configured_http_filter!(AccessRules::parse, |rules| { Box::new(IpAccess { rules }) });
 
 struct IpAccess {
     rules: Rc<AccessRules>,

@@ -3,14 +3,17 @@
 //! compare-and-swap: two workers never both take the last token. A request finding the bucket
 //! empty gets `429` with `retry-after` and `x-ratelimit-limit`.
 
+// The proxy-wasm glue is reachable only from the wasm entry point; native builds are for the
+// unit tests of the pure parts.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 pub mod bucket;
 
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, Status};
-use rustng_sdk::ConfiguredRoot;
 
 use bucket::{Bucket, RateLimitConfig, State, Take};
 
@@ -19,19 +22,7 @@ use bucket::{Bucket, RateLimitConfig, State, Take};
 /// Envoy's choice for its local limit too (it never blocks a request on bookkeeping).
 const CAS_ATTEMPTS: usize = 8;
 
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| root());
-}}
-
-/// The root context: the bucket parsed once, shared by every request.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn root() -> Box<dyn RootContext> {
-    Box::new(ConfiguredRoot::new(Limiter::parse, |limiter| {
-        Box::new(Limit { limiter })
-    }))
-}
+rustng_sdk::configured_http_filter!(Limiter::parse, |limiter| { Box::new(Limit { limiter }) });
 
 /// A bucket and where it lives in shared data.
 struct Limiter {

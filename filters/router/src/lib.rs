@@ -6,30 +6,23 @@
 //! `:path` and `:authority` rewritten when the route says so), or answers itself: a redirect,
 //! a direct response, or 404 when nothing matches (as Envoy's router does).
 
+// The proxy-wasm glue is reachable only from the wasm entry point; native builds are for the
+// unit tests of the pure parts.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
 pub mod table;
 
 use std::cell::Cell;
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use rustng_sdk::ConfiguredRoot;
 
 use table::{Decision, RequestView, RouteConfiguration};
 
-#[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| root());
-}}
-
-/// The root context: the table parsed once, shared by every request.
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-fn root() -> Box<dyn RootContext> {
-    Box::new(ConfiguredRoot::new(Settings::parse, |settings| {
-        Box::new(Router { settings })
-    }))
-}
+rustng_sdk::configured_http_filter!(Settings::parse, |settings| {
+    Box::new(Router { settings })
+});
 
 /// The route table, and xorshift state for weighted clusters (seeded from WASI's random
 /// source once).

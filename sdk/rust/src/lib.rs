@@ -5,7 +5,7 @@
 //! - [`route::set_cluster`]: tell the core which cluster a request goes to.
 //! - [`ConfiguredRoot`]: the root context most filters need: parse the plugin configuration
 //!   once (refusing the plugin with the reason when it does not parse), then hand every HTTP
-//!   context a shared reference to it.
+//!   context a shared reference to it. [`configured_http_filter!`] makes it the module's root.
 
 pub mod route;
 
@@ -64,4 +64,21 @@ impl<C: 'static> RootContext for ConfiguredRoot<C> {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// The module's entry point with a [`ConfiguredRoot`] as its root context:
+/// `configured_http_filter!(Settings::parse, |settings| Box::new(Filter { settings }));`
+///
+/// Only for wasm32 targets, so the crate's unit tests still build natively.
+#[macro_export]
+macro_rules! configured_http_filter {
+    ($parse:expr, $make:expr $(,)?) => {
+        #[cfg(target_arch = "wasm32")]
+        proxy_wasm::main! {{
+            proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+            proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+                Box::new($crate::ConfiguredRoot::new($parse, $make))
+            });
+        }}
+    };
 }
