@@ -21,6 +21,30 @@ fn module(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// RustNg with `workers` workers and one filter, the module `name` with `configuration` (YAML,
+/// indented for the `configuration:` key), in front of `origin`.
+fn with_filter(name: &str, configuration: &str, workers: usize, origin: &Origin) -> Rustng {
+    Rustng::start(&format!(
+        "workers: {workers}
+plugins:
+  - name: {name}
+    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
+    configuration:
+{configuration}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [{name}]
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+",
+        module = module(name).display(),
+        origin = origin.addr,
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_headers_filter_adds_sets_and_removes_headers_both_ways() {
     let origin = Origin::start("a").await;
@@ -89,35 +113,18 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ip_access_filter_allows_and_denies_by_the_client_address() {
     let origin = Origin::start("a").await;
-    let start = |rules: &str| {
-        Rustng::start(&format!(
-            "workers: 1
-plugins:
-  - name: ip
-    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
-    configuration: {rules}
-listeners:
-  - name: main
-    address: '{{listen}}'
-    default_cluster: backend
-    http_filters: [ip]
-clusters:
-  - name: backend
-    endpoints: [{{ address: {origin} }}]
-",
-            module = module("ip_access").display(),
-            origin = origin.addr,
-        ))
-    };
     let client = client::http1();
     // The tests' client is 127.0.0.1.
     for (rules, status) in [
-        ("{ allow: ['127.0.0.0/8'] }", 200),
-        ("{ allow: ['10.0.0.0/8'] }", 403),
-        ("{ allow: ['127.0.0.0/8'], deny: ['127.0.0.1/32'] }", 403),
-        ("{ deny: ['192.168.0.0/16', '::1'] }", 200),
+        ("      allow: ['127.0.0.0/8']", 200),
+        ("      allow: ['10.0.0.0/8']", 403),
+        (
+            "      allow: ['127.0.0.0/8']\n      deny: ['127.0.0.1/32']",
+            403,
+        ),
+        ("      deny: ['192.168.0.0/16', '::1']", 200),
     ] {
-        let proxy = start(rules);
+        let proxy = with_filter("ip_access", rules, 1, &origin);
         let reply = client::get(&client, &proxy.url("/echo")).await;
         assert_eq!(reply.status, status, "{rules}: {}", reply.text());
         if status == 403 {
@@ -129,28 +136,15 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cors_filter_answers_preflights_and_marks_allowed_origins() {
     let origin = Origin::start("a").await;
-    let proxy = Rustng::start(&format!(
-        "workers: 1
-plugins:
-  - name: cors
-    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
-    configuration:
-      allow_origin_string_match: [{{ exact: 'https://app.test' }}]
+    let proxy = with_filter(
+        "cors",
+        "      allow_origin_string_match: [{ exact: 'https://app.test' }]
       allow_methods: GET, PUT
       allow_headers: content-type
-      max_age: '600'
-listeners:
-  - name: main
-    address: '{{listen}}'
-    default_cluster: backend
-    http_filters: [cors]
-clusters:
-  - name: backend
-    endpoints: [{{ address: {origin} }}]
-",
-        module = module("cors").display(),
-        origin = origin.addr,
-    ));
+      max_age: '600'",
+        1,
+        &origin,
+    );
     let client = client::http1();
     let request = |method: &str, origin: &str| {
         Request::builder()
@@ -198,25 +192,12 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_rate_limit_is_one_bucket_for_every_worker() {
     let origin = Origin::start("a").await;
-    let proxy = Rustng::start(&format!(
-        "workers: 2
-plugins:
-  - name: limit
-    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
-    configuration:
-      token_bucket: {{ max_tokens: 3, tokens_per_fill: 1, fill_interval: 1m }}
-listeners:
-  - name: main
-    address: '{{listen}}'
-    default_cluster: backend
-    http_filters: [limit]
-clusters:
-  - name: backend
-    endpoints: [{{ address: {origin} }}]
-",
-        module = module("local_ratelimit").display(),
-        origin = origin.addr,
-    ));
+    let proxy = with_filter(
+        "local_ratelimit",
+        "      token_bucket: { max_tokens: 3, tokens_per_fill: 1, fill_interval: 1m }",
+        2,
+        &origin,
+    );
     // A new connection each: SO_REUSEPORT spreads them over both workers, whose instances
     // must draw from the one bucket in shared data (per-worker buckets would allow up to 6).
     let mut allowed = 0;
