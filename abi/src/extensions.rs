@@ -9,6 +9,11 @@
 /// answered 503 (`cluster not found`), as Envoy answers a route to a missing cluster.
 pub const ROUTE_CLUSTER: &str = "rustng.route.cluster";
 
+/// How long the upstream may take to start its response, in milliseconds as decimal text
+/// (`"2500"`), for this request instead of the cluster's `timeout`; past it, `504`. Zero or
+/// text that is not a number leaves the cluster's timeout.
+pub const ROUTE_TIMEOUT_MS: &str = "rustng.route.timeout_ms";
+
 /// Whether the property `path` (segments joined by NUL, as the guest sent it) names `name`
 /// (dotted), in either spelling.
 pub fn property_is(path: &[u8], name: &str) -> bool {

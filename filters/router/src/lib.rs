@@ -85,8 +85,12 @@ impl HttpContext for Router {
                 cluster,
                 path,
                 authority,
+                timeout,
             } => {
                 let _ = rustng_sdk::route::set_cluster(&cluster);
+                if let Some(timeout) = timeout {
+                    let _ = rustng_sdk::route::set_timeout(timeout);
+                }
                 if let Some(path) = path {
                     self.set_http_request_header(":path", Some(&path));
                 }

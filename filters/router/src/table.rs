@@ -4,6 +4,8 @@
 //! The configuration follows Envoy's `RouteConfiguration` (a subset of it, same field names):
 //! virtual hosts chosen by `:authority`, then the first route whose match holds.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
 /// The plugin configuration.
@@ -67,6 +69,9 @@ pub struct RouteAction {
     /// Replaces every match of `pattern` in the path with `substitution` (`\1` names a group).
     pub regex_rewrite: Option<RegexRewrite>,
     pub host_rewrite_literal: Option<String>,
+    /// How long the upstream may take to start its response (`2s`, `0.5s`, `250ms`), instead
+    /// of the cluster's `timeout`.
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +158,7 @@ pub enum Decision {
         cluster: String,
         path: Option<String>,
         authority: Option<String>,
+        timeout: Option<Duration>,
     },
     /// Answer with a redirect to `location`.
     Redirect { status: u16, location: String },
@@ -204,6 +210,13 @@ impl RouteConfiguration {
                     if action.cluster.is_some() == weighted.is_some() {
                         return Err(format!(
                             "{at}.route: needs exactly one of cluster, weighted_clusters"
+                        ));
+                    }
+                    if let Some(text) = &action.timeout
+                        && parse_duration(text).is_none()
+                    {
+                        return Err(format!(
+                            "{at}.route.timeout: \"{text}\" is not a duration like 2s or 250ms"
                         ));
                     }
                     if weighted
@@ -270,6 +283,7 @@ impl RouteConfiguration {
             cluster,
             path,
             authority: action.host_rewrite_literal.clone(),
+            timeout: action.timeout.as_deref().and_then(parse_duration),
         }
     }
 
@@ -390,6 +404,18 @@ fn query_parameter(query: &str, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
+/// Envoy's duration text (`2s`, `0.5s`), or milliseconds (`250ms`); never zero.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let duration = if let Some(ms) = text.strip_suffix("ms") {
+        Duration::from_millis(ms.parse().ok()?)
+    } else {
+        let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
+        (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))?
+    };
+    (!duration.is_zero()).then_some(duration)
+}
+
 fn strip_port(authority: &str) -> &str {
     // `[v6]:port`, `host:port`, or no port.
     if let Some(end) = authority.find(']') {
@@ -419,7 +445,7 @@ mod tests {
     const TABLE: &str = r#"{"virtual_hosts": [
       {"name": "api", "domains": ["api.example.com", "*.api.example.com"], "routes": [
         {"match": {"prefix": "/v1/", "headers": [{"name": ":method", "exact": "GET"}]},
-         "route": {"cluster": "v1", "prefix_rewrite": "/", "host_rewrite_literal": "v1.internal"}},
+         "route": {"cluster": "v1", "prefix_rewrite": "/", "host_rewrite_literal": "v1.internal", "timeout": "1.5s"}},
         {"match": {"prefix": "/", "query_parameters": [{"name": "canary", "exact": "1"}]},
          "route": {"weighted_clusters": {"clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}]}}},
         {"match": {"prefix": "/"}, "route": {"cluster": "api"}}
@@ -461,6 +487,7 @@ mod tests {
             cluster: cluster.into(),
             path: None,
             authority: None,
+            timeout: None,
         }
     }
 
@@ -477,6 +504,7 @@ mod tests {
                 cluster: "v1".into(),
                 path: Some("/users?x=1".into()),
                 authority: Some("v1.internal".into()),
+                timeout: Some(Duration::from_millis(1500)),
             }
         );
         // Another method falls through to the catch-all of the same host.
@@ -530,6 +558,7 @@ mod tests {
                 cluster: "svc".into(),
                 path: Some("/list/instance/users?all=1".into()),
                 authority: None,
+                timeout: None,
             }
         );
         // The whole path must match: no partial matches.
@@ -561,6 +590,18 @@ mod tests {
                 Some(expected)
             );
         }
+        let bad_timeout = RouteConfiguration::parse(
+            br#"{"virtual_hosts": [{"name": "a", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "x", "timeout": "soon"}}]}]}"#,
+        );
+        assert_eq!(
+            bad_timeout.err().as_deref(),
+            Some(
+                "virtual_hosts[a].routes[0].route.timeout: \"soon\" is not a duration like 2s or 250ms"
+            )
+        );
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0.5s"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0s"), None);
         let bad_regex = RouteConfiguration::parse(
             br#"{"virtual_hosts": [{"domains": ["*"], "routes": [{"match": {"safe_regex": {"regex": "("}}, "route": {"cluster": "x"}}]}]}"#,
         );

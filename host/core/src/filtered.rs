@@ -165,6 +165,7 @@ impl Pending {
         let mut outgoing = Outgoing {
             head: parts,
             body: Some(body),
+            timeout: routed_timeout(&filters),
         };
         let sent = cluster.send(&mut outgoing).await;
         drop(outgoing);
@@ -265,6 +266,18 @@ fn routed_cluster(ctx: &ConnCtx, filters: &SharedFilters) -> Result<Rc<ClusterRt
             .clone()
             .ok_or(ErrorKind::NoRoute),
     }
+}
+
+/// The response-head timeout a filter set in `rustng.route.timeout_ms`, if a valid one.
+fn routed_timeout(filters: &SharedFilters) -> Option<std::time::Duration> {
+    let filters = filters.borrow();
+    let (_, value) = filters
+        .stream
+        .properties
+        .iter()
+        .find(|(path, _)| extensions::property_is(path, extensions::ROUTE_TIMEOUT_MS))?;
+    let ms: u64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
+    (ms > 0).then(|| std::time::Duration::from_millis(ms))
 }
 
 /// The request body as it leaves: through the body callbacks if any filter has them.

@@ -128,6 +128,7 @@ impl ProxyService {
         let outgoing = Outgoing {
             head,
             body: Some(RequestBody::Downstream(body)),
+            timeout: None,
         };
         Routed::Forward(Forwarding {
             cluster,

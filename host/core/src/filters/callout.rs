@@ -75,6 +75,7 @@ async fn send(
     let mut outgoing = Outgoing {
         head,
         body: Some(RequestBody::full(Bytes::from(call.body.clone()))),
+        timeout: None,
     };
     let upstream = cluster.send(&mut outgoing).await?;
     let collected = match upstream.body {

@@ -219,6 +219,7 @@ async fn exchange(
     let mut outgoing = Outgoing {
         head,
         body: Some(body),
+        timeout: None,
     };
     let response = cluster
         .send(&mut outgoing)

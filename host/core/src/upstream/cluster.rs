@@ -82,6 +82,8 @@ impl http_body::Body for UpstreamBody {
 pub(crate) struct Outgoing {
     pub(crate) head: http::request::Parts,
     pub(crate) body: Option<RequestBody>,
+    /// How long the response head may take, when a route says (else the cluster's `timeout`).
+    pub(crate) timeout: Option<std::time::Duration>,
 }
 
 /// A response head from an upstream, with its body still to come.
@@ -175,7 +177,7 @@ impl ClusterRt {
                 }
             };
             let sent = tokio::time::timeout(
-                self.config.timeout,
+                req.timeout.unwrap_or(self.config.timeout),
                 conn.send(&req.head, &mut req.body, reused),
             )
             .await;
@@ -260,7 +262,8 @@ impl ClusterRt {
         };
         let head = std::mem::replace(&mut req.head, Request::new(()).into_parts().0);
         let request = Request::from_parts(head, body);
-        match tokio::time::timeout(self.config.timeout, sender.try_send_request(request)).await {
+        let timeout = req.timeout.unwrap_or(self.config.timeout);
+        match tokio::time::timeout(timeout, sender.try_send_request(request)).await {
             Ok(Ok(response)) => {
                 let (head, body) = response.into_parts();
                 Ok(UpstreamResponse {

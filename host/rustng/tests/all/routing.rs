@@ -59,6 +59,8 @@ plugins:
               route:
                 cluster: b
                 regex_rewrite: {{ pattern: {{ regex: '^/svc/([a-z]+)/(.*)$' }}, substitution: '/\\2/\\1' }}
+            - match: {{ prefix: /slow/ }}
+              route: {{ cluster: a, timeout: 200ms }}
             - match: {{ prefix: /nowhere }}
               route: {{ cluster: missing }}
             - match: {{ prefix: / }}
@@ -101,6 +103,16 @@ clusters:
     let json = reply.json();
     assert_eq!(json["origin"], "b");
     assert_eq!(json["uri"], "/echo/users?q=2");
+
+    // The route's timeout, not the cluster's (15 s by default), bounds the wait: 504.
+    let started = std::time::Instant::now();
+    let reply = get(&client, &proxy, "api.test", "/slow/2000").await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+    assert_eq!(
+        get(&client, &proxy, "api.test", "/slow/10").await.status,
+        200
+    );
 
     // A 50/50 split reaches both clusters (40 requests: all on one side has odds 2^-39).
     let mut seen = HashSet::new();
