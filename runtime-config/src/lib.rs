@@ -26,6 +26,16 @@ pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
     validate(raw)
 }
 
+/// Parses and validates a YAML document whose relative paths (modules, certificates, state
+/// directory) are relative to `base_dir`, as they are in a file in that directory.
+pub fn from_yaml_at(text: &str, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut raw = raw::parse(text)?;
+    if let Some(dir) = base_dir {
+        raw.resolve_relative_paths(dir);
+    }
+    validate(raw)
+}
+
 /// Reads, parses and validates the config file at `path`.
 ///
 /// Relative paths inside the file (certificates) are resolved against the file's directory, so
@@ -35,9 +45,5 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut raw = raw::parse(&text)?;
-    if let Some(dir) = path.parent() {
-        raw.resolve_relative_paths(dir);
-    }
-    validate(raw)
+    from_yaml_at(&text, path.parent())
 }

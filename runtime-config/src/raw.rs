@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub wasm: RawWasm,
     /// The admin server; none unless the section is present (as in Envoy).
     pub admin: Option<RawAdmin>,
+    /// Where config versions are kept across restarts (relative: to the config file).
+    pub state_dir: Option<String>,
 }
 
 /// `admin` — the operators' HTTP endpoint (`/metrics`, `/health`).
@@ -261,6 +263,9 @@ impl RawConfig {
                 *p = dir.join(p.as_str()).to_string_lossy().into_owned();
             }
         };
+        if let Some(state_dir) = &mut self.state_dir {
+            resolve(state_dir);
+        }
         for plugin in &mut self.plugins {
             resolve(&mut plugin.vm_config.code.local.filename);
         }

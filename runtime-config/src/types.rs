@@ -21,6 +21,9 @@ pub struct Config {
     pub module_cache_dir: Option<PathBuf>,
     /// The admin server, if configured.
     pub admin: Option<Admin>,
+    /// Where applied config versions are kept, so history survives a restart; `None`: in
+    /// memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The admin server's settings.

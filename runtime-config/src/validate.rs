@@ -186,6 +186,12 @@ impl Validator {
             }
             Some(Admin { address })
         });
+        let state_dir = raw.state_dir.map(PathBuf::from);
+        if let Some(dir) = &state_dir
+            && dir.as_os_str().is_empty()
+        {
+            self.error("state_dir", "must not be empty");
+        }
         Config {
             workers,
             log,
@@ -194,6 +200,7 @@ impl Validator {
             plugins,
             module_cache_dir,
             admin,
+            state_dir,
         }
     }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::h1;
 use crate::head_timeout::HeadTimeout;
-use crate::listener::ListenerRt;
+use crate::listener::ListenerSlot;
 use crate::local_exec::LocalExec;
 use crate::proxy::ProxyService;
 use crate::registry::{Registry, Watched};
@@ -102,7 +102,8 @@ impl ConnState {
 
 /// Everything a request needs to know about the connection it arrived on.
 pub(crate) struct ConnCtx {
-    pub(crate) listener: Rc<ListenerRt>,
+    /// Each request takes the listener's version current when it starts.
+    pub(crate) listener: Rc<ListenerSlot>,
     pub(crate) peer: SocketAddr,
     /// `peer`'s address as the `x-forwarded-for` entry.
     pub(crate) client_address: http::HeaderValue,
@@ -136,23 +137,30 @@ impl Codecs {
 pub(crate) async fn serve<I>(
     io: I,
     protocol: Protocol,
-    listener: Rc<ListenerRt>,
+    slot: Rc<ListenerSlot>,
     peer: SocketAddr,
     tls: bool,
     registry: &Rc<Registry>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The connection's own settings (codec limits, timeouts) come from the version current
+    // when it opened; its requests each take the version current when they start.
+    let listener = slot.current();
     let state = Rc::new(ConnState::new());
     let ctx = Rc::new(ConnCtx {
-        listener: Rc::clone(&listener),
+        listener: Rc::clone(&slot),
         peer,
         client_address: crate::headers::client_address_value(peer.ip()),
         tls,
         state: Rc::clone(&state),
     });
     let service = ProxyService::new(ctx);
-    let registration = registry.register(Rc::clone(&state), listener.config.http.idle_timeout);
+    let registration = registry.register(
+        Rc::clone(&state),
+        slot.id,
+        listener.config.http.idle_timeout,
+    );
     let result: Result<(), BoxError> = match protocol {
         Protocol::Http1 => {
             // Request heads are timed on HTTP/1 only; HTTP/2 has its own flow control and

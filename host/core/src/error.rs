@@ -171,6 +171,18 @@ pub enum CoreError {
         /// What is wrong.
         message: String,
     },
+    /// The config could not be prepared (plugins, TLS material, sockets): every problem with
+    /// the path of its field.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Refused(Vec<rustng_runtime_config::FieldError>),
+    /// The state directory could not be opened.
+    #[error("state_dir {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A worker thread or runtime could not be started.
     #[error("worker {index}: {source}")]
     Worker {

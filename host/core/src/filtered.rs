@@ -25,6 +25,7 @@ use crate::downstream_body::DownstreamBody;
 use crate::error::ErrorKind;
 use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
 use crate::headers;
+use crate::listener::ListenerRt;
 use crate::proxy::{local_answer, local_error, protocol_name, response_version};
 use crate::tunnel;
 use crate::upstream::{BoxLocal as _, ClusterRt, Outgoing, RequestBody};
@@ -35,6 +36,7 @@ type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, In
 /// returned future.
 pub(crate) fn serve(
     ctx: &Rc<ConnCtx>,
+    listener: Rc<ListenerRt>,
     req: Request<DownstreamBody>,
     mut exchange: Exchange,
     upgrade: Option<HeaderValue>,
@@ -51,22 +53,22 @@ pub(crate) fn serve(
         source: Some(ctx.peer),
         // The listener's address: a wildcard bind shows as such (getsockname per connection
         // is not worth it until a filter needs the exact interface).
-        destination: Some(ctx.listener.config.address),
+        destination: Some(listener.config.address),
         protocol: protocol_name(version),
         tls: ctx.tls,
         properties: Vec::new(),
     };
-    let filters: SharedFilters = Rc::new(RefCell::new(ctx.listener.filters.begin(stream)));
+    let filters: SharedFilters = Rc::new(RefCell::new(listener.filters.begin(stream)));
     exchange.filters = Some(Rc::clone(&filters));
     let no_body = body.is_end_stream();
     let step = {
         let mut active = filters.borrow_mut();
-        ctx.listener
+        listener
             .filters
             .request_headers(&mut active, &mut head, 0, no_body)
     };
     let request = Pending {
-        ctx: Rc::clone(ctx),
+        listener,
         parts,
         body,
         exchange,
@@ -86,7 +88,8 @@ pub(crate) fn serve(
 
 /// A request whose headers went through (some of) the filters.
 struct Pending {
-    ctx: Rc<ConnCtx>,
+    /// The listener's version this request runs on, start to end.
+    listener: Rc<ListenerRt>,
     parts: request::Parts,
     body: DownstreamBody,
     exchange: Exchange,
@@ -120,12 +123,9 @@ impl Pending {
             }
             let step = {
                 let mut active = self.filters.borrow_mut();
-                self.ctx.listener.filters.request_headers(
-                    &mut active,
-                    &mut head,
-                    index + 1,
-                    no_body,
-                )
+                self.listener
+                    .filters
+                    .request_headers(&mut active, &mut head, index + 1, no_body)
             };
             match step {
                 Step::Continue => break,
@@ -141,7 +141,7 @@ impl Pending {
     /// Sends the request and runs the response phases.
     async fn send(self) -> Result<Response<ProxyBody>, Infallible> {
         let Pending {
-            ctx,
+            listener,
             parts,
             body,
             mut exchange,
@@ -149,8 +149,8 @@ impl Pending {
             upgrade,
             version,
         } = self;
-        let limit = ctx.listener.config.http.buffer_limit_bytes;
-        let cluster = match routed_cluster(&ctx, &filters) {
+        let limit = listener.config.http.buffer_limit_bytes;
+        let cluster = match routed_cluster(&listener, &filters) {
             Ok(cluster) => cluster,
             Err(kind) => return Ok(local_error(kind.into_error(), exchange, version)),
         };
@@ -248,7 +248,10 @@ impl Pending {
 
 /// Where the request goes: the cluster a filter named in `rustng.route.cluster`, else the
 /// listener's default.
-fn routed_cluster(ctx: &ConnCtx, filters: &SharedFilters) -> Result<Rc<ClusterRt>, ErrorKind> {
+fn routed_cluster(
+    listener: &ListenerRt,
+    filters: &SharedFilters,
+) -> Result<Rc<ClusterRt>, ErrorKind> {
     let filters = filters.borrow();
     let named = filters
         .stream
@@ -258,13 +261,9 @@ fn routed_cluster(ctx: &ConnCtx, filters: &SharedFilters) -> Result<Rc<ClusterRt
     match named {
         Some((_, name)) => std::str::from_utf8(name)
             .ok()
-            .and_then(|name| ctx.listener.clusters.get(name).cloned())
+            .and_then(|name| listener.clusters.get(name))
             .ok_or(ErrorKind::ClusterNotFound),
-        None => ctx
-            .listener
-            .default_cluster
-            .clone()
-            .ok_or(ErrorKind::NoRoute),
+        None => listener.default_cluster.clone().ok_or(ErrorKind::NoRoute),
     }
 }
 

@@ -9,6 +9,7 @@
 mod access_log;
 mod body;
 mod connection;
+mod control;
 mod downstream_body;
 mod error;
 mod filtered;
@@ -22,6 +23,7 @@ mod proxy;
 mod registry;
 mod request_id;
 mod server;
+mod snapshot;
 mod sniff;
 mod tcp_proxy;
 mod telemetry;
@@ -30,6 +32,9 @@ mod tunnel;
 mod upstream;
 mod worker;
 
+pub use control::{
+    Applied, ApplyError, ConfigDocument, Controller, Origin, PluginGenerationInfo, VersionRecord,
+};
 pub use error::{CoreError, ErrorKind, ErrorSource, ProxyError};
 pub use server::{Server, ShutdownHandle};
 pub use telemetry::Telemetry;

@@ -1,5 +1,6 @@
 //! Listening sockets and what a worker knows about each listener.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -32,26 +33,31 @@ pub(crate) fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// Open-connection count of one listener across all workers.
+/// Open-connection count of one listener across all workers. It outlives config versions
+/// (the connections it counts do), so a new `max_connections` is set in place.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectionLimit {
     open: AtomicUsize,
-    max: usize,
+    max: AtomicUsize,
 }
 
 impl ConnectionLimit {
     pub(crate) fn new(max: usize) -> Self {
         ConnectionLimit {
             open: AtomicUsize::new(0),
-            max,
+            max: AtomicUsize::new(max),
         }
+    }
+
+    pub(crate) fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// Takes a slot, or `None` when the listener is full.
     pub(crate) fn acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
         // Relaxed: the count is a limit, not a synchronisation point.
         let prior = self.open.fetch_add(1, Ordering::Relaxed);
-        if prior >= self.max {
+        if prior >= self.max.load(Ordering::Relaxed) {
             self.open.fetch_sub(1, Ordering::Relaxed);
             None
         } else {
@@ -82,4 +88,31 @@ pub(crate) struct ListenerRt {
     /// A TCP listener's network filters, in order.
     pub(crate) network_filters: Vec<Rc<Filter>>,
     pub(crate) limit: Arc<ConnectionLimit>,
+}
+
+/// Where a worker's connections find their listener's current version: a new config replaces
+/// the `ListenerRt` here, and each request takes the one current when it starts (an `Rc`
+/// clone), so requests already running finish on the version they began with.
+pub(crate) struct ListenerSlot {
+    /// Tells this listener's connections apart in the worker's registry (for draining a
+    /// listener that was removed or moved).
+    pub(crate) id: u64,
+    current: RefCell<Rc<ListenerRt>>,
+}
+
+impl ListenerSlot {
+    pub(crate) fn new(id: u64, listener: Rc<ListenerRt>) -> Self {
+        ListenerSlot {
+            id,
+            current: RefCell::new(listener),
+        }
+    }
+
+    pub(crate) fn current(&self) -> Rc<ListenerRt> {
+        Rc::clone(&self.current.borrow())
+    }
+
+    pub(crate) fn replace(&self, listener: Rc<ListenerRt>) {
+        *self.current.borrow_mut() = listener;
+    }
 }

@@ -81,14 +81,15 @@ impl ProxyService {
     /// before any future exists: the future then holds only what crosses an `.await`.
     pub(crate) fn route(&self, mut req: Request<DownstreamBody>) -> Routed {
         let ctx = &self.ctx;
+        let listener = ctx.listener.current();
         let downstream_version = req.version();
         let removed = headers::strip_hop_by_hop(req.headers_mut());
         headers::add_forwarding(req.headers_mut(), &ctx.client_address, ctx.tls);
         let request_id = headers::ensure_request_id(req.headers_mut());
 
-        let record = ctx.listener.config.access_log.then(|| {
+        let record = listener.config.access_log.then(|| {
             Box::new(AccessRecord {
-                listener: Rc::clone(&ctx.listener.name),
+                listener: Rc::clone(&listener.name),
                 client: ctx.peer,
                 method: req.method().clone(),
                 path: req.uri().path_and_query().cloned(),
@@ -103,11 +104,17 @@ impl ProxyService {
 
         // The filters see the request as it will leave (forwarding headers and request id
         // included), and may change it or answer it, as Envoy's HTTP filters do.
-        if !ctx.listener.filters.is_empty() {
-            return Routed::Other(filtered::serve(ctx, req, exchange, removed.upgrade));
+        if !listener.filters.is_empty() {
+            return Routed::Other(filtered::serve(
+                ctx,
+                listener,
+                req,
+                exchange,
+                removed.upgrade,
+            ));
         }
 
-        let Some(cluster) = ctx.listener.default_cluster.clone() else {
+        let Some(cluster) = listener.default_cluster.clone() else {
             let response = local_error(
                 crate::error::ErrorKind::NoRoute.into_error(),
                 exchange,

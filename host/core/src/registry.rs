@@ -26,6 +26,8 @@ const MAX_SWEEP: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Control {
     state: Rc<ConnState>,
+    /// The [`crate::listener::ListenerSlot`] id the connection came in on.
+    listener: u64,
     idle_timeout: Duration,
     close: Cell<bool>,
     waker: RefCell<Option<Waker>>,
@@ -42,11 +44,14 @@ impl Control {
 }
 
 /// The open connections of one worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     slots: RefCell<Vec<Option<Rc<Control>>>>,
     free: RefCell<Vec<usize>>,
     draining: Cell<bool>,
+    /// A quarter of the smallest idle timeout of the worker's listeners (set per config
+    /// version), within [`MIN_SWEEP`, `MAX_SWEEP`].
+    sweep_every: Cell<Duration>,
 }
 
 /// A connection's place in the registry; leaving it (drop) frees the slot.
@@ -63,14 +68,27 @@ impl Drop for Registration {
     }
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            slots: RefCell::default(),
+            free: RefCell::default(),
+            draining: Cell::new(false),
+            sweep_every: Cell::new(MAX_SWEEP),
+        }
+    }
+}
+
 impl Registry {
     pub(crate) fn register(
         self: &Rc<Self>,
         state: Rc<ConnState>,
+        listener: u64,
         idle_timeout: Duration,
     ) -> Registration {
         let control = Rc::new(Control {
             state,
+            listener,
             idle_timeout,
             close: Cell::new(self.draining.get()),
             waker: RefCell::new(None),
@@ -108,13 +126,32 @@ impl Registry {
         }
     }
 
+    /// Asks the connections of one listener (removed, or moved to another address) to close
+    /// gracefully.
+    pub(crate) fn drain_listener(&self, listener: u64) {
+        let controls: Vec<Rc<Control>> = self
+            .slots
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|c| c.listener == listener)
+            .cloned()
+            .collect();
+        for control in controls {
+            control.request_close();
+        }
+    }
+
+    /// Sweeps often enough for the smallest idle timeout of the worker's listeners.
+    pub(crate) fn set_sweep_period(&self, smallest_idle_timeout: Duration) {
+        self.sweep_every
+            .set((smallest_idle_timeout / 4).clamp(MIN_SWEEP, MAX_SWEEP));
+    }
+
     /// Closes connections idle past their timeout, until the worker stops.
-    pub(crate) async fn sweep_forever(self: Rc<Self>, smallest_idle_timeout: Duration) {
-        let every = (smallest_idle_timeout / 4).clamp(MIN_SWEEP, MAX_SWEEP);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    pub(crate) async fn sweep_forever(self: Rc<Self>) {
         loop {
-            tick.tick().await;
+            tokio::time::sleep(self.sweep_every.get()).await;
             let now = Instant::now();
             // Collected first: waking may run nothing now, but a slot must not be borrowed
             // while a connection could drop its registration.
@@ -206,7 +243,7 @@ mod tests {
 
     fn watched(registry: &Rc<Registry>, idle: Duration) -> (Watched<Conn>, Rc<ConnState>) {
         let state = Rc::new(ConnState::new());
-        let registration = registry.register(Rc::clone(&state), idle);
+        let registration = registry.register(Rc::clone(&state), 0, idle);
         let conn = Watched::new(Conn::default(), registration, |c| c.get_mut().asked = true);
         (conn, state)
     }
@@ -242,9 +279,8 @@ mod tests {
         local
             .run_until(async {
                 let registry = Rc::new(Registry::default());
-                tokio::task::spawn_local(
-                    Rc::clone(&registry).sweep_forever(Duration::from_millis(40)),
-                );
+                registry.set_sweep_period(Duration::from_millis(40));
+                tokio::task::spawn_local(Rc::clone(&registry).sweep_forever());
                 let (idle, _) = watched(&registry, Duration::from_millis(40));
                 let (busy, busy_state) = watched(&registry, Duration::from_millis(40));
                 busy_state.request_started();

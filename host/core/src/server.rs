@@ -1,25 +1,26 @@
 //! The server lifecycle: bind every socket up front (so a bad address fails the start, not a
 //! worker), then run the workers until shutdown.
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustng_runtime_config::Config;
-use rustng_wasm::{EngineLimits, PluginHost, UpstreamCheck, WasmEngine};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::control::{Command, ConfigDocument, ControlState, Controller};
 use crate::error::CoreError;
-use crate::filters::LoadedPlugin;
-use crate::listener::{self, ConnectionLimit};
 use crate::telemetry::Telemetry;
-use crate::tls;
 use crate::worker::{self, WorkerSetup};
 
 /// A bound, not yet running, RustNg server.
 pub struct Server {
-    config: Arc<Config>,
     setups: Vec<WorkerSetup>,
+    control: ControlState,
+    commands: mpsc::UnboundedReceiver<Command>,
+    controller: Controller,
+    local_addrs: Vec<SocketAddr>,
+    listeners: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     telemetry: Telemetry,
 }
@@ -36,107 +37,63 @@ impl ShutdownHandle {
 }
 
 impl Server {
-    /// Loads TLS material and binds one socket per listener per worker.
+    /// Loads TLS material, compiles and canaries the plugins and binds one socket per
+    /// listener per worker: the first config version, ready to run.
     pub fn bind(config: Config) -> Result<Server, CoreError> {
-        let config = Arc::new(config);
-        let mut tls = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            let server_config = match &l.tls {
-                Some(t) => Some(tls::server_config(t).map_err(|message| CoreError::Tls {
-                    listener: l.name.clone(),
-                    message,
-                })?),
-                None => None,
-            };
-            tls.push(server_config);
-        }
-        let mut plugins = HashMap::new();
-        let mut plugin_host = None;
-        if !config.plugins.is_empty() {
-            // Every worker's instance of every plugin, a trial instance each, and as many
-            // again for reloads.
-            let plugins_count = u32::try_from(config.plugins.len()).unwrap_or(u32::MAX);
-            let workers = u32::try_from(config.workers).unwrap_or(u32::MAX);
-            let limits = EngineLimits {
-                instance_slots: plugins_count
-                    .saturating_mul(workers.saturating_add(1))
-                    .saturating_mul(2)
-                    .max(16),
-                max_memory_bytes: config
-                    .plugins
-                    .iter()
-                    .map(|p| p.max_memory_bytes)
-                    .max()
-                    .unwrap_or(0),
-                cache_dir: config.module_cache_dir.clone(),
-            };
-            let engine = WasmEngine::with_limits(limits).map_err(|e| CoreError::Plugin {
-                plugin: String::new(),
-                message: e.to_string(),
-            })?;
-            let host = Arc::new(PluginHost::default());
-            let cluster_names: std::collections::HashSet<String> =
-                config.clusters.iter().map(|c| c.name.clone()).collect();
-            let upstreams: UpstreamCheck = Arc::new(move |name| cluster_names.contains(name));
-            for plugin in &config.plugins {
-                let loaded =
-                    LoadedPlugin::load(&engine, &host, &upstreams, plugin).map_err(|message| {
-                        CoreError::Plugin {
-                            plugin: plugin.name.clone(),
-                            message,
-                        }
-                    })?;
-                plugins.insert(plugin.name.clone(), Arc::new(loaded));
-            }
-            plugin_host = Some(host);
-        }
-        let plugins = Arc::new(plugins);
-        let limits: Vec<Arc<ConnectionLimit>> = config
+        Server::bind_with(config, None)
+    }
+
+    /// [`Server::bind`] with the document the config was read from, kept as the first
+    /// version's source (so it can be rolled back to, and an unchanged file is not applied
+    /// again).
+    pub fn bind_document(config: Config, document: ConfigDocument) -> Result<Server, CoreError> {
+        Server::bind_with(config, Some(document))
+    }
+
+    fn bind_with(config: Config, document: Option<ConfigDocument>) -> Result<Server, CoreError> {
+        let workers = config.workers;
+        let started = ControlState::start(config, document)?;
+        let (control, controller, commands, updates) = started.into_parts();
+        let current = control.current();
+        let snapshot = current.load_full();
+        let listeners: Vec<(String, SocketAddr)> = snapshot
             .listeners
             .iter()
-            .map(|l| Arc::new(ConnectionLimit::new(l.max_connections)))
+            .map(|l| (l.config.name.clone(), l.config.address))
             .collect();
+        let local_addrs = control.first_addresses();
+        let telemetry = Telemetry::new(current, control.plugin_host());
         let (shutdown, _) = watch::channel(false);
-        let mut setups = Vec::with_capacity(config.workers);
-        for index in 0..config.workers {
-            let mut sockets = Vec::with_capacity(config.listeners.len());
-            for l in &config.listeners {
-                let socket = listener::bind(l.address).map_err(|source| CoreError::Bind {
-                    listener: l.name.clone(),
-                    address: l.address,
-                    source,
-                })?;
-                sockets.push(socket);
-            }
-            setups.push(WorkerSetup {
+        let setups = updates
+            .into_iter()
+            .enumerate()
+            .take(workers)
+            .map(|(index, updates)| WorkerSetup {
                 index,
-                config: Arc::clone(&config),
-                sockets,
-                tls: tls.clone(),
-                limits: limits.clone(),
-                plugins: Arc::clone(&plugins),
+                updates,
                 shutdown: shutdown.subscribe(),
-            });
-        }
+            })
+            .collect();
         Ok(Server {
-            config,
             setups,
+            control,
+            commands,
+            controller,
+            local_addrs,
+            listeners,
             shutdown,
-            telemetry: Telemetry::new(plugins, plugin_host),
+            telemetry,
         })
     }
 
     /// The addresses actually bound, in listener order (useful with port 0).
     pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
-        self.setups
-            .first()
-            .map(|s| {
-                s.sockets
-                    .iter()
-                    .filter_map(|s| s.local_addr().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.local_addrs.clone()
+    }
+
+    /// Applies new config versions once the server runs (file watch, SIGHUP, admin API).
+    pub fn controller(&self) -> Controller {
+        self.controller.clone()
     }
 
     /// The server's metrics, for the admin server.
@@ -152,10 +109,25 @@ impl Server {
     /// Starts the workers and blocks until all of them have stopped.
     pub fn run(self) -> Result<(), CoreError> {
         tracing::info!(
-            workers = self.config.workers,
-            listeners = ?self.config.listeners.iter().map(|l| (&l.name, l.address)).collect::<Vec<_>>(),
+            workers = self.setups.len(),
+            version = self.controller.version(),
+            listeners = ?self.listeners,
             "rustng serving"
         );
+        let control = self.control;
+        let commands = self.commands;
+        std::thread::Builder::new()
+            .name("rustng-control".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(control.serve(commands)),
+                    Err(error) => tracing::error!(%error, "cannot start the control thread; config changes are off"),
+                }
+            })
+            .map_err(|source| CoreError::Worker { index: usize::MAX, source })?;
         let mut handles: Vec<(usize, JoinHandle<std::io::Result<()>>)> = Vec::new();
         for setup in self.setups {
             let index = setup.index;

@@ -1,26 +1,27 @@
 //! One worker thread: a current-thread runtime that accepts on its own sockets and proxies
-//! every request it accepts, start to end.
+//! every request it accepts, start to end. Config versions arrive as [`WorkerUpdate`]s and are
+//! applied between requests.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustng_runtime_config::Config;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::LocalSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection;
-use crate::filters::{Filter, FilterChain, LoadedPlugin};
-use crate::listener::{ConnectionLimit, ListenerRt};
+use crate::filters::{Filter, FilterChain};
+use crate::listener::{ListenerRt, ListenerSlot};
 use crate::registry::Registry;
+use crate::snapshot::Snapshot;
 use crate::sniff::{self, Protocol};
 use crate::tcp_proxy;
-use crate::upstream::ClusterRt;
+use crate::upstream::ClusterTable;
 use rustng_runtime_config::ListenerProtocol;
 
 /// How often idle upstream connections past their timeout are closed.
@@ -33,14 +34,19 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// What a worker is handed by the server: everything `Send`, turned into `Rc` state inside.
 pub(crate) struct WorkerSetup {
     pub(crate) index: usize,
-    pub(crate) config: Arc<Config>,
-    /// One bound socket per listener, in config order.
-    pub(crate) sockets: Vec<std::net::TcpListener>,
-    pub(crate) tls: Vec<Option<Arc<rustls::ServerConfig>>>,
-    pub(crate) limits: Vec<Arc<ConnectionLimit>>,
-    /// Compiled plugins by name.
-    pub(crate) plugins: Arc<HashMap<String, Arc<LoadedPlugin>>>,
+    /// Config versions to switch to; the first one is waiting when the worker starts.
+    pub(crate) updates: mpsc::UnboundedReceiver<WorkerUpdate>,
     pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// A config version for one worker.
+pub(crate) struct WorkerUpdate {
+    pub(crate) snapshot: Arc<Snapshot>,
+    /// Sockets, bound by the control thread, for listeners this worker does not accept on
+    /// yet (new ones, or ones whose address changed), by listener name.
+    pub(crate) sockets: HashMap<String, std::net::TcpListener>,
+    /// Told once the worker runs the version: the plugins whose instance failed to start.
+    pub(crate) applied: oneshot::Sender<Vec<String>>,
 }
 
 /// Runs a worker until shutdown has been asked for and its connections have drained.
@@ -52,89 +58,201 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
     local.block_on(&runtime, serve(setup))
 }
 
+/// A listener this worker accepts on.
+struct Accepting {
+    address: SocketAddr,
+    slot: Rc<ListenerSlot>,
+    stop: Rc<Notify>,
+}
+
+/// The worker's state for the config version it runs.
+struct Worker {
+    index: usize,
+    clusters: Rc<ClusterTable>,
+    /// The worker's instance of every plugin (of the generation the version names).
+    filters: RefCell<HashMap<String, Rc<Filter>>>,
+    listeners: RefCell<HashMap<String, Accepting>>,
+    next_listener_id: Cell<u64>,
+    registry: Rc<Registry>,
+    open: Rc<Cell<usize>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Switches to `update`'s version. Nothing here waits: requests already running keep
+    /// the listener, clusters and filters they hold; the next request sees the new ones.
+    fn apply(&self, update: WorkerUpdate) {
+        let WorkerUpdate {
+            snapshot,
+            mut sockets,
+            applied,
+        } = update;
+        let config = &snapshot.config;
+        self.clusters.update(&config.clusters);
+
+        let mut failed = Vec::new();
+        {
+            let mut filters = self.filters.borrow_mut();
+            let mut next = HashMap::with_capacity(snapshot.plugins.len());
+            for (name, plugin) in &snapshot.plugins {
+                let filter = match filters.remove(name) {
+                    Some(kept) if Arc::ptr_eq(kept.plugin(), plugin) => kept,
+                    replaced => {
+                        if let Some(old) = replaced {
+                            old.retire();
+                        }
+                        let fresh = Filter::start(Arc::clone(plugin), Rc::clone(&self.clusters));
+                        if !fresh.is_running() {
+                            failed.push(name.clone());
+                        }
+                        fresh
+                    }
+                };
+                next.insert(name.clone(), filter);
+            }
+            for (_, removed) in filters.drain() {
+                removed.retire();
+            }
+            *filters = next;
+        }
+
+        let filters = self.filters.borrow();
+        let mut listeners = self.listeners.borrow_mut();
+        let mut kept = HashMap::with_capacity(snapshot.listeners.len());
+        for spec in &snapshot.listeners {
+            let l = &spec.config;
+            let rt = Rc::new(ListenerRt {
+                name: Rc::from(l.name.as_str()),
+                default_cluster: l
+                    .default_cluster
+                    .as_deref()
+                    .and_then(|name| self.clusters.get(name)),
+                clusters: Rc::clone(&self.clusters),
+                tls: spec.tls.clone().map(TlsAcceptor::from),
+                codecs: connection::Codecs::new(&l.http),
+                filters: FilterChain::new(
+                    l.http_filters
+                        .iter()
+                        .filter_map(|name| filters.get(name).cloned())
+                        .collect(),
+                ),
+                network_filters: l
+                    .network_filters
+                    .iter()
+                    .filter_map(|name| filters.get(name).cloned())
+                    .collect(),
+                limit: Arc::clone(&spec.limit),
+                config: l.clone(),
+            });
+            match listeners.remove(&l.name) {
+                Some(accepting) if accepting.address == l.address => {
+                    accepting.slot.replace(rt);
+                    kept.insert(l.name.clone(), accepting);
+                }
+                moved => {
+                    if let Some(old) = moved {
+                        self.stop_accepting(&l.name, old);
+                    }
+                    let Some(socket) = sockets.remove(&l.name) else {
+                        tracing::error!(worker = self.index, listener = %l.name, "no socket for a new listener");
+                        continue;
+                    };
+                    match self.start_accepting(socket, rt) {
+                        Ok(accepting) => {
+                            kept.insert(l.name.clone(), accepting);
+                        }
+                        Err(error) => {
+                            tracing::error!(worker = self.index, listener = %l.name, %error, "cannot accept");
+                        }
+                    }
+                }
+            }
+        }
+        for (name, removed) in listeners.drain() {
+            self.stop_accepting(&name, removed);
+        }
+        *listeners = kept;
+        drop(listeners);
+
+        let smallest_idle_timeout = config
+            .listeners
+            .iter()
+            .map(|l| l.http.idle_timeout)
+            .min()
+            .unwrap_or(Duration::from_secs(60));
+        self.registry.set_sweep_period(smallest_idle_timeout);
+        tracing::debug!(
+            worker = self.index,
+            version = snapshot.version,
+            "config version applied"
+        );
+        let _ = applied.send(failed);
+    }
+
+    fn start_accepting(
+        &self,
+        socket: std::net::TcpListener,
+        listener: Rc<ListenerRt>,
+    ) -> std::io::Result<Accepting> {
+        let address = listener.config.address;
+        let socket = TcpListener::from_std(socket)?;
+        let id = self.next_listener_id.get();
+        self.next_listener_id.set(id + 1);
+        let slot = Rc::new(ListenerSlot::new(id, listener));
+        let stop = Rc::new(Notify::new());
+        tokio::task::spawn_local(accept_loop(
+            socket,
+            Rc::clone(&slot),
+            self.shutdown.clone(),
+            Rc::clone(&stop),
+            Rc::clone(&self.open),
+            Rc::clone(&self.registry),
+        ));
+        Ok(Accepting {
+            address,
+            slot,
+            stop,
+        })
+    }
+
+    /// A listener left the config or moved: close its socket and let its connections finish
+    /// their requests and close, as a drain does.
+    fn stop_accepting(&self, name: &str, accepting: Accepting) {
+        tracing::info!(worker = self.index, listener = name, address = %accepting.address, "listener stopped");
+        accepting.stop.notify_one();
+        self.registry.drain_listener(accepting.slot.id);
+    }
+}
+
 async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
     let WorkerSetup {
         index,
-        config,
-        sockets,
-        tls,
-        limits,
-        plugins,
+        mut updates,
         shutdown,
     } = setup;
-    let clusters: Rc<HashMap<String, Rc<ClusterRt>>> = Rc::new(
-        config
-            .clusters
-            .iter()
-            .map(|c| (c.name.clone(), Rc::new(ClusterRt::new(c.clone()))))
-            .collect(),
-    );
-    // This worker's instance of every plugin, shared by the listeners that use it.
-    let filters: HashMap<&str, Rc<Filter>> = plugins
-        .iter()
-        .map(|(name, plugin)| {
-            (
-                name.as_str(),
-                Filter::start(Arc::clone(plugin), Rc::clone(&clusters)),
-            )
-        })
-        .collect();
-    let open = Rc::new(Cell::new(0usize));
-    let registry = Rc::new(Registry::default());
-
-    for ((socket, tls), (listener, limit)) in sockets
-        .into_iter()
-        .zip(tls)
-        .zip(config.listeners.iter().zip(limits))
-    {
-        let rt = Rc::new(ListenerRt {
-            name: Rc::from(listener.name.as_str()),
-            default_cluster: listener
-                .default_cluster
-                .as_deref()
-                .and_then(|name| clusters.get(name).cloned()),
-            clusters: Rc::clone(&clusters),
-            tls: tls.map(TlsAcceptor::from),
-            codecs: connection::Codecs::new(&listener.http),
-            filters: FilterChain::new(
-                listener
-                    .http_filters
-                    .iter()
-                    .filter_map(|name| filters.get(name.as_str()).cloned())
-                    .collect(),
-            ),
-            network_filters: listener
-                .network_filters
-                .iter()
-                .filter_map(|name| filters.get(name.as_str()).cloned())
-                .collect(),
-            limit,
-            config: listener.clone(),
-        });
-        let socket = TcpListener::from_std(socket)?;
-        tokio::task::spawn_local(accept_loop(
-            socket,
-            rt,
-            shutdown.clone(),
-            Rc::clone(&open),
-            Rc::clone(&registry),
-        ));
+    let worker = Rc::new(Worker {
+        index,
+        clusters: Rc::new(ClusterTable::default()),
+        filters: RefCell::default(),
+        listeners: RefCell::default(),
+        next_listener_id: Cell::new(0),
+        registry: Rc::new(Registry::default()),
+        open: Rc::new(Cell::new(0)),
+        shutdown: shutdown.clone(),
+    });
+    // The first version is waiting: apply it before anything else runs.
+    match updates.recv().await {
+        Some(update) => worker.apply(update),
+        None => return Ok(()),
     }
+    tokio::task::spawn_local(Rc::clone(&worker.registry).sweep_forever());
 
-    let smallest_idle_timeout = config
-        .listeners
-        .iter()
-        .map(|l| l.http.idle_timeout)
-        .min()
-        .unwrap_or(Duration::from_secs(60));
-    tokio::task::spawn_local(Rc::clone(&registry).sweep_forever(smallest_idle_timeout));
-
-    let sweeper_clusters: Vec<Rc<ClusterRt>> = clusters.values().cloned().collect();
+    let sweeper = Rc::clone(&worker.clusters);
     tokio::task::spawn_local(async move {
         let mut tick = tokio::time::interval(POOL_SWEEP_INTERVAL);
         loop {
             tick.tick().await;
-            for cluster in &sweeper_clusters {
+            for cluster in sweeper.all().values() {
                 cluster.sweep();
             }
         }
@@ -142,24 +260,41 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
     tracing::debug!(worker = index, "worker started");
 
     let mut shutdown = shutdown;
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
+    loop {
+        if *shutdown.borrow_and_update() {
             break;
         }
+        tokio::select! {
+            changed = shutdown.changed() => if changed.is_err() { break },
+            update = updates.recv() => match update {
+                Some(update) => worker.apply(update),
+                // The control thread is gone: keep serving the last version until shutdown.
+                None => {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            },
+        }
     }
-    registry.drain();
+    worker.registry.drain();
     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-    while open.get() > 0 && tokio::time::Instant::now() < deadline {
+    while worker.open.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::debug!(worker = index, remaining = open.get(), "worker stopped");
+    tracing::debug!(
+        worker = index,
+        remaining = worker.open.get(),
+        "worker stopped"
+    );
     Ok(())
 }
 
 async fn accept_loop(
     socket: TcpListener,
-    listener: Rc<ListenerRt>,
+    slot: Rc<ListenerSlot>,
     mut shutdown: watch::Receiver<bool>,
+    stop: Rc<Notify>,
     open: Rc<Cell<usize>>,
     registry: Rc<Registry>,
 ) {
@@ -167,7 +302,9 @@ async fn accept_loop(
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             _ = shutdown.changed() => break,
+            () = stop.notified() => break,
         };
+        let listener = slot.current();
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -176,7 +313,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = listener.limit.acquire() else {
+        let Some(permit) = listener.limit.acquire() else {
             tracing::warn!(
                 listener = &*listener.name,
                 %peer,
@@ -187,14 +324,14 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let listener = Rc::clone(&listener);
+        let listener_slot = Rc::clone(&slot);
         let registry = Rc::clone(&registry);
         let open = Rc::clone(&open);
         open.set(open.get() + 1);
         if listener.config.protocol == ListenerProtocol::Tcp {
             tokio::task::spawn_local(async move {
                 tcp_proxy::serve(stream, listener, peer).await;
-                drop(slot);
+                drop(permit);
                 open.set(open.get() - 1);
             });
             continue;
@@ -202,13 +339,13 @@ async fn accept_loop(
         // Two task shapes, so a cleartext connection's task is not sized for TLS state.
         match listener.tls.clone() {
             None => tokio::task::spawn_local(async move {
-                serve_plain(stream, listener, peer, &registry).await;
-                drop(slot);
+                serve_plain(stream, listener_slot, peer, &registry).await;
+                drop(permit);
                 open.set(open.get() - 1);
             }),
             Some(acceptor) => tokio::task::spawn_local(async move {
-                serve_tls(acceptor, stream, listener, peer, &registry).await;
-                drop(slot);
+                serve_tls(acceptor, stream, listener_slot, peer, &registry).await;
+                drop(permit);
                 open.set(open.get() - 1);
             }),
         };
@@ -218,23 +355,18 @@ async fn accept_loop(
 
 async fn serve_plain(
     stream: TcpStream,
-    listener: Rc<ListenerRt>,
+    slot: Rc<ListenerSlot>,
     peer: SocketAddr,
     registry: &Rc<Registry>,
 ) {
-    let http = &listener.config.http;
+    let (idle_timeout, head_timeout) = {
+        let http = &slot.current().config.http;
+        (http.idle_timeout, http.request_headers_timeout)
+    };
     // A client that sends nothing is idle; one that starts is timed as a head.
-    match sniff::sniff(&stream, http.idle_timeout, http.request_headers_timeout).await {
+    match sniff::sniff(&stream, idle_timeout, head_timeout).await {
         Ok(Some(protocol)) => {
-            connection::serve(
-                stream,
-                protocol,
-                Rc::clone(&listener),
-                peer,
-                false,
-                registry,
-            )
-            .await;
+            connection::serve(stream, protocol, slot, peer, false, registry).await;
         }
         Ok(None) => tracing::debug!(%peer, "closed before a request"),
         Err(e) => tracing::debug!(%peer, error = %e, "read failed before a request"),
@@ -244,19 +376,20 @@ async fn serve_plain(
 async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: TcpStream,
-    listener: Rc<ListenerRt>,
+    slot: Rc<ListenerSlot>,
     peer: SocketAddr,
     registry: &Rc<Registry>,
 ) {
     let handshake = acceptor.accept(stream);
-    match tokio::time::timeout(listener.config.http.request_headers_timeout, handshake).await {
+    let timeout = slot.current().config.http.request_headers_timeout;
+    match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => {
             let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 Protocol::Http2
             } else {
                 Protocol::Http1
             };
-            connection::serve(tls, protocol, Rc::clone(&listener), peer, true, registry).await;
+            connection::serve(tls, protocol, slot, peer, true, registry).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

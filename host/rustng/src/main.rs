@@ -1,6 +1,7 @@
 //! The `rustng` binary: command line, logging, signals; the proxy itself lives in `rustng-core`.
 
 mod logging;
+mod reload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,11 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic with a config file.
+    /// Serve traffic with a config file; a change to the file (or SIGHUP) applies it as the
+    /// next config version, without a restart.
     Run {
         /// Path of the config file.
         #[arg(short, long, default_value = "rustng.yaml")]
         config: PathBuf,
+        /// Do not watch the config file (SIGHUP still reloads it).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check a config file and print every error with its path.
     Validate {
@@ -40,7 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
-        Command::Run { config } => match run(&config) {
+        Command::Run { config, no_watch } => match run(&config, !no_watch) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("rustng: {e:#}");
@@ -75,29 +80,44 @@ fn validate(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = rustng_runtime_config::load(path)
+fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
+    let document = rustng_core::ConfigDocument::read(
+        path,
+        rustng_core::Origin::Start {
+            path: Some(path.to_path_buf()),
+        },
+    )
+    .with_context(|| format!("cannot read {}", path.display()))?;
+    let config = rustng_runtime_config::from_yaml_at(&document.text, document.base_dir.as_deref())
         .with_context(|| format!("invalid config {}", path.display()))?;
     let _log_guard = logging::init(&config.log)?;
     let admin = config.admin.clone();
-    let server = rustng_core::Server::bind(config)?;
+    let server = rustng_core::Server::bind_document(config, document)?;
     // Kept for the process's life: the admin thread serves until exit.
     let _admin = admin
         .map(|admin| rustng_admin::AdminServer::start(admin.address, server.telemetry()))
         .transpose()
         .context("starting the admin server")?;
     let shutdown = server.shutdown_handle();
+    let controller = server.controller();
+    let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("rustng-signals".into())
-        .spawn(move || wait_for_signal(shutdown))
+        .spawn(move || wait_for_signals(shutdown, controller, &path, watch))
         .context("starting the signal thread")?;
     server.run()?;
     tracing::info!("rustng stopped");
     Ok(())
 }
 
-/// SIGTERM and SIGINT start a graceful shutdown; a second one is not needed, drain is bounded.
-fn wait_for_signal(shutdown: rustng_core::ShutdownHandle) {
+/// SIGTERM and SIGINT start a graceful shutdown (a second one is not needed, drain is
+/// bounded); SIGHUP and changes to the config file reload it.
+fn wait_for_signals(
+    shutdown: rustng_core::ShutdownHandle,
+    controller: rustng_core::Controller,
+    path: &std::path::Path,
+    watch: bool,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -110,16 +130,40 @@ fn wait_for_signal(shutdown: rustng_core::ShutdownHandle) {
     };
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+        // Kept until shutdown: dropping it ends the watch.
+        let _watcher = if watch {
+            match reload::watch(path, changed_tx) {
+                Ok(watcher) => Some(watcher),
+                Err(error) => {
+                    tracing::warn!(%error, file = %path.display(), "cannot watch the config file; SIGHUP still reloads it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config file");
+                    reload::reload(&controller, path).await;
+                }
+                Some(()) = changed.recv() => {
+                    reload::settle(&mut changed).await;
+                    reload::reload(&controller, path).await;
+                }
+            }
         }
         shutdown.shutdown();
     });

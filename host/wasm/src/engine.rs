@@ -25,6 +25,7 @@ use crate::limits::EPOCH_TICK;
 pub struct WasmEngine {
     engine: Engine,
     compiled: Arc<CompiledModules>,
+    max_memory_bytes: usize,
 }
 
 /// Modules compiled by this engine, by the sha256 of their bytes: the same module (in two
@@ -129,6 +130,7 @@ impl WasmEngine {
             .map_err(|e| WasmError::Runtime(format!("epoch thread: {e}")))?;
         Ok(WasmEngine {
             engine,
+            max_memory_bytes: limits.max_memory_bytes,
             compiled: Arc::new(CompiledModules {
                 disk,
                 ..CompiledModules::default()
@@ -159,6 +161,11 @@ impl WasmEngine {
             .map_err(|_| WasmError::Runtime("module cache poisoned".into()))?
             .insert(digest, module.clone());
         Ok(module)
+    }
+
+    /// The most memory an instance can have in this engine's pool.
+    pub fn max_memory_bytes(&self) -> usize {
+        self.max_memory_bytes
     }
 
     /// How the module caches did so far.

@@ -19,7 +19,7 @@ const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 /// stream runs the callback with its head in reach), else straight to the instance.
 pub(super) async fn run(filter: Rc<Filter>, call: HttpCallRequest) {
     let response = match filter.clusters.get(&call.upstream) {
-        Some(cluster) => match tokio::time::timeout(call.timeout, send(cluster, &call)).await {
+        Some(cluster) => match tokio::time::timeout(call.timeout, send(&cluster, &call)).await {
             Ok(Ok(response)) => Some(response),
             Ok(Err(error)) => {
                 tracing::debug!(plugin = %filter.name(), upstream = %call.upstream, %error, "plugin http call failed");

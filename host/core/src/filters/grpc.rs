@@ -176,7 +176,6 @@ async fn exchange(
     let cluster = filter
         .clusters
         .get(&call.upstream)
-        .cloned()
         .ok_or_else(|| Ended::unavailable("no such cluster"))?;
     let (mut head, ()) = Request::builder()
         .method(Method::POST)

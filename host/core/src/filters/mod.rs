@@ -33,26 +33,45 @@ use rustng_wasm::{
 };
 use tokio::sync::{Notify, mpsc};
 
-use crate::upstream::ClusterRt;
+use crate::upstream::ClusterTable;
 
 pub(crate) use body::FilteredBody;
 pub(crate) use chain::{FilterChain, SharedFilters, Step};
 pub(crate) use pause::{Resumed, wait_for_resume};
 
 /// The worker's clusters by name, for plugins' HTTP calls.
-pub(crate) type Clusters = Rc<HashMap<String, Rc<ClusterRt>>>;
+pub(crate) type Clusters = Rc<ClusterTable>;
 
-/// A plugin's module, compiled and checked once per process.
+/// One generation of a plugin (its module and configuration), compiled and checked once per
+/// process. Workers run their own instances of it; a new generation replaces it between
+/// requests, and it is dropped once no worker and no stream uses it.
 pub(crate) struct LoadedPlugin {
     name: String,
+    /// Counts up from 1 per plugin name, for the life of the process.
+    generation: u64,
+    /// What this generation was made from: the configured plugin and its module's sha256.
+    /// An unchanged pair in a new config version keeps this generation and its instances.
+    spec: Plugin,
+    digest: [u8; 32],
     config: Arc<PluginConfig>,
     module: PluginModule,
     policy: FailurePolicy,
     limits: Limits,
     host: Arc<PluginHost>,
     upstreams: UpstreamCheck,
-    /// Callbacks that failed (trap, deadline, memory), on every worker: the policy's count.
-    failures: AtomicU64,
+    /// Callbacks that failed (trap, deadline, memory), on every worker and in every
+    /// generation of the plugin: the policy's count.
+    failures: Arc<AtomicU64>,
+}
+
+/// Where a new generation comes from.
+pub(crate) struct PluginSource<'a> {
+    pub(crate) plugin: &'a Plugin,
+    pub(crate) bytes: &'a [u8],
+    pub(crate) digest: [u8; 32],
+    pub(crate) generation: u64,
+    /// The failure count of the plugin's earlier generations, carried on.
+    pub(crate) failures: Arc<AtomicU64>,
 }
 
 impl LoadedPlugin {
@@ -60,22 +79,40 @@ impl LoadedPlugin {
         &self.name
     }
 
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn spec(&self) -> &Plugin {
+        &self.spec
+    }
+
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
     /// How many times a callback of this plugin failed, since start.
     pub(crate) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Reads, compiles and test-starts the plugin: a module that does not load or refuses its
-    /// configuration is reported now, with the reason, not on the first request.
+    /// Compiles the module and starts a canary instance (`proxy_on_vm_start`, then
+    /// `proxy_on_configure`): a module that does not load, traps, overruns its deadline or
+    /// refuses its configuration is reported now, with the reason, and never reaches a worker.
     pub(crate) fn load(
         engine: &WasmEngine,
         host: &Arc<PluginHost>,
         upstreams: &UpstreamCheck,
-        plugin: &Plugin,
+        source: PluginSource<'_>,
     ) -> Result<LoadedPlugin, String> {
-        let bytes = std::fs::read(&plugin.module)
-            .map_err(|e| format!("cannot read {}: {e}", plugin.module.display()))?;
-        let module = PluginModule::compile(engine, &bytes).map_err(|e| e.to_string())?;
+        let PluginSource {
+            plugin,
+            bytes,
+            digest,
+            generation,
+            failures,
+        } = source;
+        let module = PluginModule::compile(engine, bytes).map_err(|e| e.to_string())?;
         let config = Arc::new(PluginConfig {
             name: plugin.name.clone(),
             root_id: plugin.root_id.clone(),
@@ -86,6 +123,9 @@ impl LoadedPlugin {
         });
         let loaded = LoadedPlugin {
             name: plugin.name.clone(),
+            generation,
+            spec: plugin.clone(),
+            digest,
             config,
             module,
             policy: plugin.failure_policy,
@@ -95,9 +135,9 @@ impl LoadedPlugin {
             },
             host: Arc::clone(host),
             upstreams: Arc::clone(upstreams),
-            failures: AtomicU64::new(0),
+            failures,
         };
-        // The trial instance gets no queue notifier: it is dropped right away.
+        // The canary gets no queue notifier: it is dropped right away.
         loaded.instantiate(None).map_err(|e| e.to_string())?;
         Ok(loaded)
     }
@@ -144,6 +184,9 @@ pub(crate) struct Filter {
     /// The tick period last seen, and a nudge for the root task when a callback changes it.
     tick_period: Cell<Option<Duration>>,
     tick_changed: Notify,
+    /// Set once a newer generation replaced this one on the worker: its root task stops
+    /// (no more ticks or queue deliveries); streams already on it finish.
+    retired: Cell<bool>,
     clusters: Clusters,
     /// Streams paused on this plugin, by context id, waiting for actions and call answers.
     waiting: RefCell<HashMap<i32, mpsc::UnboundedSender<StreamEvent>>>,
@@ -176,6 +219,7 @@ impl Filter {
             instance: RefCell::new(instance),
             queue_ready,
             tick_changed: Notify::new(),
+            retired: Cell::new(false),
             clusters,
             waiting: RefCell::default(),
             calling: RefCell::default(),
@@ -189,6 +233,24 @@ impl Filter {
 
     pub(crate) fn name(&self) -> &str {
         &self.plugin.name
+    }
+
+    /// The generation this filter runs.
+    pub(crate) fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    /// Whether the worker's instance started (it may fail where the canary did not, if the
+    /// engine's pool is full).
+    pub(crate) fn is_running(&self) -> bool {
+        self.instance.borrow().is_some()
+    }
+
+    /// A newer generation took over on this worker: stop root-context events. The instance
+    /// itself lives until the last stream on it ends.
+    pub(crate) fn retire(&self) {
+        self.retired.set(true);
+        self.tick_changed.notify_one();
     }
 
     /// Runs `call` on the instance, if there is one, then dispatches what the plugin asked
@@ -350,6 +412,9 @@ async fn root_events(current: Rc<Filter>, mut queue: mpsc::UnboundedReceiver<Que
     }
     let mut next_tick = None;
     loop {
+        if current.retired.get() {
+            return;
+        }
         let deadline = match (current.tick_period.get(), next_tick) {
             (None, _) => None,
             (Some(_), Some(at)) => Some(at),

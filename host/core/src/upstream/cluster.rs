@@ -115,6 +115,10 @@ impl ClusterRt {
         &self.config.name
     }
 
+    pub(crate) fn config(&self) -> &Cluster {
+        &self.config
+    }
+
     /// Closes idle connections past their timeout.
     pub(crate) fn sweep(&self) {
         for e in &self.endpoints {

@@ -7,7 +7,9 @@ mod connect;
 mod h1;
 mod pool;
 mod request_body;
+mod table;
 
 pub(crate) use cluster::{ClusterRt, Outgoing, UpstreamBody};
 pub(crate) use h1::H1Body;
 pub(crate) use request_body::{BoxError, BoxLocal, LocalBody, RequestBody};
+pub(crate) use table::ClusterTable;

@@ -1,0 +1,785 @@
+//! Config versions: validating a new config, preparing it, switching every worker to it, and
+//! keeping the history.
+//!
+//! One control thread owns all of this, so applies are serialized without a lock and the slow
+//! parts (reading and compiling modules, canary instances, loading TLS material, binding new
+//! sockets) never run on a worker. Everything that can fail happens before any worker is
+//! touched: a refused config changes nothing. Workers then switch between requests, and
+//! answer once they run the new version; if one cannot start a plugin instance, the previous
+//! version is published again.
+
+mod history;
+mod plugins;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustng_runtime_config::{Config, FieldError};
+use rustng_wasm::{EngineLimits, PluginHost, UpstreamCheck, WasmEngine};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::CoreError;
+use crate::listener::{self, ConnectionLimit};
+use crate::snapshot::{ListenerSpec, Snapshot};
+use crate::tls;
+use crate::worker::WorkerUpdate;
+
+use history::VersionStore;
+pub use history::{Origin, VersionRecord};
+use plugins::{PluginGenerations, PreparedPlugins};
+
+/// Smallest pool of wasm instance slots: room for every worker's instance of a few plugins,
+/// with old generations still finishing streams while new ones start.
+const MIN_INSTANCE_SLOTS: u32 = 128;
+
+/// A config document to apply.
+#[derive(Debug, Clone)]
+pub struct ConfigDocument {
+    /// YAML text.
+    pub text: String,
+    /// What relative paths in it are relative to (the config file's directory).
+    pub base_dir: Option<PathBuf>,
+    /// Where it came from, for the history.
+    pub origin: Origin,
+}
+
+impl ConfigDocument {
+    /// Reads the config file at `path`.
+    pub fn read(path: &std::path::Path, origin: Origin) -> std::io::Result<ConfigDocument> {
+        Ok(ConfigDocument {
+            text: std::fs::read_to_string(path)?,
+            base_dir: path.parent().map(std::path::Path::to_path_buf),
+            origin,
+        })
+    }
+}
+
+/// The outcome of an accepted apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The version now running.
+    pub version: u64,
+    /// `false` when the document was the running one: nothing was done.
+    pub changed: bool,
+    /// Settings that changed but only take effect after a restart.
+    pub restart_required: Vec<String>,
+}
+
+/// Why an apply did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config is invalid or could not be prepared; nothing changed.
+    #[error("config refused:\n{}", join(.0))]
+    Refused(Vec<FieldError>),
+    /// A worker could not run the new version; the previous one runs again.
+    #[error("applying failed ({reason}); version {restored} restored")]
+    Restored {
+        /// What failed.
+        reason: String,
+        /// The version running again.
+        restored: u64,
+    },
+    /// No kept version has that number (or it has no document to go back to).
+    #[error("version {0} is not in the history")]
+    UnknownVersion(u64),
+    /// No configured plugin has that name.
+    #[error("no plugin named {0:?} is configured")]
+    UnknownPlugin(String),
+    /// The plugin has no kept generation with that number.
+    #[error("plugin {plugin:?} has no kept generation {generation}")]
+    UnknownGeneration {
+        /// The plugin.
+        plugin: String,
+        /// The generation asked for.
+        generation: u64,
+    },
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
+impl ApplyError {
+    /// Every field error of a refused config.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            ApplyError::Refused(errors) => errors,
+            _ => &[],
+        }
+    }
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) enum Command {
+    Apply(ConfigDocument, oneshot::Sender<Result<Applied, ApplyError>>),
+    Rollback(u64, oneshot::Sender<Result<Applied, ApplyError>>),
+    RollbackPlugin(String, u64, oneshot::Sender<Result<Applied, ApplyError>>),
+    History(oneshot::Sender<Vec<VersionRecord>>),
+    Plugins(oneshot::Sender<Vec<PluginGenerationInfo>>),
+}
+
+/// One kept generation of a plugin, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginGenerationInfo {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The generation's number (per plugin, from 1).
+    pub generation: u64,
+    /// The module's sha256, hex.
+    pub sha256: String,
+    /// Whether the running version uses it.
+    pub active: bool,
+}
+
+/// Applies config versions to a running server, from any thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    commands: mpsc::UnboundedSender<Command>,
+    current: Arc<ArcSwap<Snapshot>>,
+}
+
+impl Controller {
+    /// Validates and applies `document` as the next version (or refuses it with every
+    /// error's path, changing nothing).
+    pub async fn apply(&self, document: ConfigDocument) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::Apply(document, reply))
+            .await
+            .unwrap_or(Err(ApplyError::Stopped))
+    }
+
+    /// Applies a kept version's document again, as a new version.
+    pub async fn rollback(&self, version: u64) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::Rollback(version, reply))
+            .await
+            .unwrap_or(Err(ApplyError::Stopped))
+    }
+
+    /// Switches one plugin back to a kept generation (module and configuration), as a new
+    /// version; no other plugin is touched.
+    pub async fn rollback_plugin(
+        &self,
+        plugin: &str,
+        generation: u64,
+    ) -> Result<Applied, ApplyError> {
+        let plugin = plugin.to_owned();
+        self.ask(|reply| Command::RollbackPlugin(plugin, generation, reply))
+            .await
+            .unwrap_or(Err(ApplyError::Stopped))
+    }
+
+    /// The kept versions, oldest first.
+    pub async fn history(&self) -> Vec<VersionRecord> {
+        self.ask(Command::History).await.unwrap_or_default()
+    }
+
+    /// Every kept plugin generation, by plugin then generation.
+    pub async fn plugins(&self) -> Vec<PluginGenerationInfo> {
+        self.ask(Command::Plugins).await.unwrap_or_default()
+    }
+
+    /// The version running now.
+    pub fn version(&self) -> u64 {
+        self.current.load().version
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
+/// Everything the control thread owns.
+pub(crate) struct ControlState {
+    workers: usize,
+    engine: Option<WasmEngine>,
+    cache_dir: Option<PathBuf>,
+    host: Arc<PluginHost>,
+    plugins: PluginGenerations,
+    updates: Vec<mpsc::UnboundedSender<WorkerUpdate>>,
+    current: Arc<ArcSwap<Snapshot>>,
+    store: Option<VersionStore>,
+    records: Vec<VersionRecord>,
+    /// The running version's document, to skip re-applying an unchanged file.
+    running_text: Option<String>,
+    /// The addresses the first version's listeners were bound to (port 0 resolved).
+    first_addresses: Vec<SocketAddr>,
+}
+
+/// A version ready to publish: nothing left that can fail.
+struct Prepared {
+    snapshot: Snapshot,
+    /// Per worker, sockets for the listeners it does not accept on yet.
+    sockets: Vec<HashMap<String, std::net::TcpListener>>,
+    plugins: PreparedPlugins,
+}
+
+/// The control side of a server that is bound but not yet running.
+pub(crate) struct Started {
+    pub(crate) state: ControlState,
+    pub(crate) controller: Controller,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// One update receiver per worker, the first version already queued.
+    pub(crate) worker_updates: Vec<mpsc::UnboundedReceiver<WorkerUpdate>>,
+}
+
+impl ControlState {
+    /// Prepares the first version and queues it for the workers (which do not run yet).
+    pub(crate) fn start(
+        config: Config,
+        document: Option<ConfigDocument>,
+    ) -> Result<Started, CoreError> {
+        let (store, records) = match &config.state_dir {
+            Some(dir) => {
+                let (store, records) =
+                    VersionStore::open(dir).map_err(|source| CoreError::StateDir {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                (Some(store), records)
+            }
+            None => (None, Vec::new()),
+        };
+        let workers = config.workers;
+        let mut updates = Vec::with_capacity(workers);
+        let mut receivers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            updates.push(sender);
+            receivers.push(receiver);
+        }
+        let version = records.last().map_or(0, |r| r.version) + 1;
+        let empty = Snapshot {
+            version: 0,
+            config: Arc::new(config.clone()),
+            listeners: Vec::new(),
+            plugins: HashMap::new(),
+        };
+        let mut state = ControlState {
+            workers,
+            engine: None,
+            cache_dir: config.module_cache_dir.clone(),
+            host: Arc::new(PluginHost::default()),
+            plugins: PluginGenerations::default(),
+            updates,
+            current: Arc::new(ArcSwap::from_pointee(empty)),
+            store,
+            records,
+            running_text: None,
+            first_addresses: Vec::new(),
+        };
+        let prepared = state.prepare(config, version).map_err(CoreError::Refused)?;
+        let origin = document
+            .as_ref()
+            .map_or(Origin::Start { path: None }, |d| d.origin.clone());
+        if let Some(first) = prepared.sockets.first() {
+            state.first_addresses = prepared
+                .snapshot
+                .listeners
+                .iter()
+                .filter_map(|l| first.get(&l.config.name)?.local_addr().ok())
+                .collect();
+        }
+        let snapshot = Arc::new(prepared.snapshot);
+        for (sender, sockets) in state.updates.iter().zip(prepared.sockets) {
+            // Nobody waits for the first version's answers: the workers apply it first thing.
+            let (applied, _) = oneshot::channel();
+            let _ = sender.send(WorkerUpdate {
+                snapshot: Arc::clone(&snapshot),
+                sockets,
+                applied,
+            });
+        }
+        state.plugins.commit(&prepared.plugins);
+        state.current.store(snapshot);
+        state.record(version, origin, document);
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let controller = Controller {
+            commands: commands_tx,
+            current: Arc::clone(&state.current),
+        };
+        Ok(Started {
+            state,
+            controller,
+            commands,
+            worker_updates: receivers,
+        })
+    }
+
+    /// The snapshot workers run now (for the admin server).
+    pub(crate) fn current(&self) -> Arc<ArcSwap<Snapshot>> {
+        Arc::clone(&self.current)
+    }
+
+    /// Where the first version's listeners listen, in config order.
+    pub(crate) fn first_addresses(&self) -> Vec<SocketAddr> {
+        self.first_addresses.clone()
+    }
+
+    /// The wasm host shared by every plugin generation.
+    pub(crate) fn plugin_host(&self) -> Arc<PluginHost> {
+        Arc::clone(&self.host)
+    }
+
+    /// Validates and prepares `config`: every failure is collected with its path.
+    fn prepare(&mut self, config: Config, version: u64) -> Result<Prepared, Vec<FieldError>> {
+        let running = self.current.load_full();
+        let mut errors = Vec::new();
+
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (index, l) in config.listeners.iter().enumerate() {
+            let before = running.listeners.iter().find(|s| s.config.name == l.name);
+            let tls = match (&l.tls, before) {
+                (None, _) => None,
+                (Some(t), Some(b)) if b.config.tls.as_ref() == Some(t) => b.tls.clone(),
+                (Some(t), _) => match tls::server_config(t) {
+                    Ok(server_config) => Some(server_config),
+                    Err(message) => {
+                        errors.push(FieldError::new(
+                            format!("listeners[{index}].tls"),
+                            format!("listener {}: {message}", l.name),
+                        ));
+                        None
+                    }
+                },
+            };
+            let limit = match before {
+                Some(b) => {
+                    b.limit.set_max(l.max_connections);
+                    Arc::clone(&b.limit)
+                }
+                None => Arc::new(ConnectionLimit::new(l.max_connections)),
+            };
+            listeners.push(ListenerSpec {
+                config: l.clone(),
+                tls,
+                limit,
+            });
+        }
+
+        let plugins = match self.engine_for(&config) {
+            Ok(Some(engine)) => {
+                let names: std::collections::HashSet<String> =
+                    config.clusters.iter().map(|c| c.name.clone()).collect();
+                let upstreams: UpstreamCheck = Arc::new(move |name| names.contains(name));
+                match self
+                    .plugins
+                    .prepare(&engine, &self.host, &upstreams, &config)
+                {
+                    Ok(prepared) => Some(prepared),
+                    Err(mut plugin_errors) => {
+                        errors.append(&mut plugin_errors);
+                        None
+                    }
+                }
+            }
+            Ok(None) => Some(PreparedPlugins {
+                chosen: HashMap::new(),
+            }),
+            Err(error) => {
+                errors.push(error);
+                None
+            }
+        };
+
+        let sockets = match self.bind_new(&listeners, &running.listeners) {
+            Ok(sockets) => Some(sockets),
+            Err(mut bind_errors) => {
+                errors.append(&mut bind_errors);
+                None
+            }
+        };
+
+        match (plugins, sockets) {
+            (Some(plugins), Some(sockets)) if errors.is_empty() => Ok(Prepared {
+                snapshot: Snapshot {
+                    version,
+                    config: Arc::new(config),
+                    listeners,
+                    plugins: plugins.chosen.clone(),
+                },
+                sockets,
+                plugins,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The engine, created when the first plugin is configured. Its pool is sized once: a
+    /// later plugin asking for more memory per instance than the pool's slots hold needs a
+    /// restart, and says so.
+    fn engine_for(&mut self, config: &Config) -> Result<Option<WasmEngine>, FieldError> {
+        if config.plugins.is_empty() {
+            return Ok(self.engine.clone());
+        }
+        let largest = config
+            .plugins
+            .iter()
+            .map(|p| p.max_memory_bytes)
+            .max()
+            .unwrap_or(0);
+        if self.engine.is_none() {
+            let plugins = u32::try_from(config.plugins.len()).unwrap_or(u32::MAX);
+            let workers = u32::try_from(self.workers).unwrap_or(u32::MAX);
+            let limits = EngineLimits {
+                // Every worker's instance of every plugin, a canary each, and as many again
+                // for generations still finishing their streams.
+                instance_slots: plugins
+                    .saturating_mul(workers.saturating_add(1))
+                    .saturating_mul(4)
+                    .max(MIN_INSTANCE_SLOTS),
+                max_memory_bytes: largest.max(EngineLimits::default().max_memory_bytes),
+                cache_dir: self.cache_dir.clone(),
+            };
+            let pool_memory = limits.max_memory_bytes;
+            let engine = WasmEngine::with_limits(limits)
+                .map_err(|e| FieldError::new("plugins", format!("wasm engine: {e}")))?;
+            self.engine = Some(engine);
+            tracing::debug!(pool_memory, "wasm engine started");
+        }
+        let engine = self.engine.clone();
+        if let Some(engine) = &engine
+            && largest > engine.max_memory_bytes()
+        {
+            let index = config
+                .plugins
+                .iter()
+                .position(|p| p.max_memory_bytes == largest)
+                .unwrap_or(0);
+            return Err(FieldError::new(
+                format!("plugins[{index}].max_memory_mb"),
+                format!(
+                    "exceeds the {} MiB the running engine was started with; restart to raise it",
+                    engine.max_memory_bytes() / (1024 * 1024)
+                ),
+            ));
+        }
+        Ok(engine)
+    }
+
+    /// Binds, for every worker, the listeners that are new or moved relative to `running`.
+    fn bind_new(
+        &self,
+        next: &[ListenerSpec],
+        running: &[ListenerSpec],
+    ) -> Result<Vec<HashMap<String, std::net::TcpListener>>, Vec<FieldError>> {
+        let mut per_worker: Vec<HashMap<String, std::net::TcpListener>> =
+            (0..self.workers).map(|_| HashMap::new()).collect();
+        let mut errors = Vec::new();
+        for (index, spec) in next.iter().enumerate() {
+            let l = &spec.config;
+            if running
+                .iter()
+                .any(|r| r.config.name == l.name && r.config.address == l.address)
+            {
+                continue;
+            }
+            // Port 0 is resolved by the first bind, so every worker listens on the same port.
+            let mut address: SocketAddr = l.address;
+            for sockets in &mut per_worker {
+                match listener::bind(address) {
+                    Ok(socket) => {
+                        if let Ok(bound) = socket.local_addr() {
+                            address = bound;
+                        }
+                        sockets.insert(l.name.clone(), socket);
+                    }
+                    Err(source) => {
+                        let error = CoreError::Bind {
+                            listener: l.name.clone(),
+                            address,
+                            source,
+                        };
+                        errors.push(FieldError::new(
+                            format!("listeners[{index}].address"),
+                            error.to_string(),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(per_worker)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Settings a running process cannot change.
+    fn restart_required(running: &Config, next: &Config) -> Vec<String> {
+        let mut fields = Vec::new();
+        if running.workers != next.workers {
+            fields.push("workers".to_owned());
+        }
+        if running.log != next.log {
+            fields.push("log".to_owned());
+        }
+        if running.admin != next.admin {
+            fields.push("admin".to_owned());
+        }
+        if running.module_cache_dir != next.module_cache_dir {
+            fields.push("wasm.module_cache_dir".to_owned());
+        }
+        if running.state_dir != next.state_dir {
+            fields.push("state_dir".to_owned());
+        }
+        fields
+    }
+
+    async fn apply(&mut self, document: ConfigDocument) -> Result<Applied, ApplyError> {
+        let running = self.current.load_full();
+        if self.running_text.as_deref() == Some(document.text.as_str()) {
+            return Ok(Applied {
+                version: running.version,
+                changed: false,
+                restart_required: Vec::new(),
+            });
+        }
+        let config =
+            rustng_runtime_config::from_yaml_at(&document.text, document.base_dir.as_deref())
+                .map_err(|e| match e {
+                    rustng_runtime_config::ConfigError::Read { .. } => {
+                        ApplyError::Refused(vec![FieldError::new("", e.to_string())])
+                    }
+                    other => ApplyError::Refused(other.field_errors().to_vec()),
+                })?;
+        let restart_required = Self::restart_required(&running.config, &config);
+        let version = self.records.last().map_or(running.version, |r| r.version) + 1;
+        let prepared = self.prepare(config, version).map_err(ApplyError::Refused)?;
+        let Prepared {
+            snapshot,
+            sockets,
+            plugins,
+        } = prepared;
+        let snapshot = Arc::new(snapshot);
+        let failed = self.publish(&snapshot, sockets).await;
+        if !failed.is_empty() {
+            let reason = format!("plugin instances did not start: {}", failed.join(", "));
+            tracing::error!(version, %reason, "restoring the previous version");
+            // The workers that switched get the running version back; sockets for listeners
+            // the failed version moved are bound again.
+            let sockets = self
+                .bind_new(&running.listeners, &snapshot.listeners)
+                .unwrap_or_else(|_| (0..self.workers).map(|_| HashMap::new()).collect());
+            drop(snapshot);
+            let _ = self.publish(&running, sockets).await;
+            return Err(ApplyError::Restored {
+                reason,
+                restored: running.version,
+            });
+        }
+        self.plugins.commit(&plugins);
+        self.current.store(snapshot);
+        for field in &restart_required {
+            tracing::warn!(version, field, "changed, takes effect after a restart");
+        }
+        tracing::info!(version, origin = %document.origin, "config version applied");
+        self.record(version, document.origin.clone(), Some(document));
+        Ok(Applied {
+            version,
+            changed: true,
+            restart_required,
+        })
+    }
+
+    /// Sends a version to every worker and waits until all run it; returns the plugins whose
+    /// instance failed to start somewhere.
+    async fn publish(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        sockets: Vec<HashMap<String, std::net::TcpListener>>,
+    ) -> Vec<String> {
+        let mut answers = Vec::with_capacity(self.updates.len());
+        for (sender, sockets) in self.updates.iter().zip(sockets) {
+            let (applied, answer) = oneshot::channel();
+            let update = WorkerUpdate {
+                snapshot: Arc::clone(snapshot),
+                sockets,
+                applied,
+            };
+            if sender.send(update).is_ok() {
+                answers.push(answer);
+            }
+        }
+        let mut failed = Vec::new();
+        for answer in answers {
+            // A worker that is gone (shutting down) has nothing to report.
+            if let Ok(names) = answer.await {
+                for name in names {
+                    if !failed.contains(&name) {
+                        failed.push(name);
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    fn record(&mut self, version: u64, origin: Origin, document: Option<ConfigDocument>) {
+        self.running_text = document.as_ref().map(|d| d.text.clone());
+        let record = VersionRecord {
+            version,
+            origin,
+            applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            text: document.as_ref().map(|d| d.text.clone()),
+            base_dir: document.and_then(|d| d.base_dir),
+        };
+        self.records.push(record.clone());
+        if let Some(store) = &self.store
+            && let Err(error) = store.save(&record, &self.records)
+        {
+            tracing::warn!(version, %error, "cannot keep the config version on disk");
+        }
+        history::trim(&mut self.records);
+    }
+
+    async fn rollback(&mut self, version: u64) -> Result<Applied, ApplyError> {
+        let record = self
+            .records
+            .iter()
+            .find(|r| r.version == version)
+            .ok_or(ApplyError::UnknownVersion(version))?;
+        let text = record
+            .text
+            .clone()
+            .ok_or(ApplyError::UnknownVersion(version))?;
+        let document = ConfigDocument {
+            text,
+            base_dir: record.base_dir.clone(),
+            origin: Origin::Rollback { to: version },
+        };
+        // Rolling back to the running document is still a new version: the operator asked.
+        let running_text = self.running_text.take();
+        let applied = self.apply(document).await;
+        if applied.is_err() {
+            self.running_text = running_text;
+        }
+        applied
+    }
+
+    async fn rollback_plugin(
+        &mut self,
+        plugin: String,
+        generation: u64,
+    ) -> Result<Applied, ApplyError> {
+        let running = self.current.load_full();
+        if !running.plugins.contains_key(&plugin) {
+            return Err(ApplyError::UnknownPlugin(plugin));
+        }
+        let Some(target) = self.plugins.generation(&plugin, generation) else {
+            return Err(ApplyError::UnknownGeneration { plugin, generation });
+        };
+        let version = self.records.last().map_or(running.version, |r| r.version) + 1;
+        let mut plugins = running.plugins.clone();
+        plugins.insert(plugin.clone(), target);
+        let snapshot = Arc::new(Snapshot {
+            version,
+            config: Arc::clone(&running.config),
+            listeners: running.listeners.clone(),
+            plugins: plugins.clone(),
+        });
+        let no_sockets = || (0..self.workers).map(|_| HashMap::new()).collect();
+        let failed = self.publish(&snapshot, no_sockets()).await;
+        if !failed.is_empty() {
+            let reason = format!("plugin instances did not start: {}", failed.join(", "));
+            drop(snapshot);
+            let _ = self.publish(&running, no_sockets()).await;
+            return Err(ApplyError::Restored {
+                reason,
+                restored: running.version,
+            });
+        }
+        self.plugins.commit(&PreparedPlugins { chosen: plugins });
+        self.current.store(snapshot);
+        tracing::info!(version, plugin, generation, "plugin rolled back");
+        // The document stays the running one: re-reading an unchanged file keeps the
+        // rollback, a changed file makes a new generation again.
+        let document = self.running_text.clone().map(|text| ConfigDocument {
+            text,
+            base_dir: self.records.last().and_then(|r| r.base_dir.clone()),
+            origin: Origin::Api,
+        });
+        self.record(
+            version,
+            Origin::PluginRollback { plugin, generation },
+            document,
+        );
+        Ok(Applied {
+            version,
+            changed: true,
+            restart_required: Vec::new(),
+        })
+    }
+
+    fn plugin_generations(&self) -> Vec<PluginGenerationInfo> {
+        let running = self.current.load();
+        let mut list: Vec<PluginGenerationInfo> = self
+            .plugins
+            .kept()
+            .flat_map(|(name, kept)| {
+                let active = running.plugins.get(name);
+                kept.iter().map(move |g| PluginGenerationInfo {
+                    plugin: name.to_owned(),
+                    generation: g.generation(),
+                    sha256: g.digest().iter().map(|b| format!("{b:02x}")).collect(),
+                    active: active.is_some_and(|a| Arc::ptr_eq(a, g)),
+                })
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.plugin, a.generation).cmp(&(&b.plugin, b.generation)));
+        list
+    }
+
+    /// Serves commands until every [`Controller`] is gone.
+    pub(crate) async fn serve(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = commands.recv().await {
+            match command {
+                Command::Apply(document, reply) => {
+                    let _ = reply.send(self.apply(document).await);
+                }
+                Command::Rollback(version, reply) => {
+                    let _ = reply.send(self.rollback(version).await);
+                }
+                Command::RollbackPlugin(plugin, generation, reply) => {
+                    let _ = reply.send(self.rollback_plugin(plugin, generation).await);
+                }
+                Command::History(reply) => {
+                    let _ = reply.send(self.records.clone());
+                }
+                Command::Plugins(reply) => {
+                    let _ = reply.send(self.plugin_generations());
+                }
+            }
+        }
+    }
+}
+
+impl Started {
+    /// Splits off what the control thread runs.
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        ControlState,
+        Controller,
+        mpsc::UnboundedReceiver<Command>,
+        Vec<mpsc::UnboundedReceiver<WorkerUpdate>>,
+    ) {
+        (
+            self.state,
+            self.controller,
+            self.commands,
+            self.worker_updates,
+        )
+    }
+}

@@ -1,0 +1,30 @@
+//! One applied config version, as every worker builds its state from it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustng_runtime_config::{Config, Listener};
+
+use crate::filters::LoadedPlugin;
+use crate::listener::ConnectionLimit;
+
+/// An applied config version with everything prepared that may fail or take time (TLS
+/// material, compiled and canaried plugins), so that switching a worker to it cannot fail and
+/// takes microseconds. Immutable; shared by every worker and the admin server.
+pub(crate) struct Snapshot {
+    pub(crate) version: u64,
+    pub(crate) config: Arc<Config>,
+    /// In config order.
+    pub(crate) listeners: Vec<ListenerSpec>,
+    /// The generation each configured plugin runs, by plugin name.
+    pub(crate) plugins: HashMap<String, Arc<LoadedPlugin>>,
+}
+
+/// A listener of a version, with the state that outlives versions.
+#[derive(Clone)]
+pub(crate) struct ListenerSpec {
+    pub(crate) config: Listener,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// Kept across versions for the same listener name: it counts open connections.
+    pub(crate) limit: Arc<ConnectionLimit>,
+}
