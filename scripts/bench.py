@@ -71,6 +71,11 @@ Methodology
   after start (idle), VmRSS after one request (baseline, pools warmed), then VmRSS with N idle
   keep-alive connections open (default 10,000), each of which has completed one
   `GET / HTTP/1.1` request. Reported: added RSS and added bytes per connection.
+* Plugin swap latency (RustNg only), on a fresh RustNg (`workers: 1`, the filter, `--no-watch`):
+  the config file is rewritten with a new filter configuration and SIGHUP sent; one keep-alive
+  connection asks until a response carries the new configuration's header. 30 swaps with the
+  module already compiled (only its configuration changes), then 10 with new module bytes (the
+  same code plus a custom section, so it is compiled). Reported: p50 / p99 / max ms.
 * Memory per plugin instance: fresh RustNg instances (`workers: 1`, so one plugin instance),
   alternately without and with the filter, 3 of each; each answers one request, then after 1 s
   its VmRSS is read. Reported: median with the plugin minus median without.
@@ -1278,6 +1283,117 @@ def bench_plugin_memory(sup: Supervisor) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# Plugin swap latency
+
+SWAP_CACHED = 30
+SWAP_NEW_MODULE = 10
+
+
+def wasm_custom_section(payload: bytes) -> bytes:
+    """A custom section (id 0): appended to a module it gives new bytes (a new sha256, so a
+    module RustNg has never compiled) with the same code."""
+    def leb(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = n & 0x7F
+            n >>= 7
+            if n == 0:
+                out.append(byte)
+                return bytes(out)
+            out.append(byte | 0x80)
+    name = b"rustng-bench"
+    body = leb(len(name)) + name + payload
+    return b"\x00" + leb(len(body)) + body
+
+
+def write_swap_config(path: Path, module: Path, tag: str) -> None:
+    path.write_text(f"""workers: 1
+log: {{ level: warn }}
+plugins:
+  - name: hdr
+    vm_config:
+      runtime: envoy.wasm.runtime.v8
+      code: {{ local: {{ filename: {json.dumps(str(module))} }} }}
+    configuration: {json.dumps(tag)}
+listeners:
+  - name: main
+    address: {HOST}:{RUSTNG_MEMORY_PORT}
+    default_cluster: backend
+    access_log: false
+    http_filters: [hdr]
+clusters:
+  - name: backend
+    endpoints:
+      - address: {HOST}:{ORIGIN_PORT}
+""")
+
+
+def bench_swap_latency(sup: Supervisor) -> dict:
+    """Change -> first request served by the new plugin generation: the config file is
+    rewritten (new filter configuration `tag`), SIGHUP sent, and one keep-alive connection asks
+    until a response carries `x-filter-tag: <tag>`. "Cached module": only the configuration
+    changes (the module is compiled already; a new generation is still canaried and started on
+    the worker). "New module": the module's bytes change too (a custom section), so it is
+    compiled first."""
+    info(f"RustNg plugin swap latency: {SWAP_CACHED} with a cached module, {SWAP_NEW_MODULE} with a new one")
+    base = FILTER_WASM.read_bytes()
+    module = sup.workdir / "swap-0.wasm"
+    module.write_bytes(base)
+    conf = sup.workdir / "rustng-swap.yaml"
+    write_swap_config(conf, module, "t0")
+    svc = sup.start("rustng-swap", [str(sup.settings.rustng), "run", "-c", str(conf), "--no-watch"],
+                    sup.settings.proxy_cpu)
+    results: dict[str, list[float]] = {"cached": [], "new_module": []}
+    try:
+        wait_ready(svc, RUSTNG_MEMORY_PORT, http=True)
+        conn = socket.create_connection((HOST, RUSTNG_MEMORY_PORT), timeout=5)
+        try:
+            for i in range(1, SWAP_CACHED + SWAP_NEW_MODULE + 1):
+                kind = "cached" if i <= SWAP_CACHED else "new_module"
+                tag = f"t{i}"
+                if kind == "new_module":
+                    module = sup.workdir / f"swap-{i}.wasm"
+                    module.write_bytes(base + wasm_custom_section(tag.encode()))
+                write_swap_config(conf, module, tag)
+                started = time.monotonic()
+                os.kill(svc.pid, signal.SIGHUP)
+                while True:
+                    conn.sendall(REQUEST)
+                    status, headers, _ = read_response_full(conn)
+                    if headers.get("x-filter-tag") == tag:
+                        break
+                    if time.monotonic() - started > 10:
+                        raise BenchError(f"swap {i} not served within 10 s (last status {status})")
+                    time.sleep(0.0005)
+                results[kind].append((time.monotonic() - started) * 1000)
+        finally:
+            conn.close()
+        check_alive(svc, "during the swap test")
+    finally:
+        sup.stop(svc)
+    summary = {}
+    for kind, values in results.items():
+        values.sort()
+        summary[kind] = {"swaps": len(values), "p50_ms": percentile(values, 50),
+                         "p99_ms": percentile(values, 99), "max_ms": values[-1] if values else None}
+    return summary
+
+
+def swap_markdown(swap: dict | None) -> list[str]:
+    if not swap:
+        return []
+    out = ["### RustNg plugin swap latency (config change -> first request on the new generation)", "",
+           "| module | swaps | p50 | p99 | max |", "|---|---:|---:|---:|---:|"]
+    for kind, label in (("cached", "cached (configuration change)"), ("new_module", "new module (compiled)")):
+        r = swap.get(kind)
+        if r:
+            out.append(f"| {label} | {r['swaps']} | {fmt(r['p50_ms'], '.1f', ' ms')} "
+                       f"| {fmt(r['p99_ms'], '.1f', ' ms')} | {fmt(r['max_ms'], '.1f', ' ms')} |")
+    out += ["", "Goal: cached p99 < 50 ms.", ""]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # Filter scenario summary
 
 
@@ -1491,7 +1607,7 @@ def main(argv: list[str]) -> int:
     sup = Supervisor(workdir, s)
     results: list[dict] = []
     failures: list[str] = []
-    memory = plugin_memory = None
+    memory = plugin_memory = swap = None
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
@@ -1508,6 +1624,11 @@ def main(argv: list[str]) -> int:
             except (BenchError, OSError) as e:
                 failures.append(f"RustNg memory per plugin instance: {e}")
                 warn(f"RustNg memory per plugin instance failed: {e}")
+            try:
+                swap = bench_swap_latency(sup)
+            except (BenchError, OSError) as e:
+                failures.append(f"RustNg plugin swap latency: {e}")
+                warn(f"RustNg plugin swap latency failed: {e}")
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
@@ -1555,8 +1676,10 @@ def main(argv: list[str]) -> int:
                           "mtime": dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds"),
                           "configuration": FILTER_TAG}
     report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory,
-              "wasm_filter_summary": summary, "rustng_plugin_memory": plugin_memory, "failures": failures}
+              "wasm_filter_summary": summary, "rustng_plugin_memory": plugin_memory,
+              "rustng_swap_latency": swap, "failures": failures}
     print(markdown(results, memory, meta, summary, plugin_memory))
+    print("\n".join(swap_markdown(swap)))
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")
     if failures:

@@ -9,7 +9,7 @@ use std::sync::Arc;
     reason = "taken when a module is compiled (load, reload), never on a request"
 )]
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
@@ -32,10 +32,15 @@ pub struct WasmEngine {
 /// plugins, or pushed again) is compiled once per process. With a cache directory, wasmtime
 /// also keeps the machine code on disk, keyed by the module and the compiler's settings, so a
 /// restart (or the next binary, after an upgrade) skips compiling too.
+///
+/// Bounded to [`KEPT_MODULES`], the least recently used going first: a process that gets
+/// module pushes for months must not keep every module it ever saw. Plugins hold their own
+/// handle to their module, so eviction only costs a compile if an evicted module comes back.
 #[derive(Default)]
 struct CompiledModules {
     #[allow(clippy::disallowed_types, reason = "see the use above")]
-    by_digest: Mutex<HashMap<[u8; 32], Module>>,
+    by_digest: Mutex<HashMap<[u8; 32], (Module, u64)>>,
+    uses: AtomicU64,
     hits: AtomicUsize,
     misses: AtomicUsize,
     disk: Option<Cache>,
@@ -74,6 +79,9 @@ impl Default for EngineLimits {
         }
     }
 }
+
+/// Modules kept compiled in memory (see [`CompiledModules`]).
+const KEPT_MODULES: usize = 64;
 
 /// Go's runtime declares function tables larger than wasmtime's pooling default (20,000).
 const TABLE_ELEMENTS: usize = 100_000;
@@ -142,12 +150,14 @@ impl WasmEngine {
     pub(crate) fn module(&self, bytes: &[u8]) -> Result<Module, WasmError> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let compiled = &self.compiled;
-        if let Some(module) = compiled
+        let tick = compiled.uses.fetch_add(1, Ordering::Relaxed);
+        if let Some((module, last_use)) = compiled
             .by_digest
             .lock()
             .map_err(|_| WasmError::Runtime("module cache poisoned".into()))?
-            .get(&digest)
+            .get_mut(&digest)
         {
+            *last_use = tick;
             compiled.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(module.clone());
         }
@@ -155,11 +165,19 @@ impl WasmEngine {
         let module =
             Module::new(&self.engine, bytes).map_err(|e| WasmError::Invalid(format!("{e:#}")))?;
         compiled.misses.fetch_add(1, Ordering::Relaxed);
-        compiled
+        let mut by_digest = compiled
             .by_digest
             .lock()
-            .map_err(|_| WasmError::Runtime("module cache poisoned".into()))?
-            .insert(digest, module.clone());
+            .map_err(|_| WasmError::Runtime("module cache poisoned".into()))?;
+        if by_digest.len() >= KEPT_MODULES
+            && let Some(oldest) = by_digest
+                .iter()
+                .min_by_key(|(_, (_, last_use))| *last_use)
+                .map(|(digest, _)| *digest)
+        {
+            by_digest.remove(&oldest);
+        }
+        by_digest.insert(digest, (module.clone(), tick));
         Ok(module)
     }
 

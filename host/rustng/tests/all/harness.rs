@@ -29,6 +29,11 @@ impl Rustng {
     }
 
     pub(crate) fn start_at(config: &str, addr: SocketAddr) -> Rustng {
+        Self::start_with_args(config, addr, &[])
+    }
+
+    /// [`Rustng::start_at`] with more `rustng run` arguments.
+    pub(crate) fn start_with_args(config: &str, addr: SocketAddr, args: &[&str]) -> Rustng {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config.replace("{listen}", &addr.to_string());
         let config_path = dir.path().join("rustng.yaml");
@@ -38,6 +43,7 @@ impl Rustng {
             .arg("run")
             .arg("-c")
             .arg(&config_path)
+            .args(args)
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -70,6 +76,32 @@ impl Rustng {
             self.addr,
             self.log()
         );
+    }
+
+    /// Replaces the config file (`{listen}` as at start); a watching rustng picks it up.
+    /// Written to a temporary name and renamed, as editors and config tools do, so a reader
+    /// never sees half a file.
+    pub(crate) fn write_config(&self, config: &str) {
+        let config = config.replace("{listen}", &self.addr.to_string());
+        let temporary = self.dir.path().join(".rustng.yaml.tmp");
+        std::fs::write(&temporary, config).expect("write config");
+        std::fs::rename(&temporary, self.dir.path().join("rustng.yaml")).expect("rename config");
+    }
+
+    /// Sends SIGHUP: re-read the config file.
+    pub(crate) fn sighup(&self) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .expect("kill -HUP");
+        assert!(status.success());
+    }
+
+    /// How many times `needle` occurs in the log so far.
+    pub(crate) fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
     }
 
     /// Everything rustng wrote to stdout and stderr so far.

@@ -17,6 +17,7 @@ mod h1_upstream;
 mod limits;
 mod plugins;
 mod proxying;
+mod reload;
 mod routing;
 mod stock_filters;
 mod tcp;

@@ -9,7 +9,7 @@ use crate::client::{self, send};
 use crate::harness::Rustng;
 use crate::origin::Origin;
 
-fn module(name: &str) -> std::path::PathBuf {
+pub(crate) fn module(name: &str) -> std::path::PathBuf {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
         "../../filters/target/wasm32-wasip1/release/{name}.wasm"
     ));
