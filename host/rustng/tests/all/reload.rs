@@ -518,3 +518,118 @@ async fn a_plugin_rolls_back_to_a_kept_generation_and_a_config_to_a_kept_version
     shutdown.shutdown();
     running.join().expect("server thread").expect("server");
 }
+
+/// A module whose root callbacks do what the test asks: `vm_start` and `configure` are the
+/// bodies of `proxy_on_vm_start` and `proxy_on_configure` (each must leave an i32);
+/// `abi: false` leaves out the ABI version export.
+fn canary_module(
+    dir: &std::path::Path,
+    name: &str,
+    abi: bool,
+    vm_start: &str,
+    configure: &str,
+) -> std::path::PathBuf {
+    let abi = if abi {
+        r#"(func (export "proxy_abi_version_0_2_1"))"#
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
+    (local.get $p))
+  {abi}
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) {vm_start})
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) {configure})
+)"#
+    );
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_str(&text).expect("wat")).expect("write module");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_generation_that_fails_its_canary_is_refused_and_the_old_one_serves() {
+    let origin = Origin::start("o").await;
+    let dir = tempfile::tempdir().expect("modules dir");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let good = stamped(&module("headers"), "g1", origin.addr, "15s");
+    let proxy = Rustng::start_with_args(&good, addr, &["--no-watch"]);
+    let client = client::http1();
+    let stamp = |reply: client::Reply| {
+        reply
+            .headers
+            .get("x-generation")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let cases = [
+        (
+            "no-abi",
+            canary_module(
+                dir.path(),
+                "no-abi",
+                false,
+                "(i32.const 1)",
+                "(i32.const 1)",
+            ),
+            "proxy_abi_version",
+        ),
+        (
+            "refuses",
+            canary_module(
+                dir.path(),
+                "refuses",
+                true,
+                "(i32.const 1)",
+                "(i32.const 0)",
+            ),
+            "configur",
+        ),
+        (
+            "traps",
+            canary_module(dir.path(), "traps", true, "unreachable", "(i32.const 1)"),
+            "unreachable",
+        ),
+        (
+            "loops",
+            canary_module(
+                dir.path(),
+                "loops",
+                true,
+                "(i32.const 1)",
+                "(loop $l (br $l)) (i32.const 1)",
+            ),
+            "deadline",
+        ),
+    ];
+    for (refused, (name, path, reason)) in cases.iter().enumerate() {
+        let before = proxy.log_count("config refused");
+        proxy.write_config(&stamped(path, name, origin.addr, "15s"));
+        proxy.sighup();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while proxy.log_count("config refused") == before {
+            assert!(
+                Instant::now() < deadline,
+                "{name} was not refused:\n{}",
+                proxy.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(proxy.log_count("config refused"), refused + 1);
+        let log = proxy.log().to_lowercase();
+        assert!(
+            log.contains(reason),
+            "{name}: no {reason:?} in the reason:\n{log}"
+        );
+        assert_eq!(stamp(client::get(&client, &proxy.url("/echo")).await), "g1");
+    }
+    assert!(!proxy.log().contains("config reloaded"), "{}", proxy.log());
+}
