@@ -91,6 +91,21 @@ fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
     let config = rustng_runtime_config::from_yaml_at(&document.text, document.base_dir.as_deref())
         .with_context(|| format!("invalid config {}", path.display()))?;
     let _log_guard = logging::init(&config.log)?;
+    // Handlers are installed before any socket is bound: a SIGHUP sent as soon as the proxy
+    // accepts must reload it, not kill it (the default action).
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    let handlers = {
+        let _entered = signals.enter();
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        )
+    };
     let admin = config.admin.clone();
     let server = rustng_core::Server::bind_document(config, document)?;
     // Kept for the process's life: the admin thread serves until exit.
@@ -103,7 +118,7 @@ fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
     let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("rustng-signals".into())
-        .spawn(move || wait_for_signals(shutdown, controller, &path, watch))
+        .spawn(move || wait_for_signals(signals, handlers, shutdown, controller, &path, watch))
         .context("starting the signal thread")?;
     server.run()?;
     tracing::info!("rustng stopped");
@@ -112,32 +127,21 @@ fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
 
 /// SIGTERM and SIGINT start a graceful shutdown (a second one is not needed, drain is
 /// bounded); SIGHUP and changes to the config file reload it.
+type Handlers = (
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+    tokio::signal::unix::Signal,
+);
+
 fn wait_for_signals(
+    runtime: tokio::runtime::Runtime,
+    (mut term, mut int, mut hup): Handlers,
     shutdown: rustng_core::ShutdownHandle,
     controller: rustng_core::Controller,
     path: &std::path::Path,
     watch: bool,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch signals");
-            return;
-        }
-    };
     runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
         let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
         // Kept until shutdown: dropping it ends the watch.
         let _watcher = if watch {
