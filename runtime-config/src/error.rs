@@ -46,7 +46,7 @@ pub enum ConfigError {
     #[error("{0}")]
     Schema(FieldError),
     /// The document has the right shape but its values do not make sense; every problem found.
-    #[error("{}", join(.0))]
+    #[error("{}", render_errors(.0))]
     Invalid(Vec<FieldError>),
 }
 
@@ -61,7 +61,8 @@ impl ConfigError {
     }
 }
 
-fn join(errors: &[FieldError]) -> String {
+/// Field errors one per line, as `path: message`.
+pub fn render_errors(errors: &[FieldError]) -> String {
     errors
         .iter()
         .map(ToString::to_string)

@@ -10,7 +10,7 @@ pub mod raw;
 mod types;
 mod validate;
 
-pub use error::{ConfigError, FieldError};
+pub use error::{ConfigError, FieldError, render_errors};
 pub use types::{
     Admin, CertificateConfig, Cluster, Config, DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy,
     HttpOptions, LbPolicy, Listener, ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig,

@@ -173,7 +173,7 @@ pub enum CoreError {
     },
     /// The config could not be prepared (plugins, TLS material, sockets): every problem with
     /// the path of its field.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", rustng_runtime_config::render_errors(.0))]
     Refused(Vec<rustng_runtime_config::FieldError>),
     /// The state directory could not be opened.
     #[error("state_dir {}: {source}", path.display())]

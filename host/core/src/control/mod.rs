@@ -73,7 +73,7 @@ pub struct Applied {
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The config is invalid or could not be prepared; nothing changed.
-    #[error("config refused:\n{}", join(.0))]
+    #[error("config refused:\n{}", rustng_runtime_config::render_errors(.0))]
     Refused(Vec<FieldError>),
     /// A worker could not run the new version; the previous one runs again.
     #[error("applying failed ({reason}); version {restored} restored")]
@@ -110,14 +110,6 @@ impl ApplyError {
             _ => &[],
         }
     }
-}
-
-fn join(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 pub(crate) enum Command {
@@ -473,8 +465,7 @@ impl ControlState {
         next: &[ListenerSpec],
         running: &[ListenerSpec],
     ) -> Result<Vec<HashMap<String, std::net::TcpListener>>, Vec<FieldError>> {
-        let mut per_worker: Vec<HashMap<String, std::net::TcpListener>> =
-            (0..self.workers).map(|_| HashMap::new()).collect();
+        let mut per_worker = self.no_sockets();
         let mut errors = Vec::new();
         for (index, spec) in next.iter().enumerate() {
             let l = &spec.config;
@@ -555,30 +546,16 @@ impl ControlState {
                     other => ApplyError::Refused(other.field_errors().to_vec()),
                 })?;
         let restart_required = Self::restart_required(&running.config, &config);
-        let version = self.records.last().map_or(running.version, |r| r.version) + 1;
+        let version = self.next_version(&running);
         let prepared = self.prepare(config, version).map_err(ApplyError::Refused)?;
         let Prepared {
             snapshot,
             sockets,
             plugins,
         } = prepared;
-        let snapshot = Arc::new(snapshot);
-        let failed = self.publish(&snapshot, sockets).await;
-        if !failed.is_empty() {
-            let reason = format!("plugin instances did not start: {}", failed.join(", "));
-            tracing::error!(version, %reason, "restoring the previous version");
-            // The workers that switched get the running version back; sockets for listeners
-            // the failed version moved are bound again.
-            let sockets = self
-                .bind_new(&running.listeners, &snapshot.listeners)
-                .unwrap_or_else(|_| (0..self.workers).map(|_| HashMap::new()).collect());
-            drop(snapshot);
-            let _ = self.publish(&running, sockets).await;
-            return Err(ApplyError::Restored {
-                reason,
-                restored: running.version,
-            });
-        }
+        let snapshot = self
+            .publish_or_restore(&running, Arc::new(snapshot), sockets)
+            .await?;
         self.plugins.commit(&plugins);
         self.current.store(snapshot);
         for field in &restart_required {
@@ -591,6 +568,41 @@ impl ControlState {
             changed: true,
             restart_required,
         })
+    }
+
+    /// Publishes `snapshot`; if a worker cannot start one of its plugin instances, publishes
+    /// `running` again (binding anew the sockets of listeners `snapshot` moved) and says so.
+    async fn publish_or_restore(
+        &self,
+        running: &Arc<Snapshot>,
+        snapshot: Arc<Snapshot>,
+        sockets: Vec<HashMap<String, std::net::TcpListener>>,
+    ) -> Result<Arc<Snapshot>, ApplyError> {
+        let failed = self.publish(&snapshot, sockets).await;
+        if failed.is_empty() {
+            return Ok(snapshot);
+        }
+        let reason = format!("plugin instances did not start: {}", failed.join(", "));
+        tracing::error!(version = snapshot.version, %reason, "restoring the previous version");
+        let sockets = self
+            .bind_new(&running.listeners, &snapshot.listeners)
+            .unwrap_or_else(|_| self.no_sockets());
+        drop(snapshot);
+        let _ = self.publish(running, sockets).await;
+        Err(ApplyError::Restored {
+            reason,
+            restored: running.version,
+        })
+    }
+
+    /// No new sockets for any worker.
+    fn no_sockets(&self) -> Vec<HashMap<String, std::net::TcpListener>> {
+        (0..self.workers).map(|_| HashMap::new()).collect()
+    }
+
+    /// The number the next applied version gets.
+    fn next_version(&self, running: &Snapshot) -> u64 {
+        self.records.last().map_or(running.version, |r| r.version) + 1
     }
 
     /// Sends a version to every worker and waits until all run it; returns the plugins whose
@@ -680,7 +692,7 @@ impl ControlState {
         let Some(target) = self.plugins.generation(&plugin, generation) else {
             return Err(ApplyError::UnknownGeneration { plugin, generation });
         };
-        let version = self.records.last().map_or(running.version, |r| r.version) + 1;
+        let version = self.next_version(&running);
         let mut plugins = running.plugins.clone();
         plugins.insert(plugin.clone(), target);
         let snapshot = Arc::new(Snapshot {
@@ -689,17 +701,9 @@ impl ControlState {
             listeners: running.listeners.clone(),
             plugins: plugins.clone(),
         });
-        let no_sockets = || (0..self.workers).map(|_| HashMap::new()).collect();
-        let failed = self.publish(&snapshot, no_sockets()).await;
-        if !failed.is_empty() {
-            let reason = format!("plugin instances did not start: {}", failed.join(", "));
-            drop(snapshot);
-            let _ = self.publish(&running, no_sockets()).await;
-            return Err(ApplyError::Restored {
-                reason,
-                restored: running.version,
-            });
-        }
+        let snapshot = self
+            .publish_or_restore(&running, snapshot, self.no_sockets())
+            .await?;
         self.plugins.commit(&PreparedPlugins { chosen: plugins });
         self.current.store(snapshot);
         tracing::info!(version, plugin, generation, "plugin rolled back");

@@ -89,20 +89,24 @@ async fn an_envoy_rust_sdk_filter_runs_unchanged() {
 
 /// Traps on paths starting `/b`, loops forever on `/l`, adds 60 KB headers until the host
 /// refuses one (then traps, as an SDK would) on `/h`, passes the rest.
+/// A bump allocator exported as `malloc`, for the hand-written test modules: the host only
+/// allocates a few small buffers per test.
+pub(crate) const BUMP_MALLOC: &str = r#"(global $heap (mut i32) (i32.const 4096))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
+    (local.get $p))"#;
+
 fn hostile_module(dir: &std::path::Path) -> PathBuf {
-    let wasm = wat::parse_str(
+    let wasm = wat::parse_str(format!(
         r#"(module
   (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 2)
   (data (i32.const 16) ":path")
   (data (i32.const 32) "x-flood")
-  (global $heap (mut i32) (i32.const 4096))
-  (func (export "malloc") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
-    (local.get $p))
+  {malloc}
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
@@ -120,7 +124,8 @@ fn hostile_module(dir: &std::path::Path) -> PathBuf {
         unreachable))
     (i32.const 0))
 )"#,
-    )
+        malloc = BUMP_MALLOC
+    ))
     .expect("wat");
     let path = dir.join("hostile.wasm");
     std::fs::write(&path, wasm).expect("write module");
@@ -267,19 +272,15 @@ fn trapping_module(dir: &std::path::Path, phase: &str) -> PathBuf {
         let result = if result { "(result i32)" } else { "" };
         format!("  (func (export \"{name}\") {params} {result} {body})\n")
     };
-    let mut text = String::from(
+    let mut text = format!(
         r#"(module
   (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
-  (func (export "malloc") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
-    (local.get $p))
+  {malloc}
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
 "#,
+        malloc = BUMP_MALLOC
     );
     text += &callback("proxy_on_request_headers", "(param i32 i32 i32)", true);
     text += &callback("proxy_on_request_body", "(param i32 i32 i32)", true);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::client::{self, HttpClient};
 use crate::harness::{Rustng, free_port};
 use crate::origin::Origin;
+use crate::plugins::BUMP_MALLOC;
 use crate::stock_filters::module;
 
 /// A config with one listener sending everything to `cluster` (one of `a` and `b`), and
@@ -49,6 +50,29 @@ async fn wait_for_origin(client: &HttpClient, proxy: &Rustng, origin: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls `done` until it holds, for at most five seconds; `what` names it in the failure.
+async fn eventually(proxy: &Rustng, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} never happened:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The generation stamp a response carries (see [`stamped`]).
+fn stamp_of(reply: client::Reply) -> String {
+    reply
+        .headers
+        .get("x-generation")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,15 +144,10 @@ async fn listeners_come_and_go_and_sighup_reloads_an_unwatched_file() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(std::net::TcpStream::connect(second).is_err());
     proxy.sighup();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(second).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "second listener never opened:\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&proxy, "the second listener opening", || {
+        std::net::TcpStream::connect(second).is_ok()
+    })
+    .await;
     let reply = client::get(&client, &format!("http://{second}/echo")).await;
     assert_eq!(reply.json()["origin"], "b");
     assert_eq!(
@@ -140,15 +159,10 @@ async fn listeners_come_and_go_and_sighup_reloads_an_unwatched_file() {
     // Removed again: the port closes, the other listener is untouched.
     proxy.write_config(&base);
     proxy.sighup();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(second).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "second listener never closed:\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&proxy, "the second listener closing", || {
+        std::net::TcpStream::connect(second).is_err()
+    })
+    .await;
     assert_eq!(answering(&client, &proxy).await, "a");
     // SIGHUP with an unchanged file makes no new version.
     proxy.sighup();
@@ -449,19 +463,11 @@ async fn a_plugin_rolls_back_to_a_kept_generation_and_a_config_to_a_kept_version
     let running = std::thread::spawn(move || server.run());
     let client = client::http1();
     let url = format!("http://127.0.0.1:{port}/echo");
-    let stamp = |reply: client::Reply| {
-        reply
-            .headers
-            .get("x-generation")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    assert_eq!(stamp(client::get(&client, &url).await), "g1");
+    assert_eq!(stamp_of(client::get(&client, &url).await), "g1");
 
     let applied = controller.apply(document("g2")).await.expect("apply");
     assert_eq!(applied.version, 2);
-    assert_eq!(stamp(client::get(&client, &url).await), "g2");
+    assert_eq!(stamp_of(client::get(&client, &url).await), "g2");
     let unchanged = controller.apply(document("g2")).await.expect("apply");
     assert!(!unchanged.changed);
 
@@ -471,7 +477,7 @@ async fn a_plugin_rolls_back_to_a_kept_generation_and_a_config_to_a_kept_version
         .await
         .expect("rollback");
     assert_eq!(rolled.version, 3);
-    assert_eq!(stamp(client::get(&client, &url).await), "g1");
+    assert_eq!(stamp_of(client::get(&client, &url).await), "g1");
     let generations = controller.plugins().await;
     assert_eq!(generations.len(), 2);
     assert!(
@@ -490,7 +496,7 @@ async fn a_plugin_rolls_back_to_a_kept_generation_and_a_config_to_a_kept_version
     // The whole config back to version 2: a new version 4 running g2 again.
     let back = controller.rollback(2).await.expect("rollback");
     assert_eq!(back.version, 4);
-    assert_eq!(stamp(client::get(&client, &url).await), "g2");
+    assert_eq!(stamp_of(client::get(&client, &url).await), "g2");
     assert!(matches!(
         controller.rollback(99).await,
         Err(rustng_core::ApplyError::UnknownVersion(99))
@@ -513,7 +519,7 @@ async fn a_plugin_rolls_back_to_a_kept_generation_and_a_config_to_a_kept_version
         "listeners[0].default_cluster"
     );
     assert_eq!(controller.version(), 4);
-    assert_eq!(stamp(client::get(&client, &url).await), "g2");
+    assert_eq!(stamp_of(client::get(&client, &url).await), "g2");
 
     shutdown.shutdown();
     running.join().expect("server thread").expect("server");
@@ -537,17 +543,13 @@ fn canary_module(
     let text = format!(
         r#"(module
   (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 4096))
-  (func (export "malloc") (param $size i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
-    (local.get $p))
+  {malloc}
   {abi}
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) {vm_start})
   (func (export "proxy_on_configure") (param i32 i32) (result i32) {configure})
-)"#
+)"#,
+        malloc = BUMP_MALLOC
     );
     let path = dir.join(format!("{name}.wasm"));
     std::fs::write(&path, wat::parse_str(&text).expect("wat")).expect("write module");
@@ -562,14 +564,6 @@ async fn a_new_generation_that_fails_its_canary_is_refused_and_the_old_one_serve
     let good = stamped(&module("headers"), "g1", origin.addr, "15s");
     let proxy = Rustng::start_with_args(&good, addr, &["--no-watch"]);
     let client = client::http1();
-    let stamp = |reply: client::Reply| {
-        reply
-            .headers
-            .get("x-generation")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
     let cases = [
         (
             "no-abi",
@@ -614,22 +608,20 @@ async fn a_new_generation_that_fails_its_canary_is_refused_and_the_old_one_serve
         let before = proxy.log_count("config refused");
         proxy.write_config(&stamped(path, name, origin.addr, "15s"));
         proxy.sighup();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while proxy.log_count("config refused") == before {
-            assert!(
-                Instant::now() < deadline,
-                "{name} was not refused:\n{}",
-                proxy.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&proxy, &format!("refusing {name}"), || {
+            proxy.log_count("config refused") > before
+        })
+        .await;
         assert_eq!(proxy.log_count("config refused"), refused + 1);
         let log = proxy.log().to_lowercase();
         assert!(
             log.contains(reason),
             "{name}: no {reason:?} in the reason:\n{log}"
         );
-        assert_eq!(stamp(client::get(&client, &proxy.url("/echo")).await), "g1");
+        assert_eq!(
+            stamp_of(client::get(&client, &proxy.url("/echo")).await),
+            "g1"
+        );
     }
     assert!(!proxy.log().contains("config reloaded"), "{}", proxy.log());
 }
