@@ -42,7 +42,7 @@ impl RateLimitConfig {
         let config: RateLimitConfig =
             serde_json::from_slice(bytes).map_err(|e| format!("local rate limit: {e}"))?;
         let b = &config.token_bucket;
-        let fill_interval = parse_duration(&b.fill_interval).ok_or_else(|| {
+        let fill_interval = rustng_sdk::duration::parse(&b.fill_interval).ok_or_else(|| {
             format!(
                 "token_bucket.fill_interval: \"{}\" is not a duration like 1s or 100ms",
                 b.fill_interval
@@ -62,18 +62,6 @@ impl RateLimitConfig {
             fill_interval,
         };
         Ok((config, bucket))
-    }
-}
-
-fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
-        _ => None,
     }
 }
 

@@ -404,16 +404,9 @@ fn query_parameter(query: &str, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// Envoy's duration text (`2s`, `0.5s`), or milliseconds (`250ms`); never zero.
+/// A positive duration in Envoy's text (`2s`, `0.5s`, `250ms`).
 fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let duration = if let Some(ms) = text.strip_suffix("ms") {
-        Duration::from_millis(ms.parse().ok()?)
-    } else {
-        let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
-        (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))?
-    };
-    (!duration.is_zero()).then_some(duration)
+    rustng_sdk::duration::parse(text).filter(|duration| !duration.is_zero())
 }
 
 fn strip_port(authority: &str) -> &str {

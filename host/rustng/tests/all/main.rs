@@ -14,6 +14,7 @@ mod cli;
 mod conformance;
 mod grpc;
 mod h1_upstream;
+mod jwt_authn;
 mod limits;
 mod plugins;
 mod proxying;
