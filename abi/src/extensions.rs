@@ -14,6 +14,28 @@ pub const ROUTE_CLUSTER: &str = "rustng.route.cluster";
 /// text that is not a number leaves the cluster's timeout.
 pub const ROUTE_TIMEOUT_MS: &str = "rustng.route.timeout_ms";
 
+/// Retries for this request (Envoy's `RetryPolicy.retry_on`): a comma-separated list of
+/// `5xx`, `gateway-error`, `reset`, `connect-failure`, `refused-stream`, `retriable-4xx`,
+/// `retriable-status-codes`. Set, it turns retries on; unknown names are skipped.
+pub const ROUTE_RETRY_ON: &str = "rustng.route.retry_on";
+
+/// How many retries at most (decimal text, default 1, at most 10).
+pub const ROUTE_NUM_RETRIES: &str = "rustng.route.num_retries";
+
+/// How long each attempt may wait for the response head, in milliseconds; the route's timeout
+/// (`rustng.route.timeout_ms`, else the cluster's) still bounds all attempts together.
+pub const ROUTE_PER_TRY_TIMEOUT_MS: &str = "rustng.route.per_try_timeout_ms";
+
+/// The statuses `retriable-status-codes` retries, comma-separated (`"503,429"`).
+pub const ROUTE_RETRIABLE_STATUS_CODES: &str = "rustng.route.retriable_status_codes";
+
+/// The back-off's base interval in milliseconds (default 25): the wait before retry `n` is
+/// random in `[0, base * 2^(n-1))`, capped by the max interval.
+pub const ROUTE_RETRY_BASE_INTERVAL_MS: &str = "rustng.route.retry_base_interval_ms";
+
+/// The back-off's cap in milliseconds (default ten times the base interval).
+pub const ROUTE_RETRY_MAX_INTERVAL_MS: &str = "rustng.route.retry_max_interval_ms";
+
 /// Whether the property `path` (segments joined by NUL, as the guest sent it) names `name`
 /// (dotted), in either spelling.
 pub fn property_is(path: &[u8], name: &str) -> bool {

@@ -86,10 +86,14 @@ impl HttpContext for Router {
                 path,
                 authority,
                 timeout,
+                retry,
             } => {
                 let _ = rustng_sdk::route::set_cluster(&cluster);
                 if let Some(timeout) = timeout {
                     let _ = rustng_sdk::route::set_timeout(timeout);
+                }
+                if !retry.is_empty() {
+                    let _ = rustng_sdk::route::set_properties(retry);
                 }
                 if let Some(path) = path {
                     self.set_http_request_header(":path", Some(&path));

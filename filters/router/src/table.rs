@@ -23,6 +23,8 @@ pub struct VirtualHost {
     /// `example.com`, `*.example.com` (any subdomain), `*` (any host). Ports are ignored.
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+    /// For routes without their own.
+    pub retry_policy: Option<RetryPolicyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +74,76 @@ pub struct RouteAction {
     /// How long the upstream may take to start its response (`2s`, `0.5s`, `250ms`), instead
     /// of the cluster's `timeout`.
     pub timeout: Option<String>,
+    pub retry_policy: Option<RetryPolicyConfig>,
+    /// The retry policy (the route's, else its virtual host's) as the properties the core
+    /// reads, rendered once when the table is read.
+    #[serde(skip)]
+    pub retry_properties: Vec<(&'static str, String)>,
+}
+
+/// Envoy's `RetryPolicy` fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicyConfig {
+    pub retry_on: String,
+    pub num_retries: Option<u32>,
+    pub per_try_timeout: Option<String>,
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u16>,
+    pub retry_back_off: Option<RetryBackOff>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOff {
+    pub base_interval: String,
+    pub max_interval: Option<String>,
+}
+
+/// The conditions the core retries on (Envoy's names).
+const RETRY_ON: [&str; 7] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "refused-stream",
+    "retriable-4xx",
+    "retriable-status-codes",
+];
+
+impl RetryPolicyConfig {
+    /// The checked policy; `at` names the field in errors.
+    fn compile(&self, at: &str) -> Result<rustng_sdk::route::RetryPolicy, String> {
+        for condition in self.retry_on.split(',').map(str::trim) {
+            if !RETRY_ON.contains(&condition) {
+                return Err(format!(
+                    "{at}.retry_on: \"{condition}\" is not one of {}",
+                    RETRY_ON.join(", ")
+                ));
+            }
+        }
+        let duration = |text: &Option<String>, field: &str| match text {
+            None => Ok(None),
+            Some(text) => parse_duration(text).map(Some).ok_or_else(|| {
+                format!("{at}.{field}: \"{text}\" is not a duration like 2s or 250ms")
+            }),
+        };
+        let back_off = self.retry_back_off.as_ref();
+        Ok(rustng_sdk::route::RetryPolicy {
+            retry_on: self.retry_on.clone(),
+            num_retries: self.num_retries,
+            per_try_timeout: duration(&self.per_try_timeout, "per_try_timeout")?,
+            retriable_status_codes: self.retriable_status_codes.clone(),
+            base_interval: duration(
+                &back_off.map(|b| b.base_interval.clone()),
+                "retry_back_off.base_interval",
+            )?,
+            max_interval: duration(
+                &back_off.and_then(|b| b.max_interval.clone()),
+                "retry_back_off.max_interval",
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,13 +224,15 @@ pub struct DataSource {
 
 /// What the router decided for a request.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<'a> {
     /// Send to `cluster`, with the path and authority rewritten when set.
     Forward {
         cluster: String,
         path: Option<String>,
         authority: Option<String>,
         timeout: Option<Duration>,
+        /// `rustng.route.*` retry properties, empty without a retry policy.
+        retry: &'a [(&'static str, String)],
     },
     /// Answer with a redirect to `location`.
     Redirect { status: u16, location: String },
@@ -184,10 +258,16 @@ impl RouteConfiguration {
     /// Parses and checks the table: every route has exactly one action, a match with a path
     /// condition, and weights that add up to more than zero.
     pub fn parse(bytes: &[u8]) -> Result<RouteConfiguration, String> {
-        let table: RouteConfiguration =
+        let mut table: RouteConfiguration =
             serde_json::from_slice(bytes).map_err(|e| format!("route configuration: {e}"))?;
-        for host in &table.virtual_hosts {
-            for (i, route) in host.routes.iter().enumerate() {
+        for host in &mut table.virtual_hosts {
+            let host_retries = match &host.retry_policy {
+                Some(policy) => {
+                    Some(policy.compile(&format!("virtual_hosts[{}].retry_policy", host.name))?)
+                }
+                None => None,
+            };
+            for (i, route) in host.routes.iter_mut().enumerate() {
                 let at = format!("virtual_hosts[{}].routes[{i}]", host.name);
                 let actions = usize::from(route.route.is_some())
                     + usize::from(route.redirect.is_some())
@@ -225,13 +305,20 @@ impl RouteConfiguration {
                         return Err(format!("{at}.route.weighted_clusters: weights add up to 0"));
                     }
                 }
+                if let Some(action) = &mut route.route {
+                    let retries = match &action.retry_policy {
+                        Some(policy) => Some(policy.compile(&format!("{at}.route.retry_policy"))?),
+                        None => host_retries.clone(),
+                    };
+                    action.retry_properties = retries.map(|r| r.properties()).unwrap_or_default();
+                }
             }
         }
         Ok(table)
     }
 
     /// The decision for `request`; `random` picks among weighted clusters.
-    pub fn decide(&self, request: &RequestView<'_>, random: u32) -> Decision {
+    pub fn decide(&self, request: &RequestView<'_>, random: u32) -> Decision<'_> {
         let host = strip_port(request.authority).to_ascii_lowercase();
         let Some(virtual_host) = self.virtual_host(&host) else {
             return Decision::NotFound;
@@ -284,6 +371,7 @@ impl RouteConfiguration {
             path,
             authority: action.host_rewrite_literal.clone(),
             timeout: action.timeout.as_deref().and_then(parse_duration),
+            retry: &action.retry_properties,
         }
     }
 
@@ -452,8 +540,17 @@ mod tests {
       ]}
     ]}"#;
 
-    fn decide(authority: &str, path: &str, headers: &[(&str, &str)], random: u32) -> Decision {
-        let table = RouteConfiguration::parse(TABLE.as_bytes()).expect("valid table");
+    static PARSED: std::sync::LazyLock<RouteConfiguration> = std::sync::LazyLock::new(|| {
+        RouteConfiguration::parse(TABLE.as_bytes()).expect("valid table")
+    });
+
+    fn decide(
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        random: u32,
+    ) -> Decision<'static> {
+        let table = &*PARSED;
         let headers: Vec<(String, String)> = headers
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -475,12 +572,13 @@ mod tests {
         )
     }
 
-    fn forward(cluster: &str) -> Decision {
+    fn forward(cluster: &str) -> Decision<'_> {
         Decision::Forward {
             cluster: cluster.into(),
             path: None,
             authority: None,
             timeout: None,
+            retry: &[],
         }
     }
 
@@ -498,6 +596,7 @@ mod tests {
                 path: Some("/users?x=1".into()),
                 authority: Some("v1.internal".into()),
                 timeout: Some(Duration::from_millis(1500)),
+                retry: &[],
             }
         );
         // Another method falls through to the catch-all of the same host.
@@ -552,6 +651,7 @@ mod tests {
                 path: Some("/list/instance/users?all=1".into()),
                 authority: None,
                 timeout: None,
+                retry: &[],
             }
         );
         // The whole path must match: no partial matches.
@@ -601,5 +701,60 @@ mod tests {
         assert!(bad_regex.is_err_and(|e| e.starts_with("route configuration: ")));
         let unknown = RouteConfiguration::parse(br#"{"virtual_hosts": [], "extra": 1}"#);
         assert!(unknown.is_err_and(|e| e.contains("unknown field")));
+    }
+
+    #[test]
+    fn retry_policies_become_route_properties() {
+        let table = RouteConfiguration::parse(
+            br#"{"virtual_hosts": [{"name": "v", "domains": ["*"],
+              "retry_policy": {"retry_on": "connect-failure"},
+              "routes": [
+                {"match": {"prefix": "/own"}, "route": {"cluster": "a", "retry_policy": {
+                  "retry_on": "5xx,retriable-status-codes", "num_retries": 3, "per_try_timeout": "0.25s",
+                  "retriable_status_codes": [429], "retry_back_off": {"base_interval": "10ms", "max_interval": "1s"}}}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "b"}}
+              ]}]}"#,
+        )
+        .expect("table");
+        let props = |path: &str| {
+            let view = RequestView {
+                authority: "x",
+                path,
+                scheme: "http",
+                header: &|_| None,
+            };
+            match table.decide(&view, 0) {
+                Decision::Forward { retry, .. } => retry.to_vec(),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            props("/own"),
+            vec![
+                (
+                    "rustng.route.retry_on",
+                    "5xx,retriable-status-codes".to_owned()
+                ),
+                ("rustng.route.num_retries", "3".to_owned()),
+                ("rustng.route.per_try_timeout_ms", "250".to_owned()),
+                ("rustng.route.retriable_status_codes", "429".to_owned()),
+                ("rustng.route.retry_base_interval_ms", "10".to_owned()),
+                ("rustng.route.retry_max_interval_ms", "1000".to_owned()),
+            ]
+        );
+        // The virtual host's policy for routes without their own.
+        assert_eq!(
+            props("/else"),
+            vec![("rustng.route.retry_on", "connect-failure".to_owned())]
+        );
+        let bad = RouteConfiguration::parse(
+            br#"{"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "route": {"cluster": "a", "retry_policy": {"retry_on": "5xx,sometimes"}}}]}]}"#,
+        )
+        .expect_err("unknown condition");
+        assert!(
+            bad.contains("virtual_hosts[v].routes[0].route.retry_policy.retry_on: \"sometimes\""),
+            "{bad}"
+        );
     }
 }

@@ -28,7 +28,9 @@ use crate::headers;
 use crate::listener::ListenerRt;
 use crate::proxy::{local_answer, local_error, protocol_name, response_version};
 use crate::tunnel;
-use crate::upstream::{BoxLocal as _, ClusterRt, Outgoing, RequestBody};
+use crate::upstream::{
+    BoxLocal as _, ClusterRt, Outgoing, RequestBody, RetryPolicy, send_with_retries,
+};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
 
@@ -167,8 +169,27 @@ impl Pending {
             body: Some(body),
             timeout: routed_timeout(&filters),
         };
-        let sent = cluster.send(&mut outgoing).await;
-        drop(outgoing);
+        let retries = RetryPolicy::from_properties(&filters.borrow().stream.properties);
+        let sent = match retries {
+            None => {
+                let sent = cluster.send(&mut outgoing).await;
+                drop(outgoing);
+                sent
+            }
+            // Boxed: retries are per route, and their state would otherwise grow every
+            // request's future.
+            Some(policy) => {
+                let route_timeout = outgoing.timeout.unwrap_or(cluster.config().timeout);
+                Box::pin(send_with_retries(
+                    &cluster,
+                    outgoing,
+                    &policy,
+                    route_timeout,
+                    limit,
+                ))
+                .await
+            }
+        };
         // A body filter that answered while the request went out wins over the upstream's
         // error.
         let answered = filters.borrow_mut().answer.take();

@@ -251,11 +251,10 @@ impl JwksServer {
                         }
                         let body = body.clone();
                         async move {
-                            let response = http::Response::builder()
+                            http::Response::builder()
                                 .status(if found { 200 } else { 404 })
                                 .header("content-type", "application/json")
-                                .body(Full::new(if found { body } else { Bytes::new() }));
-                            response
+                                .body(Full::new(if found { body } else { Bytes::new() }))
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

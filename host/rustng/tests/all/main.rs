@@ -19,6 +19,7 @@ mod limits;
 mod plugins;
 mod proxying;
 mod reload;
+mod retries;
 mod routing;
 mod stock_filters;
 mod tcp;
