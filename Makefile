@@ -37,7 +37,7 @@ filters: modules
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	test -z "$$(gofmt -l wasm-tests/go)" || { gofmt -l wasm-tests/go; exit 1; }
+	test -z "$$(gofmt -l wasm-tests/go sdk/go)" || { gofmt -l wasm-tests/go sdk/go; exit 1; }
 	for m in $(WASM_WORKSPACES); do \
 	  $(CARGO) fmt --manifest-path $$m --all -- --check && \
 	  $(CARGO) clippy --manifest-path $$m --target wasm32-wasip1 -- -D warnings || exit 1; \

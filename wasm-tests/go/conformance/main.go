@@ -13,6 +13,7 @@ import (
 
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm"
 	"github.com/proxy-wasm/proxy-wasm-go-sdk/proxywasm/types"
+	"github.com/rustng/rustng/sdk/go/route"
 )
 
 const upstream = "backend"
@@ -71,6 +72,16 @@ func (r *report) bytes(name string, value []byte, err error) {
 
 func (s *stream) OnHttpRequestHeaders(int, bool) types.Action {
 	path, _ := proxywasm.GetHttpRequestHeader(":path")
+	if rest, ok := strings.CutPrefix(path, "/route/"); ok {
+		// RustNg's routing helpers (sdk/go): /route/<cluster>/... goes to that cluster, with
+		// two retries on 5xx. Envoy ignores these properties.
+		cluster, _, _ := strings.Cut(rest, "/")
+		if route.SetCluster(cluster) != nil || route.SetRetryPolicy(route.RetryPolicy{RetryOn: "5xx", NumRetries: 2}) != nil {
+			proxywasm.SendHttpResponse(500, nil, []byte("route properties refused"), -1)
+			return types.ActionPause
+		}
+		return types.ActionContinue
+	}
 	if rest, ok := strings.CutPrefix(path, "/pass/"); ok {
 		s.kase, _, _ = strings.Cut(rest, "/")
 		return s.pass()

@@ -30,8 +30,8 @@ pub(crate) fn conformance_wasm(name: &str) -> PathBuf {
 }
 
 pub(crate) const RUST_SDK: &str = "wasm32-wasip1/release/conformance.wasm";
-const GO_SDK: &str = "go-conformance.wasm";
-const ASSEMBLYSCRIPT_SDK: &str = "as-conformance.wasm";
+pub(crate) const GO_SDK: &str = "go-conformance.wasm";
+pub(crate) const ASSEMBLYSCRIPT_SDK: &str = "as-conformance.wasm";
 
 /// Both hosts, running the conformance module with `configuration`.
 struct Hosts {

@@ -238,3 +238,40 @@ async fn a_body_larger_than_the_buffer_limit_is_sent_once_whole() {
     assert_eq!(reply.body.len(), body.len());
     assert_eq!(upstream.requests(), 1);
 }
+
+/// The routing helpers of sdk/go and sdk/assemblyscript, used by the Go and AssemblyScript
+/// conformance filters on `/route/<cluster>/...`: they name the cluster and two retries on 5xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_and_assemblyscript_filters_route_and_retry_through_the_sdk_helpers() {
+    use crate::conformance::{ASSEMBLYSCRIPT_SDK, GO_SDK, conformance_wasm};
+    use Behaviour::*;
+    for sdk in [GO_SDK, ASSEMBLYSCRIPT_SDK] {
+        let upstream = Scripted::start(&[Status(503), Status(200)]).await;
+        let proxy = Rustng::start(&format!(
+            "workers: 1
+plugins:
+  - name: sdk
+    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    http_filters: [sdk]
+clusters:
+  - name: flaky
+    endpoints: [{{ address: '{upstream}' }}]
+",
+            module = conformance_wasm(sdk).display(),
+            upstream = upstream.addr,
+        ));
+        // No default cluster: only the helper's property routes the request.
+        let reply = post(&proxy, "/route/flaky/x", "body").await;
+        assert_eq!(reply.status, 200, "{sdk}: {}", reply.text());
+        assert_eq!(reply.text(), "body", "{sdk}");
+        assert_eq!(upstream.requests(), 2, "{sdk}: one retry after the 503");
+        assert_eq!(
+            post(&proxy, "/route/nowhere/x", "").await.status,
+            503,
+            "{sdk}"
+        );
+    }
+}

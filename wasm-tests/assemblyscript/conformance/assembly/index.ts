@@ -9,7 +9,8 @@ import {
   RootContext, Context, registerRootContext, FilterHeadersStatusValues, stream_context,
   send_local_response, GrpcStatusValues, HeaderPair, Headers, log, LogLevelValues,
 } from "@solo-io/proxy-runtime";
-import { get_property, get_buffer_bytes, BufferTypeValues } from "@solo-io/proxy-runtime/runtime";
+import { get_property, get_buffer_bytes, BufferTypeValues, WasmResultValues } from "@solo-io/proxy-runtime/runtime";
+import { setCluster, setRetryPolicy, RetryPolicy } from "@rustng/sdk";
 
 class ConformanceRoot extends RootContext {
   createContext(context_id: u32): Context {
@@ -39,6 +40,21 @@ class Conformance extends Context {
 
   onRequestHeaders(_headers: u32, _end_of_stream: bool): FilterHeadersStatusValues {
     let path = stream_context.headers.request.get(":path");
+    if (path.startsWith("/route/")) {
+      // RustNg's routing helpers (sdk/assemblyscript): /route/<cluster>/... goes to that
+      // cluster, with two retries on 5xx. Envoy ignores these properties.
+      let rest = path.substring(7);
+      let slash = rest.indexOf("/");
+      let policy = new RetryPolicy();
+      policy.retryOn = "5xx";
+      policy.numRetries = 2;
+      if (setCluster(slash < 0 ? rest : rest.substring(0, slash)) != WasmResultValues.Ok
+          || setRetryPolicy(policy) != WasmResultValues.Ok) {
+        send_local_response(500, "", String.UTF8.encode("route properties refused"), [], GrpcStatusValues.Unknown);
+        return FilterHeadersStatusValues.StopIteration;
+      }
+      return FilterHeadersStatusValues.Continue;
+    }
     if (path.startsWith("/pass/add-header/")) {
       this.kase = "add-header";
       stream_context.headers.request.add("x-as-sdk", "added");
