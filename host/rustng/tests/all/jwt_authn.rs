@@ -33,7 +33,7 @@ fn key(alg: Algorithm) -> EncodingKey {
 }
 
 /// The public JWKS of the three test keys, kids `rsa`, `ec` and `hmac`.
-fn jwks() -> String {
+pub(crate) fn jwks() -> String {
     let keys = [
         (Algorithm::RS256, "rsa"),
         (Algorithm::ES256, "ec"),
@@ -56,13 +56,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn token(alg: Algorithm, kid: &str, claims: Value) -> String {
+pub(crate) fn token(alg: Algorithm, kid: &str, claims: Value) -> String {
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(&header, &claims, &key(alg)).expect("sign")
 }
 
-fn claims(sub: &str) -> Value {
+pub(crate) fn claims(sub: &str) -> Value {
     json!({ "iss": ISSUER, "aud": "api", "sub": sub, "exp": now() + 300,
             "groups": ["admin", "dev"] })
 }
@@ -218,9 +218,9 @@ async fn missing_and_bad_tokens_are_refused_with_envoys_answers() {
 }
 
 /// A JWKS server on 127.0.0.1 that counts its fetches.
-struct JwksServer {
-    addr: SocketAddr,
-    fetches: Arc<AtomicUsize>,
+pub(crate) struct JwksServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) fetches: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -231,7 +231,7 @@ impl Drop for JwksServer {
 }
 
 impl JwksServer {
-    async fn start(body: String) -> JwksServer {
+    pub(crate) async fn start(body: String) -> JwksServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

@@ -625,3 +625,204 @@ async fn a_new_generation_that_fails_its_canary_is_refused_and_the_old_one_serve
     }
     assert!(!proxy.log().contains("config reloaded"), "{}", proxy.log());
 }
+
+/// The JWT filter with a remote JWKS (its per-instance cache is the state under test), a
+/// backend with `timeout`, and the filter's `cache_duration`.
+fn jwt_config(backend: SocketAddr, auth: SocketAddr, timeout: &str, cache: &str) -> String {
+    format!(
+        "workers: 1
+plugins:
+  - name: jwt
+    vm_config: {{ code: {{ local: {{ filename: {jwt} }} }} }}
+    configuration:
+      providers:
+        test:
+          remote_jwks:
+            http_uri: {{ uri: 'http://auth.test/.well-known/jwks.json', cluster: auth, timeout: 2s }}
+            cache_duration: {cache}
+          claim_to_headers: [{{ header_name: x-sub, claim_name: sub }}]
+      rules: [{{ match: {{ prefix: / }}, requires: {{ provider_name: test }} }}]
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [jwt]
+clusters:
+  - name: backend
+    timeout: {timeout}
+    endpoints: [{{ address: {backend} }}]
+  - name: auth
+    endpoints: [{{ address: {auth} }}]
+",
+        jwt = module("jwt_authn").display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_change_keeps_plugin_instances_and_their_state() {
+    use crate::jwt_authn::{JwksServer, claims, jwks, token};
+    let origin = Origin::start("o").await;
+    let auth = JwksServer::start(jwks()).await;
+    let proxy = Rustng::start(&jwt_config(origin.addr, auth.addr, "15s", "300s"));
+    let bearer = format!(
+        "Bearer {}",
+        token(jsonwebtoken::Algorithm::RS256, "rsa", claims("erin"))
+    );
+    let client = client::http1();
+    let verified = |proxy: &Rustng| {
+        let request = http::Request::get(proxy.url("/echo"))
+            .header("authorization", bearer.clone())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request");
+        client::send(&client, request)
+    };
+    assert_eq!(verified(&proxy).await.json()["headers"]["x-sub"][0], "erin");
+    assert_eq!(auth.fetches.load(Ordering::SeqCst), 1);
+
+    // A cluster setting changes, the plugin does not: same instance, same JWKS cache.
+    proxy.write_config(&jwt_config(origin.addr, auth.addr, "14s", "300s"));
+    eventually(&proxy, "the cluster change", || {
+        proxy.log_count("config reloaded") == 1
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(verified(&proxy).await.status, 200);
+    }
+    assert_eq!(
+        auth.fetches.load(Ordering::SeqCst),
+        1,
+        "the kept instance still has its keys"
+    );
+
+    // The plugin's own configuration changes: a new generation starts with an empty cache.
+    proxy.write_config(&jwt_config(origin.addr, auth.addr, "14s", "301s"));
+    eventually(&proxy, "the plugin change", || {
+        proxy.log_count("config reloaded") == 2
+    })
+    .await;
+    assert_eq!(verified(&proxy).await.status, 200);
+    assert_eq!(auth.fetches.load(Ordering::SeqCst), 2);
+}
+
+/// A plugin whose instances each fill 16 MiB of their memory in `proxy_on_vm_start`; `mark`
+/// makes each module different (a new generation).
+fn memory_hog(dir: &std::path::Path, mark: u32) -> std::path::PathBuf {
+    let text = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  {malloc}
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (memory.grow (i32.const 256)))
+    (memory.fill (i32.const 65536) (i32.const {fill}) (i32.const 16777216))
+    (i32.const 1))
+)"#,
+        malloc = BUMP_MALLOC,
+        fill = mark % 250 + 1,
+    );
+    let path = dir.join(format!("hog-{mark}.wasm"));
+    std::fs::write(&path, wat::parse_str(&text).expect("wat")).expect("write module");
+    path
+}
+
+fn hog_config(module: &std::path::Path, origin: SocketAddr) -> String {
+    format!(
+        "workers: 2
+plugins:
+  - name: hog
+    vm_config: {{ code: {{ local: {{ filename: {module} }} }} }}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [hog]
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+",
+        module = module.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_generations_give_their_memory_back() {
+    let origin = Origin::start("o").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proxy = Rustng::start(&hog_config(&memory_hog(dir.path(), 0), origin.addr));
+    let client = client::http1();
+    assert_eq!(client::get(&client, &proxy.url("/echo")).await.status, 200);
+    let before = proxy.rss_kib();
+    // Twenty generations, each holding 2 × 16 MiB on the workers (and 16 MiB in its canary):
+    // kept, they would add about a gigabyte.
+    for mark in 1..=20 {
+        proxy.write_config(&hog_config(&memory_hog(dir.path(), mark), origin.addr));
+        eventually(&proxy, "the new generation", || {
+            proxy.log_count("config reloaded") == mark as usize
+        })
+        .await;
+        assert_eq!(client::get(&client, &proxy.url("/echo")).await.status, 200);
+    }
+    let after = proxy.rss_kib();
+    assert!(
+        after < before + 160 * 1024,
+        "RSS went from {before} KiB to {after} KiB over 20 generations"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_start_the_new_generation_gets_the_old_one_back() {
+    let origin = Origin::start("o").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = module("headers");
+    let proxy = Rustng::start(&stamped(&module, "old", origin.addr, "15s"));
+    let client = client::http1();
+    assert_eq!(
+        stamp_of(client::get(&client, &proxy.url("/echo")).await),
+        "old"
+    );
+    // The first instance of this module (the canary) starts; every later one (the workers')
+    // finds the mark the canary left in shared data and refuses to start.
+    let once = dir.path().join("once.wasm");
+    let text = format!(
+        r#"(module
+  (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "started-once")
+  {malloc}
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (if (result i32)
+      (i32.eqz (call $get (i32.const 16) (i32.const 12) (i32.const 64) (i32.const 68) (i32.const 72)))
+      (then (i32.const 0))
+      (else
+        (drop (call $set (i32.const 16) (i32.const 12) (i32.const 16) (i32.const 1) (i32.const 0)))
+        (i32.const 1))))
+)"#,
+        malloc = BUMP_MALLOC
+    );
+    std::fs::write(&once, wat::parse_str(&text).expect("wat")).expect("write module");
+    proxy.write_config(&stamped(&once, "new", origin.addr, "15s"));
+    eventually(&proxy, "the restore", || {
+        proxy.log_count("restoring the previous version") == 1
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            stamp_of(client::get(&client, &proxy.url("/echo")).await),
+            "old"
+        );
+    }
+    // And the process takes the next good version as usual.
+    proxy.write_config(&stamped(&module, "next", origin.addr, "15s"));
+    eventually(&proxy, "the next version", || {
+        proxy.log_count("config reloaded") == 1
+    })
+    .await;
+    assert_eq!(
+        stamp_of(client::get(&client, &proxy.url("/echo")).await),
+        "next"
+    );
+}
