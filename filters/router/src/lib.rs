@@ -67,15 +67,11 @@ impl HttpContext for Router {
             .get_http_request_header(":authority")
             .unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        let scheme = self
-            .get_http_request_header(":scheme")
-            .unwrap_or_else(|| "http".to_owned());
         let header = |name: &str| self.get_http_request_header(name);
         let decision = self.settings.table.decide(
             &RequestView {
                 authority: &authority,
                 path: &path,
-                scheme: &scheme,
                 header: &header,
             },
             self.next_random(),
@@ -88,7 +84,7 @@ impl HttpContext for Router {
                 timeout,
                 retry,
             } => {
-                let _ = rustng_sdk::route::set_cluster(&cluster);
+                let _ = rustng_sdk::route::set_cluster(cluster);
                 if let Some(timeout) = timeout {
                     let _ = rustng_sdk::route::set_timeout(timeout);
                 }

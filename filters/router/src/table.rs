@@ -227,7 +227,7 @@ pub struct DataSource {
 pub enum Decision<'a> {
     /// Send to `cluster`, with the path and authority rewritten when set.
     Forward {
-        cluster: String,
+        cluster: &'a str,
         path: Option<String>,
         authority: Option<String>,
         timeout: Option<Duration>,
@@ -248,8 +248,6 @@ pub struct RequestView<'a> {
     pub authority: &'a str,
     /// `:path` with its query.
     pub path: &'a str,
-    /// `https` or `http`.
-    pub scheme: &'a str,
     /// A request header by lowercase name (`:method` included).
     pub header: &'a dyn Fn(&str) -> Option<String>,
 }
@@ -261,6 +259,15 @@ impl RouteConfiguration {
         let mut table: RouteConfiguration =
             serde_json::from_slice(bytes).map_err(|e| format!("route configuration: {e}"))?;
         for host in &mut table.virtual_hosts {
+            // Matching compares lowercase text without converting per request.
+            for domain in &mut host.domains {
+                domain.make_ascii_lowercase();
+            }
+            for route in &mut host.routes {
+                for matcher in &mut route.matcher.headers {
+                    matcher.name.make_ascii_lowercase();
+                }
+            }
             let host_retries = match &host.retry_policy {
                 Some(policy) => {
                     Some(policy.compile(&format!("virtual_hosts[{}].retry_policy", host.name))?)
@@ -319,7 +326,13 @@ impl RouteConfiguration {
 
     /// The decision for `request`; `random` picks among weighted clusters.
     pub fn decide(&self, request: &RequestView<'_>, random: u32) -> Decision<'_> {
-        let host = strip_port(request.authority).to_ascii_lowercase();
+        let host = strip_port(request.authority);
+        // Clients almost always send lowercase hosts: allocate only when one does not.
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        };
         let Some(virtual_host) = self.virtual_host(&host) else {
             return Decision::NotFound;
         };
@@ -342,10 +355,11 @@ impl RouteConfiguration {
             };
         }
         if let Some(redirect) = &route.redirect {
+            // Only redirects need the scheme: fetched here, not for every request.
             let scheme = if redirect.https_redirect {
-                "https"
+                "https".to_owned()
             } else {
-                request.scheme
+                (request.header)(":scheme").unwrap_or_else(|| "http".to_owned())
             };
             let host = redirect
                 .host_redirect
@@ -361,7 +375,7 @@ impl RouteConfiguration {
             return Decision::NotFound;
         };
         let cluster = match (&action.cluster, &action.weighted_clusters) {
-            (Some(cluster), _) => cluster.clone(),
+            (Some(cluster), _) => cluster.as_str(),
             (None, Some(weighted)) => pick(&weighted.clusters, random),
             (None, None) => return Decision::NotFound,
         };
@@ -382,16 +396,15 @@ impl RouteConfiguration {
                 .iter()
                 .flat_map(|v| v.domains.iter().map(move |d| (v, d)))
         };
-        if let Some((v, _)) = domains().find(|(_, d)| d.eq_ignore_ascii_case(host)) {
+        // Domains are lowercase since `parse`.
+        if let Some((v, _)) = domains().find(|(_, d)| *d == host) {
             return Some(v);
         }
         let suffix = domains()
             .filter_map(|(v, d)| {
                 let suffix = d.strip_prefix('*')?;
-                (!suffix.is_empty()
-                    && host.len() > suffix.len()
-                    && host.ends_with(&suffix.to_ascii_lowercase()))
-                .then_some((v, suffix.len()))
+                (!suffix.is_empty() && host.len() > suffix.len() && host.ends_with(suffix))
+                    .then_some((v, suffix.len()))
             })
             .max_by_key(|(_, len)| *len);
         if let Some((v, _)) = suffix {
@@ -416,7 +429,12 @@ fn rewritten_path(route: &Route, action: &RouteAction, full: &str) -> Option<Str
             .as_deref()
             .or(route.matcher.path.as_deref())
             .map_or(path.len(), str::len);
-        format!("{rewrite}{}", &path[matched.min(path.len())..])
+        let rest = &path[matched.min(path.len())..];
+        let mut rewritten =
+            String::with_capacity(rewrite.len() + rest.len() + full.len() - path.len());
+        rewritten.push_str(rewrite);
+        rewritten.push_str(rest);
+        rewritten
     } else if let Some(rewrite) = &action.regex_rewrite {
         let substitution = envoy_substitution(&rewrite.substitution);
         rewrite
@@ -427,10 +445,12 @@ fn rewritten_path(route: &Route, action: &RouteAction, full: &str) -> Option<Str
     } else {
         return None;
     };
-    Some(match query {
-        Some(query) => format!("{rewritten}?{query}"),
-        None => rewritten,
-    })
+    let mut rewritten = rewritten;
+    if let Some(query) = query {
+        rewritten.push('?');
+        rewritten.push_str(query);
+    }
+    Some(rewritten)
 }
 
 /// Envoy's (RE2's) `\1` group references in the syntax of `regex_lite` (`${1}`).
@@ -462,7 +482,7 @@ impl RouteMatch {
             && self
                 .headers
                 .iter()
-                .all(|m| m.holds(header(&m.name.to_ascii_lowercase()).as_deref()))
+                .all(|m| m.holds(header(&m.name).as_deref()))
             && self
                 .query_parameters
                 .iter()
@@ -507,16 +527,16 @@ fn strip_port(authority: &str) -> &str {
         .map_or(authority, |(host, _)| host)
 }
 
-fn pick(clusters: &[ClusterWeight], random: u32) -> String {
+fn pick(clusters: &[ClusterWeight], random: u32) -> &str {
     let total: u64 = clusters.iter().map(|c| u64::from(c.weight)).sum();
     let mut point = u64::from(random) % total.max(1);
     for cluster in clusters {
         if point < u64::from(cluster.weight) {
-            return cluster.name.clone();
+            return &cluster.name;
         }
         point -= u64::from(cluster.weight);
     }
-    clusters.last().map(|c| c.name.clone()).unwrap_or_default()
+    clusters.last().map_or("", |c| c.name.as_str())
 }
 
 #[cfg(test)]
@@ -565,7 +585,6 @@ mod tests {
             &RequestView {
                 authority,
                 path,
-                scheme: "http",
                 header: &lookup,
             },
             random,
@@ -592,7 +611,7 @@ mod tests {
                 0
             ),
             Decision::Forward {
-                cluster: "v1".into(),
+                cluster: "v1",
                 path: Some("/users?x=1".into()),
                 authority: Some("v1.internal".into()),
                 timeout: Some(Duration::from_millis(1500)),
@@ -647,7 +666,7 @@ mod tests {
         assert_eq!(
             decide("other.test", "/service/users/list?all=1", &[], 0),
             Decision::Forward {
-                cluster: "svc".into(),
+                cluster: "svc",
                 path: Some("/list/instance/users?all=1".into()),
                 authority: None,
                 timeout: None,
@@ -720,7 +739,6 @@ mod tests {
             let view = RequestView {
                 authority: "x",
                 path,
-                scheme: "http",
                 header: &|_| None,
             };
             match table.decide(&view, 0) {

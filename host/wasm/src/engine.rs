@@ -109,6 +109,11 @@ impl WasmEngine {
         config.epoch_interruption(true);
         config.cranelift_opt_level(OptLevel::Speed);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `perf` cannot name JIT-compiled guest functions on its own; with a perf map
+        // (`/tmp/perf-<pid>.map`) a profile shows which filter function the time goes to.
+        if std::env::var_os("RUSTNG_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let disk = match &limits.cache_dir {
             Some(dir) => {
                 let mut cache = CacheConfig::new();
