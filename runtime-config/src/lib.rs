@@ -12,9 +12,9 @@ mod validate;
 
 pub use error::{ConfigError, FieldError, render_errors};
 pub use types::{
-    Admin, CertificateConfig, Cluster, Config, DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy,
-    HttpOptions, LbPolicy, Listener, ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig,
-    UpstreamProtocol,
+    Admin, AdminAuth, AdminJwt, AdminJwtKey, CertificateConfig, Cluster, Config,
+    DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
+    ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig, UpstreamProtocol,
 };
 pub use validate::validate;
 

@@ -33,12 +33,43 @@ pub struct RawConfig {
     pub state_dir: Option<String>,
 }
 
-/// `admin` — the operators' HTTP endpoint (`/metrics`, `/health`).
+/// `admin` — the operators' HTTP endpoint (`/metrics`, `/health`, the `/v1` API).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     /// Where it listens. Default: `127.0.0.1:9901` (loopback: it is not for clients).
     pub address: Option<String>,
+    /// Who may call the `/v1` API; without it, only `/health`, `/ready` and `/metrics` answer.
+    pub auth: Option<RawAdminAuth>,
+    /// Where every mutation is recorded as a JSON line (relative: to the config file).
+    /// Default: `<state_dir>/audit.jsonl`, or in memory only without a state directory.
+    pub audit_log: Option<String>,
+}
+
+/// `admin.auth` — bearer tokens from a file, and/or JWTs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminAuth {
+    /// YAML file: `tokens: [{ name, role: read|admin, token | token_sha256 }]`.
+    pub tokens_file: Option<String>,
+    /// JWTs signed by an identity provider.
+    pub jwt: Option<RawAdminJwt>,
+}
+
+/// `admin.auth.jwt`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminJwt {
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// One of these must be in `aud`.
+    pub audiences: Vec<String>,
+    /// HS256: a file holding the shared secret (its bytes, trailing newline ignored).
+    pub hs256_secret_file: Option<String>,
+    /// RS256: a PEM file with the public key.
+    pub rs256_public_key_file: Option<String>,
+    /// The claim holding the role (`read` or `admin`). Default `role`.
+    pub role_claim: Option<String>,
 }
 
 /// `wasm` — the runtime all plugins share.
@@ -265,6 +296,24 @@ impl RawConfig {
         };
         if let Some(state_dir) = &mut self.state_dir {
             resolve(state_dir);
+        }
+        if let Some(admin) = &mut self.admin {
+            if let Some(audit) = &mut admin.audit_log {
+                resolve(audit);
+            }
+            if let Some(auth) = &mut admin.auth {
+                if let Some(tokens) = &mut auth.tokens_file {
+                    resolve(tokens);
+                }
+                if let Some(jwt) = &mut auth.jwt {
+                    for file in [&mut jwt.hs256_secret_file, &mut jwt.rs256_public_key_file]
+                        .into_iter()
+                        .flatten()
+                    {
+                        resolve(file);
+                    }
+                }
+            }
         }
         for plugin in &mut self.plugins {
             resolve(&mut plugin.vm_config.code.local.filename);

@@ -31,6 +31,41 @@ pub struct Config {
 pub struct Admin {
     /// Where it listens.
     pub address: std::net::SocketAddr,
+    /// Who may call the API; `None`: nobody (only health, readiness and metrics answer).
+    pub auth: Option<AdminAuth>,
+    /// The audit log's file, when set (or derived from `state_dir`).
+    pub audit_log: Option<PathBuf>,
+}
+
+/// How admin API callers prove who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAuth {
+    /// The bearer tokens file.
+    pub tokens_file: Option<PathBuf>,
+    /// JWT verification.
+    pub jwt: Option<AdminJwt>,
+}
+
+/// JWTs accepted by the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminJwt {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// The verification key.
+    pub key: AdminJwtKey,
+    /// The claim naming the role.
+    pub role_claim: String,
+}
+
+/// Where the admin JWT key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminJwtKey {
+    /// HS256 with the secret in this file.
+    Hs256SecretFile(PathBuf),
+    /// RS256 with the PEM public key in this file.
+    Rs256PublicKeyFile(PathBuf),
 }
 
 /// Where the admin server listens when its section gives no address (Envoy's usual port).

@@ -184,7 +184,17 @@ impl Validator {
                     format!("address {address} is already used by a listener"),
                 );
             }
-            Some(Admin { address })
+            let auth = a.auth.map(|auth| self.admin_auth(auth));
+            let audit_log = a.audit_log.map(PathBuf::from).or_else(|| {
+                raw.state_dir
+                    .as_ref()
+                    .map(|dir| Path::new(dir).join("audit.jsonl"))
+            });
+            Some(Admin {
+                address,
+                auth,
+                audit_log,
+            })
         });
         let state_dir = raw.state_dir.map(PathBuf::from);
         if let Some(dir) = &state_dir
@@ -576,6 +586,45 @@ impl Validator {
                 default
             }
         }
+    }
+
+    fn admin_auth(&mut self, raw: crate::raw::RawAdminAuth) -> AdminAuth {
+        if raw.tokens_file.is_none() && raw.jwt.is_none() {
+            self.error("admin.auth", "needs tokens_file, jwt, or both");
+        }
+        let tokens_file = raw
+            .tokens_file
+            .map(|file| self.readable_file("admin.auth.tokens_file", &file));
+        let jwt = raw.jwt.and_then(|jwt| {
+            if jwt.issuer.is_empty() {
+                self.error("admin.auth.jwt.issuer", "must not be empty");
+            }
+            if jwt.audiences.is_empty() {
+                self.error("admin.auth.jwt.audiences", "at least one audience");
+            }
+            let key = match (jwt.hs256_secret_file, jwt.rs256_public_key_file) {
+                (Some(file), None) => AdminJwtKey::Hs256SecretFile(
+                    self.readable_file("admin.auth.jwt.hs256_secret_file", &file),
+                ),
+                (None, Some(file)) => AdminJwtKey::Rs256PublicKeyFile(
+                    self.readable_file("admin.auth.jwt.rs256_public_key_file", &file),
+                ),
+                _ => {
+                    self.error(
+                        "admin.auth.jwt",
+                        "exactly one of hs256_secret_file, rs256_public_key_file",
+                    );
+                    return None;
+                }
+            };
+            Some(AdminJwt {
+                issuer: jwt.issuer,
+                audiences: jwt.audiences,
+                key,
+                role_claim: jwt.role_claim.unwrap_or_else(|| "role".to_owned()),
+            })
+        });
+        AdminAuth { tokens_file, jwt }
     }
 
     fn readable_file(&mut self, path: &str, file: &str) -> PathBuf {

@@ -1,15 +1,27 @@
-//! RustNg's admin server: an HTTP/1.1 endpoint for operators, apart from the traffic.
+//! RustNg's admin server: health, readiness and metrics for probes and scrapers, and the
+//! authenticated `/v1` API operators and `rustng-ctl` drive a running process with.
 //!
 //! It runs on a thread of its own with its own small runtime, so a slow scrape or a burst of
 //! admin calls never takes time from a worker, and a worker under load never delays
 //! `/health`. It binds loopback unless configured otherwise (`admin.address`).
 //!
-//! Endpoints: `GET /health` (the process is up), `GET /metrics` (Prometheus text). Anything
-//! else is 404, other methods 405.
+//! - Open: `GET /health` (the process is up), `GET /ready` (a config version runs and the
+//!   process is not draining), `GET /metrics` (Prometheus text).
+//! - `read` role: `/debug/vars` and the `/v1` reads; `admin` role: the `/v1` mutations, each
+//!   one audited ([`audit`]). The routes are in [`api`]; docs/ADMIN.md lists them.
 
+pub mod api;
+pub mod audit;
+pub mod auth;
+
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -18,7 +30,73 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustng_core::Telemetry;
+use rustng_core::{Controller, ShutdownHandle, Telemetry};
+use rustng_runtime_config::Admin;
+
+use api::{NoRoute, Outcome, Route};
+use audit::{AuditEntry, AuditLog};
+use auth::{AuthError, Authenticator, Role};
+
+/// Changes the process's log filter at runtime (the binary owns the subscriber).
+pub trait LogLevelControl: Send + Sync {
+    /// The filter now, in `EnvFilter` syntax.
+    fn current(&self) -> String;
+    /// Installs `filter`; the error says why it does not parse.
+    fn set(&self, filter: &str) -> Result<(), String>;
+}
+
+/// What the admin server serves.
+pub struct AdminOptions {
+    /// `admin` from the config.
+    pub admin: Admin,
+    /// Metrics.
+    pub telemetry: Telemetry,
+    /// Config versions and plugin generations.
+    pub controller: Controller,
+    /// Drain, and the draining state for `/ready`.
+    pub shutdown: ShutdownHandle,
+    /// The runtime log level, if the process has one to change.
+    pub log_level: Option<Arc<dyn LogLevelControl>>,
+    /// Where pushed modules are kept.
+    pub state_dir: Option<PathBuf>,
+    /// Worker threads, for `/v1/status`.
+    pub workers: usize,
+}
+
+/// Why the admin server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address could not be bound.
+    #[error("admin address {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The tokens file or JWT key is unusable.
+    #[error("admin.auth: {0}")]
+    Auth(#[from] auth::AuthSetupError),
+    /// The audit log cannot be written.
+    #[error("admin.audit_log: {0}")]
+    Audit(io::Error),
+    /// The thread or its runtime could not start.
+    #[error("admin server: {0}")]
+    Start(io::Error),
+}
+
+/// Everything a request handler reads (one admin thread: `Rc` and `RefCell`).
+pub(crate) struct AdminState {
+    pub(crate) telemetry: Telemetry,
+    pub(crate) controller: Controller,
+    pub(crate) shutdown: ShutdownHandle,
+    pub(crate) log_level: Option<Arc<dyn LogLevelControl>>,
+    pub(crate) auth: Authenticator,
+    pub(crate) audit: RefCell<AuditLog>,
+    pub(crate) state_dir: Option<PathBuf>,
+    pub(crate) started: Instant,
+    pub(crate) workers: usize,
+}
 
 /// Prometheus' text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -29,19 +107,49 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `address` (so a taken port fails the start, with the address in the error) and
-    /// serves on a thread of its own until the process exits.
-    pub fn start(address: SocketAddr, telemetry: Telemetry) -> io::Result<AdminServer> {
+    /// Reads the auth files, opens the audit log and binds the address (so a taken port or
+    /// a bad tokens file fails the start, with the reason), then serves on a thread of its
+    /// own until the process exits.
+    pub fn start(options: AdminOptions) -> Result<AdminServer, AdminError> {
+        let address = options.admin.address;
+        let auth = Authenticator::load(options.admin.auth.as_ref())?;
+        let audit =
+            AuditLog::open(options.admin.audit_log.as_deref()).map_err(AdminError::Audit)?;
         let listener = std::net::TcpListener::bind(address)
-            .map_err(|e| io::Error::new(e.kind(), format!("admin address {address}: {e}")))?;
-        listener.set_nonblocking(true)?;
-        let address = listener.local_addr()?;
+            .map_err(|source| AdminError::Bind { address, source })?;
+        listener.set_nonblocking(true).map_err(AdminError::Start)?;
+        let address = listener.local_addr().map_err(AdminError::Start)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(AdminError::Start)?;
+        let AdminOptions {
+            telemetry,
+            controller,
+            shutdown,
+            log_level,
+            state_dir,
+            workers,
+            ..
+        } = options;
         std::thread::Builder::new()
             .name("rustng-admin".into())
-            .spawn(move || runtime.block_on(serve(listener, telemetry)))?;
+            .spawn(move || {
+                // Built on the admin thread: the state holds `Rc`s.
+                let state = Rc::new(AdminState {
+                    telemetry,
+                    controller,
+                    shutdown,
+                    log_level,
+                    auth,
+                    audit: RefCell::new(audit),
+                    state_dir,
+                    started: Instant::now(),
+                    workers,
+                });
+                runtime.block_on(serve(listener, state))
+            })
+            .map_err(AdminError::Start)?;
         tracing::info!(%address, "admin server listening");
         Ok(AdminServer { address })
     }
@@ -52,7 +160,7 @@ impl AdminServer {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, telemetry: Telemetry) {
+async fn serve(listener: std::net::TcpListener, state: Rc<AdminState>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -71,11 +179,11 @@ async fn serve(listener: std::net::TcpListener, telemetry: Telemetry) {
                         continue;
                     }
                 };
-                let telemetry = telemetry.clone();
+                let state = Rc::clone(&state);
                 tokio::task::spawn_local(async move {
                     let service = service_fn(move |req| {
-                        let response = answer(&req, &telemetry);
-                        async move { Ok::<_, Infallible>(response) }
+                        let state = Rc::clone(&state);
+                        async move { Ok::<_, Infallible>(answer(&state, req).await) }
                     });
                     if let Err(error) = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -90,30 +198,123 @@ async fn serve(listener: std::net::TcpListener, telemetry: Telemetry) {
 }
 
 /// The answer to one admin request.
-fn answer(req: &Request<Incoming>, telemetry: &Telemetry) -> Response<Full<Bytes>> {
-    let known = matches!(req.uri().path(), "/health" | "/metrics");
-    if !known {
-        return text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+async fn answer(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let read = method == Method::GET || method == Method::HEAD;
+    match path.as_str() {
+        "/health" | "/ready" | "/metrics" if !read => {
+            return method_not_allowed("GET, HEAD");
+        }
+        "/health" => return text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/ready" => return ready(state),
+        "/metrics" => {
+            return text(
+                StatusCode::OK,
+                PROMETHEUS_TEXT,
+                state.telemetry.render_prometheus(),
+            );
+        }
+        _ => {}
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut response = text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "method not allowed\n".into(),
+    let route = match Route::parse(&method, &path) {
+        Ok(route) => route,
+        Err(NoRoute::NotFound) => {
+            return json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": "not found" }),
+            );
+        }
+        Err(NoRoute::Method(allowed)) => return method_not_allowed(allowed),
+    };
+    let before = state.controller.version();
+    let audit = |principal: &str, outcome: &Outcome| {
+        if route.is_mutation() {
+            state.audit.borrow_mut().record(AuditEntry {
+                time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                principal: principal.to_owned(),
+                action: format!("{method} {path}"),
+                target: outcome.target.clone().or_else(|| route.target()),
+                version_before: before,
+                version_after: state.controller.version(),
+                result: outcome.result.to_owned(),
+                status: outcome.status.as_u16(),
+                detail: outcome.detail(),
+            });
+        }
+    };
+    let principal = match state.auth.authenticate(req.headers()) {
+        Ok(principal) => principal,
+        Err(error) => {
+            let outcome =
+                Outcome::error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
+            audit("anonymous", &outcome);
+            let mut response = json(outcome.status, &outcome.body);
+            let challenge = match error {
+                AuthError::Invalid(_) => "Bearer realm=\"rustng-admin\", error=\"invalid_token\"",
+                _ => "Bearer realm=\"rustng-admin\"",
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(challenge),
+            );
+            return response;
+        }
+    };
+    if principal.role < route.needs() {
+        let outcome = Outcome::error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            &format!("{} has the read role; this needs admin", principal.name),
         );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-        return response;
+        audit(&principal.name, &outcome);
+        return json(outcome.status, &outcome.body);
     }
-    match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            PROMETHEUS_TEXT,
-            telemetry.render_prometheus(),
-        ),
-        _ => text(StatusCode::OK, "text/plain", "ok\n".into()),
+    debug_assert!(principal.role >= Role::Read);
+    let outcome = api::run(state, route.clone(), &principal, req).await;
+    audit(&principal.name, &outcome);
+    json(outcome.status, &outcome.body)
+}
+
+/// Ready: a version runs and the process is not draining.
+fn ready(state: &AdminState) -> Response<Full<Bytes>> {
+    let version = state.controller.version();
+    if state.shutdown.is_draining() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining\n".into(),
+        );
     }
+    if version == 0 {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "starting\n".into(),
+        );
+    }
+    text(
+        StatusCode::OK,
+        "text/plain",
+        format!("ready (version {version})\n"),
+    )
+}
+
+fn method_not_allowed(allowed: &'static str) -> Response<Full<Bytes>> {
+    let mut response = json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({ "error": "method not allowed" }),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    response
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut text_body = serde_json::to_string_pretty(body).unwrap_or_default();
+    text_body.push('\n');
+    text(status, "application/json", text_body)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

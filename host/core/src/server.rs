@@ -34,6 +34,11 @@ impl ShutdownHandle {
     pub fn shutdown(&self) {
         self.0.send_replace(true);
     }
+
+    /// Whether the shutdown (the drain) has started: not ready for new traffic.
+    pub fn is_draining(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 impl Server {

@@ -90,7 +90,7 @@ fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
     .with_context(|| format!("cannot read {}", path.display()))?;
     let config = rustng_runtime_config::from_yaml_at(&document.text, document.base_dir.as_deref())
         .with_context(|| format!("invalid config {}", path.display()))?;
-    let _log_guard = logging::init(&config.log)?;
+    let (_log_guard, log_level) = logging::init(&config.log)?;
     // Handlers are installed before any socket is bound: a SIGHUP sent as soon as the proxy
     // accepts must reload it, not kill it (the default action).
     let signals = tokio::runtime::Builder::new_current_thread()
@@ -107,10 +107,22 @@ fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
         )
     };
     let admin = config.admin.clone();
+    let state_dir = config.state_dir.clone();
+    let workers = config.workers;
     let server = rustng_core::Server::bind_document(config, document)?;
     // Kept for the process's life: the admin thread serves until exit.
     let _admin = admin
-        .map(|admin| rustng_admin::AdminServer::start(admin.address, server.telemetry()))
+        .map(|admin| {
+            rustng_admin::AdminServer::start(rustng_admin::AdminOptions {
+                admin,
+                telemetry: server.telemetry(),
+                controller: server.controller(),
+                shutdown: server.shutdown_handle(),
+                log_level: Some(log_level),
+                state_dir,
+                workers,
+            })
+        })
         .transpose()
         .context("starting the admin server")?;
     let shutdown = server.shutdown_handle();

@@ -26,7 +26,11 @@ pub enum Origin {
         path: PathBuf,
     },
     /// Pushed through the admin API.
-    Api,
+    Api {
+        /// Who pushed it (the admin API's principal).
+        #[serde(default)]
+        principal: String,
+    },
     /// A rollback to an earlier version's document.
     Rollback {
         /// The version rolled back to.
@@ -47,7 +51,8 @@ impl std::fmt::Display for Origin {
             Origin::Start { path: Some(p) } => write!(f, "start ({})", p.display()),
             Origin::Start { path: None } => f.write_str("start"),
             Origin::File { path } => write!(f, "file ({})", path.display()),
-            Origin::Api => f.write_str("api"),
+            Origin::Api { principal } if principal.is_empty() => f.write_str("api"),
+            Origin::Api { principal } => write!(f, "api ({principal})"),
             Origin::Rollback { to } => write!(f, "rollback to {to}"),
             Origin::PluginRollback { plugin, generation } => {
                 write!(f, "plugin {plugin} back to generation {generation}")

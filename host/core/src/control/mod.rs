@@ -712,7 +712,9 @@ impl ControlState {
         let document = self.running_text.clone().map(|text| ConfigDocument {
             text,
             base_dir: self.records.last().and_then(|r| r.base_dir.clone()),
-            origin: Origin::Api,
+            origin: Origin::Api {
+                principal: String::new(),
+            },
         });
         self.record(
             version,

@@ -35,8 +35,8 @@ pub(crate) struct PreparedPlugins {
 
 impl PluginGenerations {
     /// The generation each plugin of `config` runs: the current one where module bytes and
-    /// settings are unchanged (its instances and state live on), else a new generation,
-    /// compiled and canaried here. Nothing is recorded until [`PluginGenerations::commit`].
+    /// settings are unchanged (its instances and state live on), a kept one that matches, else
+    /// a new generation, compiled and canaried here. Nothing is recorded until [`PluginGenerations::commit`].
     pub(crate) fn prepare(
         &self,
         engine: &WasmEngine,
@@ -60,11 +60,16 @@ impl PluginGenerations {
             };
             let digest: [u8; 32] = Sha256::digest(&bytes).into();
             let history = self.plugins.get(&plugin.name);
-            if let Some(current) = history.and_then(|h| h.kept.back())
-                && current.digest() == &digest
-                && same_settings(current.spec(), plugin)
-            {
-                chosen.insert(plugin.name.clone(), Arc::clone(current));
+            // The current generation when it matches (its instances and state live on), else
+            // a kept one that matches (a rollback, or a push of what ran before): compiled and
+            // canaried already.
+            if let Some(kept) = history.and_then(|h| {
+                h.kept
+                    .iter()
+                    .rev()
+                    .find(|k| k.digest() == &digest && same_settings(k.spec(), plugin))
+            }) {
+                chosen.insert(plugin.name.clone(), Arc::clone(kept));
                 continue;
             }
             let source = PluginSource {

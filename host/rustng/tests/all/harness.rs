@@ -168,6 +168,26 @@ impl Rustng {
     }
 }
 
+impl Rustng {
+    /// Waits up to `timeout` for the process to exit on its own (a drain through the API);
+    /// its status, or `None` if it is still running (it is killed on drop).
+    pub(crate) fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Rustng {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

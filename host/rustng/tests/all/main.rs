@@ -10,6 +10,7 @@ mod envoy;
 mod harness;
 mod origin;
 
+mod admin_api;
 mod cli;
 mod conformance;
 mod grpc;

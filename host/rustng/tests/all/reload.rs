@@ -453,7 +453,9 @@ async fn a_plugin_rolls_back_to_a_kept_generation_and_a_config_to_a_kept_version
         text: stamped(&module, stamp, origin.addr, "15s")
             .replace("{listen}", &format!("127.0.0.1:{port}")),
         base_dir: None,
-        origin: rustng_core::Origin::Api,
+        origin: rustng_core::Origin::Api {
+            principal: "test".into(),
+        },
     };
     let first = document("g1");
     let config = rustng_runtime_config::from_yaml(&first.text).expect("config");
