@@ -31,6 +31,20 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// Where config versions are kept across restarts (relative: to the config file).
     pub state_dir: Option<String>,
+    /// A remote control plane RustNg subscribes to for config versions.
+    pub control_plane: Option<RawControlPlane>,
+}
+
+/// `control_plane` — a gRPC `rustng.control.v1.ControlPlane` server that streams configs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControlPlane {
+    /// `http://host:port` (h2c).
+    pub address: String,
+    /// How this process names itself to the server. Default `rustng`.
+    pub node: Option<String>,
+    /// A file holding the bearer token sent to the server (relative: to the config file).
+    pub token_file: Option<String>,
 }
 
 /// `admin` — the operators' HTTP endpoint (`/metrics`, `/health`, the `/v1` API).
@@ -296,6 +310,13 @@ impl RawConfig {
         };
         if let Some(state_dir) = &mut self.state_dir {
             resolve(state_dir);
+        }
+        if let Some(token) = self
+            .control_plane
+            .as_mut()
+            .and_then(|c| c.token_file.as_mut())
+        {
+            resolve(token);
         }
         if let Some(admin) = &mut self.admin {
             if let Some(audit) = &mut admin.audit_log {

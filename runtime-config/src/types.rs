@@ -24,6 +24,19 @@ pub struct Config {
     /// Where applied config versions are kept, so history survives a restart; `None`: in
     /// memory only.
     pub state_dir: Option<PathBuf>,
+    /// The remote control plane to subscribe to, if any.
+    pub control_plane: Option<ControlPlane>,
+}
+
+/// A remote control plane (gRPC `rustng.control.v1.ControlPlane/Subscribe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlane {
+    /// `http://host:port`.
+    pub address: String,
+    /// This process's name to the server.
+    pub node: String,
+    /// The bearer token's file.
+    pub token_file: Option<PathBuf>,
 }
 
 /// The admin server's settings.

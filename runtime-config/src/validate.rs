@@ -202,7 +202,33 @@ impl Validator {
         {
             self.error("state_dir", "must not be empty");
         }
+        let control_plane = raw.control_plane.map(|c| {
+            let well_formed = c
+                .address
+                .strip_prefix("http://")
+                .and_then(|rest| rest.split('/').next())
+                .is_some_and(|authority| {
+                    authority.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+                    })
+                });
+            if !well_formed {
+                self.error(
+                    "control_plane.address",
+                    format!("\"{}\" is not http://host:port", c.address),
+                );
+            }
+            let token_file = c
+                .token_file
+                .map(|file| self.readable_file("control_plane.token_file", &file));
+            ControlPlane {
+                address: c.address,
+                node: c.node.unwrap_or_else(|| "rustng".to_owned()),
+                token_file,
+            }
+        });
         Config {
+            control_plane,
             workers,
             log,
             listeners,

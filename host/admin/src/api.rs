@@ -238,7 +238,7 @@ pub(crate) async fn run(
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(AUDIT_DEFAULT)
                 .min(AUDIT_MAX);
-            Outcome::ok(json!({ "entries": state.audit.borrow().recent(limit) }))
+            Outcome::ok(json!({ "entries": state.audit.lock().await.recent(limit) }))
         }
         Route::Drain => {
             state.shutdown.shutdown();
@@ -306,7 +306,7 @@ async fn config_get(state: &AdminState) -> Outcome {
 }
 
 /// Where relative paths in a document from the API resolve: the running config's directory.
-async fn base_dir(state: &AdminState) -> Option<PathBuf> {
+pub(crate) async fn base_dir(state: &AdminState) -> Option<PathBuf> {
     running(state).await.and_then(|r| r.base_dir)
 }
 

@@ -13,25 +13,31 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+mod grpc;
+pub mod remote;
 
-use std::cell::RefCell;
+/// The generated `rustng.control.v1` messages, client and server (proto/rustng/control/v1/).
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("rustng.control.v1");
+}
+
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustng_core::{Controller, ShutdownHandle, Telemetry};
 use rustng_runtime_config::Admin;
+use tonic::codegen::Service as _;
 
 use api::{NoRoute, Outcome, Route};
 use audit::{AuditEntry, AuditLog};
@@ -85,14 +91,16 @@ pub enum AdminError {
     Start(io::Error),
 }
 
-/// Everything a request handler reads (one admin thread: `Rc` and `RefCell`).
+/// Everything a request handler reads. Shared with the gRPC service, whose generated code
+/// wants `Send + Sync` state: the audit log sits behind tokio's (async) mutex, taken only by
+/// admin calls, never by traffic.
 pub(crate) struct AdminState {
     pub(crate) telemetry: Telemetry,
     pub(crate) controller: Controller,
     pub(crate) shutdown: ShutdownHandle,
     pub(crate) log_level: Option<Arc<dyn LogLevelControl>>,
     pub(crate) auth: Authenticator,
-    pub(crate) audit: RefCell<AuditLog>,
+    pub(crate) audit: tokio::sync::Mutex<AuditLog>,
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) started: Instant,
     pub(crate) workers: usize,
@@ -135,19 +143,19 @@ impl AdminServer {
         std::thread::Builder::new()
             .name("rustng-admin".into())
             .spawn(move || {
-                // Built on the admin thread: the state holds `Rc`s.
-                let state = Rc::new(AdminState {
+                let state = Arc::new(AdminState {
                     telemetry,
                     controller,
                     shutdown,
                     log_level,
                     auth,
-                    audit: RefCell::new(audit),
+                    audit: tokio::sync::Mutex::new(audit),
                     state_dir,
                     started: Instant::now(),
                     workers,
                 });
-                runtime.block_on(serve(listener, state))
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, serve(listener, state))
             })
             .map_err(AdminError::Start)?;
         tracing::info!(%address, "admin server listening");
@@ -160,7 +168,10 @@ impl AdminServer {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, state: Rc<AdminState>) {
+/// The body of an admin answer: JSON or text from the REST side, or tonic's.
+type AdminBody = Either<Full<Bytes>, tonic::body::Body>;
+
+async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -168,33 +179,49 @@ async fn serve(listener: std::net::TcpListener, state: Rc<AdminState>) {
             return;
         }
     };
-    let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::debug!(%error, "admin accept failed");
-                        continue;
-                    }
-                };
-                let state = Rc::clone(&state);
-                tokio::task::spawn_local(async move {
-                    let service = service_fn(move |req| {
-                        let state = Rc::clone(&state);
-                        async move { Ok::<_, Infallible>(answer(&state, req).await) }
-                    });
-                    if let Err(error) = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(%peer, %error, "admin connection error");
-                    }
-                });
+    let grpc = proto::control_plane_server::ControlPlaneServer::new(grpc::ControlPlaneService {
+        state: Arc::clone(&state),
+    });
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::debug!(%error, "admin accept failed");
+                continue;
             }
-        })
-        .await;
+        };
+        let state = Arc::clone(&state);
+        let grpc = grpc.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let state = Arc::clone(&state);
+            let mut grpc = grpc.clone();
+            async move {
+                // One port, both APIs: gRPC by its content type (HTTP/2), REST otherwise.
+                let is_grpc = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let response: Response<AdminBody> = if is_grpc {
+                    match grpc.call(req).await {
+                        Ok(response) => response.map(Either::Right),
+                        Err(never) => match never {},
+                    }
+                } else {
+                    answer(&state, req).await.map(Either::Left)
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        // Connections run as tasks of the admin thread's runtime (never a worker's).
+        tokio::task::spawn_local(async move {
+            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "admin connection error");
+            }
+        });
+    }
 }
 
 /// The answer to one admin request.
@@ -228,9 +255,9 @@ async fn answer(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
         Err(NoRoute::Method(allowed)) => return method_not_allowed(allowed),
     };
     let before = state.controller.version();
-    let audit = |principal: &str, outcome: &Outcome| {
+    let audit = async |principal: &str, outcome: &Outcome| {
         if route.is_mutation() {
-            state.audit.borrow_mut().record(AuditEntry {
+            state.audit.lock().await.record(AuditEntry {
                 time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 principal: principal.to_owned(),
                 action: format!("{method} {path}"),
@@ -248,7 +275,7 @@ async fn answer(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
         Err(error) => {
             let outcome =
                 Outcome::error(StatusCode::UNAUTHORIZED, "unauthorized", &error.to_string());
-            audit("anonymous", &outcome);
+            audit("anonymous", &outcome).await;
             let mut response = json(outcome.status, &outcome.body);
             let challenge = match error {
                 AuthError::Invalid(_) => "Bearer realm=\"rustng-admin\", error=\"invalid_token\"",
@@ -267,12 +294,12 @@ async fn answer(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byt
             "forbidden",
             &format!("{} has the read role; this needs admin", principal.name),
         );
-        audit(&principal.name, &outcome);
+        audit(&principal.name, &outcome).await;
         return json(outcome.status, &outcome.body);
     }
     debug_assert!(principal.role >= Role::Read);
     let outcome = api::run(state, route.clone(), &principal, req).await;
-    audit(&principal.name, &outcome);
+    audit(&principal.name, &outcome).await;
     json(outcome.status, &outcome.body)
 }
 

@@ -107,6 +107,7 @@ fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
         )
     };
     let admin = config.admin.clone();
+    let control_plane = config.control_plane.clone();
     let state_dir = config.state_dir.clone();
     let workers = config.workers;
     let server = rustng_core::Server::bind_document(config, document)?;
@@ -125,6 +126,10 @@ fn run(path: &std::path::Path, watch: bool) -> anyhow::Result<()> {
         })
         .transpose()
         .context("starting the admin server")?;
+    if let Some(control_plane) = control_plane {
+        rustng_admin::remote::start_subscriber(control_plane, server.controller())
+            .context("starting the control plane subscriber")?;
+    }
     let shutdown = server.shutdown_handle();
     let controller = server.controller();
     let path = path.to_path_buf();

@@ -31,6 +31,11 @@ pub enum Origin {
         #[serde(default)]
         principal: String,
     },
+    /// Streamed by a remote control plane (`control_plane` in the config).
+    ControlPlane {
+        /// The control plane's address.
+        address: String,
+    },
     /// A rollback to an earlier version's document.
     Rollback {
         /// The version rolled back to.
@@ -53,6 +58,7 @@ impl std::fmt::Display for Origin {
             Origin::File { path } => write!(f, "file ({})", path.display()),
             Origin::Api { principal } if principal.is_empty() => f.write_str("api"),
             Origin::Api { principal } => write!(f, "api ({principal})"),
+            Origin::ControlPlane { address } => write!(f, "control plane ({address})"),
             Origin::Rollback { to } => write!(f, "rollback to {to}"),
             Origin::PluginRollback { plugin, generation } => {
                 write!(f, "plugin {plugin} back to generation {generation}")

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use rustng_runtime_config::{Config, FieldError};
 use rustng_wasm::{EngineLimits, PluginHost, UpstreamCheck, WasmEngine};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::CoreError;
 use crate::listener::{self, ConnectionLimit};
@@ -138,6 +138,7 @@ pub struct PluginGenerationInfo {
 pub struct Controller {
     commands: mpsc::UnboundedSender<Command>,
     current: Arc<ArcSwap<Snapshot>>,
+    applied: watch::Receiver<u64>,
 }
 
 impl Controller {
@@ -179,6 +180,12 @@ impl Controller {
         self.ask(Command::Plugins).await.unwrap_or_default()
     }
 
+    /// Changes to the running version's number: each applied version is seen (a slow watcher
+    /// may see only the newest of several), after its record is in the history.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
     /// The version running now.
     pub fn version(&self) -> u64 {
         self.current.load().version
@@ -202,6 +209,8 @@ pub(crate) struct ControlState {
     current: Arc<ArcSwap<Snapshot>>,
     store: Option<VersionStore>,
     records: Vec<VersionRecord>,
+    /// Told every applied version, for watchers (the control plane's `WatchConfig`).
+    applied: watch::Sender<u64>,
     /// The running version's document, to skip re-applying an unchanged file.
     running_text: Option<String>,
     /// The addresses the first version's listeners were bound to (port 0 resolved).
@@ -267,6 +276,7 @@ impl ControlState {
             current: Arc::new(ArcSwap::from_pointee(empty)),
             store,
             records,
+            applied: watch::Sender::new(0),
             running_text: None,
             first_addresses: Vec::new(),
         };
@@ -299,6 +309,7 @@ impl ControlState {
         let controller = Controller {
             commands: commands_tx,
             current: Arc::clone(&state.current),
+            applied: state.applied.subscribe(),
         };
         Ok(Started {
             state,
@@ -525,6 +536,9 @@ impl ControlState {
         if running.state_dir != next.state_dir {
             fields.push("state_dir".to_owned());
         }
+        if running.control_plane != next.control_plane {
+            fields.push("control_plane".to_owned());
+        }
         fields
     }
 
@@ -654,6 +668,7 @@ impl ControlState {
             tracing::warn!(version, %error, "cannot keep the config version on disk");
         }
         history::trim(&mut self.records);
+        self.applied.send_replace(version);
     }
 
     async fn rollback(&mut self, version: u64) -> Result<Applied, ApplyError> {

@@ -19,8 +19,8 @@ use crate::harness::{Rustng, free_port};
 use crate::origin::Origin;
 use crate::stock_filters::module;
 
-const ADMIN_TOKEN: &str = "adm1n-t0ken";
-const READ_TOKEN: &str = "r3ad-t0ken";
+pub(crate) const ADMIN_TOKEN: &str = "adm1n-t0ken";
+pub(crate) const READ_TOKEN: &str = "r3ad-t0ken";
 const JWT_SECRET: &[u8] = b"an-admin-jwt-secret-32-bytes-long";
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "rustng-admin";
@@ -28,9 +28,9 @@ const RSA: &str = include_str!("../../../../filters/jwt-authn/testdata/rsa-2048.
 const RSA_PUBLIC: &str = include_str!("../../../../filters/jwt-authn/testdata/rsa-2048.pub.pem");
 
 /// RustNg with the headers filter (`x-gen: one`) and an admin server with tokens and JWTs.
-struct Admin {
-    proxy: Rustng,
-    url: String,
+pub(crate) struct Admin {
+    pub(crate) proxy: Rustng,
+    pub(crate) url: String,
     state: PathBuf,
     _files: tempfile::TempDir,
 }
@@ -73,7 +73,7 @@ admin:
     )
 }
 
-fn start(origin: &Origin, rs256: bool) -> Admin {
+pub(crate) fn start(origin: &Origin, rs256: bool) -> Admin {
     let files = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         files.path().join("tokens.yaml"),
@@ -148,7 +148,7 @@ impl Admin {
     }
 
     /// The audit file's entries.
-    fn audit_lines(&self) -> Vec<Value> {
+    pub(crate) fn audit_lines(&self) -> Vec<Value> {
         std::fs::read_to_string(self.state.join("audit.jsonl"))
             .unwrap_or_default()
             .lines()
@@ -157,7 +157,7 @@ impl Admin {
     }
 
     /// The `x-gen` header traffic carries now.
-    async fn generation_tag(&self) -> String {
+    pub(crate) async fn generation_tag(&self) -> String {
         let reply = client::get(&client::http1(), &self.proxy.url("/echo")).await;
         reply
             .headers

@@ -3,14 +3,36 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-/// A free port on 127.0.0.1 (the kernel's choice; released before rustng binds it).
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768–60999 by default), so no
+/// `bind(0)` or outgoing connection of any test takes a port between its handing out and
+/// the child process binding it.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// The next candidate in [`PORTS`], shared by the tests of this process.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A free port on 127.0.0.1 for a child process (or a test server) to bind; never the same
+/// one twice in a run, since tests run in parallel.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    let span = PORTS.end - PORTS.start;
+    // A different start per run, so concurrent test runs on one machine rarely meet.
+    let _ = NEXT_PORT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(span)) as u16 + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT_PORT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = PORTS.start + offset;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 /// A running rustng process; killed when dropped.
@@ -59,7 +81,9 @@ impl Rustng {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: a debug build compiles a large module (the Go SDK's 2.8 MB) with Cranelift
+        // before it binds, and CI machines are busy; a healthy start returns long before this.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(self.addr).is_ok() {
                 return;

@@ -13,6 +13,7 @@ mod origin;
 mod admin_api;
 mod cli;
 mod conformance;
+mod control_plane;
 mod grpc;
 mod h1_upstream;
 mod jwt_authn;
