@@ -26,8 +26,10 @@ use crate::upstream::{BoxError, H1Body, LocalBody, UpstreamBody};
 /// to the end.
 pub(crate) struct Exchange {
     conn: Rc<ConnCtx>,
-    /// Read only when the access log needs a duration.
-    start: Option<Instant>,
+    /// For the access log and the listener's latency histogram.
+    start: Instant,
+    /// The status answered; 0 until there is one.
+    status: u16,
     /// Boxed: ~200 bytes that every request future would otherwise carry (and copy) even
     /// with the access log off.
     pub(crate) record: Option<Box<AccessRecord>>,
@@ -41,10 +43,10 @@ pub(crate) struct Exchange {
 impl Exchange {
     pub(crate) fn begin(conn: Rc<ConnCtx>, record: Option<Box<AccessRecord>>) -> Self {
         conn.state.request_started();
-        let start = record.as_ref().map(|_| Instant::now());
         Exchange {
             conn,
-            start,
+            start: Instant::now(),
+            status: 0,
             record,
             filters: None,
             bytes: 0,
@@ -54,6 +56,7 @@ impl Exchange {
 
     /// Records the response status for the access log.
     pub(crate) fn set_status(&mut self, status: u16) {
+        self.status = status;
         if let Some(record) = &mut self.record {
             record.status = status;
         }
@@ -63,9 +66,11 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let now = Instant::now();
-        if let (Some(record), Some(start)) = (&self.record, self.start) {
-            record.emit(now.duration_since(start), self.bytes, self.completed);
+        let elapsed = now.duration_since(self.start);
+        if let Some(record) = &self.record {
+            record.emit(elapsed, self.bytes, self.completed);
         }
+        self.conn.listener.record_request(self.status, elapsed);
         self.conn.state.request_finished(now);
     }
 }

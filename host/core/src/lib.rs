@@ -25,6 +25,7 @@ mod request_id;
 mod server;
 mod snapshot;
 mod sniff;
+mod stats;
 mod tcp_proxy;
 mod telemetry;
 mod tls;

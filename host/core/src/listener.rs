@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rustng_runtime_config::Listener;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -39,6 +39,9 @@ pub(crate) fn bind(address: SocketAddr) -> std::io::Result<std::net::TcpListener
 pub(crate) struct ConnectionLimit {
     open: AtomicUsize,
     max: AtomicUsize,
+    /// Connections taken, and refused for the limit, since the listener first appeared.
+    accepted: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl ConnectionLimit {
@@ -46,6 +49,8 @@ impl ConnectionLimit {
         ConnectionLimit {
             open: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -59,10 +64,21 @@ impl ConnectionLimit {
         let prior = self.open.fetch_add(1, Ordering::Relaxed);
         if prior >= self.max.load(Ordering::Relaxed) {
             self.open.fetch_sub(1, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
             None
         } else {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
             Some(ConnectionSlot(Arc::clone(self)))
         }
+    }
+
+    /// (open, accepted, refused) for `/metrics`.
+    pub(crate) fn counts(&self) -> (usize, u64, u64) {
+        (
+            self.open.load(Ordering::Relaxed),
+            self.accepted.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -88,6 +104,9 @@ pub(crate) struct ListenerRt {
     /// A TCP listener's network filters, in order.
     pub(crate) network_filters: Vec<Rc<Filter>>,
     pub(crate) limit: Arc<ConnectionLimit>,
+    /// Downstream requests (this worker writes shard `worker`).
+    pub(crate) stats: Arc<crate::stats::RequestStats>,
+    pub(crate) worker: usize,
 }
 
 /// Where a worker's connections find their listener's current version: a new config replaces
@@ -110,6 +129,17 @@ impl ListenerSlot {
 
     pub(crate) fn current(&self) -> Rc<ListenerRt> {
         Rc::clone(&self.current.borrow())
+    }
+
+    /// Counts a finished request (status 0: it ended without one) on the current version's
+    /// counters, which every version of the listener shares.
+    pub(crate) fn record_request(&self, status: u16, elapsed: std::time::Duration) {
+        let current = self.current.borrow();
+        if status == 0 {
+            current.stats.record_failure(current.worker, elapsed);
+        } else {
+            current.stats.record(current.worker, status, elapsed);
+        }
     }
 
     pub(crate) fn replace(&self, listener: Rc<ListenerRt>) {

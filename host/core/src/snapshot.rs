@@ -7,6 +7,7 @@ use rustng_runtime_config::{Config, Listener};
 
 use crate::filters::LoadedPlugin;
 use crate::listener::ConnectionLimit;
+use crate::stats::RequestStats;
 
 /// An applied config version with everything prepared that may fail or take time (TLS
 /// material, compiled and canaried plugins), so that switching a worker to it cannot fail and
@@ -18,6 +19,8 @@ pub(crate) struct Snapshot {
     pub(crate) listeners: Vec<ListenerSpec>,
     /// The generation each configured plugin runs, by plugin name.
     pub(crate) plugins: HashMap<String, Arc<LoadedPlugin>>,
+    /// Upstream request counters by cluster name, kept across versions for the same name.
+    pub(crate) cluster_stats: HashMap<String, Arc<RequestStats>>,
 }
 
 /// A listener of a version, with the state that outlives versions.
@@ -27,4 +30,6 @@ pub(crate) struct ListenerSpec {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     /// Kept across versions for the same listener name: it counts open connections.
     pub(crate) limit: Arc<ConnectionLimit>,
+    /// Downstream request counters, kept across versions for the same listener name.
+    pub(crate) stats: Arc<RequestStats>,
 }

@@ -11,6 +11,7 @@ use rustng_wasm::PluginHost;
 
 use crate::filters::LoadedPlugin;
 use crate::snapshot::Snapshot;
+use crate::stats;
 
 /// The server's metrics, readable from any thread.
 #[derive(Clone)]
@@ -66,13 +67,107 @@ impl Telemetry {
                 );
             }
         }
+        self.render_listeners(&mut out, &snapshot);
+        self.render_clusters(&mut out, &snapshot);
         out.push_str(&self.host.metrics().render_prometheus());
         out
     }
+
+    /// Connections and requests per listener.
+    fn render_listeners(&self, out: &mut String, snapshot: &Snapshot) {
+        if snapshot.listeners.is_empty() {
+            return;
+        }
+        let connections = |out: &mut String,
+                           name: &str,
+                           kind: &str,
+                           help: &str,
+                           pick: &dyn Fn((usize, u64, u64)) -> u64| {
+            let _ = writeln!(
+                out,
+                "# HELP rustng_downstream_{name} {help}\n# TYPE rustng_downstream_{name} {kind}"
+            );
+            for spec in &snapshot.listeners {
+                let _ = writeln!(
+                    out,
+                    "rustng_downstream_{name}{{listener=\"{}\"}} {}",
+                    label(&spec.config.name),
+                    pick(spec.limit.counts())
+                );
+            }
+        };
+        connections(
+            out,
+            "connections_active",
+            "gauge",
+            "Open downstream connections.",
+            &|(open, _, _)| open as u64,
+        );
+        connections(
+            out,
+            "connections_total",
+            "counter",
+            "Downstream connections accepted.",
+            &|(_, accepted, _)| accepted,
+        );
+        connections(
+            out,
+            "connections_refused_total",
+            "counter",
+            "Downstream connections closed at once for the listener's max_connections.",
+            &|(_, _, refused)| refused,
+        );
+        stats::write_headers(
+            out,
+            "rustng_downstream",
+            "Downstream",
+            "to the end of the response",
+            Some((
+                "requests_unanswered",
+                "Requests that ended without a response status (the client went away first).",
+            )),
+        );
+        for spec in &snapshot.listeners {
+            let labels = format!("listener=\"{}\"", label(&spec.config.name));
+            spec.stats.render(
+                out,
+                "rustng_downstream",
+                &labels,
+                Some("requests_unanswered"),
+            );
+        }
+    }
+
+    /// Requests per cluster.
+    fn render_clusters(&self, out: &mut String, snapshot: &Snapshot) {
+        if snapshot.cluster_stats.is_empty() {
+            return;
+        }
+        stats::write_headers(
+            out,
+            "rustng_upstream",
+            "Upstream",
+            "to the response head",
+            Some((
+                "request_failures",
+                "Upstream requests that got no response head (connect failure, reset, timeout).",
+            )),
+        );
+        let mut names: Vec<&String> = snapshot.cluster_stats.keys().collect();
+        names.sort();
+        for name in names {
+            let labels = format!("cluster=\"{}\"", label(name));
+            snapshot.cluster_stats[name].render(
+                out,
+                "rustng_upstream",
+                &labels,
+                Some("request_failures"),
+            );
+        }
+    }
 }
 
-/// Plugin names are validated config names; quotes and backslashes are escaped all the same,
-/// as the format requires for label values.
+/// Label values are escaped as the text format requires.
 fn label(name: &str) -> String {
-    name.replace('\\', "\\\\").replace('"', "\\\"")
+    stats::label(name)
 }

@@ -88,7 +88,8 @@ impl Worker {
             applied,
         } = update;
         let config = &snapshot.config;
-        self.clusters.update(&config.clusters);
+        self.clusters
+            .update(&config.clusters, &snapshot.cluster_stats, self.index);
 
         let mut failed = Vec::new();
         {
@@ -142,6 +143,8 @@ impl Worker {
                     .filter_map(|name| filters.get(name).cloned())
                     .collect(),
                 limit: Arc::clone(&spec.limit),
+                stats: Arc::clone(&spec.stats),
+                worker: self.index,
                 config: l.clone(),
             });
             match listeners.remove(&l.name) {

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::CoreError;
 use crate::listener::{self, ConnectionLimit};
 use crate::snapshot::{ListenerSpec, Snapshot};
+use crate::stats::RequestStats;
 use crate::tls;
 use crate::worker::WorkerUpdate;
 
@@ -265,6 +266,7 @@ impl ControlState {
             config: Arc::new(config.clone()),
             listeners: Vec::new(),
             plugins: HashMap::new(),
+            cluster_stats: HashMap::new(),
         };
         let mut state = ControlState {
             workers,
@@ -363,10 +365,13 @@ impl ControlState {
                 }
                 None => Arc::new(ConnectionLimit::new(l.max_connections)),
             };
+            let stats =
+                before.map_or_else(|| RequestStats::new(self.workers), |b| Arc::clone(&b.stats));
             listeners.push(ListenerSpec {
                 config: l.clone(),
                 tls,
                 limit,
+                stats,
             });
         }
 
@@ -407,6 +412,17 @@ impl ControlState {
             (Some(plugins), Some(sockets)) if errors.is_empty() => Ok(Prepared {
                 snapshot: Snapshot {
                     version,
+                    cluster_stats: config
+                        .clusters
+                        .iter()
+                        .map(|c| {
+                            let stats = running
+                                .cluster_stats
+                                .get(&c.name)
+                                .map_or_else(|| RequestStats::new(self.workers), Arc::clone);
+                            (c.name.clone(), stats)
+                        })
+                        .collect(),
                     config: Arc::new(config),
                     listeners,
                     plugins: plugins.chosen.clone(),
@@ -715,6 +731,7 @@ impl ControlState {
             config: Arc::clone(&running.config),
             listeners: running.listeners.clone(),
             plugins: plugins.clone(),
+            cluster_stats: running.cluster_stats.clone(),
         });
         let snapshot = self
             .publish_or_restore(&running, snapshot, self.no_sockets())

@@ -19,6 +19,8 @@ use super::connect;
 use super::h1::{H1Body, H1Connection, SendError};
 use super::pool::EndpointPool;
 use crate::error::{ErrorKind, ProxyError};
+use crate::stats::RequestStats;
+use std::sync::Arc;
 
 /// Most endpoints tried for one request (Envoy retries a connect failure on another host too).
 const MAX_ATTEMPTS: usize = 3;
@@ -36,6 +38,9 @@ pub(crate) struct ClusterRt {
     config: Cluster,
     endpoints: Vec<EndpointRt>,
     balancer: Balancer,
+    /// Upstream requests, this worker's shard `worker`.
+    stats: Arc<RequestStats>,
+    worker: usize,
 }
 
 /// The body of an upstream response.
@@ -94,7 +99,7 @@ pub(crate) struct UpstreamResponse {
 }
 
 impl ClusterRt {
-    pub(crate) fn new(config: Cluster) -> Self {
+    pub(crate) fn new(config: Cluster, stats: Arc<RequestStats>, worker: usize) -> Self {
         let endpoints = config
             .endpoints
             .iter()
@@ -108,6 +113,8 @@ impl ClusterRt {
             config,
             endpoints,
             balancer,
+            stats,
+            worker,
         }
     }
 
@@ -130,6 +137,23 @@ impl ClusterRt {
     /// The request is borrowed, not moved: attempts leave it in place when nothing of it was
     /// used, which is what makes a retry possible, and the request future stays small.
     pub(crate) async fn send(
+        self: &Rc<Self>,
+        req: &mut Outgoing,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let started = std::time::Instant::now();
+        let result = self.send_to_endpoints(req).await;
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(response) => {
+                self.stats
+                    .record(self.worker, response.head.status.as_u16(), elapsed);
+            }
+            Err(_) => self.stats.record_failure(self.worker, elapsed),
+        }
+        result
+    }
+
+    async fn send_to_endpoints(
         self: &Rc<Self>,
         req: &mut Outgoing,
     ) -> Result<UpstreamResponse, ProxyError> {

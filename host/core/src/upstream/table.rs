@@ -4,9 +4,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use std::sync::Arc;
+
 use rustng_runtime_config::Cluster;
 
 use super::ClusterRt;
+use crate::stats::RequestStats;
 
 /// The clusters one worker runs. Lookups (a router naming a cluster, a plugin's HTTP call) see
 /// the current version; a request that already holds its `ClusterRt` keeps it, so a cluster
@@ -28,14 +31,25 @@ impl ClusterTable {
 
     /// Switches to `clusters`. A cluster whose config did not change keeps its `ClusterRt`,
     /// and with it its pools and balancer position.
-    pub(crate) fn update(&self, clusters: &[Cluster]) {
+    pub(crate) fn update(
+        &self,
+        clusters: &[Cluster],
+        stats: &HashMap<String, Arc<RequestStats>>,
+        worker: usize,
+    ) {
         let old = self.all();
         let next = clusters
             .iter()
             .map(|config| {
                 let cluster = match old.get(&config.name) {
                     Some(kept) if kept.config() == config => Rc::clone(kept),
-                    _ => Rc::new(ClusterRt::new(config.clone())),
+                    _ => {
+                        let stats = stats
+                            .get(&config.name)
+                            .cloned()
+                            .unwrap_or_else(|| RequestStats::new(1));
+                        Rc::new(ClusterRt::new(config.clone(), stats, worker))
+                    }
                 };
                 (config.name.clone(), cluster)
             })

@@ -18,6 +18,7 @@ mod grpc;
 mod h1_upstream;
 mod jwt_authn;
 mod limits;
+mod metrics;
 mod plugins;
 mod proxying;
 mod reload;

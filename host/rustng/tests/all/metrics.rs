@@ -1,0 +1,164 @@
+//! `/metrics` scraped and parsed with a Prometheus text-format parser (the `prometheus-parse`
+//! crate, as a scraper would): downstream connections and requests by listener and status
+//! class with latency histograms, upstream requests and failures by cluster, config version and
+//! plugin generations.
+
+use prometheus_parse::{Sample, Scrape, Value};
+
+use crate::client;
+use crate::harness::{Rustng, free_port};
+use crate::origin::Origin;
+use crate::stock_filters::module;
+
+fn scrape(text: &str) -> Scrape {
+    Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid Prometheus text")
+}
+
+/// The value of the sample `name` whose labels include every `labels` pair.
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let sample: &Sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no {name} {labels:?}"));
+    match &sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+        Value::Summary(_) => panic!("{name} is a summary"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_count_what_happened() {
+    let origin = Origin::start("o").await;
+    let admin = free_port();
+    let dead = free_port();
+    let proxy = Rustng::start(&format!(
+        "workers: 2
+plugins:
+  - name: hdr
+    vm_config: {{ code: {{ local: {{ filename: {headers} }} }} }}
+    configuration: {{ response_headers_to_add: [{{ header: {{ key: x-a, value: b }} }}] }}
+  - name: router
+    vm_config: {{ code: {{ local: {{ filename: {router} }} }} }}
+    configuration:
+      virtual_hosts:
+        - domains: ['*']
+          routes:
+            - {{ match: {{ prefix: /dead }}, route: {{ cluster: dead }} }}
+            - {{ match: {{ prefix: / }}, route: {{ cluster: backend }} }}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    http_filters: [hdr, router]
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+  - name: dead
+    connect_timeout: 1s
+    endpoints: [{{ address: '127.0.0.1:{dead}' }}]
+admin: {{ address: '127.0.0.1:{admin}' }}
+",
+        headers = module("headers").display(),
+        router = module("router").display(),
+        origin = origin.addr,
+    ));
+    let client = client::http1();
+    for _ in 0..10 {
+        assert_eq!(client::get(&client, &proxy.url("/echo")).await.status, 200);
+    }
+    assert_eq!(
+        client::get(&client, &proxy.url("/status/404")).await.status,
+        404
+    );
+    assert_eq!(
+        client::get(&client, &proxy.url("/status/503")).await.status,
+        503
+    );
+    assert_eq!(client::get(&client, &proxy.url("/dead")).await.status, 502);
+
+    let text = client::get(&client, &format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .text();
+    let scrape = scrape(&text);
+    let main = [("listener", "main")];
+    let class = |c: &'static str| [("listener", "main"), ("code_class", c)];
+    assert_eq!(
+        value(&scrape, "rustng_downstream_requests_total", &class("2xx")),
+        10.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&scrape, "rustng_downstream_requests_total", &class("4xx")),
+        1.0
+    );
+    assert_eq!(
+        value(&scrape, "rustng_downstream_requests_total", &class("5xx")),
+        2.0
+    );
+    assert_eq!(
+        value(&scrape, "rustng_downstream_request_duration_seconds", &main),
+        13.0
+    );
+    assert!(value(&scrape, "rustng_downstream_connections_total", &main) >= 1.0);
+    assert!(value(&scrape, "rustng_downstream_connections_active", &main) >= 1.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_downstream_connections_refused_total",
+            &main
+        ),
+        0.0
+    );
+    let backend = |c: &'static str| [("cluster", "backend"), ("code_class", c)];
+    assert_eq!(
+        value(&scrape, "rustng_upstream_requests_total", &backend("2xx")),
+        10.0
+    );
+    assert_eq!(
+        value(&scrape, "rustng_upstream_requests_total", &backend("5xx")),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_upstream_request_failures_total",
+            &[("cluster", "dead")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_upstream_request_duration_seconds",
+            &[("cluster", "backend")]
+        ),
+        12.0
+    );
+    assert_eq!(value(&scrape, "rustng_config_version", &[]), 1.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_wasm_plugin_generation",
+            &[("plugin", "router")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_wasm_plugin_failures_total",
+            &[("plugin", "hdr")]
+        ),
+        0.0
+    );
+    // Every family has its HELP text.
+    for family in [
+        "rustng_downstream_requests_total",
+        "rustng_downstream_request_duration_seconds",
+        "rustng_upstream_requests_total",
+        "rustng_upstream_request_failures_total",
+    ] {
+        assert!(scrape.docs.contains_key(family), "no HELP for {family}");
+    }
+}
