@@ -12,8 +12,8 @@ mod validate;
 
 pub use error::{ConfigError, FieldError, render_errors};
 pub use types::{
-    Admin, AdminAuth, AdminJwt, AdminJwtKey, CertificateConfig, Cluster, Config, ControlPlane,
-    DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
+    Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, Cluster, Config,
+    ControlPlane, DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
     ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig, UpstreamProtocol,
 };
 pub use validate::validate;

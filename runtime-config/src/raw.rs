@@ -58,6 +58,20 @@ pub struct RawAdmin {
     /// Where every mutation is recorded as a JSON line (relative: to the config file).
     /// Default: `<state_dir>/audit.jsonl`, or in memory only without a state directory.
     pub audit_log: Option<String>,
+    /// HTTPS for the admin port, and with `client_ca` mutual TLS.
+    pub tls: Option<RawAdminTls>,
+}
+
+/// `admin.tls`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    /// PEM certificate chain, leaf first.
+    pub certificate_chain: String,
+    /// PEM private key.
+    pub private_key: String,
+    /// PEM CA certificates; set, every client must present a certificate they issued.
+    pub client_ca: Option<String>,
 }
 
 /// `admin.auth` — bearer tokens from a file, and/or JWTs.
@@ -321,6 +335,13 @@ impl RawConfig {
         if let Some(admin) = &mut self.admin {
             if let Some(audit) = &mut admin.audit_log {
                 resolve(audit);
+            }
+            if let Some(tls) = &mut admin.tls {
+                resolve(&mut tls.certificate_chain);
+                resolve(&mut tls.private_key);
+                if let Some(ca) = &mut tls.client_ca {
+                    resolve(ca);
+                }
             }
             if let Some(auth) = &mut admin.auth {
                 if let Some(tokens) = &mut auth.tokens_file {

@@ -48,6 +48,19 @@ pub struct Admin {
     pub auth: Option<AdminAuth>,
     /// The audit log's file, when set (or derived from `state_dir`).
     pub audit_log: Option<PathBuf>,
+    /// HTTPS (and mutual TLS) for the admin port.
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin port's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// PEM certificate chain.
+    pub certificate_chain: PathBuf,
+    /// PEM private key.
+    pub private_key: PathBuf,
+    /// PEM CA bundle for client certificates (mutual TLS), if required.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// How admin API callers prove who they are.

@@ -190,10 +190,19 @@ impl Validator {
                     .as_ref()
                     .map(|dir| Path::new(dir).join("audit.jsonl"))
             });
+            let tls = a.tls.map(|tls| AdminTls {
+                certificate_chain: self
+                    .readable_file("admin.tls.certificate_chain", &tls.certificate_chain),
+                private_key: self.readable_file("admin.tls.private_key", &tls.private_key),
+                client_ca: tls
+                    .client_ca
+                    .map(|ca| self.readable_file("admin.tls.client_ca", &ca)),
+            });
             Some(Admin {
                 address,
                 auth,
                 audit_log,
+                tls,
             })
         });
         let state_dir = raw.state_dir.map(PathBuf::from);

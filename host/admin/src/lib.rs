@@ -15,6 +15,7 @@ pub mod audit;
 pub mod auth;
 mod grpc;
 pub mod remote;
+mod tls;
 
 /// The generated `rustng.control.v1` messages, client and server (proto/rustng/control/v1/).
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -86,6 +87,9 @@ pub enum AdminError {
     /// The audit log cannot be written.
     #[error("admin.audit_log: {0}")]
     Audit(io::Error),
+    /// The TLS files are unusable.
+    #[error("admin.tls: {0}")]
+    Tls(String),
     /// The thread or its runtime could not start.
     #[error("admin server: {0}")]
     Start(io::Error),
@@ -123,6 +127,13 @@ impl AdminServer {
         let auth = Authenticator::load(options.admin.auth.as_ref())?;
         let audit =
             AuditLog::open(options.admin.audit_log.as_deref()).map_err(AdminError::Audit)?;
+        let tls = options
+            .admin
+            .tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()
+            .map_err(AdminError::Tls)?;
         let listener = std::net::TcpListener::bind(address)
             .map_err(|source| AdminError::Bind { address, source })?;
         listener.set_nonblocking(true).map_err(AdminError::Start)?;
@@ -155,7 +166,7 @@ impl AdminServer {
                     workers,
                 });
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve(listener, state))
+                local.block_on(&runtime, serve(listener, state, tls))
             })
             .map_err(AdminError::Start)?;
         tracing::info!(%address, "admin server listening");
@@ -171,7 +182,15 @@ impl AdminServer {
 /// The body of an admin answer: JSON or text from the REST side, or tonic's.
 type AdminBody = Either<Full<Bytes>, tonic::body::Body>;
 
-async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>) {
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -212,11 +231,34 @@ async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>) {
                 Ok::<_, Infallible>(response)
             }
         });
+        let acceptor = acceptor.clone();
         // Connections run as tasks of the admin thread's runtime (never a worker's).
         tokio::task::spawn_local(async move {
-            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let served = match acceptor {
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::info!(%peer, %error, "admin TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "admin TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             if let Err(error) = served {
                 tracing::debug!(%peer, %error, "admin connection error");
             }

@@ -659,3 +659,110 @@ async fn every_ctl_subcommand_works_against_the_real_binary() {
     .expect("join");
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`:
+/// `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`.
+fn mtls_files(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    let issuer = Issuer::new(ca_params, ca_key);
+    for (name, sans) in [
+        ("server", vec!["127.0.0.1".to_owned()]),
+        ("client", vec!["ops.test".to_owned()]),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(sans)
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    let origin = Origin::start("o").await;
+    let files = tempfile::tempdir().expect("tempdir");
+    let dir = files.path();
+    mtls_files(dir);
+    std::fs::write(
+        dir.join("tokens.yaml"),
+        format!("tokens:\n  - {{ name: ops, role: admin, token: {ADMIN_TOKEN} }}\n"),
+    )
+    .expect("tokens");
+    let port = free_port();
+    let _proxy = Rustng::start(&format!(
+        "workers: 1
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+clusters:
+  - name: backend
+    endpoints: [{{ address: {origin} }}]
+admin:
+  address: 127.0.0.1:{port}
+  auth: {{ tokens_file: {tokens} }}
+  tls: {{ certificate_chain: {dir}/server.pem, private_key: {dir}/server.key, client_ca: {dir}/ca.pem }}
+",
+        origin = origin.addr,
+        tokens = dir.join("tokens.yaml").display(),
+        dir = dir.display(),
+    ));
+    let https = format!("https://127.0.0.1:{port}");
+    let file = |name: &str| dir.join(name).display().to_string();
+    let ctl = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_rustng-ctl"))
+            .env_remove("RUSTNG_TOKEN")
+            .args(["--admin", &https, "--token", ADMIN_TOKEN])
+            .args(args)
+            .output()
+            .expect("run rustng-ctl");
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+    let (ok, out) = ctl(&["--cacert", &ca, "--cert", &cert, "--key", &key, "status"]);
+    assert!(ok && out.contains("version 1"), "{out}");
+    // No client certificate: the handshake fails before any token is read.
+    let (ok, out) = ctl(&["--cacert", &ca, "status"]);
+    assert!(!ok && out.contains("cannot reach"), "{out}");
+    // A client certificate from another CA fails too.
+    let other = tempfile::tempdir().expect("tempdir");
+    mtls_files(other.path());
+    let foreign_cert = other.path().join("client.pem").display().to_string();
+    let foreign_key = other.path().join("client.key").display().to_string();
+    let (ok, out) = ctl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &foreign_cert,
+        "--key",
+        &foreign_key,
+        "status",
+    ]);
+    assert!(!ok, "{out}");
+    // Plain HTTP to the TLS port gets nothing.
+    let plain = Command::new(env!("CARGO_BIN_EXE_rustng-ctl"))
+        .args([
+            "--admin",
+            &format!("http://127.0.0.1:{port}"),
+            "--token",
+            ADMIN_TOKEN,
+            "status",
+        ])
+        .output()
+        .expect("run");
+    assert!(!plain.status.success());
+}

@@ -34,6 +34,15 @@ struct Cli {
     /// Bearer token (or JWT) for the API.
     #[arg(long, env = "RUSTNG_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) for an https:// admin URL.
+    #[arg(long, env = "RUSTNG_CACERT", global = true)]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for an admin port that requires mutual TLS.
+    #[arg(long, env = "RUSTNG_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "RUSTNG_KEY", global = true)]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
@@ -136,7 +145,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = AdminClient::new(&cli.admin, cli.token.clone())?;
+    let tls = client::TlsFiles {
+        ca: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    let client = AdminClient::new(&cli.admin, cli.token.clone(), &tls)?;
     let output = cli.output;
     match cli.command {
         Command::Status => {
