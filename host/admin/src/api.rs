@@ -42,6 +42,8 @@ pub(crate) enum Route {
     LogLevelSet,
     Audit,
     Drain,
+    Clusters,
+    EndpointDrain(String),
 }
 
 /// Why a path did not give a route.
@@ -83,6 +85,11 @@ impl Route {
                 _ => (None, "GET, PUT"),
             },
             ["v1", "audit"] => (get.then_some(Route::Audit), "GET"),
+            ["v1", "clusters"] => (get.then_some(Route::Clusters), "GET"),
+            ["v1", "clusters", name, "drain"] => (
+                post.then(|| Route::EndpointDrain((*name).to_owned())),
+                "POST",
+            ),
             ["v1", "drain"] => (post.then_some(Route::Drain), "POST"),
             _ => return Err(NoRoute::NotFound),
         };
@@ -109,6 +116,7 @@ impl Route {
                 | Route::PluginRollback(_)
                 | Route::LogLevelSet
                 | Route::Drain
+                | Route::EndpointDrain(_)
         )
     }
 
@@ -121,6 +129,7 @@ impl Route {
             Route::ConfigApply | Route::ConfigRollback => Some("config".into()),
             Route::LogLevelSet => Some("log level".into()),
             Route::Drain => Some("process".into()),
+            Route::EndpointDrain(name) => Some(format!("cluster {name}")),
             _ => None,
         }
     }
@@ -244,6 +253,11 @@ pub(crate) async fn run(
             state.shutdown.shutdown();
             Outcome::ok(json!({ "draining": true }))
         }
+        Route::Clusters => Outcome::ok(json!({ "clusters": state.controller.clusters() })),
+        Route::EndpointDrain(cluster) => match body_json(req, MAX_CONFIG_BYTES).await {
+            Ok(body) => endpoint_drain(state, &cluster, &body),
+            Err(outcome) => outcome,
+        },
     }
 }
 
@@ -579,6 +593,28 @@ fn edit_plugin(
         plugin.insert(Yaml::from("root_id"), Yaml::from(root_id));
     }
     serde_yaml_ng::to_string(&document).map_err(|e| failed(e.to_string()))
+}
+
+/// `{"endpoint": "10.0.0.1:80", "drain": true}` (`drain` defaults to true; false restores).
+fn endpoint_drain(state: &AdminState, cluster: &str, body: &Value) -> Outcome {
+    let Some(endpoint) = body
+        .get("endpoint")
+        .and_then(Value::as_str)
+        .and_then(|e| e.parse::<std::net::SocketAddr>().ok())
+    else {
+        return invalid("body: {\"endpoint\": \"address:port\", \"drain\": true} expected");
+    };
+    let drain = body.get("drain").and_then(Value::as_bool).unwrap_or(true);
+    match state.controller.drain_endpoint(cluster, endpoint, drain) {
+        Ok(changed) => Outcome::ok(json!({
+            "cluster": cluster,
+            "endpoint": endpoint.to_string(),
+            "draining": drain,
+            "changed": changed,
+        }))
+        .with_target(format!("cluster {cluster} endpoint {endpoint}")),
+        Err(e) => Outcome::error(StatusCode::NOT_FOUND, "invalid", &e.to_string()),
+    }
 }
 
 fn log_level_set(state: &AdminState, body: &Value) -> Outcome {

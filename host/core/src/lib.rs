@@ -34,7 +34,8 @@ mod upstream;
 mod worker;
 
 pub use control::{
-    Applied, ApplyError, ConfigDocument, Controller, Origin, PluginGenerationInfo, VersionRecord,
+    Applied, ApplyError, ClusterInfo, ConfigDocument, Controller, DrainError, EndpointInfo, Origin,
+    PluginGenerationInfo, VersionRecord,
 };
 pub use error::{CoreError, ErrorKind, ErrorSource, ProxyError};
 pub use server::{Server, ShutdownHandle};

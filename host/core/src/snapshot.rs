@@ -19,8 +19,25 @@ pub(crate) struct Snapshot {
     pub(crate) listeners: Vec<ListenerSpec>,
     /// The generation each configured plugin runs, by plugin name.
     pub(crate) plugins: HashMap<String, Arc<LoadedPlugin>>,
-    /// Upstream request counters by cluster name, kept across versions for the same name.
-    pub(crate) cluster_stats: HashMap<String, Arc<RequestStats>>,
+    /// What each cluster keeps across versions for the same name.
+    pub(crate) cluster_state: HashMap<String, ClusterShared>,
+}
+
+/// A cluster's state that outlives versions: its counters, and the endpoints an operator
+/// drained by hand (no new requests; by address, so they stay drained across versions).
+#[derive(Clone)]
+pub(crate) struct ClusterShared {
+    pub(crate) stats: Arc<RequestStats>,
+    pub(crate) drained: Arc<arc_swap::ArcSwap<std::collections::HashSet<std::net::SocketAddr>>>,
+}
+
+impl ClusterShared {
+    pub(crate) fn new(workers: usize) -> Self {
+        ClusterShared {
+            stats: RequestStats::new(workers),
+            drained: Arc::default(),
+        }
+    }
 }
 
 /// A listener of a version, with the state that outlives versions.

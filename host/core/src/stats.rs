@@ -78,6 +78,12 @@ impl RequestStats {
             .sum()
     }
 
+    /// Requests by status class (1xx … 5xx) and failures, summed over the workers.
+    pub(crate) fn totals(&self) -> ([u64; 5], u64) {
+        let classes = std::array::from_fn(|i| self.sum(|s| &s.classes[i]));
+        (classes, self.sum(|s| &s.failures))
+    }
+
     /// `<prefix>_requests_total{<labels>,code_class}` and, when `failures` names it,
     /// `<prefix>_<failures>_total`, then the `<prefix>_request_duration_seconds` histogram.
     /// `labels` is the `key="value"` list without braces. The HELP/TYPE lines are written by

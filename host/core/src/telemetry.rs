@@ -140,7 +140,7 @@ impl Telemetry {
 
     /// Requests per cluster.
     fn render_clusters(&self, out: &mut String, snapshot: &Snapshot) {
-        if snapshot.cluster_stats.is_empty() {
+        if snapshot.cluster_state.is_empty() {
             return;
         }
         stats::write_headers(
@@ -153,11 +153,11 @@ impl Telemetry {
                 "Upstream requests that got no response head (connect failure, reset, timeout).",
             )),
         );
-        let mut names: Vec<&String> = snapshot.cluster_stats.keys().collect();
+        let mut names: Vec<&String> = snapshot.cluster_state.keys().collect();
         names.sort();
         for name in names {
             let labels = format!("cluster=\"{}\"", label(name));
-            snapshot.cluster_stats[name].render(
+            snapshot.cluster_state[name].stats.render(
                 out,
                 "rustng_upstream",
                 &labels,

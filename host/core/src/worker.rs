@@ -89,7 +89,7 @@ impl Worker {
         } = update;
         let config = &snapshot.config;
         self.clusters
-            .update(&config.clusters, &snapshot.cluster_stats, self.index);
+            .update(&config.clusters, &snapshot.cluster_state, self.index);
 
         let mut failed = Vec::new();
         {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::CoreError;
 use crate::listener::{self, ConnectionLimit};
-use crate::snapshot::{ListenerSpec, Snapshot};
+use crate::snapshot::{ClusterShared, ListenerSpec, Snapshot};
 use crate::stats::RequestStats;
 use crate::tls;
 use crate::worker::WorkerUpdate;
@@ -134,6 +134,48 @@ pub struct PluginGenerationInfo {
     pub active: bool,
 }
 
+/// A cluster of the running version, as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterInfo {
+    /// The cluster's name.
+    pub name: String,
+    /// Its load-balancing policy.
+    pub lb_policy: String,
+    /// Its endpoints, in config order.
+    pub endpoints: Vec<EndpointInfo>,
+    /// Requests answered, by status class (1xx … 5xx).
+    pub requests_by_class: [u64; 5],
+    /// Requests that got no response head.
+    pub failures: u64,
+}
+
+/// One endpoint of a [`ClusterInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointInfo {
+    /// Its address.
+    pub address: std::net::SocketAddr,
+    /// Its weight.
+    pub weight: u32,
+    /// Drained by hand: no new requests.
+    pub draining: bool,
+}
+
+/// Why an endpoint could not be drained or undrained.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DrainError {
+    /// The running version has no such cluster.
+    #[error("no cluster named {0:?}")]
+    UnknownCluster(String),
+    /// The cluster has no such endpoint.
+    #[error("cluster {cluster:?} has no endpoint {endpoint}")]
+    UnknownEndpoint {
+        /// The cluster.
+        cluster: String,
+        /// The address asked for.
+        endpoint: std::net::SocketAddr,
+    },
+}
+
 /// Applies config versions to a running server, from any thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Controller {
@@ -179,6 +221,79 @@ impl Controller {
     /// Every kept plugin generation, by plugin then generation.
     pub async fn plugins(&self) -> Vec<PluginGenerationInfo> {
         self.ask(Command::Plugins).await.unwrap_or_default()
+    }
+
+    /// The running version's clusters, their endpoints (drained or not) and request counts.
+    pub fn clusters(&self) -> Vec<ClusterInfo> {
+        let snapshot = self.current.load();
+        snapshot
+            .config
+            .clusters
+            .iter()
+            .map(|c| {
+                let shared = snapshot.cluster_state.get(&c.name);
+                let drained = shared.map(|s| s.drained.load_full()).unwrap_or_default();
+                let (requests_by_class, failures) =
+                    shared.map_or(([0; 5], 0), |s| s.stats.totals());
+                ClusterInfo {
+                    name: c.name.clone(),
+                    lb_policy: format!("{:?}", c.lb_policy),
+                    endpoints: c
+                        .endpoints
+                        .iter()
+                        .map(|e| EndpointInfo {
+                            address: e.address,
+                            weight: e.weight,
+                            draining: drained.contains(&e.address),
+                        })
+                        .collect(),
+                    requests_by_class,
+                    failures,
+                }
+            })
+            .collect()
+    }
+
+    /// Drains (`drain`) or restores one endpoint of a cluster by hand: new requests skip a
+    /// drained endpoint on every worker at once (requests already on it finish). It stays
+    /// drained across config versions while the cluster keeps that address. Returns whether
+    /// anything changed.
+    pub fn drain_endpoint(
+        &self,
+        cluster: &str,
+        endpoint: std::net::SocketAddr,
+        drain: bool,
+    ) -> Result<bool, DrainError> {
+        let snapshot = self.current.load();
+        let config = snapshot
+            .config
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .ok_or_else(|| DrainError::UnknownCluster(cluster.to_owned()))?;
+        if !config.endpoints.iter().any(|e| e.address == endpoint) {
+            return Err(DrainError::UnknownEndpoint {
+                cluster: cluster.to_owned(),
+                endpoint,
+            });
+        }
+        let Some(shared) = snapshot.cluster_state.get(cluster) else {
+            return Err(DrainError::UnknownCluster(cluster.to_owned()));
+        };
+        let mut changed = false;
+        shared.drained.rcu(|set| {
+            let mut next = (**set).clone();
+            changed = if drain {
+                next.insert(endpoint)
+            } else {
+                next.remove(&endpoint)
+            };
+            next
+        });
+        if changed {
+            tracing::info!(cluster, %endpoint, drain, "endpoint drain changed by hand");
+        }
+        Ok(changed)
     }
 
     /// Changes to the running version's number: each applied version is seen (a slow watcher
@@ -266,7 +381,7 @@ impl ControlState {
             config: Arc::new(config.clone()),
             listeners: Vec::new(),
             plugins: HashMap::new(),
-            cluster_stats: HashMap::new(),
+            cluster_state: HashMap::new(),
         };
         let mut state = ControlState {
             workers,
@@ -412,15 +527,15 @@ impl ControlState {
             (Some(plugins), Some(sockets)) if errors.is_empty() => Ok(Prepared {
                 snapshot: Snapshot {
                     version,
-                    cluster_stats: config
+                    cluster_state: config
                         .clusters
                         .iter()
                         .map(|c| {
-                            let stats = running
-                                .cluster_stats
+                            let shared = running
+                                .cluster_state
                                 .get(&c.name)
-                                .map_or_else(|| RequestStats::new(self.workers), Arc::clone);
-                            (c.name.clone(), stats)
+                                .map_or_else(|| ClusterShared::new(self.workers), Clone::clone);
+                            (c.name.clone(), shared)
                         })
                         .collect(),
                     config: Arc::new(config),
@@ -731,7 +846,7 @@ impl ControlState {
             config: Arc::clone(&running.config),
             listeners: running.listeners.clone(),
             plugins: plugins.clone(),
-            cluster_stats: running.cluster_stats.clone(),
+            cluster_state: running.cluster_state.clone(),
         });
         let snapshot = self
             .publish_or_restore(&running, snapshot, self.no_sockets())

@@ -19,6 +19,7 @@ use super::connect;
 use super::h1::{H1Body, H1Connection, SendError};
 use super::pool::EndpointPool;
 use crate::error::{ErrorKind, ProxyError};
+use crate::snapshot::ClusterShared;
 use crate::stats::RequestStats;
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub(crate) struct ClusterRt {
     /// Upstream requests, this worker's shard `worker`.
     stats: Arc<RequestStats>,
     worker: usize,
+    /// Endpoints drained by hand: no new requests go to them.
+    drained: Arc<arc_swap::ArcSwap<std::collections::HashSet<SocketAddr>>>,
 }
 
 /// The body of an upstream response.
@@ -99,7 +102,7 @@ pub(crate) struct UpstreamResponse {
 }
 
 impl ClusterRt {
-    pub(crate) fn new(config: Cluster, stats: Arc<RequestStats>, worker: usize) -> Self {
+    pub(crate) fn new(config: Cluster, shared: ClusterShared, worker: usize) -> Self {
         let endpoints = config
             .endpoints
             .iter()
@@ -113,8 +116,9 @@ impl ClusterRt {
             config,
             endpoints,
             balancer,
-            stats,
+            stats: shared.stats,
             worker,
+            drained: shared.drained,
         }
     }
 
@@ -161,11 +165,15 @@ impl ClusterRt {
             return Err(ProxyError::new(ErrorKind::NoHealthyUpstream));
         }
         prepare_uri(&mut req.head, self.config.protocol)?;
+        let drained = self.drained.load();
         let attempts = self.endpoints.len().min(MAX_ATTEMPTS);
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
         let mut last_error = None;
         for attempt in 0..attempts {
-            let Some(index) = self.balancer.pick(|i| tried.contains(&i)) else {
+            let Some(index) = self
+                .balancer
+                .pick(|i| tried.contains(&i) || self.is_drained(&drained, i))
+            else {
                 break;
             };
             tried[attempt] = index;
@@ -342,10 +350,14 @@ impl ClusterRt {
         F: std::future::Future<Output = Result<T, ProxyError>>,
     {
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let drained = self.drained.load();
         let mut last_error = ProxyError::new(ErrorKind::NoHealthyUpstream);
         for attempt in 0..self.endpoints.len().min(MAX_ATTEMPTS) {
             // Another endpoint than the ones that already failed.
-            let Some(index) = self.balancer.pick(|i| tried.contains(&i)) else {
+            let Some(index) = self
+                .balancer
+                .pick(|i| tried.contains(&i) || self.is_drained(&drained, i))
+            else {
                 break;
             };
             tried[attempt] = index;
@@ -356,6 +368,11 @@ impl ClusterRt {
             }
         }
         Err(last_error)
+    }
+
+    /// Whether endpoint `index` is drained (the set is almost always empty: one length check).
+    fn is_drained(&self, drained: &std::collections::HashSet<SocketAddr>, index: usize) -> bool {
+        !drained.is_empty() && drained.contains(&self.endpoints[index].address)
     }
 
     /// Cluster `timeout`: how long to wait for a response head.

@@ -4,12 +4,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use std::sync::Arc;
-
 use rustng_runtime_config::Cluster;
 
 use super::ClusterRt;
-use crate::stats::RequestStats;
+use crate::snapshot::ClusterShared;
 
 /// The clusters one worker runs. Lookups (a router naming a cluster, a plugin's HTTP call) see
 /// the current version; a request that already holds its `ClusterRt` keeps it, so a cluster
@@ -34,7 +32,7 @@ impl ClusterTable {
     pub(crate) fn update(
         &self,
         clusters: &[Cluster],
-        stats: &HashMap<String, Arc<RequestStats>>,
+        shared: &HashMap<String, ClusterShared>,
         worker: usize,
     ) {
         let old = self.all();
@@ -44,11 +42,11 @@ impl ClusterTable {
                 let cluster = match old.get(&config.name) {
                     Some(kept) if kept.config() == config => Rc::clone(kept),
                     _ => {
-                        let stats = stats
+                        let shared = shared
                             .get(&config.name)
                             .cloned()
-                            .unwrap_or_else(|| RequestStats::new(1));
-                        Rc::new(ClusterRt::new(config.clone(), stats, worker))
+                            .unwrap_or_else(|| ClusterShared::new(1));
+                        Rc::new(ClusterRt::new(config.clone(), shared, worker))
                     }
                 };
                 (config.name.clone(), cluster)

@@ -766,3 +766,138 @@ admin:
         .expect("run");
     assert!(!plain.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_drained_by_hand_gets_no_new_requests() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let files = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        files.path().join("tokens.yaml"),
+        format!(
+            "tokens:\n  - {{ name: ops, role: admin, token: {ADMIN_TOKEN} }}\n  - {{ name: dashboards, role: read, token: {READ_TOKEN} }}\n"
+        ),
+    )
+    .expect("tokens");
+    let port = free_port();
+    let (state, tokens) = (files.path().join("state"), files.path().join("tokens.yaml"));
+    let config = |timeout: &str| {
+        format!(
+            "workers: 2
+state_dir: {state}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+clusters:
+  - name: backend
+    timeout: {timeout}
+    endpoints: [{{ address: {a} }}, {{ address: {b} }}]
+admin:
+  address: 127.0.0.1:{port}
+  auth: {{ tokens_file: {tokens} }}
+",
+            state = state.display(),
+            a = a.addr,
+            b = b.addr,
+            tokens = tokens.display(),
+        )
+    };
+    let proxy = Rustng::start(&config("15s"));
+    let admin = Admin {
+        proxy,
+        url: format!("http://127.0.0.1:{port}"),
+        state: state.clone(),
+        _files: files,
+    };
+    let client = client::http1();
+    let origins = async |n: usize| {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..n {
+            let reply = client::get(&client, &admin.proxy.url("/echo")).await;
+            assert_eq!(reply.status, 200);
+            seen.insert(
+                reply.json()["origin"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    assert_eq!(origins(8).await, ["a", "b"]);
+
+    let drained = admin
+        .admin(
+            Method::POST,
+            "/v1/clusters/backend/drain",
+            json!({ "endpoint": a.addr.to_string() }),
+        )
+        .await;
+    assert_eq!(drained.status, 200, "{}", drained.text());
+    assert_eq!(drained.json()["changed"], true);
+    assert_eq!(origins(8).await, ["b"]);
+    let clusters = admin.get("/v1/clusters", Some(READ_TOKEN)).await.json();
+    let endpoints = &clusters["clusters"][0]["endpoints"];
+    assert_eq!(endpoints[0]["draining"], true, "{clusters}");
+    assert_eq!(endpoints[1]["draining"], false);
+    assert!(clusters["clusters"][0]["requests_by_class"][1].as_u64() >= Some(16));
+
+    // A new config version that keeps the address keeps it drained.
+    admin.proxy.write_config(&config("14s"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while admin.proxy.log_count("config reloaded") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            admin.proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origins(8).await, ["b"]);
+
+    // rustng-ctl: the table shows it, --undo restores it.
+    let (ok, out, _) = ctl(&admin, Some(READ_TOKEN), &["clusters"]);
+    assert!(
+        ok && out.contains("draining") && out.contains("active"),
+        "{out}"
+    );
+    let (ok, out, err) = ctl(
+        &admin,
+        Some(ADMIN_TOKEN),
+        &[
+            "endpoints",
+            "drain",
+            "backend",
+            &a.addr.to_string(),
+            "--undo",
+        ],
+    );
+    assert!(ok && out.contains("active"), "{out}{err}");
+    assert_eq!(origins(8).await, ["a", "b"]);
+    let (ok, _, err) = ctl(
+        &admin,
+        Some(ADMIN_TOKEN),
+        &["endpoints", "drain", "backend", "127.0.0.1:1"],
+    );
+    assert!(!ok && err.contains("no endpoint"), "{err}");
+    let actions: Vec<String> = admin
+        .audit_lines()
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["action"].as_str().unwrap_or(""),
+                l["result"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "POST /v1/clusters/backend/drain ok",
+            "POST /v1/clusters/backend/drain ok",
+            "POST /v1/clusters/backend/drain invalid",
+        ]
+    );
+}

@@ -79,6 +79,23 @@ enum Command {
     },
     /// Start a graceful drain: stop accepting, finish in-flight requests, exit.
     Drain,
+    /// Clusters, their endpoints (drained or not) and request counts.
+    Clusters,
+    /// Endpoints: drain one by hand (no new requests), or restore it.
+    #[command(subcommand)]
+    Endpoints(EndpointsCommand),
+}
+
+#[derive(Subcommand)]
+enum EndpointsCommand {
+    /// Stop sending new requests to an endpoint (`--undo` sends them again).
+    Drain {
+        cluster: String,
+        /// `address:port`, as in the cluster's config.
+        endpoint: String,
+        #[arg(long)]
+        undo: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +227,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drain => {
             let answer = client.post_json("/v1/drain", &json!({})).await?;
             show(output, &answer, || "draining\n".to_owned());
+        }
+        Command::Clusters => {
+            let answer = client.get("/v1/clusters").await?;
+            show(output, &answer, || {
+                let mut table = Table::new([
+                    "CLUSTER", "ENDPOINT", "WEIGHT", "STATE", "2XX", "5XX", "FAILURES",
+                ]);
+                for c in answer["clusters"].as_array().into_iter().flatten() {
+                    for e in c["endpoints"].as_array().into_iter().flatten() {
+                        let state = if e["draining"].as_bool() == Some(true) {
+                            "draining"
+                        } else {
+                            "active"
+                        };
+                        table.row([
+                            text(&c["name"]),
+                            text(&e["address"]),
+                            text(&e["weight"]),
+                            state.to_owned(),
+                            text(&c["requests_by_class"][1]),
+                            text(&c["requests_by_class"][4]),
+                            text(&c["failures"]),
+                        ]);
+                    }
+                }
+                table.render()
+            });
+        }
+        Command::Endpoints(EndpointsCommand::Drain {
+            cluster,
+            endpoint,
+            undo,
+        }) => {
+            let answer = client
+                .post_json(
+                    &format!("/v1/clusters/{cluster}/drain"),
+                    &json!({ "endpoint": endpoint, "drain": !undo }),
+                )
+                .await?;
+            show(output, &answer, || {
+                let state = if undo { "active" } else { "draining" };
+                format!("{cluster} {endpoint}: {state}\n")
+            });
         }
     }
     Ok(ExitCode::SUCCESS)
