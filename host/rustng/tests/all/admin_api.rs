@@ -156,6 +156,20 @@ impl Admin {
             .collect()
     }
 
+    /// Each audit entry as `"<action> <result>"`.
+    pub(crate) fn audit_actions(&self) -> Vec<String> {
+        self.audit_lines()
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["action"].as_str().unwrap_or(""),
+                    l["result"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+
     /// The `x-gen` header traffic carries now.
     pub(crate) async fn generation_tag(&self) -> String {
         let reply = client::get(&client::http1(), &self.proxy.url("/echo")).await;
@@ -478,16 +492,7 @@ async fn config_and_plugins_change_through_the_api() {
 
     // The audit trail: one entry per mutation, with versions before and after.
     let lines = admin.audit_lines();
-    let actions: Vec<String> = lines
-        .iter()
-        .map(|l| {
-            format!(
-                "{} {}",
-                l["action"].as_str().unwrap_or(""),
-                l["result"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let actions = admin.audit_actions();
     assert_eq!(
         actions,
         [
@@ -881,17 +886,7 @@ admin:
         &["endpoints", "drain", "backend", "127.0.0.1:1"],
     );
     assert!(!ok && err.contains("no endpoint"), "{err}");
-    let actions: Vec<String> = admin
-        .audit_lines()
-        .iter()
-        .map(|l| {
-            format!(
-                "{} {}",
-                l["action"].as_str().unwrap_or(""),
-                l["result"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let actions = admin.audit_actions();
     assert_eq!(
         actions,
         [

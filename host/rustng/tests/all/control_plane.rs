@@ -143,17 +143,7 @@ async fn the_admin_port_serves_the_control_plane_api() {
     assert_eq!(subscribe.code(), Code::Unimplemented);
 
     // Audit: the two refusals, the apply, and the three streamed documents.
-    let results: Vec<String> = admin
-        .audit_lines()
-        .iter()
-        .map(|l| {
-            format!(
-                "{} {}",
-                l["action"].as_str().unwrap_or(""),
-                l["result"].as_str().unwrap_or("")
-            )
-        })
-        .collect();
+    let results = admin.audit_actions();
     assert_eq!(
         results,
         [
@@ -275,6 +265,7 @@ async fn next_session(sessions: &mut mpsc::UnboundedReceiver<Session>) -> Sessio
         .expect("session")
 }
 
+/// Two clusters, `cluster` the default, subscribed to the control plane at `cp`.
 fn subscribed_config(
     cluster: &str,
     a: SocketAddr,
@@ -282,29 +273,15 @@ fn subscribed_config(
     cp: SocketAddr,
     token: &std::path::Path,
 ) -> String {
-    format!(
-        "workers: 2
-listeners:
-  - name: main
-    address: '{{listen}}'
-    default_cluster: {cluster}
-clusters:
-  - name: a
-    endpoints: [{{ address: {a} }}]
-  - name: b
-    endpoints: [{{ address: {b} }}]
-control_plane: {{ address: 'http://{cp}', node: edge-1, token_file: {token} }}
-",
-        token = token.display()
+    crate::reload::two_clusters(
+        a,
+        b,
+        cluster,
+        &format!(
+            "control_plane: {{ address: 'http://{cp}', node: edge-1, token_file: {} }}\n",
+            token.display()
+        ),
     )
-}
-
-async fn answering(client: &client::HttpClient, proxy: &Rustng) -> String {
-    let reply = client::get(client, &proxy.url("/echo")).await;
-    reply.json()["origin"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +295,7 @@ async fn a_subscribed_rustng_keeps_serving_while_its_control_plane_is_away() {
     let (server, mut sessions) = serve_control_plane(cp);
     let proxy = Rustng::start(&subscribed_config("a", a.addr, b.addr, cp, &token));
     let client = client::http1();
-    assert_eq!(answering(&client, &proxy).await, "a");
+    assert_eq!(crate::reload::answering(&client, &proxy).await, "a");
 
     let mut session = next_session(&mut sessions).await;
     assert_eq!(
@@ -337,7 +314,7 @@ async fn a_subscribed_rustng_keeps_serving_while_its_control_plane_is_away() {
         ack.applied && ack.version == 2 && ack.nonce == "v-b",
         "{ack:?}"
     );
-    assert_eq!(answering(&client, &proxy).await, "b");
+    assert_eq!(crate::reload::answering(&client, &proxy).await, "b");
     let broken = to_b.replace("default_cluster: b", "default_cluster: c");
     session
         .documents
@@ -406,7 +383,7 @@ async fn a_subscribed_rustng_keeps_serving_while_its_control_plane_is_away() {
         served.load(Ordering::Relaxed) > 50,
         "traffic flowed throughout"
     );
-    assert_eq!(answering(&client, &proxy).await, "a");
+    assert_eq!(crate::reload::answering(&client, &proxy).await, "a");
     let history = proxy.log();
     assert!(
         history.contains("control plane unreachable") || history.contains("closed the stream"),

@@ -14,7 +14,7 @@ use crate::stock_filters::module;
 
 /// A config with one listener sending everything to `cluster` (one of `a` and `b`), and
 /// whatever `extra` adds at the end (more listeners, `state_dir`).
-fn two_clusters(a: SocketAddr, b: SocketAddr, cluster: &str, extra: &str) -> String {
+pub(crate) fn two_clusters(a: SocketAddr, b: SocketAddr, cluster: &str, extra: &str) -> String {
     format!(
         "workers: 2
 listeners:
@@ -31,7 +31,7 @@ clusters:
 }
 
 /// Which origin answers `/echo` now.
-async fn answering(client: &HttpClient, proxy: &Rustng) -> String {
+pub(crate) async fn answering(client: &HttpClient, proxy: &Rustng) -> String {
     let reply = client::get(client, &proxy.url("/echo")).await;
     reply.json()["origin"]
         .as_str()
