@@ -58,12 +58,54 @@ impl Telemetry {
                  their deadline or ran out of memory (the failure policy then decided).\n\
                  # TYPE rustng_wasm_plugin_failures_total counter\n",
             );
-            for plugin in plugins {
+            for plugin in &plugins {
                 let _ = writeln!(
                     out,
                     "rustng_wasm_plugin_failures_total{{plugin=\"{}\"}} {}",
                     label(plugin.name()),
                     plugin.failures()
+                );
+            }
+            let usage: Vec<_> = plugins
+                .iter()
+                .map(|p| (label(p.name()), p.usage()))
+                .collect();
+            out.push_str(
+                "# HELP rustng_wasm_plugin_calls_total Plugin callbacks run, on every worker and \
+                 in every generation.\n\
+                 # TYPE rustng_wasm_plugin_calls_total counter\n",
+            );
+            for (name, totals) in &usage {
+                let _ = writeln!(
+                    out,
+                    "rustng_wasm_plugin_calls_total{{plugin=\"{name}\"}} {}",
+                    totals.calls
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP rustng_wasm_plugin_call_seconds_total Time spent in plugin callbacks, \
+                 estimated from one callback in {}.\n\
+                 # TYPE rustng_wasm_plugin_call_seconds_total counter",
+                rustng_wasm::SAMPLE_EVERY
+            );
+            for (name, totals) in &usage {
+                let _ = writeln!(
+                    out,
+                    "rustng_wasm_plugin_call_seconds_total{{plugin=\"{name}\"}} {}",
+                    totals.time.as_secs_f64()
+                );
+            }
+            out.push_str(
+                "# HELP rustng_wasm_plugin_memory_bytes Linear memory of the plugin's live \
+                 instances (as of their last sampled callback).\n\
+                 # TYPE rustng_wasm_plugin_memory_bytes gauge\n",
+            );
+            for (name, totals) in &usage {
+                let _ = writeln!(
+                    out,
+                    "rustng_wasm_plugin_memory_bytes{{plugin=\"{name}\"}} {}",
+                    totals.memory_bytes
                 );
             }
         }

@@ -48,4 +48,6 @@ pub struct InstanceEnv {
     pub queue_ready: Option<QueueNotifier>,
     /// Which clusters HTTP calls may go to; without it every `proxy_http_call` is refused.
     pub upstreams: Option<UpstreamCheck>,
+    /// Where the instance reports its callbacks, guest time and memory (`/metrics`).
+    pub usage: Option<Arc<crate::InstanceUsage>>,
 }

@@ -3,6 +3,7 @@
 //! `proxy_on_configure`), each call under the deadline.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -18,6 +19,7 @@ use crate::http::{
 use crate::limits::Limits;
 use crate::module::PluginModule;
 use crate::state::{GuestExports, HostState, PluginConfig, tracing_sink};
+use crate::usage::SAMPLE_EVERY;
 
 /// The root (plugin) context's id. Stream contexts will count up from here.
 pub(crate) const ROOT_CONTEXT_ID: i32 = 1;
@@ -30,6 +32,15 @@ pub struct PluginInstance {
     next_context_id: i32,
     /// Looked up once: finding an export by name on every call doubles what a call costs.
     stream: StreamCallbacks,
+}
+
+impl Drop for PluginInstance {
+    fn drop(&mut self) {
+        // Its memory goes back to the pool: no longer this plugin's.
+        if let Some(usage) = &self.store.data().usage {
+            usage.memory_bytes.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A headers callback in either of its ABI shapes.
@@ -191,6 +202,8 @@ impl PluginInstance {
     ) -> Result<PluginInstance, WasmError> {
         let state = HostState {
             config,
+            usage: env.usage,
+            calls: 0,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.max_memory_bytes)
                 .instances(1)
@@ -229,6 +242,10 @@ impl PluginInstance {
             .get_typed_func::<i32, i32>(&mut store, module.allocator)
             .map_err(|e| WasmError::Abi(format!("{}: {e:#}", module.allocator)))?;
         store.data_mut().exports = Some(GuestExports { memory, allocate });
+        if let Some(usage) = &store.data().usage {
+            let bytes = memory.data_size(&store) as u64;
+            usage.memory_bytes.store(bytes, Ordering::Relaxed);
+        }
 
         let stream = StreamCallbacks::resolve(&instance, &mut store)?;
         let mut plugin = PluginInstance {
@@ -935,9 +952,28 @@ fn invoke<P: WasmParams, R: WasmResults>(
     let state = store.data_mut();
     state.callback_context = context;
     state.effective_context = context;
+    state.calls += 1;
+    let calls = state.calls;
+    let timed = state.usage.is_some() && calls.is_multiple_of(SAMPLE_EVERY);
     store.set_epoch_deadline(limits.deadline_ticks());
-    func.call(&mut *store, args)
-        .map_err(|e| classify(name, e, limits))
+    let started = timed.then(std::time::Instant::now);
+    let result = func.call(&mut *store, args);
+    if let Some(usage) = &store.data().usage {
+        // One writer per record: stores, not atomic adds.
+        usage.calls.store(calls, Ordering::Relaxed);
+        if let Some(started) = started {
+            let scaled = u64::try_from(started.elapsed().as_nanos())
+                .unwrap_or(u64::MAX)
+                .saturating_mul(SAMPLE_EVERY);
+            let total = usage.nanos.load(Ordering::Relaxed).saturating_add(scaled);
+            usage.nanos.store(total, Ordering::Relaxed);
+            if let Some(memory) = store.data().exports.as_ref().map(|e| e.memory) {
+                let bytes = memory.data_size(&*store) as u64;
+                usage.memory_bytes.store(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+    result.map_err(|e| classify(name, e, limits))
 }
 
 fn classify(callback: &'static str, error: wasmtime::Error, limits: &Limits) -> WasmError {

@@ -22,6 +22,7 @@ mod metrics;
 mod module;
 mod shared;
 mod state;
+mod usage;
 
 pub use engine::{CacheStats, EngineLimits, WasmEngine};
 pub use error::WasmError;
@@ -38,3 +39,4 @@ pub use module::PluginModule;
 pub use rustng_abi::PeerType;
 pub use shared::{QueueNotifier, QueueReady};
 pub use state::{LogSink, PluginConfig};
+pub use usage::{InstanceUsage, PluginUsage, SAMPLE_EVERY, UsageTotals};

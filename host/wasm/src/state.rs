@@ -84,6 +84,9 @@ pub(crate) struct GuestExports {
 /// The store data of a plugin instance.
 pub(crate) struct HostState {
     pub(crate) config: Arc<PluginConfig>,
+    /// Reported usage (see `usage.rs`), and the callbacks run so far.
+    pub(crate) usage: Option<Arc<crate::InstanceUsage>>,
+    pub(crate) calls: u64,
     pub(crate) limits: StoreLimits,
     pub(crate) log: LogSink,
     /// The least severe level `log` takes; `None` for the tracing sink, whose subscriber

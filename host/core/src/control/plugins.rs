@@ -26,6 +26,7 @@ struct PluginHistory {
     kept: VecDeque<Arc<LoadedPlugin>>,
     last_generation: u64,
     failures: Arc<AtomicU64>,
+    usage: Arc<rustng_wasm::PluginUsage>,
 }
 
 /// What the plugins of a config version will run: kept generations and new, canaried ones.
@@ -78,6 +79,7 @@ impl PluginGenerations {
                 digest,
                 generation: history.map_or(0, |h| h.last_generation) + 1,
                 failures: history.map_or_else(Arc::default, |h| Arc::clone(&h.failures)),
+                usage: history.map_or_else(Arc::default, |h| Arc::clone(&h.usage)),
             };
             match LoadedPlugin::load(engine, host, upstreams, source) {
                 Ok(loaded) => {
@@ -99,7 +101,16 @@ impl PluginGenerations {
     /// Records the generations a published version runs.
     pub(crate) fn commit(&mut self, prepared: &PreparedPlugins) {
         for (name, loaded) in &prepared.chosen {
-            let history = self.plugins.entry(name.clone()).or_default();
+            // A plugin's first generation brings the counters every later one carries on.
+            let history = self.plugins.entry(name.clone()).or_insert_with(|| {
+                let (failures, usage) = loaded.counters();
+                PluginHistory {
+                    kept: VecDeque::new(),
+                    last_generation: 0,
+                    failures,
+                    usage,
+                }
+            });
             if history.kept.back().is_some_and(|c| Arc::ptr_eq(c, loaded)) {
                 continue;
             }

@@ -27,9 +27,9 @@ use std::time::Duration;
 use http::{HeaderValue, StatusCode};
 use rustng_runtime_config::{FailurePolicy, Plugin};
 use rustng_wasm::{
-    GrpcAction, GrpcEvent, HttpCallRequest, HttpCallResponse, InstanceEnv, Limits, PluginConfig,
-    PluginHost, PluginInstance, PluginModule, QueueNotifier, QueueReady, StreamAction,
-    UpstreamCheck, WasmEngine, WasmError,
+    GrpcAction, GrpcEvent, HttpCallRequest, HttpCallResponse, InstanceEnv, InstanceUsage, Limits,
+    PluginConfig, PluginHost, PluginInstance, PluginModule, PluginUsage, QueueNotifier, QueueReady,
+    StreamAction, UpstreamCheck, UsageTotals, WasmEngine, WasmError,
 };
 use tokio::sync::{Notify, mpsc};
 
@@ -62,6 +62,8 @@ pub(crate) struct LoadedPlugin {
     /// Callbacks that failed (trap, deadline, memory), on every worker and in every
     /// generation of the plugin: the policy's count.
     failures: Arc<AtomicU64>,
+    /// Callbacks, guest time and memory of every instance of the plugin (all generations).
+    usage: Arc<PluginUsage>,
 }
 
 /// Where a new generation comes from.
@@ -72,6 +74,8 @@ pub(crate) struct PluginSource<'a> {
     pub(crate) generation: u64,
     /// The failure count of the plugin's earlier generations, carried on.
     pub(crate) failures: Arc<AtomicU64>,
+    /// The usage record of the plugin's earlier generations, carried on.
+    pub(crate) usage: Arc<PluginUsage>,
 }
 
 impl LoadedPlugin {
@@ -92,6 +96,16 @@ impl LoadedPlugin {
     }
 
     /// How many times a callback of this plugin failed, since start.
+    /// The counters shared by all generations of the plugin.
+    pub(crate) fn counters(&self) -> (Arc<AtomicU64>, Arc<PluginUsage>) {
+        (Arc::clone(&self.failures), Arc::clone(&self.usage))
+    }
+
+    /// Callbacks, guest time and memory over the plugin's instances.
+    pub(crate) fn usage(&self) -> UsageTotals {
+        self.usage.totals()
+    }
+
     pub(crate) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
@@ -111,6 +125,7 @@ impl LoadedPlugin {
             digest,
             generation,
             failures,
+            usage,
         } = source;
         let module = PluginModule::compile(engine, bytes).map_err(|e| e.to_string())?;
         let config = Arc::new(PluginConfig {
@@ -136,13 +151,18 @@ impl LoadedPlugin {
             host: Arc::clone(host),
             upstreams: Arc::clone(upstreams),
             failures,
+            usage,
         };
-        // The canary gets no queue notifier: it is dropped right away.
-        loaded.instantiate(None).map_err(|e| e.to_string())?;
+        // The canary gets no queue notifier and reports no usage: it is dropped right away.
+        loaded.instantiate(None, None).map_err(|e| e.to_string())?;
         Ok(loaded)
     }
 
-    fn instantiate(&self, queue_ready: Option<QueueNotifier>) -> Result<PluginInstance, WasmError> {
+    fn instantiate(
+        &self,
+        queue_ready: Option<QueueNotifier>,
+        usage: Option<Arc<InstanceUsage>>,
+    ) -> Result<PluginInstance, WasmError> {
         PluginInstance::start(
             &self.module,
             Arc::clone(&self.config),
@@ -152,6 +172,7 @@ impl LoadedPlugin {
                 log: None,
                 queue_ready,
                 upstreams: Some(Arc::clone(&self.upstreams)),
+                usage,
             },
         )
     }
@@ -206,7 +227,10 @@ impl Filter {
             // The receiving worker may be gone at shutdown; nothing to tell then.
             let _ = sender.send(ready);
         });
-        let instance = match plugin.instantiate(Some(Arc::clone(&queue_ready))) {
+        let instance = match plugin.instantiate(
+            Some(Arc::clone(&queue_ready)),
+            Some(plugin.usage.register()),
+        ) {
             Ok(instance) => Some(instance),
             Err(error) => {
                 tracing::error!(plugin = %plugin.name, %error, "plugin failed to start on this worker");
@@ -349,7 +373,10 @@ impl Filter {
         let restarted = {
             let mut instance = self.instance.borrow_mut();
             if instance.is_none() && self.plugin.policy == FailurePolicy::FailReload {
-                match self.plugin.instantiate(Some(Arc::clone(&self.queue_ready))) {
+                match self.plugin.instantiate(
+                    Some(Arc::clone(&self.queue_ready)),
+                    Some(self.plugin.usage.register()),
+                ) {
                     Ok(fresh) => {
                         tracing::info!(plugin = %self.plugin.name, "plugin instance reloaded");
                         *instance = Some(fresh);

@@ -1,7 +1,7 @@
 //! `/metrics` scraped and parsed with a Prometheus text-format parser (the `prometheus-parse`
 //! crate, as a scraper would): downstream connections and requests by listener and status
-//! class with latency histograms, upstream requests and failures by cluster, config version and
-//! plugin generations.
+//! class with latency histograms, upstream requests and failures by cluster, config version,
+//! plugin generations, callbacks, guest time and memory.
 
 use prometheus_parse::{Sample, Scrape, Value};
 
@@ -151,6 +151,28 @@ admin: {{ address: '127.0.0.1:{admin}' }}
             &[("plugin", "hdr")]
         ),
         0.0
+    );
+    // 13 requests through two filters: context create, headers both ways, done, log, delete.
+    let calls = value(
+        &scrape,
+        "rustng_wasm_plugin_calls_total",
+        &[("plugin", "router")],
+    );
+    assert!((50.0..1000.0).contains(&calls), "router calls {calls}");
+    assert!(
+        value(
+            &scrape,
+            "rustng_wasm_plugin_call_seconds_total",
+            &[("plugin", "hdr")]
+        ) > 0.0
+    );
+    // Two workers, an instance each, at least one page of linear memory apiece.
+    assert!(
+        value(
+            &scrape,
+            "rustng_wasm_plugin_memory_bytes",
+            &[("plugin", "router")]
+        ) >= 131072.0
     );
     // Every family has its HELP text.
     for family in [
