@@ -40,74 +40,63 @@ impl Telemetry {
         let mut plugins: Vec<&Arc<LoadedPlugin>> = snapshot.plugins.values().collect();
         plugins.sort_by(|a, b| a.name().cmp(b.name()));
         if !plugins.is_empty() {
-            out.push_str(
-                "# HELP rustng_wasm_plugin_generation The generation (module and configuration) \
-                 each plugin runs.\n\
-                 # TYPE rustng_wasm_plugin_generation gauge\n",
+            let per_plugin = |value: &dyn Fn(&LoadedPlugin) -> String| {
+                plugins
+                    .iter()
+                    .map(|p| (p.name().to_owned(), value(p)))
+                    .collect::<Vec<_>>()
+            };
+            family(
+                &mut out,
+                "rustng_wasm_plugin_generation",
+                "gauge",
+                "The generation (module and configuration) each plugin runs.",
+                "plugin",
+                per_plugin(&|p| p.generation().to_string()),
             );
-            for plugin in &plugins {
-                let _ = writeln!(
-                    out,
-                    "rustng_wasm_plugin_generation{{plugin=\"{}\"}} {}",
-                    label(plugin.name()),
-                    plugin.generation()
-                );
-            }
-            out.push_str(
-                "# HELP rustng_wasm_plugin_failures_total Plugin callbacks that trapped, ran past \
-                 their deadline or ran out of memory (the failure policy then decided).\n\
-                 # TYPE rustng_wasm_plugin_failures_total counter\n",
+            family(
+                &mut out,
+                "rustng_wasm_plugin_failures_total",
+                "counter",
+                "Plugin callbacks that trapped, ran past their deadline or ran out of memory (the \
+                 failure policy then decided).",
+                "plugin",
+                per_plugin(&|p| p.failures().to_string()),
             );
-            for plugin in &plugins {
-                let _ = writeln!(
-                    out,
-                    "rustng_wasm_plugin_failures_total{{plugin=\"{}\"}} {}",
-                    label(plugin.name()),
-                    plugin.failures()
-                );
-            }
-            let usage: Vec<_> = plugins
-                .iter()
-                .map(|p| (label(p.name()), p.usage()))
-                .collect();
-            out.push_str(
-                "# HELP rustng_wasm_plugin_calls_total Plugin callbacks run, on every worker and \
-                 in every generation.\n\
-                 # TYPE rustng_wasm_plugin_calls_total counter\n",
+            let usage: Vec<_> = plugins.iter().map(|p| (p.name(), p.usage())).collect();
+            let per_usage = |value: &dyn Fn(&rustng_wasm::UsageTotals) -> String| {
+                usage
+                    .iter()
+                    .map(|(name, totals)| ((*name).to_owned(), value(totals)))
+                    .collect::<Vec<_>>()
+            };
+            family(
+                &mut out,
+                "rustng_wasm_plugin_calls_total",
+                "counter",
+                "Plugin callbacks run, on every worker and in every generation.",
+                "plugin",
+                per_usage(&|t| t.calls.to_string()),
             );
-            for (name, totals) in &usage {
-                let _ = writeln!(
-                    out,
-                    "rustng_wasm_plugin_calls_total{{plugin=\"{name}\"}} {}",
-                    totals.calls
-                );
-            }
-            let _ = writeln!(
-                out,
-                "# HELP rustng_wasm_plugin_call_seconds_total Time spent in plugin callbacks, \
-                 estimated from one callback in {}.\n\
-                 # TYPE rustng_wasm_plugin_call_seconds_total counter",
-                rustng_wasm::SAMPLE_EVERY
+            family(
+                &mut out,
+                "rustng_wasm_plugin_call_seconds_total",
+                "counter",
+                &format!(
+                    "Time spent in plugin callbacks, estimated from one callback in {}.",
+                    rustng_wasm::SAMPLE_EVERY
+                ),
+                "plugin",
+                per_usage(&|t| t.time.as_secs_f64().to_string()),
             );
-            for (name, totals) in &usage {
-                let _ = writeln!(
-                    out,
-                    "rustng_wasm_plugin_call_seconds_total{{plugin=\"{name}\"}} {}",
-                    totals.time.as_secs_f64()
-                );
-            }
-            out.push_str(
-                "# HELP rustng_wasm_plugin_memory_bytes Linear memory of the plugin's live \
-                 instances (as of their last sampled callback).\n\
-                 # TYPE rustng_wasm_plugin_memory_bytes gauge\n",
+            family(
+                &mut out,
+                "rustng_wasm_plugin_memory_bytes",
+                "gauge",
+                "Linear memory of the plugin's live instances (as of their last sampled callback).",
+                "plugin",
+                per_usage(&|t| t.memory_bytes.to_string()),
             );
-            for (name, totals) in &usage {
-                let _ = writeln!(
-                    out,
-                    "rustng_wasm_plugin_memory_bytes{{plugin=\"{name}\"}} {}",
-                    totals.memory_bytes
-                );
-            }
         }
         self.render_listeners(&mut out, &snapshot);
         self.render_clusters(&mut out, &snapshot);
@@ -120,44 +109,36 @@ impl Telemetry {
         if snapshot.listeners.is_empty() {
             return;
         }
-        let connections = |out: &mut String,
-                           name: &str,
-                           kind: &str,
-                           help: &str,
-                           pick: &dyn Fn((usize, u64, u64)) -> u64| {
-            let _ = writeln!(
-                out,
-                "# HELP rustng_downstream_{name} {help}\n# TYPE rustng_downstream_{name} {kind}"
-            );
-            for spec in &snapshot.listeners {
-                let _ = writeln!(
-                    out,
-                    "rustng_downstream_{name}{{listener=\"{}\"}} {}",
-                    label(&spec.config.name),
-                    pick(spec.limit.counts())
-                );
-            }
+        let connections = |pick: &dyn Fn((usize, u64, u64)) -> u64| {
+            snapshot
+                .listeners
+                .iter()
+                .map(|spec| (spec.config.name.clone(), pick(spec.limit.counts())))
+                .collect::<Vec<_>>()
         };
-        connections(
+        family(
             out,
-            "connections_active",
+            "rustng_downstream_connections_active",
             "gauge",
             "Open downstream connections.",
-            &|(open, _, _)| open as u64,
+            "listener",
+            connections(&|(open, _, _)| open as u64),
         );
-        connections(
+        family(
             out,
-            "connections_total",
+            "rustng_downstream_connections_total",
             "counter",
             "Downstream connections accepted.",
-            &|(_, accepted, _)| accepted,
+            "listener",
+            connections(&|(_, accepted, _)| accepted),
         );
-        connections(
+        family(
             out,
-            "connections_refused_total",
+            "rustng_downstream_connections_refused_total",
             "counter",
             "Downstream connections closed at once for the listener's max_connections.",
-            &|(_, _, refused)| refused,
+            "listener",
+            connections(&|(_, _, refused)| refused),
         );
         stats::write_headers(
             out,
@@ -206,6 +187,25 @@ impl Telemetry {
                 Some("request_failures"),
             );
         }
+    }
+}
+
+/// One metric family: its HELP and TYPE lines, then a sample per `(label value, value)`.
+fn family<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label_name: &str,
+    samples: Vec<(String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (value_label, value) in samples {
+        let _ = writeln!(
+            out,
+            "{name}{{{label_name}=\"{}\"}} {value}",
+            label(&value_label)
+        );
     }
 }
 

@@ -73,15 +73,20 @@ admin:
     )
 }
 
-pub(crate) fn start(origin: &Origin, rs256: bool) -> Admin {
-    let files = tempfile::tempdir().expect("tempdir");
+/// `dir/tokens.yaml`: `ops` with the admin role, `dashboards` with the read role.
+fn write_tokens(dir: &Path) {
     std::fs::write(
-        files.path().join("tokens.yaml"),
+        dir.join("tokens.yaml"),
         format!(
             "tokens:\n  - {{ name: ops, role: admin, token: {ADMIN_TOKEN} }}\n  - {{ name: dashboards, role: read, token: {READ_TOKEN} }}\n"
         ),
     )
     .expect("tokens");
+}
+
+pub(crate) fn start(origin: &Origin, rs256: bool) -> Admin {
+    let files = tempfile::tempdir().expect("tempdir");
+    write_tokens(files.path());
     std::fs::write(files.path().join("jwt-secret"), JWT_SECRET).expect("secret");
     std::fs::write(files.path().join("jwt.pub.pem"), RSA_PUBLIC).expect("public key");
     let key = if rs256 {
@@ -777,13 +782,7 @@ async fn an_endpoint_drained_by_hand_gets_no_new_requests() {
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
     let files = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        files.path().join("tokens.yaml"),
-        format!(
-            "tokens:\n  - {{ name: ops, role: admin, token: {ADMIN_TOKEN} }}\n  - {{ name: dashboards, role: read, token: {READ_TOKEN} }}\n"
-        ),
-    )
-    .expect("tokens");
+    write_tokens(files.path());
     let port = free_port();
     let (state, tokens) = (files.path().join("state"), files.path().join("tokens.yaml"));
     let config = |timeout: &str| {
