@@ -28,6 +28,8 @@ pub(crate) struct Snapshot {
 #[derive(Clone)]
 pub(crate) struct ClusterShared {
     pub(crate) stats: Arc<RequestStats>,
+    /// Requests per endpoint address (counts only: no histogram per endpoint).
+    pub(crate) endpoints: HashMap<std::net::SocketAddr, Arc<RequestStats>>,
     pub(crate) drained: Arc<arc_swap::ArcSwap<std::collections::HashSet<std::net::SocketAddr>>>,
 }
 
@@ -35,7 +37,30 @@ impl ClusterShared {
     pub(crate) fn new(workers: usize) -> Self {
         ClusterShared {
             stats: RequestStats::new(workers),
+            endpoints: HashMap::new(),
             drained: Arc::default(),
+        }
+    }
+
+    /// The same cluster state for a version with these endpoint addresses: counters kept for
+    /// addresses it had, new ones for the rest.
+    pub(crate) fn for_endpoints(
+        &self,
+        addresses: impl Iterator<Item = std::net::SocketAddr>,
+        workers: usize,
+    ) -> ClusterShared {
+        ClusterShared {
+            stats: Arc::clone(&self.stats),
+            endpoints: addresses
+                .map(|address| {
+                    let stats = self
+                        .endpoints
+                        .get(&address)
+                        .map_or_else(|| RequestStats::new(workers), Arc::clone);
+                    (address, stats)
+                })
+                .collect(),
+            drained: Arc::clone(&self.drained),
         }
     }
 }

@@ -53,6 +53,17 @@ impl RequestStats {
         self.observe(shard, elapsed);
     }
 
+    /// A request answered with `status`, counted without its time.
+    pub(crate) fn count(&self, worker: usize, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.shard(worker).classes[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request that got no status, counted without its time.
+    pub(crate) fn count_failure(&self, worker: usize) {
+        self.shard(worker).failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A request that got no status (its time still counts in the histogram).
     pub(crate) fn record_failure(&self, worker: usize, elapsed: Duration) {
         let shard = self.shard(worker);
@@ -82,6 +93,28 @@ impl RequestStats {
     pub(crate) fn totals(&self) -> ([u64; 5], u64) {
         let classes = std::array::from_fn(|i| self.sum(|s| &s.classes[i]));
         (classes, self.sum(|s| &s.failures))
+    }
+
+    /// Only the counts of [`Self::render`] (no histogram).
+    pub(crate) fn render_counts(
+        &self,
+        out: &mut String,
+        prefix: &str,
+        labels: &str,
+        failures: &str,
+    ) {
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let count = self.sum(|s| &s.classes[i]);
+            let _ = writeln!(
+                out,
+                "{prefix}_requests_total{{{labels},code_class=\"{class}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{prefix}_{failures}_total{{{labels}}} {}",
+            self.sum(|s| &s.failures)
+        );
     }
 
     /// `<prefix>_requests_total{<labels>,code_class}` and, when `failures` names it,

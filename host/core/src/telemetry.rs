@@ -187,6 +187,35 @@ impl Telemetry {
                 Some("request_failures"),
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP rustng_upstream_endpoint_requests_total Upstream requests answered, by endpoint \
+             and status class.\n\
+             # TYPE rustng_upstream_endpoint_requests_total counter\n\
+             # HELP rustng_upstream_endpoint_request_failures_total Upstream requests to the \
+             endpoint that got no response head.\n\
+             # TYPE rustng_upstream_endpoint_request_failures_total counter"
+        );
+        for cluster in &snapshot.config.clusters {
+            let Some(shared) = snapshot.cluster_state.get(&cluster.name) else {
+                continue;
+            };
+            for endpoint in &cluster.endpoints {
+                if let Some(stats) = shared.endpoints.get(&endpoint.address) {
+                    let labels = format!(
+                        "cluster=\"{}\",endpoint=\"{}\"",
+                        label(&cluster.name),
+                        endpoint.address
+                    );
+                    stats.render_counts(
+                        out,
+                        "rustng_upstream_endpoint",
+                        &labels,
+                        "request_failures",
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -535,7 +535,11 @@ impl ControlState {
                                 .cluster_state
                                 .get(&c.name)
                                 .map_or_else(|| ClusterShared::new(self.workers), Clone::clone);
-                            (c.name.clone(), shared)
+                            let addresses = c.endpoints.iter().map(|e| e.address);
+                            (
+                                c.name.clone(),
+                                shared.for_endpoints(addresses, self.workers),
+                            )
                         })
                         .collect(),
                     config: Arc::new(config),

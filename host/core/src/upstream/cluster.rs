@@ -32,6 +32,8 @@ const MAX_STALE_RETRIES: usize = 2;
 struct EndpointRt {
     address: SocketAddr,
     pool: EndpointPool,
+    /// Requests sent to it (this worker's shard of the cluster's per-endpoint counters).
+    stats: Arc<RequestStats>,
 }
 
 /// A cluster as one worker runs it.
@@ -109,6 +111,11 @@ impl ClusterRt {
             .map(|e| EndpointRt {
                 address: e.address,
                 pool: EndpointPool::new(config.max_idle_connections, config.idle_timeout),
+                stats: shared
+                    .endpoints
+                    .get(&e.address)
+                    .cloned()
+                    .unwrap_or_else(|| RequestStats::new(1)),
             })
             .collect();
         let balancer = Balancer::new(config.lb_policy, config.endpoints.iter().map(|e| e.weight));
@@ -182,6 +189,11 @@ impl ClusterRt {
                 // Boxed so HTTP/2's state does not grow the HTTP/1.1 request future.
                 UpstreamProtocol::Http2 => Box::pin(self.send_http2(index, req)).await,
             };
+            let endpoint = &self.endpoints[index].stats;
+            match &result {
+                Ok(response) => endpoint.count(self.worker, response.head.status.as_u16()),
+                Err(_) => endpoint.count_failure(self.worker),
+            }
             match result {
                 Ok(response) => return Ok(response),
                 Err(error) if error.retryable && req.body.is_some() => {

@@ -152,6 +152,29 @@ admin: {{ address: '127.0.0.1:{admin}' }}
         ),
         0.0
     );
+    let origin_endpoint = origin.addr.to_string();
+    let dead_endpoint = format!("127.0.0.1:{dead}");
+    let endpoint = |cluster: &'static str, address: &str, class: &'static str| {
+        value(
+            &scrape,
+            "rustng_upstream_endpoint_requests_total",
+            &[
+                ("cluster", cluster),
+                ("endpoint", address),
+                ("code_class", class),
+            ],
+        )
+    };
+    assert_eq!(endpoint("backend", &origin_endpoint, "2xx"), 10.0);
+    assert_eq!(endpoint("backend", &origin_endpoint, "5xx"), 1.0);
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_upstream_endpoint_request_failures_total",
+            &[("cluster", "dead"), ("endpoint", &dead_endpoint)]
+        ),
+        1.0
+    );
     // 13 requests through two filters: context create, headers both ways, done, log, delete.
     let calls = value(
         &scrape,
