@@ -161,6 +161,18 @@ impl Admin {
             .collect()
     }
 
+    /// Waits (up to ten seconds) for the process to exit after a drain, and checks it exited
+    /// cleanly.
+    pub(crate) async fn exits_cleanly(self) {
+        let status = tokio::task::spawn_blocking(move || {
+            let Admin { proxy, .. } = self;
+            proxy.wait_exit(Duration::from_secs(10))
+        })
+        .await
+        .expect("join");
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    }
+
     /// Each audit entry as `"<action> <result>"`.
     pub(crate) fn audit_actions(&self) -> Vec<String> {
         self.audit_lines()
@@ -525,13 +537,7 @@ async fn config_and_plugins_change_through_the_api() {
     // Drain: not ready any more, and the process exits.
     let drained = admin.admin(Method::POST, "/v1/drain", json!({})).await;
     assert_eq!(drained.status, 200);
-    let status = tokio::task::spawn_blocking(move || {
-        let Admin { proxy, .. } = admin;
-        proxy.wait_exit(Duration::from_secs(10))
-    })
-    .await
-    .expect("join");
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    admin.exits_cleanly().await;
 }
 
 /// Runs `rustng-ctl` with `args`; (exit success, stdout, stderr).
@@ -661,13 +667,7 @@ async fn every_ctl_subcommand_works_against_the_real_binary() {
 
     let (ok, out, _) = run(admin_token, &["drain"]);
     assert!(ok && out.contains("draining"), "{out}");
-    let status = tokio::task::spawn_blocking(move || {
-        let Admin { proxy, .. } = admin;
-        proxy.wait_exit(Duration::from_secs(10))
-    })
-    .await
-    .expect("join");
-    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    admin.exits_cleanly().await;
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`:
