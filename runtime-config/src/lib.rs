@@ -14,7 +14,7 @@ pub use error::{ConfigError, FieldError, render_errors};
 pub use types::{
     Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, Cluster, Config,
     ControlPlane, DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
-    ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig, UpstreamProtocol,
+    ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig, Upgrade, UpstreamProtocol,
 };
 pub use validate::validate;
 

@@ -33,6 +33,25 @@ pub struct RawConfig {
     pub state_dir: Option<String>,
     /// A remote control plane RustNg subscribes to for config versions.
     pub control_plane: Option<RawControlPlane>,
+    /// How long connections get to finish once a drain starts (shutdown, binary upgrade).
+    /// Default `30s`.
+    pub drain_timeout: Option<String>,
+    /// Binary upgrade: the socket a new process takes the listeners over, the pid file.
+    #[serde(default)]
+    pub upgrade: RawUpgrade,
+}
+
+/// `upgrade` — zero-downtime binary upgrade by socket handover.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpgrade {
+    /// The unix socket `rustng upgrade` and the new process talk to (relative: to the config
+    /// file). Default: `<state_dir>/upgrade.sock`; without either, upgrades are off.
+    pub socket: Option<String>,
+    /// A file the serving process keeps its pid in (relative: to the config file).
+    pub pid_file: Option<String>,
+    /// How long a new process has to take over and report ready. Default `60s`.
+    pub ready_timeout: Option<String>,
 }
 
 /// `control_plane` — a gRPC `rustng.control.v1.ControlPlane` server that streams configs.
@@ -324,6 +343,12 @@ impl RawConfig {
         };
         if let Some(state_dir) = &mut self.state_dir {
             resolve(state_dir);
+        }
+        if let Some(socket) = &mut self.upgrade.socket {
+            resolve(socket);
+        }
+        if let Some(pid_file) = &mut self.upgrade.pid_file {
+            resolve(pid_file);
         }
         if let Some(token) = self
             .control_plane

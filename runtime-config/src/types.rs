@@ -26,6 +26,21 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// The remote control plane to subscribe to, if any.
     pub control_plane: Option<ControlPlane>,
+    /// How long connections get to finish once a drain starts.
+    pub drain_timeout: Duration,
+    /// Binary upgrade settings.
+    pub upgrade: Upgrade,
+}
+
+/// Binary upgrade: where the serving process waits for its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The unix socket for `rustng upgrade` and the handover; `None`: upgrades are off.
+    pub socket: Option<PathBuf>,
+    /// The pid file, if any.
+    pub pid_file: Option<PathBuf>,
+    /// How long a new process has to take over and report ready.
+    pub ready_timeout: Duration,
 }
 
 /// A remote control plane (gRPC `rustng.control.v1.ControlPlane/Subscribe`).

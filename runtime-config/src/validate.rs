@@ -43,7 +43,15 @@ mod defaults {
     /// each of 32 connections) needs one upstream HTTP/1.1 connection per stream in flight, and
     /// a smaller cap closes and reopens connections on every burst. Idle ones still expire.
     pub(super) const MAX_IDLE_CONNECTIONS: usize = 1024;
+    /// Envoy's `--drain-time-s` default is 600 s for hot restarts; 30 s lets long downloads
+    /// and slow clients finish without keeping an old binary around for minutes.
+    pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Compiling a large set of modules cold can take seconds on a small box.
+    pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 }
+
+/// `sun_path` holds 108 bytes with its terminating NUL.
+const MAX_UNIX_SOCKET_PATH: usize = 107;
 
 /// hyper refuses header buffers under 8 KiB; 1 MiB is far past any sane client.
 const HEADERS_KB_RANGE: std::ops::RangeInclusive<usize> = 8..=1024;
@@ -236,8 +244,16 @@ impl Validator {
                 token_file,
             }
         });
+        let drain_timeout = self.duration(
+            "drain_timeout",
+            raw.drain_timeout.as_deref(),
+            defaults::DRAIN_TIMEOUT,
+        );
+        let upgrade = self.upgrade(raw.upgrade, state_dir.as_deref());
         Config {
             control_plane,
+            drain_timeout,
+            upgrade,
             workers,
             log,
             listeners,
@@ -620,6 +636,39 @@ impl Validator {
                 );
                 default
             }
+        }
+    }
+
+    fn upgrade(&mut self, raw: crate::raw::RawUpgrade, state_dir: Option<&Path>) -> Upgrade {
+        let socket = raw
+            .socket
+            .map(PathBuf::from)
+            .or_else(|| state_dir.map(|dir| dir.join("upgrade.sock")));
+        if let Some(socket) = &socket {
+            // sun_path holds 108 bytes with its terminating NUL.
+            let length = socket.as_os_str().len();
+            if length == 0 || length > MAX_UNIX_SOCKET_PATH {
+                self.error(
+                    "upgrade.socket",
+                    format!(
+                        "\"{}\" is {length} bytes; a unix socket path must be 1 to {MAX_UNIX_SOCKET_PATH}",
+                        socket.display()
+                    ),
+                );
+            }
+        }
+        let pid_file = raw.pid_file.map(PathBuf::from);
+        if pid_file.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            self.error("upgrade.pid_file", "must not be empty");
+        }
+        Upgrade {
+            socket,
+            pid_file,
+            ready_timeout: self.duration(
+                "upgrade.ready_timeout",
+                raw.ready_timeout.as_deref(),
+                defaults::READY_TIMEOUT,
+            ),
         }
     }
 

@@ -44,6 +44,7 @@ pub(crate) enum Route {
     Drain,
     Clusters,
     EndpointDrain(String),
+    Upgrade,
 }
 
 /// Why a path did not give a route.
@@ -91,6 +92,7 @@ impl Route {
                 "POST",
             ),
             ["v1", "drain"] => (post.then_some(Route::Drain), "POST"),
+            ["v1", "upgrade"] => (post.then_some(Route::Upgrade), "POST"),
             _ => return Err(NoRoute::NotFound),
         };
         route.ok_or(NoRoute::Method(allowed))
@@ -117,6 +119,7 @@ impl Route {
                 | Route::LogLevelSet
                 | Route::Drain
                 | Route::EndpointDrain(_)
+                | Route::Upgrade
         )
     }
 
@@ -128,7 +131,7 @@ impl Route {
             }
             Route::ConfigApply | Route::ConfigRollback => Some("config".into()),
             Route::LogLevelSet => Some("log level".into()),
-            Route::Drain => Some("process".into()),
+            Route::Drain | Route::Upgrade => Some("process".into()),
             Route::EndpointDrain(name) => Some(format!("cluster {name}")),
             _ => None,
         }
@@ -258,6 +261,26 @@ pub(crate) async fn run(
             Ok(body) => endpoint_drain(state, &cluster, &body),
             Err(outcome) => outcome,
         },
+        Route::Upgrade => upgrade(state).await,
+    }
+}
+
+/// Replaces this process with its own executable (where a package update puts the new
+/// binary). The API takes no binary path: an API token must not be a way to run any program
+/// as the proxy's user; `rustng upgrade --binary` on the host can.
+async fn upgrade(state: &AdminState) -> Outcome {
+    let Some(settings) = &state.upgrade else {
+        return Outcome::error(
+            StatusCode::CONFLICT,
+            "failed",
+            "binary upgrades are off: set upgrade.socket (or state_dir) in the config",
+        );
+    };
+    // The old process answers once the new one serves, or after its own ready timeout.
+    let timeout = settings.ready_timeout + std::time::Duration::from_secs(15);
+    match rustng_upgrade::request_upgrade(&settings.socket, None, timeout).await {
+        Ok(upgraded) => Outcome::ok(json!(upgraded)),
+        Err(error) => Outcome::error(StatusCode::BAD_GATEWAY, "failed", &error.to_string()),
     }
 }
 
@@ -272,6 +295,7 @@ async fn status(state: &AdminState) -> Value {
         .collect();
     json!({
         "version": state.controller.version(),
+        "pid": std::process::id(),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "workers": state.workers,
         "draining": state.shutdown.is_draining(),

@@ -68,6 +68,20 @@ pub struct AdminOptions {
     pub state_dir: Option<PathBuf>,
     /// Worker threads, for `/v1/status`.
     pub workers: usize,
+    /// A socket to serve on instead of binding `admin.address` (a binary upgrade hands the
+    /// old process's over).
+    pub inherited: Option<std::net::TcpListener>,
+    /// The upgrade socket, for `POST /v1/upgrade`; `None`: upgrades are off.
+    pub upgrade: Option<UpgradeSettings>,
+}
+
+/// Where `POST /v1/upgrade` asks for a binary upgrade.
+#[derive(Debug, Clone)]
+pub struct UpgradeSettings {
+    /// The upgrade socket.
+    pub socket: PathBuf,
+    /// How long the upgrade may take, on top of which the request waits a little.
+    pub ready_timeout: std::time::Duration,
 }
 
 /// Why the admin server did not start.
@@ -108,6 +122,7 @@ pub(crate) struct AdminState {
     pub(crate) state_dir: Option<PathBuf>,
     pub(crate) started: Instant,
     pub(crate) workers: usize,
+    pub(crate) upgrade: Option<UpgradeSettings>,
 }
 
 /// Prometheus' text exposition format.
@@ -116,6 +131,11 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A running admin server.
 pub struct AdminServer {
     address: SocketAddr,
+    /// A duplicate of the listening socket, for a binary upgrade to hand over.
+    socket: std::net::TcpListener,
+    stop: Arc<tokio::sync::Notify>,
+    /// Told once the server has stopped and its last connection ended.
+    stopped: std::sync::mpsc::Receiver<()>,
 }
 
 impl AdminServer {
@@ -134,8 +154,13 @@ impl AdminServer {
             .map(tls::server_config)
             .transpose()
             .map_err(AdminError::Tls)?;
-        let listener = std::net::TcpListener::bind(address)
-            .map_err(|source| AdminError::Bind { address, source })?;
+        let listener = match options.inherited {
+            Some(socket) => socket,
+            None => std::net::TcpListener::bind(address)
+                .map_err(|source| AdminError::Bind { address, source })?,
+        };
+        let socket = listener.try_clone().map_err(AdminError::Start)?;
+        let stop = Arc::new(tokio::sync::Notify::new());
         listener.set_nonblocking(true).map_err(AdminError::Start)?;
         let address = listener.local_addr().map_err(AdminError::Start)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -149,8 +174,11 @@ impl AdminServer {
             log_level,
             state_dir,
             workers,
+            upgrade,
             ..
         } = options;
+        let stop_asked = Arc::clone(&stop);
+        let (done, stopped) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("rustng-admin".into())
             .spawn(move || {
@@ -164,13 +192,40 @@ impl AdminServer {
                     state_dir,
                     started: Instant::now(),
                     workers,
+                    upgrade,
                 });
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve(listener, state, tls))
+                local.block_on(&runtime, serve(listener, state, tls, stop_asked));
+                let _ = done.send(());
             })
             .map_err(AdminError::Start)?;
         tracing::info!(%address, "admin server listening");
-        Ok(AdminServer { address })
+        Ok(AdminServer {
+            address,
+            socket,
+            stop,
+            stopped,
+        })
+    }
+
+    /// Stops accepting, lets the open connections finish what they are answering, and
+    /// waits for that at most `timeout`: the process must not exit under a client that is
+    /// waiting for an answer (`rustng-ctl upgrade` asks the process that then exits).
+    pub fn stop_and_wait(&self, timeout: std::time::Duration) {
+        self.stop.notify_one();
+        let _ = self.stopped.recv_timeout(timeout);
+    }
+
+    /// A duplicate of the listening socket.
+    pub fn socket(&self) -> std::io::Result<std::net::TcpListener> {
+        self.socket.try_clone()
+    }
+
+    /// Something that stops accepting on the admin socket (connections already open are
+    /// served to their end): for the old process once a binary upgrade's new one serves.
+    pub fn stopper(&self) -> impl Fn() + Send + 'static {
+        let stop = Arc::clone(&self.stop);
+        move || stop.notify_one()
     }
 
     /// The address actually bound (useful with port 0).
@@ -189,7 +244,10 @@ async fn serve(
     listener: std::net::TcpListener,
     state: Arc<AdminState>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    stop: Arc<tokio::sync::Notify>,
 ) {
+    // Stopping closes idle connections and lets busy ones finish their answer.
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
@@ -202,7 +260,14 @@ async fn serve(
         state: Arc::clone(&state),
     });
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.notified() => {
+                tracing::info!("admin server stopped accepting");
+                break;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::debug!(%error, "admin accept failed");
@@ -232,20 +297,21 @@ async fn serve(
             }
         });
         let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
         // Connections run as tasks of the admin thread's runtime (never a worker's).
         tokio::task::spawn_local(async move {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let served = match acceptor {
                 None => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service))
                         .await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            builder
-                                .serve_connection(TokioIo::new(stream), service)
+                            watcher
+                                .watch(builder.serve_connection(TokioIo::new(stream), service))
                                 .await
                         }
                         Ok(Err(error)) => {
@@ -264,6 +330,7 @@ async fn serve(
             }
         });
     }
+    graceful.shutdown().await;
 }
 
 /// The answer to one admin request.

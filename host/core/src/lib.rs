@@ -17,6 +17,7 @@ mod filters;
 mod h1;
 mod head_timeout;
 mod headers;
+mod inherited;
 mod listener;
 mod local_exec;
 mod proxy;
@@ -34,9 +35,10 @@ mod upstream;
 mod worker;
 
 pub use control::{
-    Applied, ApplyError, ClusterInfo, ConfigDocument, Controller, DrainError, EndpointInfo, Origin,
-    PluginGenerationInfo, VersionRecord,
+    Applied, ApplyError, ClusterInfo, ConfigDocument, Controller, DrainError, EndpointInfo,
+    HandoverState, Origin, PluginGenerationInfo, VersionRecord,
 };
 pub use error::{CoreError, ErrorKind, ErrorSource, ProxyError};
+pub use inherited::{InheritedListener, InheritedSockets};
 pub use server::{Server, ShutdownHandle};
 pub use telemetry::Telemetry;

@@ -8,8 +8,9 @@ use std::thread::JoinHandle;
 use rustng_runtime_config::Config;
 use tokio::sync::{mpsc, watch};
 
-use crate::control::{Command, ConfigDocument, ControlState, Controller};
+use crate::control::{Command, ConfigDocument, ControlState, Controller, Started};
 use crate::error::CoreError;
+use crate::inherited::InheritedSockets;
 use crate::telemetry::Telemetry;
 use crate::worker::{self, WorkerSetup};
 
@@ -23,6 +24,7 @@ pub struct Server {
     listeners: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     telemetry: Telemetry,
+    first_applied: Vec<tokio::sync::oneshot::Receiver<Vec<String>>>,
 }
 
 /// Asks a running server to stop accepting, drain and exit.
@@ -39,26 +41,55 @@ impl ShutdownHandle {
     pub fn is_draining(&self) -> bool {
         *self.0.borrow()
     }
+
+    /// Resolves once the shutdown (the drain) has started.
+    pub async fn draining(&self) {
+        let mut receiver = self.0.subscribe();
+        // An error means the server is gone, which is as good as drained.
+        let _ = receiver.wait_for(|draining| *draining).await;
+    }
 }
 
 impl Server {
     /// Loads TLS material, compiles and canaries the plugins and binds one socket per
     /// listener per worker: the first config version, ready to run.
     pub fn bind(config: Config) -> Result<Server, CoreError> {
-        Server::bind_with(config, None)
+        Server::bind_with(config, None, InheritedSockets::default(), None)
     }
 
     /// [`Server::bind`] with the document the config was read from, kept as the first
     /// version's source (so it can be rolled back to, and an unchanged file is not applied
     /// again).
     pub fn bind_document(config: Config, document: ConfigDocument) -> Result<Server, CoreError> {
-        Server::bind_with(config, Some(document))
+        Server::bind_with(config, Some(document), InheritedSockets::default(), None)
     }
 
-    fn bind_with(config: Config, document: Option<ConfigDocument>) -> Result<Server, CoreError> {
+    /// [`Server::bind_document`] for a process that takes over: listeners take the
+    /// `inherited` sockets that match them instead of binding, and with `version` (a binary
+    /// upgrade) the first version keeps the number the replaced process gave it.
+    pub fn bind_inherited(
+        config: Config,
+        document: ConfigDocument,
+        inherited: InheritedSockets,
+        version: Option<u64>,
+    ) -> Result<Server, CoreError> {
+        Server::bind_with(config, Some(document), inherited, version)
+    }
+
+    fn bind_with(
+        config: Config,
+        document: Option<ConfigDocument>,
+        inherited: InheritedSockets,
+        version: Option<u64>,
+    ) -> Result<Server, CoreError> {
         let workers = config.workers;
-        let started = ControlState::start(config, document)?;
-        let (control, controller, commands, updates) = started.into_parts();
+        let Started {
+            state: control,
+            controller,
+            commands,
+            worker_updates: updates,
+            first_applied,
+        } = ControlState::start(config, document, inherited, version)?;
         let current = control.current();
         let snapshot = current.load_full();
         let listeners: Vec<(String, SocketAddr)> = snapshot
@@ -88,6 +119,7 @@ impl Server {
             listeners,
             shutdown,
             telemetry,
+            first_applied,
         })
     }
 
@@ -113,6 +145,12 @@ impl Server {
 
     /// Starts the workers and blocks until all of them have stopped.
     pub fn run(self) -> Result<(), CoreError> {
+        self.run_with(|| {})
+    }
+
+    /// [`Server::run`], calling `on_ready` (on this thread) once every worker accepts on the
+    /// first version's listeners: the moment a binary upgrade's old process may stop.
+    pub fn run_with(self, on_ready: impl FnOnce()) -> Result<(), CoreError> {
         tracing::info!(
             workers = self.setups.len(),
             version = self.controller.version(),
@@ -141,6 +179,14 @@ impl Server {
                 .spawn(move || worker::run(setup))
                 .map_err(|source| CoreError::Worker { index, source })?;
             handles.push((index, handle));
+        }
+        // A worker that failed to start drops its answer; the join below reports why.
+        let mut all_running = true;
+        for answer in self.first_applied {
+            all_running &= answer.blocking_recv().is_ok();
+        }
+        if all_running {
+            on_ready();
         }
         let mut first_error = None;
         for (index, handle) in handles {

@@ -26,8 +26,6 @@ use rustng_runtime_config::ListenerProtocol;
 
 /// How often idle upstream connections past their timeout are closed.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Time open connections get to finish after shutdown is asked for.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin a core.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -42,9 +40,9 @@ pub(crate) struct WorkerSetup {
 /// A config version for one worker.
 pub(crate) struct WorkerUpdate {
     pub(crate) snapshot: Arc<Snapshot>,
-    /// Sockets, bound by the control thread, for listeners this worker does not accept on
-    /// yet (new ones, or ones whose address changed), by listener name.
-    pub(crate) sockets: HashMap<String, std::net::TcpListener>,
+    /// Sockets, bound by the control thread (or inherited), for listeners this worker does
+    /// not accept on yet (new ones, or ones whose address changed), by listener name.
+    pub(crate) sockets: crate::control::WorkerSockets,
     /// Told once the worker runs the version: the plugins whose instance failed to start.
     pub(crate) applied: oneshot::Sender<Vec<String>>,
 }
@@ -58,11 +56,12 @@ pub(crate) fn run(setup: WorkerSetup) -> std::io::Result<()> {
     local.block_on(&runtime, serve(setup))
 }
 
-/// A listener this worker accepts on.
+/// A listener this worker accepts on (usually on one socket; on several when it inherited
+/// more sockets than it has workers).
 struct Accepting {
     address: SocketAddr,
     slot: Rc<ListenerSlot>,
-    stop: Rc<Notify>,
+    stops: Vec<Rc<Notify>>,
 }
 
 /// The worker's state for the config version it runs.
@@ -76,6 +75,8 @@ struct Worker {
     registry: Rc<Registry>,
     open: Rc<Cell<usize>>,
     shutdown: watch::Receiver<bool>,
+    /// The running version's `drain_timeout`.
+    drain_timeout: Cell<Duration>,
 }
 
 impl Worker {
@@ -88,6 +89,7 @@ impl Worker {
             applied,
         } = update;
         let config = &snapshot.config;
+        self.drain_timeout.set(config.drain_timeout);
         self.clusters
             .update(&config.clusters, &snapshot.cluster_state, self.index);
 
@@ -156,7 +158,7 @@ impl Worker {
                     if let Some(old) = moved {
                         self.stop_accepting(&l.name, old);
                     }
-                    let Some(socket) = sockets.remove(&l.name) else {
+                    let Some(socket) = sockets.remove(&l.name).filter(|s| !s.is_empty()) else {
                         tracing::error!(worker = self.index, listener = %l.name, "no socket for a new listener");
                         continue;
                     };
@@ -194,27 +196,34 @@ impl Worker {
 
     fn start_accepting(
         &self,
-        socket: std::net::TcpListener,
+        sockets: Vec<std::net::TcpListener>,
         listener: Rc<ListenerRt>,
     ) -> std::io::Result<Accepting> {
         let address = listener.config.address;
-        let socket = TcpListener::from_std(socket)?;
+        let sockets = sockets
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<std::io::Result<Vec<_>>>()?;
         let id = self.next_listener_id.get();
         self.next_listener_id.set(id + 1);
         let slot = Rc::new(ListenerSlot::new(id, listener));
-        let stop = Rc::new(Notify::new());
-        tokio::task::spawn_local(accept_loop(
-            socket,
-            Rc::clone(&slot),
-            self.shutdown.clone(),
-            Rc::clone(&stop),
-            Rc::clone(&self.open),
-            Rc::clone(&self.registry),
-        ));
+        let mut stops = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let stop = Rc::new(Notify::new());
+            tokio::task::spawn_local(accept_loop(
+                socket,
+                Rc::clone(&slot),
+                self.shutdown.clone(),
+                Rc::clone(&stop),
+                Rc::clone(&self.open),
+                Rc::clone(&self.registry),
+            ));
+            stops.push(stop);
+        }
         Ok(Accepting {
             address,
             slot,
-            stop,
+            stops,
         })
     }
 
@@ -222,7 +231,9 @@ impl Worker {
     /// their requests and close, as a drain does.
     fn stop_accepting(&self, name: &str, accepting: Accepting) {
         tracing::info!(worker = self.index, listener = name, address = %accepting.address, "listener stopped");
-        accepting.stop.notify_one();
+        for stop in &accepting.stops {
+            stop.notify_one();
+        }
         self.registry.drain_listener(accepting.slot.id);
     }
 }
@@ -242,6 +253,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         registry: Rc::new(Registry::default()),
         open: Rc::new(Cell::new(0)),
         shutdown: shutdown.clone(),
+        drain_timeout: Cell::new(Duration::from_secs(30)),
     });
     // The first version is waiting: apply it before anything else runs.
     match updates.recv().await {
@@ -281,7 +293,7 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
         }
     }
     worker.registry.drain();
-    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + worker.drain_timeout.get();
     while worker.open.get() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -23,6 +23,7 @@ use rustng_wasm::{EngineLimits, PluginHost, UpstreamCheck, WasmEngine};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::CoreError;
+use crate::inherited::{self, InheritedSockets};
 use crate::listener::{self, ConnectionLimit};
 use crate::snapshot::{ClusterShared, ListenerSpec, Snapshot};
 use crate::stats::RequestStats;
@@ -36,6 +37,18 @@ use plugins::{PluginGenerations, PreparedPlugins};
 /// Smallest pool of wasm instance slots: room for every worker's instance of a few plugins,
 /// with old generations still finishing streams while new ones start.
 const MIN_INSTANCE_SLOTS: u32 = 128;
+
+/// One worker's sockets for the listeners it does not accept on yet, by listener name.
+pub(crate) type WorkerSockets = HashMap<String, Vec<std::net::TcpListener>>;
+
+/// Duplicates of the sockets the workers accept on, for a binary upgrade to hand over. They
+/// are dropped as soon as their listener leaves the config: a duplicate kept open would keep
+/// the kernel queueing connections that nobody accepts.
+#[derive(Debug)]
+struct BoundListener {
+    address: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+}
 
 /// A config document to apply.
 #[derive(Debug, Clone)]
@@ -119,6 +132,18 @@ pub(crate) enum Command {
     RollbackPlugin(String, u64, oneshot::Sender<Result<Applied, ApplyError>>),
     History(oneshot::Sender<Vec<VersionRecord>>),
     Plugins(oneshot::Sender<Vec<PluginGenerationInfo>>),
+    Handover(oneshot::Sender<std::io::Result<HandoverState>>),
+}
+
+/// What a process replacing this one takes over: the running version and the sockets.
+#[derive(Debug)]
+pub struct HandoverState {
+    /// The running version's number.
+    pub version: u64,
+    /// Its document (none when the server was started from a parsed config).
+    pub document: Option<ConfigDocument>,
+    /// Every listener's sockets, duplicated.
+    pub listeners: Vec<crate::inherited::InheritedListener>,
 }
 
 /// One kept generation of a plugin, as the admin API lists it.
@@ -216,6 +241,14 @@ impl Controller {
     /// The kept versions, oldest first.
     pub async fn history(&self) -> Vec<VersionRecord> {
         self.ask(Command::History).await.unwrap_or_default()
+    }
+
+    /// Duplicates of every listening socket, with the running version and its document, for
+    /// a binary upgrade.
+    pub async fn handover(&self) -> std::io::Result<HandoverState> {
+        self.ask(Command::Handover)
+            .await
+            .unwrap_or_else(|| Err(std::io::Error::other("the control thread has stopped")))
     }
 
     /// Every kept plugin generation, by plugin then generation.
@@ -331,13 +364,16 @@ pub(crate) struct ControlState {
     running_text: Option<String>,
     /// The addresses the first version's listeners were bound to (port 0 resolved).
     first_addresses: Vec<SocketAddr>,
+    /// Sockets given at start, taken by the first version's listeners.
+    inherited: InheritedSockets,
+    bound: HashMap<String, BoundListener>,
 }
 
 /// A version ready to publish: nothing left that can fail.
 struct Prepared {
     snapshot: Snapshot,
     /// Per worker, sockets for the listeners it does not accept on yet.
-    sockets: Vec<HashMap<String, std::net::TcpListener>>,
+    sockets: Vec<WorkerSockets>,
     plugins: PreparedPlugins,
 }
 
@@ -345,16 +381,22 @@ struct Prepared {
 pub(crate) struct Started {
     pub(crate) state: ControlState,
     pub(crate) controller: Controller,
-    commands: mpsc::UnboundedReceiver<Command>,
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
     /// One update receiver per worker, the first version already queued.
     pub(crate) worker_updates: Vec<mpsc::UnboundedReceiver<WorkerUpdate>>,
+    /// Answered as each worker runs the first version.
+    pub(crate) first_applied: Vec<oneshot::Receiver<Vec<String>>>,
 }
 
 impl ControlState {
     /// Prepares the first version and queues it for the workers (which do not run yet).
+    /// Listeners take `inherited` sockets where they match; with `inherited_version` (a
+    /// binary upgrade) the version keeps the number the replaced process gave it.
     pub(crate) fn start(
         config: Config,
         document: Option<ConfigDocument>,
+        inherited: InheritedSockets,
+        inherited_version: Option<u64>,
     ) -> Result<Started, CoreError> {
         let (store, records) = match &config.state_dir {
             Some(dir) => {
@@ -375,7 +417,8 @@ impl ControlState {
             updates.push(sender);
             receivers.push(receiver);
         }
-        let version = records.last().map_or(0, |r| r.version) + 1;
+        let last_recorded = records.last().map_or(0, |r| r.version);
+        let version = inherited_version.unwrap_or(last_recorded + 1);
         let empty = Snapshot {
             version: 0,
             config: Arc::new(config.clone()),
@@ -396,8 +439,11 @@ impl ControlState {
             applied: watch::Sender::new(0),
             running_text: None,
             first_addresses: Vec::new(),
+            inherited,
+            bound: HashMap::new(),
         };
         let prepared = state.prepare(config, version).map_err(CoreError::Refused)?;
+        state.inherited.close_unused();
         let origin = document
             .as_ref()
             .map_or(Origin::Start { path: None }, |d| d.origin.clone());
@@ -406,13 +452,15 @@ impl ControlState {
                 .snapshot
                 .listeners
                 .iter()
-                .filter_map(|l| first.get(&l.config.name)?.local_addr().ok())
+                .filter_map(|l| first.get(&l.config.name)?.first()?.local_addr().ok())
                 .collect();
         }
+        state.track_sockets(&prepared.snapshot, &prepared.sockets);
         let snapshot = Arc::new(prepared.snapshot);
+        let mut first_applied = Vec::with_capacity(workers);
         for (sender, sockets) in state.updates.iter().zip(prepared.sockets) {
-            // Nobody waits for the first version's answers: the workers apply it first thing.
-            let (applied, _) = oneshot::channel();
+            let (applied, answer) = oneshot::channel();
+            first_applied.push(answer);
             let _ = sender.send(WorkerUpdate {
                 snapshot: Arc::clone(&snapshot),
                 sockets,
@@ -421,7 +469,13 @@ impl ControlState {
         }
         state.plugins.commit(&prepared.plugins);
         state.current.store(snapshot);
-        state.record(version, origin, document);
+        // After an upgrade with a shared state directory the version is already on record.
+        if inherited_version.is_some_and(|v| state.records.iter().any(|r| r.version == v)) {
+            state.running_text = document.map(|d| d.text);
+            state.applied.send_replace(version);
+        } else {
+            state.record(version, origin, document);
+        }
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let controller = Controller {
             commands: commands_tx,
@@ -433,6 +487,7 @@ impl ControlState {
             controller,
             commands,
             worker_updates: receivers,
+            first_applied,
         })
     }
 
@@ -607,10 +662,10 @@ impl ControlState {
 
     /// Binds, for every worker, the listeners that are new or moved relative to `running`.
     fn bind_new(
-        &self,
+        &mut self,
         next: &[ListenerSpec],
         running: &[ListenerSpec],
-    ) -> Result<Vec<HashMap<String, std::net::TcpListener>>, Vec<FieldError>> {
+    ) -> Result<Vec<WorkerSockets>, Vec<FieldError>> {
         let mut per_worker = self.no_sockets();
         let mut errors = Vec::new();
         for (index, spec) in next.iter().enumerate() {
@@ -621,6 +676,24 @@ impl ControlState {
             {
                 continue;
             }
+            if let Some(taken) = self.inherited.take(&l.name, l.address) {
+                match inherited::spread(taken, self.workers) {
+                    Ok(spread) => {
+                        tracing::info!(listener = %l.name, address = %l.address, "listening on inherited sockets");
+                        for (sockets, taken) in per_worker.iter_mut().zip(spread) {
+                            sockets.insert(l.name.clone(), taken);
+                        }
+                    }
+                    Err(source) => errors.push(FieldError::new(
+                        format!("listeners[{index}].address"),
+                        format!(
+                            "listener {}: cannot share an inherited socket: {source}",
+                            l.name
+                        ),
+                    )),
+                }
+                continue;
+            }
             // Port 0 is resolved by the first bind, so every worker listens on the same port.
             let mut address: SocketAddr = l.address;
             for sockets in &mut per_worker {
@@ -629,7 +702,7 @@ impl ControlState {
                         if let Ok(bound) = socket.local_addr() {
                             address = bound;
                         }
-                        sockets.insert(l.name.clone(), socket);
+                        sockets.insert(l.name.clone(), vec![socket]);
                     }
                     Err(source) => {
                         let error = CoreError::Bind {
@@ -673,6 +746,9 @@ impl ControlState {
         }
         if running.control_plane != next.control_plane {
             fields.push("control_plane".to_owned());
+        }
+        if running.upgrade != next.upgrade {
+            fields.push("upgrade".to_owned());
         }
         fields
     }
@@ -722,10 +798,10 @@ impl ControlState {
     /// Publishes `snapshot`; if a worker cannot start one of its plugin instances, publishes
     /// `running` again (binding anew the sockets of listeners `snapshot` moved) and says so.
     async fn publish_or_restore(
-        &self,
+        &mut self,
         running: &Arc<Snapshot>,
         snapshot: Arc<Snapshot>,
-        sockets: Vec<HashMap<String, std::net::TcpListener>>,
+        sockets: Vec<WorkerSockets>,
     ) -> Result<Arc<Snapshot>, ApplyError> {
         let failed = self.publish(&snapshot, sockets).await;
         if failed.is_empty() {
@@ -745,8 +821,74 @@ impl ControlState {
     }
 
     /// No new sockets for any worker.
-    fn no_sockets(&self) -> Vec<HashMap<String, std::net::TcpListener>> {
+    fn no_sockets(&self) -> Vec<WorkerSockets> {
         (0..self.workers).map(|_| HashMap::new()).collect()
+    }
+
+    /// Keeps duplicates of the sockets `snapshot`'s listeners accept on: the new ones from
+    /// `sockets`, the kept ones as they were; listeners that left drop theirs.
+    fn track_sockets(&mut self, snapshot: &Snapshot, sockets: &[WorkerSockets]) {
+        let mut bound = HashMap::with_capacity(snapshot.listeners.len());
+        for spec in &snapshot.listeners {
+            let name = &spec.config.name;
+            let fresh: Vec<std::net::TcpListener> = sockets
+                .iter()
+                .filter_map(|worker| worker.get(name))
+                .flatten()
+                .filter_map(|socket| socket.try_clone().ok())
+                .collect();
+            if let Some(first) = fresh.first() {
+                let address = first.local_addr().unwrap_or(spec.config.address);
+                bound.insert(
+                    name.clone(),
+                    BoundListener {
+                        address,
+                        sockets: fresh,
+                    },
+                );
+            } else if let Some(kept) = self.bound.remove(name) {
+                bound.insert(name.clone(), kept);
+            }
+        }
+        self.bound = bound;
+    }
+
+    /// Duplicates of every listening socket with the running version, for the process that
+    /// replaces this one.
+    fn handover(&self) -> std::io::Result<HandoverState> {
+        let listeners = self
+            .bound
+            .iter()
+            .map(|(name, bound)| {
+                Ok(crate::inherited::InheritedListener {
+                    name: Some(name.clone()),
+                    address: bound.address,
+                    sockets: bound
+                        .sockets
+                        .iter()
+                        .map(std::net::TcpListener::try_clone)
+                        .collect::<std::io::Result<_>>()?,
+                })
+            })
+            .collect::<std::io::Result<_>>()?;
+        let version = self.current.load().version;
+        let document = self
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.version == version)
+            .and_then(|r| {
+                Some(ConfigDocument {
+                    text: r.text.clone()?,
+                    base_dir: r.base_dir.clone(),
+                    origin: r.origin.clone(),
+                })
+            });
+        Ok(HandoverState {
+            version,
+            document,
+            listeners,
+        })
     }
 
     /// The number the next applied version gets.
@@ -757,10 +899,11 @@ impl ControlState {
     /// Sends a version to every worker and waits until all run it; returns the plugins whose
     /// instance failed to start somewhere.
     async fn publish(
-        &self,
+        &mut self,
         snapshot: &Arc<Snapshot>,
-        sockets: Vec<HashMap<String, std::net::TcpListener>>,
+        sockets: Vec<WorkerSockets>,
     ) -> Vec<String> {
+        self.track_sockets(snapshot, &sockets);
         let mut answers = Vec::with_capacity(self.updates.len());
         for (sender, sockets) in self.updates.iter().zip(sockets) {
             let (applied, answer) = oneshot::channel();
@@ -917,26 +1060,10 @@ impl ControlState {
                 Command::Plugins(reply) => {
                     let _ = reply.send(self.plugin_generations());
                 }
+                Command::Handover(reply) => {
+                    let _ = reply.send(self.handover());
+                }
             }
         }
-    }
-}
-
-impl Started {
-    /// Splits off what the control thread runs.
-    pub(crate) fn into_parts(
-        self,
-    ) -> (
-        ControlState,
-        Controller,
-        mpsc::UnboundedReceiver<Command>,
-        Vec<mpsc::UnboundedReceiver<WorkerUpdate>>,
-    ) {
-        (
-            self.state,
-            self.controller,
-            self.commands,
-            self.worker_updates,
-        )
     }
 }

@@ -36,6 +36,11 @@ const WRITE_AT: usize = 64 * 1024;
 /// reset the connection before it has read the answer (nginx's lingering close).
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
+/// How long a connection found idle by a drain may still bring one more request, answered
+/// with `connection: close`. Closing it at once would race a keep-alive client that is
+/// sending its next request right then (the request is lost with the connection); waiting
+/// leaves that race only to clients idle for the whole grace.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// One downstream HTTP/1.1 connection, served until the client leaves, a message cannot be
 /// framed, or a graceful shutdown finds it between requests.
@@ -53,8 +58,8 @@ impl Connection {
         }
     }
 
-    /// Closes the connection once no request is in flight: at once if idle, else after the
-    /// current response (which says `connection: close`).
+    /// Closes the connection once no request is in flight: after the current response (which
+    /// says `connection: close`), or, if idle, after one more request or a short grace.
     pub(crate) fn graceful_shutdown(self: Pin<&mut Self>) {
         self.closing.set(true);
     }
@@ -84,10 +89,15 @@ async fn serve<I: Io>(
 ) -> io::Result<()> {
     let wire = Rc::new(RefCell::new(Wire::new(io)));
     let mut out = Vec::with_capacity(1024);
+    let mut drain_grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     loop {
         let head = match poll_fn(|cx| {
-            wire.borrow_mut()
-                .poll_head(cx, max_head_bytes, closing.get())
+            let close_idle = closing.get() && {
+                let grace = drain_grace
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_IDLE_GRACE)));
+                grace.as_mut().poll(cx).is_ready()
+            };
+            wire.borrow_mut().poll_head(cx, max_head_bytes, close_idle)
         })
         .await
         {
@@ -127,10 +137,12 @@ async fn serve<I: Io>(
         {
             return switch_protocols(&wire, &mut out, response, switched).await;
         }
-        // A shutdown asked for while the request ran makes this its last response.
+        // A shutdown asked for while the request ran makes this its last response. One asked
+        // for after the head promised keep-alive lets the client send one more request,
+        // whose response says `connection: close`.
         let keep_alive =
             write_response(&wire, &mut out, response, &answering, closing.get()).await?;
-        if !keep_alive || closing.get() || !wire.borrow().body_finished() {
+        if !keep_alive || !wire.borrow().body_finished() {
             return close(&wire).await;
         }
     }

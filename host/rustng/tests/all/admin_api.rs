@@ -74,7 +74,7 @@ admin:
 }
 
 /// `dir/tokens.yaml`: `ops` with the admin role, `dashboards` with the read role.
-fn write_tokens(dir: &Path) {
+pub(crate) fn write_tokens(dir: &Path) {
     std::fs::write(
         dir.join("tokens.yaml"),
         format!(

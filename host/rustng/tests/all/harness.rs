@@ -56,16 +56,28 @@ impl Rustng {
 
     /// [`Rustng::start_at`] with more `rustng run` arguments.
     pub(crate) fn start_with_args(config: &str, addr: SocketAddr, args: &[&str]) -> Rustng {
+        Self::start_with(config, addr, |config_path| {
+            let mut command = Command::new(binary());
+            command.arg("run").arg("-c").arg(config_path).args(args);
+            command
+        })
+    }
+
+    /// Starts what `command` builds from the config file's path (`{listen}` and `{dir}`, the
+    /// process's own temporary directory, replaced in `config`).
+    pub(crate) fn start_with(
+        config: &str,
+        addr: SocketAddr,
+        command: impl FnOnce(&std::path::Path) -> Command,
+    ) -> Rustng {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = config.replace("{listen}", &addr.to_string());
+        let config = config
+            .replace("{listen}", &addr.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
         let config_path = dir.path().join("rustng.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("rustng.log")).expect("log file");
-        let child = Command::new(binary())
-            .arg("run")
-            .arg("-c")
-            .arg(&config_path)
-            .args(args)
+        let child = command(&config_path)
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -106,7 +118,9 @@ impl Rustng {
     /// Written to a temporary name and renamed, as editors and config tools do, so a reader
     /// never sees half a file.
     pub(crate) fn write_config(&self, config: &str) {
-        let config = config.replace("{listen}", &self.addr.to_string());
+        let config = config
+            .replace("{listen}", &self.addr.to_string())
+            .replace("{dir}", &self.dir.path().display().to_string());
         let temporary = self.dir.path().join(".rustng.yaml.tmp");
         std::fs::write(&temporary, config).expect("write config");
         std::fs::rename(&temporary, self.dir.path().join("rustng.yaml")).expect("rename config");
@@ -154,6 +168,16 @@ impl Rustng {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// The process's temporary directory (config, log, and whatever the config puts there).
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The pid of the process this harness started.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

@@ -27,4 +27,5 @@ mod routing;
 mod stock_filters;
 mod tcp;
 mod tls;
+mod upgrade;
 mod upstreams;

@@ -79,6 +79,9 @@ enum Command {
     },
     /// Start a graceful drain: stop accepting, finish in-flight requests, exit.
     Drain,
+    /// Replace the running binary with the one now installed at its path: the new process
+    /// takes the listening sockets over, this one drains and exits.
+    Upgrade,
     /// Clusters, their endpoints (drained or not) and request counts.
     Clusters,
     /// Endpoints: drain one by hand (no new requests), or restore it.
@@ -174,8 +177,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = client.get("/v1/status").await?;
             show(output, &status, || {
                 let mut out = format!(
-                    "version {}  uptime {}s  workers {}  draining {}  build {}\n",
+                    "version {}  pid {}  uptime {}s  workers {}  draining {}  build {}\n",
                     status["version"],
+                    status["pid"],
                     status["uptime_seconds"],
                     status["workers"],
                     status["draining"],
@@ -227,6 +231,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Drain => {
             let answer = client.post_json("/v1/drain", &json!({})).await?;
             show(output, &answer, || "draining\n".to_owned());
+        }
+        Command::Upgrade => {
+            let answer = client.post_json("/v1/upgrade", &json!({})).await?;
+            show(output, &answer, || {
+                format!(
+                    "upgraded: pid {} -> {} (config version {}), handover {} ms\n",
+                    answer["old_pid"], answer["new_pid"], answer["version"], answer["handover_ms"]
+                )
+            });
         }
         Command::Clusters => {
             let answer = client.get("/v1/clusters").await?;
