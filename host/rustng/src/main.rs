@@ -320,6 +320,7 @@ impl Started {
             pid_file: config.upgrade.pid_file.clone(),
         };
         let mut pid_file = None;
+        let upgraded = takeover.is_some();
         server.run_with(|| {
             if let Some(takeover) = takeover {
                 if let Err(error) = takeover.ready() {
@@ -336,6 +337,9 @@ impl Started {
                         tracing::warn!(%error, file = %path.display(), "cannot write the pid file")
                     }
                 }
+            }
+            if !upgraded {
+                rustng_upgrade::systemd::notify("READY=1");
             }
             if let Some(supervisor) = supervisor {
                 match supervisor.start(running) {
@@ -392,8 +396,16 @@ fn wait_for_signals(
         };
         loop {
             tokio::select! {
-                _ = handlers.term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
-                _ = handlers.int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+                _ = handlers.term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
+                    rustng_upgrade::systemd::notify("STOPPING=1");
+                    break;
+                }
+                _ = handlers.int.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    rustng_upgrade::systemd::notify("STOPPING=1");
+                    break;
+                }
                 // Draining (an upgrade handed over, or the admin API): the file is no longer
                 // this process's to apply.
                 () = shutdown.draining() => break,

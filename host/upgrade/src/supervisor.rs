@@ -390,6 +390,7 @@ async fn upgrade_once(state: &State, binary: Option<PathBuf>) -> Result<Upgraded
     {
         tracing::warn!(%error, file = %path.display(), "cannot write the new pid to the pid file");
     }
+    crate::systemd::notify(&format!("MAINPID={new_pid}"));
     if let Some((_, stop_admin)) = &running.admin {
         stop_admin();
     }

@@ -615,9 +615,24 @@ os.execve(sys.argv[1], sys.argv[1:], env)
 ",
         port = addr.port()
     );
+    // systemd's notification socket (`Type=notify`): a datagram socket the unit's main
+    // process writes its state to.
+    let notify_dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = notify_dir.path().join("notify");
+    let notifications =
+        std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notifications
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let next_notification = || {
+        let mut buffer = [0u8; 256];
+        let n = notifications.recv(&mut buffer).expect("a notification");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
     let proxy = Rustng::start_with(&config(origin.addr, ""), addr, |config_path| {
         let mut command = Command::new("python3");
         command
+            .env("NOTIFY_SOCKET", &notify_path)
             .arg("-c")
             .arg(&activate)
             .arg(binary())
@@ -640,9 +655,16 @@ os.execve(sys.argv[1], sys.argv[1:], env)
         proxy.log()
     );
     assert!(proxy.log().contains("listening on inherited sockets"));
-    // And an upgrade hands that socket on like any other.
+    assert_eq!(tokio::task::block_in_place(next_notification), "READY=1");
+    // And an upgrade hands that socket on like any other; systemd hears of the new main
+    // process from the old one.
     let (ok, out, err) = rustng_upgrade(&proxy.dir().join("rustng.yaml"), &[]).await;
     assert!(ok, "{out}{err}");
+    let (_, new) = pids(&out);
+    assert_eq!(
+        tokio::task::block_in_place(next_notification),
+        format!("MAINPID={new}")
+    );
     assert_eq!(
         crate::client::get(&client, &proxy.url("/echo"))
             .await
