@@ -126,10 +126,11 @@ ENVOY_PORT, ENVOY_FILTER_PORT = 18085, 18086
 RUSTNG_PORT = 18080
 RUSTNG_FILTER_PORT = 18087
 RUSTNG_MEMORY_PORT = 18090
+RUSTNG_UPGRADE_PORT = 18091
 NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT = 18088, 18089
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
-             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT]
+             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -1473,6 +1474,95 @@ def bench_swap_latency(sup: Supervisor) -> dict:
     return summary
 
 
+UPGRADES = 5
+UPGRADE_INTERVAL_S = 1.5
+
+
+def bench_upgrade(sup: Supervisor) -> dict:
+    """Binary upgrades under wrk load: RustNg (one worker) serves wrk's keep-alive
+    connections while `rustng upgrade` hands its sockets to a new process UPGRADES times.
+    Handover: from the command to the new process accepting on every listener (as the old
+    process reports it); command: the whole `rustng upgrade` call. wrk's errors and non-2xx
+    answers over the whole run are the failures."""
+    info(f"RustNg binary upgrade: {UPGRADES} upgrades under wrk load")
+    conf = sup.workdir / "rustng-upgrade.yaml"
+    state = sup.workdir / "upgrade-state"
+    conf.write_text(f"""workers: 1
+log: {{ level: warn }}
+state_dir: {state}
+upgrade: {{ pid_file: {state}/rustng.pid }}
+listeners:
+  - name: main
+    address: {HOST}:{RUSTNG_UPGRADE_PORT}
+    default_cluster: backend
+    access_log: false
+    max_connections: 20000
+clusters:
+  - name: backend
+    protocol: http1
+    endpoints:
+      - address: {HOST}:{ORIGIN_PORT}
+""")
+    svc = sup.start("rustng-upgrade", [str(sup.settings.rustng), "run", "-c", str(conf)], sup.settings.proxy_cpu)
+    handovers: list[float] = []
+    commands: list[float] = []
+    try:
+        wait_ready(svc, RUSTNG_UPGRADE_PORT)
+        seconds = int(2 + UPGRADES * UPGRADE_INTERVAL_S + 3)
+        argv = ["wrk", "-t1", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency",
+                f"http://{HOST}:{RUSTNG_UPGRADE_PORT}/"]
+        wrk = subprocess.Popen(pinned(argv, sup.settings.load_cpu), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        try:
+            time.sleep(2)
+            for i in range(UPGRADES):
+                started = time.monotonic()
+                done = subprocess.run([str(sup.settings.rustng), "upgrade", "-c", str(conf)],
+                                      capture_output=True, text=True, timeout=90)
+                commands.append((time.monotonic() - started) * 1000)
+                if done.returncode != 0:
+                    raise BenchError(f"upgrade {i + 1} failed: {done.stderr.strip()}")
+                m = re.search(r"handover (\d+) ms", done.stdout)
+                if not m:
+                    raise BenchError(f"cannot read the handover time: {done.stdout!r}")
+                handovers.append(float(m.group(1)))
+                time.sleep(UPGRADE_INTERVAL_S)
+            out, _ = wrk.communicate(timeout=seconds + 30)
+        finally:
+            if wrk.poll() is None:
+                wrk.kill()
+                wrk.wait()
+        load = parse_wrk(out)
+    finally:
+        sup.stop(svc)
+    handovers.sort()
+    commands.sort()
+    return {
+        "upgrades": len(handovers),
+        "handover_ms": {"p50": percentile(handovers, 50), "max": handovers[-1]},
+        "command_ms": {"p50": percentile(commands, 50), "max": commands[-1]},
+        "load": {"requests": load.requests, "rps": load.rps, "p99_ms": load.p99_ms,
+                 "non_2xx": load.non_2xx, "socket_errors": load.detail.get("socket_errors", {})},
+    }
+
+
+def upgrade_markdown(upgrade: dict | None) -> list[str]:
+    if not upgrade:
+        return []
+    load = upgrade["load"]
+    errors = load["socket_errors"]
+    return ["### RustNg binary upgrade under wrk load", "",
+            "| upgrades | handover p50 | handover max | `rustng upgrade` p50 | requests | non-2xx "
+            "| connect / read / write / timeout errors | p99 over the run |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|",
+            f"| {upgrade['upgrades']} | {fmt(upgrade['handover_ms']['p50'], '.0f', ' ms')} "
+            f"| {fmt(upgrade['handover_ms']['max'], '.0f', ' ms')} "
+            f"| {fmt(upgrade['command_ms']['p50'], '.0f', ' ms')} | {load['requests']} | {load['non_2xx']} "
+            f"| {errors.get('connect', 0)} / {errors.get('read', 0)} / {errors.get('write', 0)} / "
+            f"{errors.get('timeout', 0)} | {fmt(load['p99_ms'], '.2f', ' ms')} |",
+            "", "Handover: command to the new process accepting on every listener. Goal: no error.", ""]
+
+
 def swap_markdown(swap: dict | None) -> list[str]:
     if not swap:
         return []
@@ -1715,7 +1805,7 @@ def main(argv: list[str]) -> int:
     sup = Supervisor(workdir, s)
     results: list[dict] = []
     failures: list[str] = []
-    memory = plugin_memory = swap = None
+    memory = plugin_memory = swap = upgrade = None
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
@@ -1737,6 +1827,15 @@ def main(argv: list[str]) -> int:
             except (BenchError, OSError) as e:
                 failures.append(f"RustNg plugin swap latency: {e}")
                 warn(f"RustNg plugin swap latency failed: {e}")
+        if "rustng" in s.targets and "http1" in s.scenarios:
+            try:
+                upgrade = bench_upgrade(sup)
+                load = upgrade["load"]
+                if load["non_2xx"] or any(load["socket_errors"].values()):
+                    failures.append(f"RustNg binary upgrade: requests failed under load: {load}")
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                failures.append(f"RustNg binary upgrade: {e}")
+                warn(f"RustNg binary upgrade failed: {e}")
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
@@ -1788,9 +1887,10 @@ def main(argv: list[str]) -> int:
     report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory,
               "wasm_filter_summary": summary, "router_summary": router_summary,
               "rustng_plugin_memory": plugin_memory,
-              "rustng_swap_latency": swap, "failures": failures}
+              "rustng_swap_latency": swap, "rustng_upgrade": upgrade, "failures": failures}
     print(markdown(results, memory, meta, summary, plugin_memory, router_summary))
     print("\n".join(swap_markdown(swap)))
+    print("\n".join(upgrade_markdown(upgrade)))
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")
     if failures:
