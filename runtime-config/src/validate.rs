@@ -793,6 +793,32 @@ clusters:
     }
 
     #[test]
+    fn upgrade_and_drain_settings_default_from_state_dir_and_are_checked() {
+        let c = from_yaml(MINIMAL).expect("valid");
+        assert_eq!(c.drain_timeout, Duration::from_secs(30));
+        assert_eq!(c.upgrade.socket, None, "no state_dir: upgrades off");
+        assert_eq!(c.upgrade.ready_timeout, Duration::from_secs(60));
+        let c = from_yaml(&format!("state_dir: /var/lib/rustng\n{MINIMAL}")).expect("valid");
+        assert_eq!(
+            c.upgrade.socket.as_deref(),
+            Some(Path::new("/var/lib/rustng/upgrade.sock"))
+        );
+        let long = format!("/{}", "d".repeat(120));
+        let yaml = format!(
+            "drain_timeout: never\nupgrade: {{ socket: {long}, pid_file: '', ready_timeout: 0s }}\n{MINIMAL}"
+        );
+        assert_eq!(
+            errors(&yaml),
+            vec![
+                "drain_timeout: invalid duration \"never\": expected number at 0 (examples: 250ms, 5s, 1m)".to_owned(),
+                format!("upgrade.socket: \"{long}\" is 121 bytes; a unix socket path must be 1 to 107"),
+                "upgrade.pid_file: must not be empty".to_owned(),
+                "upgrade.ready_timeout: must be greater than zero".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_rejected_with_their_path() {
         let yaml = MINIMAL.replace("weight", "x").replace(
             "      - address: 127.0.0.1:9000",

@@ -12,11 +12,37 @@ use tokio_rustls::TlsConnector;
 use crate::harness::Rustng;
 use crate::origin::Origin;
 
-struct Cert {
+pub(crate) struct Cert {
     der: CertificateDer<'static>,
 }
 
-fn make_cert(dir: &std::path::Path, name: &str, names: &[&str]) -> Cert {
+/// GET `path` over HTTP/1.1 on TLS to `addr` as `name`, trusting only `cert`: the status.
+pub(crate) async fn tls_get(
+    addr: std::net::SocketAddr,
+    name: &str,
+    cert: &Cert,
+    path: &str,
+) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = connector(&[cert], &[b"http/1.1"])
+        .connect(ServerName::try_from(name.to_owned()).expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http/1.1 over tls");
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header("host", name)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+pub(crate) fn make_cert(dir: &std::path::Path, name: &str, names: &[&str]) -> Cert {
     let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
     let generated = rcgen::generate_simple_self_signed(names).expect("cert");
     std::fs::write(dir.join(format!("{name}.crt")), generated.cert.pem()).expect("write cert");

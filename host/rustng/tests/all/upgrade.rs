@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use crate::admin_api::{ADMIN_TOKEN, write_tokens};
 use crate::harness::{Rustng, binary, free_port};
 use crate::origin::Origin;
+use crate::tls::{make_cert, tls_get};
 
 /// One listener in front of `origin`, with the upgrade socket and pid file in the process's
 /// directory.
@@ -512,23 +513,57 @@ async fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
     assert!(proxy.wait_exit(Duration::from_secs(15)).is_some());
 }
 
+/// Runs `rustng-ctl` with the admin token against `admin_port`; (success, stdout, stderr).
+fn ctl(admin_port: u16, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_rustng-ctl")))
+        .args([
+            "--admin",
+            &format!("http://127.0.0.1:{admin_port}"),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .args(args)
+        .output()
+        .expect("rustng-ctl");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigusr2_and_rustng_ctl_upgrade_and_one_instance_per_socket() {
+async fn sigusr2_and_rustng_ctl_upgrade_carry_tls_and_the_running_version() {
     let origin = Origin::start("o").await;
     let files = tempfile::tempdir().expect("tempdir");
     write_tokens(files.path());
-    let tokens = files.path().join("tokens.yaml");
     let admin_port = free_port();
-    let admin = format!(
-        "admin:\n  address: 127.0.0.1:{admin_port}\n  auth: {{ tokens_file: {} }}\n",
-        tokens.display()
+    // A TLS listener too: its sockets travel like any other; the new process loads the
+    // certificate itself.
+    let cert = make_cert(files.path(), "up.test", &["up.test"]);
+    let tls_port = free_port();
+    let extra = format!(
+        "admin:
+  address: 127.0.0.1:{admin_port}
+  auth: {{ tokens_file: {dir}/tokens.yaml }}
+listeners:
+  - name: tls
+    address: 127.0.0.1:{tls_port}
+    default_cluster: backend
+    tls:
+      certificates:
+        - certificate_chain: {dir}/up.test.crt
+          private_key: {dir}/up.test.key
+",
+        dir = files.path().display()
     );
-    let proxy = Rustng::start(
-        &config(origin.addr, "").replace("listeners:", &format!("{admin}listeners:")),
-    );
+    let config_text = config(origin.addr, "").replace("listeners:\n", &extra);
+    let proxy = Rustng::start(&config_text);
     let pid_file = proxy.dir().join("rustng.pid");
     let _successor = Successor(pid_file.clone());
     let first = proxy.pid();
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
+    assert_eq!(tls_get(tls_addr, "up.test", &cert, "/echo").await, 200);
 
     // A second `rustng run` on the same config refuses to start, and names the first.
     let second = Command::new(binary())
@@ -545,6 +580,24 @@ async fn sigusr2_and_rustng_ctl_upgrade_and_one_instance_per_socket() {
         "{err}"
     );
 
+    // A version applied through the API (not in the file) is what the new process runs.
+    let applied = proxy.dir().join("applied.yaml");
+    std::fs::write(
+        &applied,
+        config_text
+            .replace("{dir}", &proxy.dir().display().to_string())
+            .replace("{listen}", &proxy.addr.to_string())
+            .replace("drain_timeout: 10s", "drain_timeout: 9s"),
+    )
+    .expect("write");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        ctl(
+            admin_port,
+            &["config", "apply", &applied.display().to_string()],
+        )
+    });
+    assert!(ok, "{out}{err}");
+
     Command::new("kill")
         .arg("-USR2")
         .arg(first.to_string())
@@ -557,33 +610,21 @@ async fn sigusr2_and_rustng_ctl_upgrade_and_one_instance_per_socket() {
     let second_pid = pid_in(&pid_file).expect("pid file");
     assert_ne!(second_pid, first, "SIGUSR2 upgraded\n{}", proxy.log());
 
-    let ctl = |args: &[&str]| {
-        let output = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_rustng-ctl")))
-            .args([
-                "--admin",
-                &format!("http://127.0.0.1:{admin_port}"),
-                "--token",
-                ADMIN_TOKEN,
-            ])
-            .args(args)
-            .output()
-            .expect("rustng-ctl");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    // The admin port is the new process's now.
-    let (ok, out, err) = tokio::task::block_in_place(|| ctl(&["-o", "json", "status"]));
+    // The admin port is the new process's now, and it runs version 2 from the API.
+    let (ok, out, err) = tokio::task::block_in_place(|| ctl(admin_port, &["-o", "json", "status"]));
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(status["pid"], second_pid);
+    assert_eq!(status["version"], 2, "the API's version, under its number");
+    let (ok, out, _) = tokio::task::block_in_place(|| ctl(admin_port, &["config", "get"]));
+    assert!(ok && out.contains("drain_timeout: 9s"), "{out}");
+    assert_eq!(tls_get(tls_addr, "up.test", &cert, "/echo").await, 200);
 
-    let (ok, out, err) = tokio::task::block_in_place(|| ctl(&["upgrade"]));
+    let (ok, out, err) = tokio::task::block_in_place(|| ctl(admin_port, &["upgrade"]));
     assert!(ok, "{out}{err}\n{}", proxy.log());
     let (old, third) = pids(&out);
     assert_eq!(old, second_pid);
+    assert!(out.contains("(config version 2)"), "{out}");
     assert_eq!(pid_in(&pid_file), Some(third));
     let client = crate::client::http1();
     assert_eq!(
@@ -592,8 +633,31 @@ async fn sigusr2_and_rustng_ctl_upgrade_and_one_instance_per_socket() {
             .status,
         200
     );
+    assert_eq!(tls_get(tls_addr, "up.test", &cert, "/echo").await, 200);
     assert!(wait_exited(second_pid, Duration::from_secs(15)).await);
     assert!(proxy.wait_exit(Duration::from_secs(15)).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_at_drain_timeout() {
+    let origin = Origin::start("o").await;
+    let proxy =
+        Rustng::start(&config(origin.addr, "").replace("drain_timeout: 10s", "drain_timeout: 1s"));
+    let url = proxy.url("/slow/10000");
+    let slow = tokio::spawn(async move {
+        let client = crate::client::http1();
+        crate::client::get(&client, &url).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = proxy.terminate();
+    assert!(status.success(), "{status}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the drain waited for the request until drain_timeout, not for the request: {took:?}"
+    );
+    let _ = slow.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
