@@ -36,6 +36,11 @@ pub const ROUTE_RETRY_BASE_INTERVAL_MS: &str = "rustng.route.retry_base_interval
 /// The back-off's cap in milliseconds (default ten times the base interval).
 pub const ROUTE_RETRY_MAX_INTERVAL_MS: &str = "rustng.route.retry_max_interval_ms";
 
+/// The request's hash key for the cluster's consistent hashing (`RING_HASH`, `MAGLEV`): any
+/// bytes (a header's value, a cookie, the client's address), hashed by the core with
+/// xxHash64. Requests with the same key go to the same endpoint while it is in rotation.
+pub const ROUTE_HASH_KEY: &str = "rustng.route.hash_key";
+
 /// Whether the property `path` (segments joined by NUL, as the guest sent it) names `name`
 /// (dotted), in either spelling.
 pub fn property_is(path: &[u8], name: &str) -> bool {

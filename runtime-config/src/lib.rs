@@ -12,9 +12,10 @@ mod validate;
 
 pub use error::{ConfigError, FieldError, render_errors};
 pub use types::{
-    Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, Cluster, Config,
-    ControlPlane, DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy, HttpOptions, LbPolicy, Listener,
-    ListenerProtocol, LogConfig, LogFormat, Plugin, TlsConfig, Upgrade, UpstreamProtocol,
+    Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, CircuitBreakers, Cluster,
+    Config, ControlPlane, DEFAULT_ADMIN_ADDRESS, Endpoint, FailurePolicy, HealthCheck,
+    HealthCheckKind, HttpOptions, LbPolicy, Listener, ListenerProtocol, LogConfig, LogFormat,
+    OutlierDetection, Plugin, TlsConfig, Upgrade, UpstreamProtocol,
 };
 pub use validate::validate;
 

@@ -295,8 +295,20 @@ pub struct RawCluster {
     pub endpoints: Vec<RawEndpoint>,
     /// `http1` (default) or `http2` (prior knowledge, cleartext) to the upstream.
     pub protocol: Option<String>,
-    /// `ROUND_ROBIN` (default; weighted by endpoint weight) or `RANDOM`.
+    /// `ROUND_ROBIN` (default; weighted by endpoint weight), `LEAST_REQUEST`, `RANDOM`,
+    /// `RING_HASH` or `MAGLEV`.
     pub lb_policy: Option<String>,
+    /// Envoy's `common_lb_config`: the panic threshold.
+    pub common_lb_config: Option<RawCommonLbConfig>,
+    /// Envoy's `ring_hash_lb_config`.
+    pub ring_hash_lb_config: Option<RawRingHashLbConfig>,
+    /// Active health checks (Envoy's `health_checks`; one entry).
+    #[serde(default)]
+    pub health_checks: Vec<RawHealthCheck>,
+    /// Passive health: ejecting endpoints that fail in a row.
+    pub outlier_detection: Option<RawOutlierDetection>,
+    /// Limits on what the cluster takes at once.
+    pub circuit_breakers: Option<RawCircuitBreakers>,
     /// Time allowed to open a TCP connection to an endpoint. Default 5s.
     pub connect_timeout: Option<String>,
     /// Time allowed from sending the request until the response head arrives; 504 after. Default 15s.
@@ -305,6 +317,126 @@ pub struct RawCluster {
     pub idle_timeout: Option<String>,
     /// Idle connections kept per endpoint per worker. Default 1024.
     pub max_idle_connections: Option<usize>,
+}
+
+/// `clusters[].common_lb_config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommonLbConfig {
+    /// Below this share of healthy endpoints (percent), traffic goes to all of them. Default 50.
+    pub healthy_panic_threshold: Option<RawPercent>,
+}
+
+/// Envoy's `type.v3.Percent`: `{ value: 50.0 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPercent {
+    /// 0 to 100.
+    pub value: f64,
+}
+
+/// `clusters[].ring_hash_lb_config`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRingHashLbConfig {
+    /// Points on the ring, at least. Default 1024.
+    pub minimum_ring_size: Option<u64>,
+    /// Points on the ring, at most. Default 8M.
+    pub maximum_ring_size: Option<u64>,
+}
+
+/// `clusters[].health_checks[]`, in Envoy's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Time a check may take. Required.
+    pub timeout: Option<String>,
+    /// Time between checks. Required.
+    pub interval: Option<String>,
+    /// Up to this much added to each interval, at random. Default 0.
+    pub interval_jitter: Option<String>,
+    /// Failed checks in a row that make an endpoint unhealthy. Required.
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed checks in a row that make it healthy again. Required.
+    pub healthy_threshold: Option<u32>,
+    /// An HTTP request.
+    pub http_health_check: Option<RawHttpHealthCheck>,
+    /// `grpc.health.v1.Health/Check`.
+    pub grpc_health_check: Option<RawGrpcHealthCheck>,
+    /// A TCP connect.
+    pub tcp_health_check: Option<serde_yaml_ng::Value>,
+}
+
+/// `http_health_check`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpHealthCheck {
+    /// Request path. Required.
+    pub path: String,
+    /// `Host` header. Default: the cluster's name.
+    pub host: Option<String>,
+    /// Healthy statuses as `[start, end)` ranges. Default `[{start: 200, end: 201}]`.
+    pub expected_statuses: Option<Vec<RawStatusRange>>,
+}
+
+/// A `[start, end)` range of status codes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatusRange {
+    /// First status in the range.
+    pub start: u16,
+    /// First status after it.
+    pub end: u16,
+}
+
+/// `grpc_health_check`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrpcHealthCheck {
+    /// The service asked about; empty: the server as a whole.
+    #[serde(default)]
+    pub service_name: String,
+    /// `:authority`. Default: the cluster's name.
+    pub authority: Option<String>,
+}
+
+/// `clusters[].outlier_detection`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    /// 5xx answers (and connect failures, timeouts, resets) in a row that eject. Default 5.
+    pub consecutive_5xx: Option<u32>,
+    /// First ejection's length; each further one is longer by as much. Default 30s.
+    pub base_ejection_time: Option<String>,
+    /// Longest ejection. Default 300s.
+    pub max_ejection_time: Option<String>,
+    /// Most endpoints ejected at once, percent (at least one is always allowed). Default 10.
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// `clusters[].circuit_breakers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreakers {
+    /// Envoy's per-priority thresholds; the first (default priority) applies.
+    #[serde(default)]
+    pub thresholds: Vec<RawThresholds>,
+}
+
+/// One priority's limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThresholds {
+    /// Only `DEFAULT` is served.
+    pub priority: Option<String>,
+    /// Upstream connections open at once. Default 1024.
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a connection. Default 1024.
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight. Default 1024.
+    pub max_requests: Option<u32>,
+    /// Retries in flight. Default 3.
+    pub max_retries: Option<u32>,
 }
 
 /// `clusters[].endpoints[]`.

@@ -261,6 +261,94 @@ pub struct Cluster {
     pub idle_timeout: Duration,
     /// Idle connections kept per endpoint per worker.
     pub max_idle_connections: usize,
+    /// Below this share of healthy endpoints (0.0–1.0), traffic goes to all of them.
+    pub healthy_panic_threshold: f64,
+    /// Ring size bounds for `RING_HASH`.
+    pub ring_size: (u64, u64),
+    /// Active health checking, if configured.
+    pub health_check: Option<HealthCheck>,
+    /// Passive health (ejection), if configured.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Limits on what the cluster takes at once.
+    pub circuit_breakers: CircuitBreakers,
+}
+
+/// Active health checking of a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Up to this much added to each interval, at random.
+    pub interval_jitter: Duration,
+    /// Failed checks in a row that make an endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that make it healthy again.
+    pub healthy_threshold: u32,
+    /// What a check does.
+    pub kind: HealthCheckKind,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// An HTTP GET (over the cluster's protocol).
+    Http {
+        /// Path.
+        path: String,
+        /// `Host` / `:authority`.
+        host: String,
+        /// Healthy statuses, `[start, end)` ranges.
+        expected_statuses: Vec<(u16, u16)>,
+    },
+    /// `grpc.health.v1.Health/Check` over HTTP/2.
+    Grpc {
+        /// The service asked about.
+        service_name: String,
+        /// `:authority`.
+        authority: String,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// Passive health: endpoints that fail in a row leave rotation for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Failures in a row that eject.
+    pub consecutive_5xx: u32,
+    /// First ejection's length (the n-th lasts n times as long).
+    pub base_ejection_time: Duration,
+    /// Longest ejection.
+    pub max_ejection_time: Duration,
+    /// Most endpoints ejected at once, percent.
+    pub max_ejection_percent: u32,
+}
+
+/// A cluster's circuit breakers (Envoy's default-priority thresholds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    /// Upstream connections open at once.
+    pub max_connections: u32,
+    /// Requests waiting for a connection.
+    pub max_pending_requests: u32,
+    /// Requests in flight.
+    pub max_requests: u32,
+    /// Retries in flight.
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
 }
 
 /// An upstream endpoint.
@@ -286,6 +374,12 @@ pub enum UpstreamProtocol {
 pub enum LbPolicy {
     /// Smooth weighted round robin (nginx's algorithm): even spread that honours weights.
     RoundRobin,
+    /// The less busy of two endpoints picked at random (weighted).
+    LeastRequest,
     /// Weighted random.
     Random,
+    /// Consistent hashing on a ring, on the hash key the route sets.
+    RingHash,
+    /// Maglev consistent hashing, on the hash key the route sets.
+    Maglev,
 }

@@ -43,6 +43,12 @@ mod defaults {
     /// each of 32 connections) needs one upstream HTTP/1.1 connection per stream in flight, and
     /// a smaller cap closes and reopens connections on every burst. Idle ones still expire.
     pub(super) const MAX_IDLE_CONNECTIONS: usize = 1024;
+    /// Envoy's `healthy_panic_threshold`: below half healthy, health says little about the
+    /// endpoints and much about the checks or the network.
+    pub(super) const HEALTHY_PANIC_THRESHOLD: f64 = 0.5;
+    /// Envoy's ring hash bounds.
+    pub(super) const MIN_RING_SIZE: u64 = 1024;
+    pub(super) const MAX_RING_SIZE: u64 = 8 * 1024 * 1024;
     /// Envoy's `--drain-time-s` default is 600 s for hot restarts; 30 s lets long downloads
     /// and slow clients finish without keeping an old binary around for minutes.
     pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -482,15 +488,68 @@ impl Validator {
         };
         let lb_policy = match c.lb_policy.as_deref() {
             None | Some("ROUND_ROBIN") => LbPolicy::RoundRobin,
+            Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
             Some("RANDOM") => LbPolicy::Random,
+            Some("RING_HASH") => LbPolicy::RingHash,
+            Some("MAGLEV") => LbPolicy::Maglev,
             Some(other) => {
                 self.error(
                     format!("{path}.lb_policy"),
-                    format!("unknown policy \"{other}\" (expected ROUND_ROBIN or RANDOM)"),
+                    format!(
+                        "unknown policy \"{other}\" (expected ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH or MAGLEV)"
+                    ),
                 );
                 LbPolicy::RoundRobin
             }
         };
+        let healthy_panic_threshold = match c
+            .common_lb_config
+            .and_then(|l| l.healthy_panic_threshold)
+            .map(|p| p.value)
+        {
+            None => defaults::HEALTHY_PANIC_THRESHOLD,
+            Some(value) if (0.0..=100.0).contains(&value) => value / 100.0,
+            Some(value) => {
+                self.error(
+                    format!("{path}.common_lb_config.healthy_panic_threshold.value"),
+                    format!("{value} is not a percentage (0 to 100)"),
+                );
+                defaults::HEALTHY_PANIC_THRESHOLD
+            }
+        };
+        let ring_size = {
+            let ring = c.ring_hash_lb_config.unwrap_or_default();
+            let min = ring.minimum_ring_size.unwrap_or(defaults::MIN_RING_SIZE);
+            let max = ring.maximum_ring_size.unwrap_or(defaults::MAX_RING_SIZE);
+            if min == 0 || min > max || max > defaults::MAX_RING_SIZE {
+                self.error(
+                    format!("{path}.ring_hash_lb_config"),
+                    format!(
+                        "ring sizes must satisfy 1 <= minimum_ring_size ({min}) <= maximum_ring_size ({max}) <= {}",
+                        defaults::MAX_RING_SIZE
+                    ),
+                );
+            }
+            (min, max)
+        };
+        if c.health_checks.len() > 1 {
+            self.error(
+                format!("{path}.health_checks"),
+                "one health check per cluster is supported",
+            );
+        }
+        let health_check = c
+            .health_checks
+            .into_iter()
+            .next()
+            .and_then(|h| self.health_check(&format!("{path}.health_checks[0]"), h, &c.name));
+        let outlier_detection = c
+            .outlier_detection
+            .map(|o| self.outlier_detection(&format!("{path}.outlier_detection"), o));
+        let circuit_breakers = self.circuit_breakers(
+            &format!("{path}.circuit_breakers"),
+            c.circuit_breakers.unwrap_or_default(),
+        );
         Cluster {
             name: c.name,
             endpoints,
@@ -514,6 +573,169 @@ impl Validator {
             max_idle_connections: c
                 .max_idle_connections
                 .unwrap_or(defaults::MAX_IDLE_CONNECTIONS),
+            healthy_panic_threshold,
+            ring_size,
+            health_check,
+            outlier_detection,
+            circuit_breakers,
+        }
+    }
+
+    fn health_check(
+        &mut self,
+        path: &str,
+        h: crate::raw::RawHealthCheck,
+        cluster: &str,
+    ) -> Option<HealthCheck> {
+        let mut required = |field: &str, present: bool| {
+            if !present {
+                self.error(format!("{path}.{field}"), "is required");
+            }
+        };
+        required("timeout", h.timeout.is_some());
+        required("interval", h.interval.is_some());
+        required("unhealthy_threshold", h.unhealthy_threshold.is_some());
+        required("healthy_threshold", h.healthy_threshold.is_some());
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            h.timeout.as_deref(),
+            Duration::from_secs(1),
+        );
+        let interval = self.duration(
+            &format!("{path}.interval"),
+            h.interval.as_deref(),
+            Duration::from_secs(5),
+        );
+        let interval_jitter = match h.interval_jitter.as_deref() {
+            None | Some("0s") => Duration::ZERO,
+            Some(text) => self.duration(
+                &format!("{path}.interval_jitter"),
+                Some(text),
+                Duration::ZERO,
+            ),
+        };
+        for (field, value) in [
+            ("unhealthy_threshold", h.unhealthy_threshold),
+            ("healthy_threshold", h.healthy_threshold),
+        ] {
+            if value == Some(0) {
+                self.error(format!("{path}.{field}"), "must be at least 1");
+            }
+        }
+        let kinds = usize::from(h.http_health_check.is_some())
+            + usize::from(h.grpc_health_check.is_some())
+            + usize::from(h.tcp_health_check.is_some());
+        if kinds != 1 {
+            self.error(
+                path,
+                "needs exactly one of http_health_check, grpc_health_check, tcp_health_check",
+            );
+            return None;
+        }
+        let kind = if let Some(http) = h.http_health_check {
+            if !http.path.starts_with('/') {
+                self.error(
+                    format!("{path}.http_health_check.path"),
+                    format!("\"{}\" does not start with /", http.path),
+                );
+            }
+            let expected_statuses = match http.expected_statuses {
+                None => vec![(200, 201)],
+                Some(ranges) => ranges
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        if !(100..=600).contains(&r.start) || r.end <= r.start || r.end > 600 {
+                            self.error(
+                                format!("{path}.http_health_check.expected_statuses[{i}]"),
+                                format!(
+                                    "[{}, {}) is not a range of statuses within [100, 600)",
+                                    r.start, r.end
+                                ),
+                            );
+                        }
+                        (r.start, r.end)
+                    })
+                    .collect(),
+            };
+            HealthCheckKind::Http {
+                path: http.path,
+                host: http.host.unwrap_or_else(|| cluster.to_owned()),
+                expected_statuses,
+            }
+        } else if let Some(grpc) = h.grpc_health_check {
+            HealthCheckKind::Grpc {
+                service_name: grpc.service_name,
+                authority: grpc.authority.unwrap_or_else(|| cluster.to_owned()),
+            }
+        } else {
+            HealthCheckKind::Tcp
+        };
+        Some(HealthCheck {
+            timeout,
+            interval,
+            interval_jitter,
+            unhealthy_threshold: h.unhealthy_threshold.unwrap_or(1).max(1),
+            healthy_threshold: h.healthy_threshold.unwrap_or(1).max(1),
+            kind,
+        })
+    }
+
+    fn outlier_detection(
+        &mut self,
+        path: &str,
+        o: crate::raw::RawOutlierDetection,
+    ) -> OutlierDetection {
+        let consecutive_5xx = o.consecutive_5xx.unwrap_or(5);
+        if consecutive_5xx == 0 {
+            self.error(format!("{path}.consecutive_5xx"), "must be at least 1");
+        }
+        let max_ejection_percent = o.max_ejection_percent.unwrap_or(10);
+        if max_ejection_percent > 100 {
+            self.error(
+                format!("{path}.max_ejection_percent"),
+                format!("{max_ejection_percent} is more than 100"),
+            );
+        }
+        OutlierDetection {
+            consecutive_5xx: consecutive_5xx.max(1),
+            base_ejection_time: self.duration(
+                &format!("{path}.base_ejection_time"),
+                o.base_ejection_time.as_deref(),
+                Duration::from_secs(30),
+            ),
+            max_ejection_time: self.duration(
+                &format!("{path}.max_ejection_time"),
+                o.max_ejection_time.as_deref(),
+                Duration::from_secs(300),
+            ),
+            max_ejection_percent: max_ejection_percent.min(100),
+        }
+    }
+
+    fn circuit_breakers(
+        &mut self,
+        path: &str,
+        raw: crate::raw::RawCircuitBreakers,
+    ) -> CircuitBreakers {
+        let defaults = CircuitBreakers::default();
+        let mut thresholds = raw.thresholds.into_iter();
+        let Some(t) = thresholds.next() else {
+            return defaults;
+        };
+        if thresholds.next().is_some() || t.priority.as_deref().is_some_and(|p| p != "DEFAULT") {
+            self.error(
+                format!("{path}.thresholds"),
+                "only the DEFAULT priority's thresholds are served",
+            );
+        }
+        CircuitBreakers {
+            max_connections: t.max_connections.unwrap_or(defaults.max_connections),
+            max_pending_requests: t
+                .max_pending_requests
+                .unwrap_or(defaults.max_pending_requests),
+            max_requests: t.max_requests.unwrap_or(defaults.max_requests),
+            max_retries: t.max_retries.unwrap_or(defaults.max_retries),
         }
     }
 

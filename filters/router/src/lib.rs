@@ -68,11 +68,21 @@ impl HttpContext for Router {
             .unwrap_or_default();
         let path = self.get_http_request_header(":path").unwrap_or_default();
         let header = |name: &str| self.get_http_request_header(name);
+        // Envoy's `source.address` is `ip:port`; the hash wants the IP alone.
+        let source_ip = || {
+            let address = self.get_property(vec!["source", "address"])?;
+            let address = String::from_utf8(address).ok()?;
+            Some(match address.parse::<std::net::SocketAddr>() {
+                Ok(parsed) => parsed.ip().to_string(),
+                Err(_) => address,
+            })
+        };
         let decision = self.settings.table.decide(
             &RequestView {
                 authority: &authority,
                 path: &path,
                 header: &header,
+                source_ip: &source_ip,
             },
             self.next_random(),
         );
@@ -83,8 +93,12 @@ impl HttpContext for Router {
                 authority,
                 timeout,
                 retry,
+                hash_key,
             } => {
                 let _ = rustng_sdk::route::set_cluster(cluster);
+                if let Some(key) = hash_key {
+                    let _ = rustng_sdk::route::set_hash_key(&key);
+                }
                 if let Some(timeout) = timeout {
                     let _ = rustng_sdk::route::set_timeout(timeout);
                 }

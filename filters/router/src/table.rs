@@ -75,10 +75,44 @@ pub struct RouteAction {
     /// of the cluster's `timeout`.
     pub timeout: Option<String>,
     pub retry_policy: Option<RetryPolicyConfig>,
+    /// Where the hash key for `RING_HASH` / `MAGLEV` clusters comes from: the first policy
+    /// that yields a value.
+    #[serde(default)]
+    pub hash_policy: Vec<HashPolicy>,
     /// The retry policy (the route's, else its virtual host's) as the properties the core
     /// reads, rendered once when the table is read.
     #[serde(skip)]
     pub retry_properties: Vec<(&'static str, String)>,
+}
+
+/// Envoy's `RouteAction.HashPolicy`: one of `header`, `cookie`, `connection_properties`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    pub header: Option<HeaderHash>,
+    pub cookie: Option<CookieHash>,
+    pub connection_properties: Option<ConnectionProperties>,
+    /// Accepted for Envoy's shape; the first policy with a value is the key either way.
+    pub terminal: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderHash {
+    pub header_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieHash {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionProperties {
+    #[serde(default)]
+    pub source_ip: bool,
 }
 
 /// Envoy's `RetryPolicy` fields.
@@ -233,6 +267,8 @@ pub enum Decision<'a> {
         timeout: Option<Duration>,
         /// `rustng.route.*` retry properties, empty without a retry policy.
         retry: &'a [(&'static str, String)],
+        /// The consistent-hashing key, when the route has a hash policy that yields one.
+        hash_key: Option<String>,
     },
     /// Answer with a redirect to `location`.
     Redirect { status: u16, location: String },
@@ -250,6 +286,8 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     /// A request header by lowercase name (`:method` included).
     pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// The client's IP address.
+    pub source_ip: &'a dyn Fn() -> Option<String>,
 }
 
 impl RouteConfiguration {
@@ -266,6 +304,11 @@ impl RouteConfiguration {
             for route in &mut host.routes {
                 for matcher in &mut route.matcher.headers {
                     matcher.name.make_ascii_lowercase();
+                }
+                for policy in route.route.iter_mut().flat_map(|a| a.hash_policy.iter_mut()) {
+                    if let Some(header) = &mut policy.header {
+                        header.header_name.make_ascii_lowercase();
+                    }
                 }
             }
             let host_retries = match &host.retry_policy {
@@ -310,6 +353,16 @@ impl RouteConfiguration {
                         .is_some_and(|w| w.clusters.iter().map(|c| c.weight).sum::<u32>() == 0)
                     {
                         return Err(format!("{at}.route.weighted_clusters: weights add up to 0"));
+                    }
+                    for (p, policy) in action.hash_policy.iter().enumerate() {
+                        let kinds = usize::from(policy.header.is_some())
+                            + usize::from(policy.cookie.is_some())
+                            + usize::from(policy.connection_properties.is_some());
+                        if kinds != 1 {
+                            return Err(format!(
+                                "{at}.route.hash_policy[{p}]: needs exactly one of header, cookie, connection_properties"
+                            ));
+                        }
                     }
                 }
                 if let Some(action) = &mut route.route {
@@ -386,6 +439,10 @@ impl RouteConfiguration {
             authority: action.host_rewrite_literal.clone(),
             timeout: action.timeout.as_deref().and_then(parse_duration),
             retry: &action.retry_properties,
+            hash_key: action
+                .hash_policy
+                .iter()
+                .find_map(|policy| hash_key(policy, request)),
         }
     }
 
@@ -539,6 +596,28 @@ fn pick(clusters: &[ClusterWeight], random: u32) -> &str {
     clusters.last().map_or("", |c| c.name.as_str())
 }
 
+/// The key one hash policy yields for `request`, if any.
+fn hash_key(policy: &HashPolicy, request: &RequestView<'_>) -> Option<String> {
+    if let Some(header) = &policy.header {
+        return (request.header)(&header.header_name);
+    }
+    if let Some(cookie) = &policy.cookie {
+        let cookies = (request.header)("cookie")?;
+        return cookies.split(';').find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == cookie.name).then(|| value.to_owned())
+        });
+    }
+    if policy
+        .connection_properties
+        .as_ref()
+        .is_some_and(|c| c.source_ip)
+    {
+        return (request.source_ip)();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,7 +649,24 @@ mod tests {
         headers: &[(&str, &str)],
         random: u32,
     ) -> Decision<'static> {
-        let table = &*PARSED;
+        decide_at(&PARSED, authority, path, headers, random)
+    }
+
+    fn decide_in<'t>(
+        table: &'t RouteConfiguration,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Decision<'t> {
+        decide_at(table, "x", path, headers, 0)
+    }
+
+    fn decide_at<'t>(
+        table: &'t RouteConfiguration,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        random: u32,
+    ) -> Decision<'t> {
         let headers: Vec<(String, String)> = headers
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -586,6 +682,7 @@ mod tests {
                 authority,
                 path,
                 header: &lookup,
+                source_ip: &|| Some("192.0.2.7".to_owned()),
             },
             random,
         )
@@ -598,6 +695,7 @@ mod tests {
             authority: None,
             timeout: None,
             retry: &[],
+            hash_key: None,
         }
     }
 
@@ -616,6 +714,7 @@ mod tests {
                 authority: Some("v1.internal".into()),
                 timeout: Some(Duration::from_millis(1500)),
                 retry: &[],
+                hash_key: None,
             }
         );
         // Another method falls through to the catch-all of the same host.
@@ -671,6 +770,7 @@ mod tests {
                 authority: None,
                 timeout: None,
                 retry: &[],
+                hash_key: None,
             }
         );
         // The whole path must match: no partial matches.
@@ -740,6 +840,7 @@ mod tests {
                 authority: "x",
                 path,
                 header: &|_| None,
+                source_ip: &|| None,
             };
             match table.decide(&view, 0) {
                 Decision::Forward { retry, .. } => retry.to_vec(),
@@ -773,6 +874,39 @@ mod tests {
         assert!(
             bad.contains("virtual_hosts[v].routes[0].route.retry_policy.retry_on: \"sometimes\""),
             "{bad}"
+        );
+    }
+
+    #[test]
+    fn hash_policies_yield_the_first_key_there_is() {
+        let table = RouteConfiguration::parse(
+            br#"{"virtual_hosts": [{"domains": ["*"], "routes": [
+                {"match": {"prefix": "/ip"}, "route": {"cluster": "a",
+                  "hash_policy": [{"connection_properties": {"source_ip": true}}]}},
+                {"match": {"prefix": "/"}, "route": {"cluster": "a", "hash_policy": [
+                  {"header": {"header_name": "X-User"}},
+                  {"cookie": {"name": "session"}, "terminal": true}]}}
+              ]}]}"#,
+        )
+        .expect("table");
+        let key = |path: &str, headers: &[(&str, &str)]| match decide_in(&table, path, headers) {
+            Decision::Forward { hash_key, .. } => hash_key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(key("/", &[("x-user", "ann")]), Some("ann".into()));
+        assert_eq!(
+            key("/", &[("cookie", "a=1; session=s3; b=2")]),
+            Some("s3".into())
+        );
+        assert_eq!(key("/", &[]), None);
+        assert_eq!(key("/ip", &[]), Some("192.0.2.7".into()));
+        assert!(
+            RouteConfiguration::parse(
+                br#"{"virtual_hosts": [{"domains": ["*"], "routes": [{"match": {"prefix": "/"},
+                  "route": {"cluster": "a", "hash_policy": [{}]}}]}]}"#
+            )
+            .err()
+            .is_some_and(|e| e.contains("hash_policy[0]: needs exactly one of"))
         );
     }
 }

@@ -78,6 +78,7 @@ impl Drop for Exchange {
 enum Kind {
     Http1(H1Body),
     Incoming(Incoming),
+    Http2(crate::upstream::H2Body),
     Local(Option<Bytes>),
     /// Through the filters (listeners with plugins only).
     Boxed(LocalBody),
@@ -95,7 +96,7 @@ impl ProxyBody {
     pub(crate) fn upstream(body: UpstreamBody, exchange: Exchange) -> Self {
         let kind = match body {
             UpstreamBody::Http1(body) => Kind::Http1(body),
-            UpstreamBody::Http2(body) => Kind::Incoming(body),
+            UpstreamBody::Http2(body) => Kind::Http2(body),
         };
         ProxyBody {
             kind,
@@ -144,6 +145,7 @@ impl ProxyBody {
         match &self.kind {
             Kind::Http1(body) => body.is_end_stream(),
             Kind::Incoming(body) => body.is_end_stream(),
+            Kind::Http2(body) => body.is_end_stream(),
             Kind::Local(data) => data.is_none(),
             Kind::Boxed(body) => body.is_end_stream(),
         }
@@ -162,6 +164,9 @@ impl Body for ProxyBody {
         let polled = match &mut this.kind {
             Kind::Http1(body) => Pin::new(body).poll_frame(cx),
             Kind::Incoming(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Kind::Http2(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
             Kind::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -187,6 +192,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Http1(body) => body.size_hint(),
             Kind::Incoming(body) => body.size_hint(),
+            Kind::Http2(body) => body.size_hint(),
             Kind::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Boxed(body) => body.size_hint(),
         }

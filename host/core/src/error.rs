@@ -36,6 +36,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The upstream closed, reset or spoke invalid HTTP before the response head.
     UpstreamProtocol,
+    /// A circuit breaker of the cluster is open (too much in flight).
+    Overflow,
 }
 
 impl ErrorKind {
@@ -44,7 +46,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-            ErrorKind::NoHealthyUpstream | ErrorKind::ClusterNotFound => {
+            ErrorKind::NoHealthyUpstream | ErrorKind::ClusterNotFound | ErrorKind::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ErrorKind::ConnectRefused | ErrorKind::UpstreamProtocol => StatusCode::BAD_GATEWAY,
@@ -63,6 +65,7 @@ impl ErrorKind {
             ErrorKind::ConnectTimeout => "upstream connect timeout",
             ErrorKind::UpstreamTimeout => "upstream request timeout",
             ErrorKind::UpstreamProtocol => "upstream reset before response headers",
+            ErrorKind::Overflow => "upstream overflow",
         }
     }
 

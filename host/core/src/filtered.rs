@@ -168,6 +168,7 @@ impl Pending {
             head: parts,
             body: Some(body),
             timeout: routed_timeout(&filters),
+            hash: routed_hash(&filters),
         };
         let retries = RetryPolicy::from_properties(&filters.borrow().stream.properties);
         let sent = match retries {
@@ -298,6 +299,17 @@ fn routed_timeout(filters: &SharedFilters) -> Option<std::time::Duration> {
         .find(|(path, _)| extensions::property_is(path, extensions::ROUTE_TIMEOUT_MS))?;
     let ms: u64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
     (ms > 0).then(|| std::time::Duration::from_millis(ms))
+}
+
+/// The hash of the key a filter set in `rustng.route.hash_key` (ring hash, Maglev).
+fn routed_hash(filters: &SharedFilters) -> Option<u64> {
+    let filters = filters.borrow();
+    let (_, key) = filters
+        .stream
+        .properties
+        .iter()
+        .find(|(path, _)| extensions::property_is(path, extensions::ROUTE_HASH_KEY))?;
+    Some(crate::upstream::hash_key(key))
 }
 
 /// The request body as it leaves: through the body callbacks if any filter has them.

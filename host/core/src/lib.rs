@@ -42,3 +42,4 @@ pub use error::{CoreError, ErrorKind, ErrorSource, ProxyError};
 pub use inherited::{InheritedListener, InheritedSockets};
 pub use server::{Server, ShutdownHandle};
 pub use telemetry::Telemetry;
+pub use upstream::HealthStatus;

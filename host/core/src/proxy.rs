@@ -136,6 +136,7 @@ impl ProxyService {
             head,
             body: Some(RequestBody::Downstream(body)),
             timeout: None,
+            hash: None,
         };
         Routed::Forward(Forwarding {
             cluster,
@@ -231,7 +232,15 @@ pub(crate) fn local_error(
         record.error = Some(error.kind.as_str());
         record.upstream = error.endpoint;
     }
-    local_response(status, error.kind.as_str(), Some(exchange), version)
+    let mut response = local_response(status, error.kind.as_str(), Some(exchange), version);
+    if error.kind == crate::error::ErrorKind::Overflow {
+        // Envoy's header for a circuit breaker's 503: clients and dashboards know it.
+        response.headers_mut().insert(
+            http::HeaderName::from_static("x-envoy-overloaded"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 pub(crate) fn local_response(

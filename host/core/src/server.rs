@@ -159,6 +159,12 @@ impl Server {
         );
         let control = self.control;
         let commands = self.commands;
+        // The health checker follows the versions the control thread applies.
+        crate::upstream::health_check::start(control.current(), self.controller.subscribe())
+            .map_err(|source| CoreError::Worker {
+                index: usize::MAX,
+                source,
+            })?;
         std::thread::Builder::new()
             .name("rustng-control".into())
             .spawn(move || {

@@ -8,6 +8,7 @@ use rustng_runtime_config::{Config, Listener};
 use crate::filters::LoadedPlugin;
 use crate::listener::ConnectionLimit;
 use crate::stats::RequestStats;
+use crate::upstream::{CircuitBreaker, ClusterHealth, EndpointHealth};
 
 /// An applied config version with everything prepared that may fail or take time (TLS
 /// material, compiled and canaried plugins), so that switching a worker to it cannot fail and
@@ -31,6 +32,12 @@ pub(crate) struct ClusterShared {
     /// Requests per endpoint address (counts only: no histogram per endpoint).
     pub(crate) endpoints: HashMap<std::net::SocketAddr, Arc<RequestStats>>,
     pub(crate) drained: Arc<arc_swap::ArcSwap<std::collections::HashSet<std::net::SocketAddr>>>,
+    /// Each endpoint's health (active checks, ejections), by address.
+    pub(crate) health: HashMap<std::net::SocketAddr, Arc<EndpointHealth>>,
+    /// The cluster's health totals.
+    pub(crate) cluster_health: Arc<ClusterHealth>,
+    /// What the cluster has in flight, against its circuit breakers.
+    pub(crate) breaker: Arc<CircuitBreaker>,
 }
 
 impl ClusterShared {
@@ -39,6 +46,9 @@ impl ClusterShared {
             stats: RequestStats::new(workers),
             endpoints: HashMap::new(),
             drained: Arc::default(),
+            health: HashMap::new(),
+            cluster_health: Arc::default(),
+            breaker: Arc::default(),
         }
     }
 
@@ -49,18 +59,36 @@ impl ClusterShared {
         addresses: impl Iterator<Item = std::net::SocketAddr>,
         workers: usize,
     ) -> ClusterShared {
+        let addresses: Vec<std::net::SocketAddr> = addresses.collect();
+        let health: HashMap<_, _> = addresses
+            .iter()
+            .map(|address| {
+                let health = self
+                    .health
+                    .get(address)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointHealth::new(*address)));
+                (*address, health)
+            })
+            .collect();
+        self.cluster_health
+            .recount(health.values().map(AsRef::as_ref));
         ClusterShared {
             stats: Arc::clone(&self.stats),
             endpoints: addresses
+                .iter()
                 .map(|address| {
                     let stats = self
                         .endpoints
-                        .get(&address)
+                        .get(address)
                         .map_or_else(|| RequestStats::new(workers), Arc::clone);
-                    (address, stats)
+                    (*address, stats)
                 })
                 .collect(),
             drained: Arc::clone(&self.drained),
+            health,
+            cluster_health: Arc::clone(&self.cluster_health),
+            breaker: Arc::clone(&self.breaker),
         }
     }
 }

@@ -216,6 +216,59 @@ impl Telemetry {
                 }
             }
         }
+        self.render_health(out, snapshot);
+    }
+
+    /// Endpoint health and circuit breakers.
+    fn render_health(&self, out: &mut String, snapshot: &crate::snapshot::Snapshot) {
+        let _ = writeln!(
+            out,
+            "# HELP rustng_upstream_endpoint_healthy 1 while the endpoint is in rotation; 0 when              its active health check fails or outlier detection ejected it (see `reason`).
+             # TYPE rustng_upstream_endpoint_healthy gauge"
+        );
+        for cluster in &snapshot.config.clusters {
+            let Some(shared) = snapshot.cluster_state.get(&cluster.name) else {
+                continue;
+            };
+            for endpoint in &cluster.endpoints {
+                if let Some(health) = shared.health.get(&endpoint.address) {
+                    let status = health.status();
+                    let _ = writeln!(
+                        out,
+                        "rustng_upstream_endpoint_healthy{{cluster=\"{}\",endpoint=\"{}\",reason=\"{}\"}} {}",
+                        label(&cluster.name),
+                        endpoint.address,
+                        status.as_str(),
+                        u8::from(status == crate::upstream::HealthStatus::Healthy)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP rustng_upstream_circuit_breaker_in_use What the cluster has in flight, by              circuit breaker resource.
+             # TYPE rustng_upstream_circuit_breaker_in_use gauge
+             # HELP rustng_upstream_circuit_breaker_overflows_total Requests, connections and              retries refused because a circuit breaker was open.
+             # TYPE rustng_upstream_circuit_breaker_overflows_total counter"
+        );
+        let mut names: Vec<&String> = snapshot.cluster_state.keys().collect();
+        names.sort();
+        for name in names {
+            let breaker = &snapshot.cluster_state[name].breaker;
+            for resource in crate::upstream::Resource::ALL {
+                let (in_use, overflows) = breaker.counts(resource);
+                let labels = format!(
+                    "cluster=\"{}\",resource=\"{}\"",
+                    label(name),
+                    resource.as_str()
+                );
+                let _ = writeln!(
+                    out,
+                    "rustng_upstream_circuit_breaker_in_use{{{labels}}} {in_use}\n\
+                     rustng_upstream_circuit_breaker_overflows_total{{{labels}}} {overflows}"
+                );
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use proxy_wasm::types::Status;
 
 pub use rustng_abi::extensions::{
-    ROUTE_CLUSTER, ROUTE_NUM_RETRIES, ROUTE_PER_TRY_TIMEOUT_MS, ROUTE_RETRIABLE_STATUS_CODES,
+    ROUTE_CLUSTER, ROUTE_HASH_KEY, ROUTE_NUM_RETRIES, ROUTE_PER_TRY_TIMEOUT_MS, ROUTE_RETRIABLE_STATUS_CODES,
     ROUTE_RETRY_BASE_INTERVAL_MS, ROUTE_RETRY_MAX_INTERVAL_MS, ROUTE_RETRY_ON, ROUTE_TIMEOUT_MS,
 };
 
@@ -20,6 +20,12 @@ pub fn set_cluster(cluster: &str) -> Result<(), Status> {
 pub fn set_timeout(timeout: Duration) -> Result<(), Status> {
     let ms = millis(timeout);
     proxy_wasm::hostcalls::set_property(vec![ROUTE_TIMEOUT_MS], Some(ms.as_bytes()))
+}
+
+/// Sets the current request's key for consistent hashing (`RING_HASH`, `MAGLEV` clusters):
+/// requests with the same key go to the same endpoint while it is in rotation.
+pub fn set_hash_key(key: &str) -> Result<(), Status> {
+    proxy_wasm::hostcalls::set_property(vec![ROUTE_HASH_KEY], Some(key.as_bytes()))
 }
 
 /// Envoy's `RetryPolicy` for the current request.

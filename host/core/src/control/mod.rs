@@ -183,6 +183,8 @@ pub struct EndpointInfo {
     pub weight: u32,
     /// Drained by hand: no new requests.
     pub draining: bool,
+    /// In rotation, or out and why (active health check, outlier ejection).
+    pub health: crate::upstream::HealthStatus,
 }
 
 /// Why an endpoint could not be drained or undrained.
@@ -278,6 +280,9 @@ impl Controller {
                             address: e.address,
                             weight: e.weight,
                             draining: drained.contains(&e.address),
+                            health: shared
+                                .and_then(|s| s.health.get(&e.address))
+                                .map_or(crate::upstream::HealthStatus::Healthy, |h| h.status()),
                         })
                         .collect(),
                     requests_by_class,

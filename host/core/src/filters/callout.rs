@@ -76,6 +76,7 @@ async fn send(
         head,
         body: Some(RequestBody::full(Bytes::from(call.body.clone()))),
         timeout: None,
+        hash: None,
     };
     let upstream = cluster.send(&mut outgoing).await?;
     let collected = match upstream.body {

@@ -219,6 +219,7 @@ async fn exchange(
         head,
         body: Some(body),
         timeout: None,
+        hash: None,
     };
     let response = cluster
         .send(&mut outgoing)

@@ -15,8 +15,10 @@ use hyper::client::conn::http1;
 use rustng_runtime_config::{Cluster, UpstreamProtocol};
 
 use super::balancer::Balancer;
+use super::breaker::{CircuitBreaker, ConnectionSlot, Overflow, Resource};
 use super::connect;
 use super::h1::{H1Body, H1Connection, SendError};
+use super::health::{ClusterHealth, EndpointHealth};
 use super::pool::EndpointPool;
 use crate::error::{ErrorKind, ProxyError};
 use crate::snapshot::ClusterShared;
@@ -34,6 +36,83 @@ struct EndpointRt {
     pool: EndpointPool,
     /// Requests sent to it (this worker's shard of the cluster's per-endpoint counters).
     stats: Arc<RequestStats>,
+    /// Shared by every worker: in rotation or not.
+    health: Arc<EndpointHealth>,
+    /// Requests in flight to it from this worker (least request).
+    active: std::cell::Cell<u32>,
+}
+
+/// A request in flight to an endpoint, from the attempt's start until its response body is
+/// done with: counted for least request and under the cluster's `max_requests`.
+pub(crate) struct InFlight {
+    cluster: Rc<ClusterRt>,
+    endpoint: usize,
+}
+
+impl InFlight {
+    fn start(cluster: &Rc<ClusterRt>, endpoint: usize) -> Result<InFlight, ProxyError> {
+        cluster
+            .breaker
+            .try_acquire(Resource::Requests, &cluster.config.circuit_breakers)
+            .map_err(|o| cluster.overflow(o))?;
+        let active = &cluster.endpoints[endpoint].active;
+        active.set(active.get() + 1);
+        Ok(InFlight {
+            cluster: Rc::clone(cluster),
+            endpoint,
+        })
+    }
+
+    pub(crate) fn cluster(&self) -> &Rc<ClusterRt> {
+        &self.cluster
+    }
+
+    pub(crate) fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let active = &self.cluster.endpoints[self.endpoint].active;
+        active.set(active.get().saturating_sub(1));
+        self.cluster.breaker.release(Resource::Requests);
+    }
+}
+
+/// A retry's place under the cluster's `max_retries`, given back on drop.
+pub(crate) struct RetryPermit<'a>(&'a ClusterRt);
+
+impl Drop for RetryPermit<'_> {
+    fn drop(&mut self) {
+        self.0.breaker.release(Resource::Retries);
+    }
+}
+
+/// An upstream HTTP/2 response body, holding its request's place in flight until it ends.
+pub(crate) struct H2Body {
+    body: Incoming,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for H2Body {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// A cluster as one worker runs it.
@@ -46,6 +125,8 @@ pub(crate) struct ClusterRt {
     worker: usize,
     /// Endpoints drained by hand: no new requests go to them.
     drained: Arc<arc_swap::ArcSwap<std::collections::HashSet<SocketAddr>>>,
+    cluster_health: Arc<ClusterHealth>,
+    breaker: Arc<CircuitBreaker>,
 }
 
 /// The body of an upstream response.
@@ -53,7 +134,7 @@ pub(crate) enum UpstreamBody {
     /// Read by RustNg's own HTTP/1.1 client; returns its connection to the pool at the end.
     Http1(H1Body),
     /// From hyper's HTTP/2 client.
-    Http2(Incoming),
+    Http2(H2Body),
 }
 
 impl http_body::Body for UpstreamBody {
@@ -94,6 +175,8 @@ pub(crate) struct Outgoing {
     pub(crate) body: Option<RequestBody>,
     /// How long the response head may take, when a route says (else the cluster's `timeout`).
     pub(crate) timeout: Option<std::time::Duration>,
+    /// The route's hash key, hashed (`RING_HASH`, `MAGLEV`).
+    pub(crate) hash: Option<u64>,
 }
 
 /// A response head from an upstream, with its body still to come.
@@ -116,9 +199,20 @@ impl ClusterRt {
                     .get(&e.address)
                     .cloned()
                     .unwrap_or_else(|| RequestStats::new(1)),
+                health: shared
+                    .health
+                    .get(&e.address)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointHealth::new(e.address))),
+                active: std::cell::Cell::new(0),
             })
             .collect();
-        let balancer = Balancer::new(config.lb_policy, config.endpoints.iter().map(|e| e.weight));
+        let placed: Vec<(SocketAddr, u32)> = config
+            .endpoints
+            .iter()
+            .map(|e| (e.address, e.weight))
+            .collect();
+        let balancer = Balancer::new(config.lb_policy, &placed, config.ring_size);
         ClusterRt {
             config,
             endpoints,
@@ -126,6 +220,54 @@ impl ClusterRt {
             stats: shared.stats,
             worker,
             drained: shared.drained,
+            cluster_health: shared.cluster_health,
+            breaker: shared.breaker,
+        }
+    }
+
+    /// The 503 for a circuit breaker that is open.
+    fn overflow(&self, Overflow(resource): Overflow) -> ProxyError {
+        tracing::debug!(cluster = %self.config.name, resource = resource.as_str(), "circuit breaker open");
+        ProxyError::new(ErrorKind::Overflow)
+    }
+
+    /// Picks an endpoint in rotation that `tried` does not hold: drained and unhealthy ones
+    /// are passed over, unless so few are healthy that health is ignored (panic mode).
+    fn pick(
+        &self,
+        hash: Option<u64>,
+        tried: &[usize],
+        drained: &std::collections::HashSet<SocketAddr>,
+    ) -> Option<usize> {
+        let health = &*self.cluster_health;
+        let check_health =
+            health.any_out() && !health.panicking(self.config.healthy_panic_threshold);
+        self.balancer.pick(
+            hash,
+            |i| self.endpoints[i].active.get(),
+            |i| {
+                tried.contains(&i)
+                    || self.is_drained(drained, i)
+                    || (check_health && !self.endpoints[i].health.is_healthy(health))
+            },
+        )
+    }
+
+    /// A place under `max_retries` for a retry about to start; `None` when none is left.
+    pub(crate) fn retry_permit(&self) -> Option<RetryPermit<'_>> {
+        self.breaker
+            .try_acquire(Resource::Retries, &self.config.circuit_breakers)
+            .map_err(|o| self.overflow(o))
+            .ok()
+            .map(|()| RetryPermit(self))
+    }
+
+    /// Tells outlier detection how an exchange with endpoint `index` went.
+    fn record_outcome(&self, index: usize, failed: bool) {
+        if let Some(detector) = &self.config.outlier_detection {
+            self.endpoints[index]
+                .health
+                .record(failed, detector, &self.cluster_health);
         }
     }
 
@@ -177,22 +319,30 @@ impl ClusterRt {
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
         let mut last_error = None;
         for attempt in 0..attempts {
-            let Some(index) = self
-                .balancer
-                .pick(|i| tried.contains(&i) || self.is_drained(&drained, i))
-            else {
+            let Some(index) = self.pick(req.hash, &tried, &drained) else {
                 break;
             };
             tried[attempt] = index;
+            let in_flight = InFlight::start(self, index)?;
             let result = match self.config.protocol {
-                UpstreamProtocol::Http1 => self.send_http1(index, req).await,
+                UpstreamProtocol::Http1 => self.send_http1(in_flight, req).await,
                 // Boxed so HTTP/2's state does not grow the HTTP/1.1 request future.
-                UpstreamProtocol::Http2 => Box::pin(self.send_http2(index, req)).await,
+                UpstreamProtocol::Http2 => Box::pin(self.send_http2(in_flight, req)).await,
             };
             let endpoint = &self.endpoints[index].stats;
             match &result {
-                Ok(response) => endpoint.count(self.worker, response.head.status.as_u16()),
-                Err(_) => endpoint.count_failure(self.worker),
+                Ok(response) => {
+                    let status = response.head.status.as_u16();
+                    endpoint.count(self.worker, status);
+                    self.record_outcome(index, status >= 500);
+                }
+                Err(error) => {
+                    endpoint.count_failure(self.worker);
+                    // The client's own faults and open breakers say nothing of the endpoint.
+                    if !matches!(error.kind, ErrorKind::InvalidRequest | ErrorKind::Overflow) {
+                        self.record_outcome(index, true);
+                    }
+                }
             }
             match result {
                 Ok(response) => return Ok(response),
@@ -208,21 +358,19 @@ impl ClusterRt {
 
     async fn send_http1(
         self: &Rc<Self>,
-        index: usize,
+        in_flight: InFlight,
         req: &mut Outgoing,
     ) -> Result<UpstreamResponse, ProxyError> {
+        let index = in_flight.endpoint();
         let endpoint = &self.endpoints[index];
         let address = endpoint.address;
+        let mut in_flight = Some(in_flight);
         for _ in 0..=MAX_STALE_RETRIES {
             let (mut conn, reused) = match endpoint.pool.checkout_http1() {
                 Some(conn) => (conn, true),
                 // Boxed: connecting is the rare path, and inline its state would grow every
                 // request future (moved into a Box per request).
-                None => {
-                    let stream =
-                        Box::pin(connect::tcp(address, self.config.connect_timeout)).await?;
-                    (H1Connection::new(stream), false)
-                }
+                None => Box::pin(self.connect_http1(address)).await?,
             };
             let sent = tokio::time::timeout(
                 req.timeout.unwrap_or(self.config.timeout),
@@ -236,13 +384,12 @@ impl ClusterRt {
                     *response.version_mut() = head.version;
                     *response.headers_mut() = head.headers;
                     let (head_parts, ()) = response.into_parts();
+                    let Some(in_flight) = in_flight.take() else {
+                        return Err(ProxyError::new(ErrorKind::UpstreamProtocol).at(address));
+                    };
                     return Ok(UpstreamResponse {
                         head: head_parts,
-                        body: UpstreamBody::Http1(H1Body::new(
-                            conn,
-                            head.body,
-                            (Rc::clone(self), index),
-                        )),
+                        body: UpstreamBody::Http1(H1Body::new(conn, head.body, in_flight)),
                         endpoint: address,
                     });
                 }
@@ -273,6 +420,19 @@ impl ClusterRt {
             .because("pooled connections kept closing"))
     }
 
+    /// A new connection to `address`, under the cluster's `max_connections`, and counted as
+    /// pending (`max_pending_requests`) while it is being opened.
+    async fn connect_http1(&self, address: SocketAddr) -> Result<(H1Connection, bool), ProxyError> {
+        let limits = &self.config.circuit_breakers;
+        let slot = ConnectionSlot::acquire(&self.breaker, limits).map_err(|o| self.overflow(o))?;
+        self.breaker
+            .try_acquire(Resource::Pending, limits)
+            .map_err(|o| self.overflow(o))?;
+        let stream = connect::tcp(address, self.config.connect_timeout).await;
+        self.breaker.release(Resource::Pending);
+        Ok((H1Connection::new(stream?, slot), false))
+    }
+
     /// Takes back a connection whose response was read to the end.
     pub(crate) fn checkin_http1(
         &self,
@@ -285,15 +445,23 @@ impl ClusterRt {
 
     async fn send_http2(
         self: &Rc<Self>,
-        index: usize,
+        in_flight: InFlight,
         req: &mut Outgoing,
     ) -> Result<UpstreamResponse, ProxyError> {
-        let endpoint = &self.endpoints[index];
+        let endpoint = &self.endpoints[in_flight.endpoint()];
         let address = endpoint.address;
         let mut sender = match endpoint.pool.http2() {
             Some(sender) => sender,
             None => {
-                let sender = connect::http2(address, self.config.connect_timeout).await?;
+                let limits = &self.config.circuit_breakers;
+                let slot =
+                    ConnectionSlot::acquire(&self.breaker, limits).map_err(|o| self.overflow(o))?;
+                self.breaker
+                    .try_acquire(Resource::Pending, limits)
+                    .map_err(|o| self.overflow(o))?;
+                let connected = connect::http2(address, self.config.connect_timeout, slot).await;
+                self.breaker.release(Resource::Pending);
+                let sender = connected?;
                 endpoint.pool.set_http2(sender.clone());
                 sender
             }
@@ -316,7 +484,10 @@ impl ClusterRt {
                 let (head, body) = response.into_parts();
                 Ok(UpstreamResponse {
                     head,
-                    body: UpstreamBody::Http2(body),
+                    body: UpstreamBody::Http2(H2Body {
+                        body,
+                        _in_flight: in_flight,
+                    }),
                     endpoint: address,
                 })
             }
@@ -366,10 +537,7 @@ impl ClusterRt {
         let mut last_error = ProxyError::new(ErrorKind::NoHealthyUpstream);
         for attempt in 0..self.endpoints.len().min(MAX_ATTEMPTS) {
             // Another endpoint than the ones that already failed.
-            let Some(index) = self
-                .balancer
-                .pick(|i| tried.contains(&i) || self.is_drained(&drained, i))
-            else {
+            let Some(index) = self.pick(None, &tried, &drained) else {
                 break;
             };
             tried[attempt] = index;

@@ -61,9 +61,11 @@ pub(crate) async fn http1_upgradable(
 }
 
 /// Opens an HTTP/2 (prior knowledge) connection; it multiplexes every request to `address`.
+/// `slot` (its place under the cluster's `max_connections`) is held as long as the connection.
 pub(crate) async fn http2(
     address: SocketAddr,
     timeout: Duration,
+    slot: super::breaker::ConnectionSlot,
 ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
     let stream = tcp(address, timeout).await?;
     let (sender, conn) = http2::Builder::new(LocalExec)
@@ -76,6 +78,7 @@ pub(crate) async fn http2(
         if let Err(e) = conn.await {
             tracing::debug!(%address, error = %e, "upstream h2 connection ended");
         }
+        drop(slot);
     });
     Ok(sender)
 }

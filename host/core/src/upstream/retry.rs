@@ -170,6 +170,9 @@ pub(crate) async fn send(
     };
     let pristine = outgoing.head;
     let mut retry = 0;
+    // Held from a retry's decision through its back-off and attempt; dropped (given back) with
+    // the attempt's end, or with this future if the client leaves.
+    let mut permit = None;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
@@ -183,8 +186,11 @@ pub(crate) async fn send(
                     .per_try_timeout
                     .map_or(remaining, |t| t.min(remaining)),
             ),
+            hash: outgoing.hash,
         };
         let result = cluster.send(&mut attempt).await;
+        // This attempt (a retry, if it held a place under `max_retries`) is over.
+        drop(permit.take());
         let again = retry < policy.num_retries
             && match &result {
                 Ok(response) => policy.retries_status(response.head.status.as_u16()),
@@ -195,7 +201,13 @@ pub(crate) async fn send(
                             && tokio::time::Instant::now() >= deadline)
                 }
             };
+        // The cluster's `max_retries` bounds retries in flight across all requests, so a
+        // failing upstream is not hit with a retry storm.
         if !again {
+            return result;
+        }
+        permit = cluster.retry_permit();
+        if permit.is_none() {
             return result;
         }
         // The failed response's body is dropped unread; its connection is not reused.

@@ -11,6 +11,7 @@ mod harness;
 mod origin;
 
 mod admin_api;
+mod balancing;
 mod cli;
 mod conformance;
 mod control_plane;

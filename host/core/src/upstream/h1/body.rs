@@ -1,7 +1,6 @@
 //! The body of an upstream HTTP/1.1 response, read from the socket as the client takes it.
 
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -9,24 +8,21 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::{H1Connection, READ_CHUNK};
 use crate::h1::decode::BodyDecoder;
-use crate::upstream::cluster::ClusterRt;
+use crate::upstream::cluster::InFlight;
 
 /// Streams a response body and returns the connection to its pool once the body has been read
 /// to the end (if the exchange left it reusable).
 pub(crate) struct H1Body {
     conn: Option<H1Connection>,
     decoder: BodyDecoder,
-    home: (Rc<ClusterRt>, usize),
+    /// The request's place in flight, held until the body is dropped.
+    home: InFlight,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl H1Body {
-    pub(crate) fn new(
-        conn: H1Connection,
-        decoder: BodyDecoder,
-        home: (Rc<ClusterRt>, usize),
-    ) -> Self {
+    pub(crate) fn new(conn: H1Connection, decoder: BodyDecoder, home: InFlight) -> Self {
         let mut body = H1Body {
             conn: Some(conn),
             decoder,
@@ -45,8 +41,11 @@ impl H1Body {
             && conn.read_buf.is_empty()
         {
             conn.forget_read_readiness();
-            let (cluster, endpoint) = &self.home;
-            cluster.checkin_http1(*endpoint, conn, tokio::time::Instant::now());
+            self.home.cluster().checkin_http1(
+                self.home.endpoint(),
+                conn,
+                tokio::time::Instant::now(),
+            );
         }
     }
 }

@@ -33,6 +33,7 @@ pub(crate) struct H1Connection {
     write_buf: Vec<u8>,
     /// Whether the exchange in progress leaves the connection fit for another request.
     reusable: bool,
+    _slot: crate::upstream::breaker::ConnectionSlot,
 }
 
 /// Why [`H1Connection::send`] failed.
@@ -53,12 +54,15 @@ enum HeadError {
 }
 
 impl H1Connection {
-    pub(crate) fn new(io: TcpStream) -> Self {
+    /// A connection over `io`, holding `slot` (its place under the cluster's
+    /// `max_connections`) for as long as it lives, pooled or not.
+    pub(crate) fn new(io: TcpStream, slot: crate::upstream::breaker::ConnectionSlot) -> Self {
         H1Connection {
             io,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: Vec::with_capacity(1024),
             reusable: true,
+            _slot: slot,
         }
     }
 
