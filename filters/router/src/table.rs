@@ -305,7 +305,11 @@ impl RouteConfiguration {
                 for matcher in &mut route.matcher.headers {
                     matcher.name.make_ascii_lowercase();
                 }
-                for policy in route.route.iter_mut().flat_map(|a| a.hash_policy.iter_mut()) {
+                for policy in route
+                    .route
+                    .iter_mut()
+                    .flat_map(|a| a.hash_policy.iter_mut())
+                {
                     if let Some(header) = &mut policy.header {
                         header.header_name.make_ascii_lowercase();
                     }
