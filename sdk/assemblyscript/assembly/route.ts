@@ -14,9 +14,16 @@ export const ROUTE_PER_TRY_TIMEOUT_MS = "rustng.route.per_try_timeout_ms";
 export const ROUTE_RETRIABLE_STATUS_CODES = "rustng.route.retriable_status_codes";
 export const ROUTE_RETRY_BASE_INTERVAL_MS = "rustng.route.retry_base_interval_ms";
 export const ROUTE_RETRY_MAX_INTERVAL_MS = "rustng.route.retry_max_interval_ms";
+export const ROUTE_HASH_KEY = "rustng.route.hash_key";
 
 function set(name: string, value: string): WasmResultValues {
   return set_property(name, String.UTF8.encode(value));
+}
+
+// Sets the current request's key for consistent hashing (RING_HASH and MAGLEV clusters): the
+// same key goes to the same endpoint while it is in rotation.
+export function setHashKey(key: string): WasmResultValues {
+  return set(ROUTE_HASH_KEY, key);
 }
 
 // Sends the current request to `cluster` instead of the listener's default.

@@ -24,7 +24,14 @@ const (
 	RetriableStatusCodes = "rustng.route.retriable_status_codes"
 	RetryBaseIntervalMs  = "rustng.route.retry_base_interval_ms"
 	RetryMaxIntervalMs   = "rustng.route.retry_max_interval_ms"
+	HashKey              = "rustng.route.hash_key"
 )
+
+// SetHashKey sets the current request's key for consistent hashing (RING_HASH and MAGLEV
+// clusters): the same key goes to the same endpoint while it is in rotation.
+func SetHashKey(key string) error {
+	return set(HashKey, key)
+}
 
 // SetCluster sends the current request to cluster instead of the listener's default.
 func SetCluster(cluster string) error {
