@@ -228,6 +228,16 @@ fn start(
         Some(handed) => (handed.sockets, Some(handed.version), handed.admin),
         None => (rustng_upgrade::systemd::listen_fds(), None, None),
     };
+    // The admin port is bound before the listeners, so once traffic is accepted the admin
+    // server's port accepts too (its connections wait in the backlog until it serves).
+    let admin_socket = match (inherited_admin, &config.admin) {
+        (Some(socket), _) => Some(socket),
+        (None, Some(admin)) => Some(
+            std::net::TcpListener::bind(admin.address)
+                .with_context(|| format!("admin address {}", admin.address))?,
+        ),
+        (None, None) => None,
+    };
     let server = rustng_core::Server::bind_inherited(config.clone(), document, inherited, version)?;
     let admin = config
         .admin
@@ -241,7 +251,7 @@ fn start(
                 log_level: Some(log_level),
                 state_dir: config.state_dir.clone(),
                 workers: config.workers,
-                inherited: inherited_admin,
+                inherited: admin_socket,
                 upgrade: config.upgrade.socket.clone().map(|socket| {
                     rustng_admin::UpgradeSettings {
                         socket,
