@@ -127,10 +127,13 @@ RUSTNG_PORT = 18080
 RUSTNG_FILTER_PORT = 18087
 RUSTNG_MEMORY_PORT = 18090
 RUSTNG_UPGRADE_PORT = 18091
+RUSTNG_LB_PORT = 18092
+# The origin also listens here, so a cluster can have four endpoints.
+ORIGIN_LB_PORTS = [19010, 19011, 19012, 19013]
 NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT = 18088, 18089
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
-             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT]
+             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, RUSTNG_LB_PORT, *ORIGIN_LB_PORTS]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -672,6 +675,7 @@ def start_origin(sup: Supervisor, nofile: int) -> Service:
     server {{
         listen {HOST}:{ORIGIN_PORT} backlog=4096;
         listen {HOST}:{ORIGIN_H2C_PORT} http2 backlog=4096;
+        {"".join(f"listen {HOST}:{p} backlog=4096; " for p in ORIGIN_LB_PORTS)}
         location / {{ return 200 "hello world\\n"; }}
     }}""")
     svc = start_nginx(sup, "origin", conf, sup.settings.load_cpu)
@@ -1546,6 +1550,62 @@ clusters:
     }
 
 
+LB_POLICIES = ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"]
+
+
+def bench_lb_policies(sup: Supervisor, origin: Service) -> dict:
+    """The cost of each load-balancing policy: RustNg (one worker) in front of four endpoints
+    (the origin on four ports), wrk as in the HTTP/1.1 scenario, one run per policy. Hashing
+    policies get no hash key here, so each request hashes a random one: the table lookup is
+    what is measured."""
+    info(f"RustNg load-balancing policies: {', '.join(LB_POLICIES)}")
+    s = sup.settings
+    endpoints = "".join(f"      - address: {HOST}:{p}\n" for p in ORIGIN_LB_PORTS)
+    results = {}
+    for policy in LB_POLICIES:
+        conf = sup.workdir / f"rustng-lb-{policy.lower()}.yaml"
+        conf.write_text(f"""workers: 1
+log: {{ level: warn }}
+listeners:
+  - name: main
+    address: {HOST}:{RUSTNG_LB_PORT}
+    default_cluster: backend
+    access_log: false
+    max_connections: 20000
+clusters:
+  - name: backend
+    lb_policy: {policy}
+    protocol: http1
+    endpoints:
+{endpoints}""")
+        svc = sup.start(f"rustng-lb-{policy.lower()}", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
+        try:
+            wait_ready(svc, RUSTNG_LB_PORT)
+            run_wrk(RUSTNG_LB_PORT, max(1, s.warmup), s.load_cpu)
+            cpu0 = cpu_seconds(svc.pid)
+            res = run_wrk(RUSTNG_LB_PORT, s.duration, s.load_cpu)
+            cpu = cpu_seconds(svc.pid) - cpu0
+            results[policy] = {"rps": res.rps, "p99_ms": res.p99_ms, "errors": res.errors + res.non_2xx,
+                               "cpu_us_per_req": cpu * 1e6 / res.requests if res.requests else None}
+        finally:
+            sup.stop(svc)
+    return results
+
+
+def lb_markdown(lb: dict | None) -> list[str]:
+    if not lb:
+        return []
+    base = lb.get("ROUND_ROBIN", {}).get("cpu_us_per_req")
+    out = ["### RustNg load-balancing policies (4 endpoints, HTTP/1.1, wrk -t1 "
+           f"-c{WRK_CONNECTIONS}, one run each)", "",
+           "| policy | rps | CPU µs/req | vs ROUND_ROBIN | p99 | errors |", "|---|---:|---:|---:|---:|---:|"]
+    for policy, r in lb.items():
+        delta = (r["cpu_us_per_req"] - base) if base is not None and r["cpu_us_per_req"] is not None else None
+        out.append(f"| {policy} | {fmt(r['rps'], ',.0f')} | {fmt(r['cpu_us_per_req'], '.2f')} "
+                   f"| {fmt(delta, '+.2f', ' µs')} | {fmt(r['p99_ms'], '.2f', ' ms')} | {r['errors']} |")
+    return out + [""]
+
+
 def upgrade_markdown(upgrade: dict | None) -> list[str]:
     if not upgrade:
         return []
@@ -1805,7 +1865,7 @@ def main(argv: list[str]) -> int:
     sup = Supervisor(workdir, s)
     results: list[dict] = []
     failures: list[str] = []
-    memory = plugin_memory = swap = upgrade = None
+    memory = plugin_memory = swap = upgrade = lb = None
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
@@ -1828,6 +1888,11 @@ def main(argv: list[str]) -> int:
                 failures.append(f"RustNg plugin swap latency: {e}")
                 warn(f"RustNg plugin swap latency failed: {e}")
         if "rustng" in s.targets and "http1" in s.scenarios:
+            try:
+                lb = bench_lb_policies(sup, origin)
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                failures.append(f"RustNg load-balancing policies: {e}")
+                warn(f"RustNg load-balancing policies failed: {e}")
             try:
                 upgrade = bench_upgrade(sup)
                 load = upgrade["load"]
@@ -1887,9 +1952,11 @@ def main(argv: list[str]) -> int:
     report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory,
               "wasm_filter_summary": summary, "router_summary": router_summary,
               "rustng_plugin_memory": plugin_memory,
-              "rustng_swap_latency": swap, "rustng_upgrade": upgrade, "failures": failures}
+              "rustng_swap_latency": swap, "rustng_upgrade": upgrade, "rustng_lb_policies": lb,
+              "failures": failures}
     print(markdown(results, memory, meta, summary, plugin_memory, router_summary))
     print("\n".join(swap_markdown(swap)))
+    print("\n".join(lb_markdown(lb)))
     print("\n".join(upgrade_markdown(upgrade)))
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")
