@@ -246,6 +246,35 @@ impl Telemetry {
         }
         let _ = writeln!(
             out,
+            "# HELP rustng_upstream_endpoint_connections_active Upstream connections open to the \
+             endpoint (all workers).\n\
+             # TYPE rustng_upstream_endpoint_connections_active gauge\n\
+             # HELP rustng_upstream_endpoint_connections_total Upstream connections opened to the \
+             endpoint.\n\
+             # TYPE rustng_upstream_endpoint_connections_total counter"
+        );
+        for cluster in &snapshot.config.clusters {
+            let Some(shared) = snapshot.cluster_state.get(&cluster.name) else {
+                continue;
+            };
+            for endpoint in &cluster.endpoints {
+                if let Some(health) = shared.health.get(&endpoint.address) {
+                    let (open, opened) = health.connections();
+                    let labels = format!(
+                        "cluster=\"{}\",endpoint=\"{}\"",
+                        label(&cluster.name),
+                        endpoint.address
+                    );
+                    let _ = writeln!(
+                        out,
+                        "rustng_upstream_endpoint_connections_active{{{labels}}} {open}\n\
+                         rustng_upstream_endpoint_connections_total{{{labels}}} {opened}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
             "# HELP rustng_upstream_circuit_breaker_in_use What the cluster has in flight, by              circuit breaker resource.
              # TYPE rustng_upstream_circuit_breaker_in_use gauge
              # HELP rustng_upstream_circuit_breaker_overflows_total Requests, connections and              retries refused because a circuit breaker was open.

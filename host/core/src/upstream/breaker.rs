@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rustng_runtime_config::CircuitBreakers;
 
+use super::health::EndpointHealth;
+
 /// What a breaker limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Resource {
@@ -93,23 +95,32 @@ impl CircuitBreaker {
 pub(crate) struct Overflow(pub(crate) Resource);
 
 /// An open upstream connection's place under `max_connections`, given back when the
-/// connection is dropped.
+/// connection is dropped; it also keeps the endpoint's connection count.
 #[derive(Debug)]
-pub(crate) struct ConnectionSlot(Arc<CircuitBreaker>);
+pub(crate) struct ConnectionSlot {
+    breaker: Arc<CircuitBreaker>,
+    endpoint: Arc<EndpointHealth>,
+}
 
 impl ConnectionSlot {
     pub(crate) fn acquire(
         breaker: &Arc<CircuitBreaker>,
         limits: &CircuitBreakers,
+        endpoint: &Arc<EndpointHealth>,
     ) -> Result<ConnectionSlot, Overflow> {
         breaker.try_acquire(Resource::Connections, limits)?;
-        Ok(ConnectionSlot(Arc::clone(breaker)))
+        endpoint.connection_opened();
+        Ok(ConnectionSlot {
+            breaker: Arc::clone(breaker),
+            endpoint: Arc::clone(endpoint),
+        })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.release(Resource::Connections);
+        self.breaker.release(Resource::Connections);
+        self.endpoint.connection_closed();
     }
 }
 
@@ -137,9 +148,12 @@ mod tests {
         assert_eq!(breaker.counts(Resource::Requests), (2, 1));
         assert!(breaker.try_acquire(Resource::Retries, &limits).is_err());
 
-        let slot = ConnectionSlot::acquire(&breaker, &limits).expect("first");
-        assert!(ConnectionSlot::acquire(&breaker, &limits).is_err());
+        let endpoint = Arc::new(EndpointHealth::new("127.0.0.1:1".parse().expect("addr")));
+        let slot = ConnectionSlot::acquire(&breaker, &limits, &endpoint).expect("first");
+        assert!(ConnectionSlot::acquire(&breaker, &limits, &endpoint).is_err());
+        assert_eq!(endpoint.connections(), (1, 1));
         drop(slot);
-        assert!(ConnectionSlot::acquire(&breaker, &limits).is_ok());
+        assert_eq!(endpoint.connections(), (0, 1));
+        assert!(ConnectionSlot::acquire(&breaker, &limits, &endpoint).is_ok());
     }
 }

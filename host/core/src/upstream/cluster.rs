@@ -370,7 +370,7 @@ impl ClusterRt {
                 Some(conn) => (conn, true),
                 // Boxed: connecting is the rare path, and inline its state would grow every
                 // request future (moved into a Box per request).
-                None => Box::pin(self.connect_http1(address)).await?,
+                None => Box::pin(self.connect_http1(index)).await?,
             };
             let sent = tokio::time::timeout(
                 req.timeout.unwrap_or(self.config.timeout),
@@ -422,9 +422,11 @@ impl ClusterRt {
 
     /// A new connection to `address`, under the cluster's `max_connections`, and counted as
     /// pending (`max_pending_requests`) while it is being opened.
-    async fn connect_http1(&self, address: SocketAddr) -> Result<(H1Connection, bool), ProxyError> {
+    async fn connect_http1(&self, index: usize) -> Result<(H1Connection, bool), ProxyError> {
+        let address = self.endpoints[index].address;
         let limits = &self.config.circuit_breakers;
-        let slot = ConnectionSlot::acquire(&self.breaker, limits).map_err(|o| self.overflow(o))?;
+        let slot = ConnectionSlot::acquire(&self.breaker, limits, &self.endpoints[index].health)
+            .map_err(|o| self.overflow(o))?;
         self.breaker
             .try_acquire(Resource::Pending, limits)
             .map_err(|o| self.overflow(o))?;
@@ -454,8 +456,8 @@ impl ClusterRt {
             Some(sender) => sender,
             None => {
                 let limits = &self.config.circuit_breakers;
-                let slot =
-                    ConnectionSlot::acquire(&self.breaker, limits).map_err(|o| self.overflow(o))?;
+                let slot = ConnectionSlot::acquire(&self.breaker, limits, &endpoint.health)
+                    .map_err(|o| self.overflow(o))?;
                 self.breaker
                     .try_acquire(Resource::Pending, limits)
                     .map_err(|o| self.overflow(o))?;

@@ -39,6 +39,10 @@ pub(crate) struct EndpointHealth {
     ejections: AtomicU32,
     /// 5xx answers and failed exchanges in a row.
     consecutive_failures: AtomicU32,
+    /// Upstream connections to it open now (all workers), and opened so far: kept here, the
+    /// one per-endpoint state every worker shares, for `/metrics`.
+    open_connections: AtomicU64,
+    opened_connections: AtomicU64,
 }
 
 /// What the endpoint's health looks like from outside (admin API, metrics).
@@ -72,7 +76,28 @@ impl EndpointHealth {
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
+            open_connections: AtomicU64::new(0),
+            opened_connections: AtomicU64::new(0),
         }
+    }
+
+    /// A connection to the endpoint opened.
+    pub(crate) fn connection_opened(&self) {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.opened_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection to the endpoint closed.
+    pub(crate) fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// (open now, opened so far).
+    pub(crate) fn connections(&self) -> (u64, u64) {
+        (
+            self.open_connections.load(Ordering::Relaxed),
+            self.opened_connections.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether the endpoint takes traffic. `cluster` is told when an ejection ends here.

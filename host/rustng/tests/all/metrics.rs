@@ -175,6 +175,52 @@ admin: {{ address: '127.0.0.1:{admin}' }}
         ),
         1.0
     );
+    // The client's keep-alive requests reuse pooled upstream connections: at least one is
+    // open, and few were ever opened; the dead endpoint refused its one.
+    fn at<'a>(cluster: &'a str, address: &'a str) -> [(&'a str, &'a str); 2] {
+        [("cluster", cluster), ("endpoint", address)]
+    }
+    let connections = value(
+        &scrape,
+        "rustng_upstream_endpoint_connections_total",
+        &at("backend", &origin_endpoint),
+    );
+    assert!((1.0..=11.0).contains(&connections), "{text}");
+    assert!(
+        value(
+            &scrape,
+            "rustng_upstream_endpoint_connections_active",
+            &at("backend", &origin_endpoint)
+        ) >= 1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_upstream_endpoint_connections_active",
+            &at("dead", &dead_endpoint)
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_upstream_endpoint_healthy",
+            &[
+                ("cluster", "backend"),
+                ("endpoint", &origin_endpoint),
+                ("reason", "healthy")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "rustng_upstream_circuit_breaker_overflows_total",
+            &[("cluster", "backend"), ("resource", "requests")]
+        ),
+        0.0
+    );
     // 13 requests through two filters: context create, headers both ways, done, log, delete.
     let calls = value(
         &scrape,

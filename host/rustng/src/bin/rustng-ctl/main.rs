@@ -249,10 +249,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ]);
                 for c in answer["clusters"].as_array().into_iter().flatten() {
                     for e in c["endpoints"].as_array().into_iter().flatten() {
+                        // Drained by hand wins; else the health (`healthy` reads "active").
                         let state = if e["draining"].as_bool() == Some(true) {
                             "draining"
                         } else {
-                            "active"
+                            match e["health"].as_str() {
+                                Some("failed_check") => "failed_check",
+                                Some("ejected") => "ejected",
+                                _ => "active",
+                            }
                         };
                         table.row([
                             text(&c["name"]),
