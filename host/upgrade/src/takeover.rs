@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustng_core::{ConfigDocument, InheritedListener, InheritedSockets};
-use tokio::net::UnixStream;
 
-use crate::wire::{Connection, Message, SocketInfo};
+use crate::wire::{Connection, Message, SocketInfo, unexpected};
 use crate::{SOCKET_ENV, TOKEN_ENV, UpgradeError};
 
 /// How long the old process has to answer the takeover with the sockets, and to confirm it
@@ -53,14 +52,7 @@ impl Takeover {
             .enable_all()
             .build()?;
         let (connection, handed) = runtime.block_on(async {
-            let stream =
-                UnixStream::connect(socket)
-                    .await
-                    .map_err(|source| UpgradeError::Socket {
-                        path: socket.to_path_buf(),
-                        source,
-                    })?;
-            let mut connection = Connection::new(stream);
+            let mut connection = Connection::connect(socket).await?;
             connection
                 .send(&Message::Takeover {
                     token: token.to_owned(),
@@ -91,10 +83,7 @@ impl Takeover {
             match self.connection.recv_within(ANSWER_TIMEOUT).await? {
                 Message::Stopped => Ok(()),
                 Message::Refused { reason } => Err(UpgradeError::Refused(reason)),
-                other => Err(UpgradeError::Protocol(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("unexpected answer {other:?}"),
-                ))),
+                other => Err(unexpected(&other)),
             }
         })
     }
@@ -117,12 +106,7 @@ async fn receive(connection: &mut Connection, socket: &Path) -> Result<Handed, U
             sockets,
         } => (version, document, sockets),
         Message::Refused { reason } => return Err(UpgradeError::Refused(reason)),
-        other => {
-            return Err(UpgradeError::Protocol(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("expected the handover, got {other:?}"),
-            )));
-        }
+        other => return Err(unexpected(&other)),
     };
     let descriptors = connection.recv_descriptors(sockets.len()).await?;
     let mut listeners: Vec<InheritedListener> = Vec::new();

@@ -79,6 +79,14 @@ pub(crate) enum SocketInfo {
     Upgrade,
 }
 
+/// The error for a message that makes no sense where it came.
+pub(crate) fn unexpected(message: &Message) -> crate::UpgradeError {
+    crate::UpgradeError::Protocol(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected message {message:?}"),
+    ))
+}
+
 /// One end of an upgrade socket connection.
 pub(crate) struct Connection {
     stream: UnixStream,
@@ -93,6 +101,18 @@ impl Connection {
             buffer: Vec::new(),
             descriptors: VecDeque::new(),
         }
+    }
+
+    /// Connects to the upgrade socket at `path`.
+    pub(crate) async fn connect(path: &std::path::Path) -> Result<Connection, crate::UpgradeError> {
+        let stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| crate::UpgradeError::Socket {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+        Ok(Connection::new(stream))
     }
 
     /// Sends `message`.

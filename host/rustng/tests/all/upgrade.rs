@@ -182,6 +182,45 @@ async fn check(
     }
 }
 
+/// Opens a connection to `addr` with `handshake` (which spawns the connection's driver and
+/// returns its sender); a failure is recorded as `kind`'s.
+async fn open<S, F, Fut>(addr: SocketAddr, seen: &Seen, kind: &str, handshake: F) -> Option<S>
+where
+    F: FnOnce(TokioIo<TcpStream>) -> Fut,
+    Fut: std::future::Future<Output = Result<S, hyper::Error>>,
+{
+    match TcpStream::connect(addr).await {
+        Ok(stream) => match handshake(TokioIo::new(stream)).await {
+            Ok(sender) => Some(sender),
+            Err(error) => {
+                seen.fail(format!("{kind}: handshake: {error}")).await;
+                None
+            }
+        },
+        Err(error) => {
+            seen.fail(format!("{kind}: connect: {error}")).await;
+            None
+        }
+    }
+}
+
+async fn http1_handshake(
+    io: TokioIo<TcpStream>,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, hyper::Error> {
+    let (sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+async fn h2c_handshake(
+    io: TokioIo<TcpStream>,
+) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, hyper::Error> {
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// HTTP/1.1 keep-alive: one connection for as long as the server keeps it (it says
 /// `connection: close` when it drains), then the next.
 async fn keep_alive_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
@@ -189,18 +228,7 @@ async fn keep_alive_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Seen
     let mut sender = None;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let Some(current) = &mut sender else {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                        Ok((s, connection)) => {
-                            tokio::spawn(connection);
-                            sender = Some(s);
-                        }
-                        Err(error) => seen.fail(format!("keep-alive: handshake: {error}")).await,
-                    }
-                }
-                Err(error) => seen.fail(format!("keep-alive: connect: {error}")).await,
-            }
+            sender = open(addr, &seen, "keep-alive", http1_handshake).await;
             continue;
         };
         if current.ready().await.is_err() {
@@ -225,24 +253,13 @@ async fn keep_alive_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Seen
 async fn new_connection_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let stream = match TcpStream::connect(addr).await {
-            Ok(stream) => stream,
-            Err(error) => {
-                seen.fail(format!("per-request: connect: {error}")).await;
-                continue;
-            }
-        };
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok((mut sender, connection)) => {
-                tokio::spawn(connection);
-                check(
-                    &seen,
-                    "per-request",
-                    sender.send_request(get(addr, true)).await,
-                )
-                .await;
-            }
-            Err(error) => seen.fail(format!("per-request: handshake: {error}")).await,
+        if let Some(mut sender) = open(addr, &seen, "per-request", http1_handshake).await {
+            check(
+                &seen,
+                "per-request",
+                sender.send_request(get(addr, true)).await,
+            )
+            .await;
         }
     }
 }
@@ -264,23 +281,7 @@ async fn h2c_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
     let mut sender: Option<hyper::client::conn::http2::SendRequest<Empty<Bytes>>> = None;
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let Some(current) = &mut sender else {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => {
-                    match hyper::client::conn::http2::handshake(
-                        TokioExecutor::new(),
-                        TokioIo::new(stream),
-                    )
-                    .await
-                    {
-                        Ok((s, connection)) => {
-                            tokio::spawn(connection);
-                            sender = Some(s);
-                        }
-                        Err(error) => seen.fail(format!("h2c: handshake: {error}")).await,
-                    }
-                }
-                Err(error) => seen.fail(format!("h2c: connect: {error}")).await,
-            }
+            sender = open(addr, &seen, "h2c", h2c_handshake).await;
             continue;
         };
         // A connection the server said GOAWAY on takes no new stream: open the next one, as
