@@ -93,11 +93,16 @@ impl Backend {
     }
 }
 
-fn config(cluster: &str, endpoints: &[SocketAddr], admin_port: u16) -> String {
-    let endpoints: String = endpoints
+/// `endpoints` as the YAML list items of a cluster.
+fn endpoint_list(endpoints: &[SocketAddr]) -> String {
+    endpoints
         .iter()
         .map(|e| format!("      - address: {e}\n"))
-        .collect();
+        .collect()
+}
+
+fn config(cluster: &str, endpoints: &[SocketAddr], admin_port: u16) -> String {
+    let endpoints = endpoint_list(endpoints);
     format!(
         "workers: 2
 log: {{ level: info }}
@@ -343,10 +348,7 @@ async fn the_circuit_breaker_opens_and_closes() {
 
 /// The router with a header hash policy in front of a `RING_HASH` (or `MAGLEV`) cluster.
 fn hashed_config(policy: &str, endpoints: &[SocketAddr]) -> String {
-    let endpoints: String = endpoints
-        .iter()
-        .map(|e| format!("      - address: {e}\n"))
-        .collect();
+    let endpoints = endpoint_list(endpoints);
     format!(
         "workers: 2
 plugins:

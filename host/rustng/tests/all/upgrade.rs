@@ -59,6 +59,16 @@ impl Drop for Successor {
     }
 }
 
+/// Starts RustNg with `config`: the process, its pid file, its config file, and the guard that
+/// stops whichever process serves at the end.
+fn start(config: &str) -> (Rustng, PathBuf, PathBuf, Successor) {
+    let proxy = Rustng::start(config);
+    let pid_file = proxy.dir().join("rustng.pid");
+    let config_path = proxy.dir().join("rustng.yaml");
+    let successor = Successor(pid_file.clone());
+    (proxy, pid_file, config_path, successor)
+}
+
 fn pid_in(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
@@ -308,10 +318,7 @@ async fn h2c_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_upgrades_under_load_refuse_and_fail_nothing() {
     let origin = Origin::start("o").await;
-    let proxy = Rustng::start(&config(origin.addr, ""));
-    let pid_file = proxy.dir().join("rustng.pid");
-    let _successor = Successor(pid_file.clone());
-    let config_path = proxy.dir().join("rustng.yaml");
+    let (proxy, pid_file, config_path, _successor) = start(&config(origin.addr, ""));
     let first = proxy.pid();
     assert_eq!(pid_in(&pid_file), Some(first));
 
@@ -450,10 +457,8 @@ async fn five_upgrades_under_load_refuse_and_fail_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
     let origin = Origin::start("o").await;
-    let proxy = Rustng::start(&config(origin.addr, "  ready_timeout: 2s\n"));
-    let pid_file = proxy.dir().join("rustng.pid");
-    let _successor = Successor(pid_file.clone());
-    let config_path = proxy.dir().join("rustng.yaml");
+    let (proxy, pid_file, config_path, _successor) =
+        start(&config(origin.addr, "  ready_timeout: 2s\n"));
     let client = crate::client::http1();
 
     let (ok, _, err) = rustng_upgrade(&config_path, &["--binary", "/bin/false"]).await;
