@@ -41,6 +41,18 @@ pub const ROUTE_RETRY_MAX_INTERVAL_MS: &str = "rustng.route.retry_max_interval_m
 /// xxHash64. Requests with the same key go to the same endpoint while it is in rotation.
 pub const ROUTE_HASH_KEY: &str = "rustng.route.hash_key";
 
+/// The foreign function a discovery adapter publishes a cluster's whole endpoint set with
+/// (`proxy_call_foreign_function`). Its argument is JSON:
+/// `{"cluster": "backend", "endpoints": [{"address": "10.0.0.7:8080", "weight": 1,
+/// "zone": "eu-1a", "metadata": {...}, "healthy": true}]}` (`weight` defaults to 1, `healthy`
+/// to true; an endpoint the registry reports unhealthy stays listed but out of rotation).
+/// A malformed set is refused (`BAD_ARGUMENT`, with the reason in RustNg's log) and the
+/// cluster keeps its last good set.
+pub const SET_ENDPOINTS: &str = "rustng.set_endpoints";
+
+/// Most endpoints one published set may hold.
+pub const MAX_PUBLISHED_ENDPOINTS: usize = 10_000;
+
 /// Whether the property `path` (segments joined by NUL, as the guest sent it) names `name`
 /// (dotted), in either spelling.
 pub fn property_is(path: &[u8], name: &str) -> bool {

@@ -309,6 +309,9 @@ pub struct RawCluster {
     pub outlier_detection: Option<RawOutlierDetection>,
     /// Limits on what the cluster takes at once.
     pub circuit_breakers: Option<RawCircuitBreakers>,
+    /// Where the endpoints come from at runtime: a discovery adapter plugin, and its settings
+    /// for this cluster.
+    pub discovery: Option<RawDiscovery>,
     /// Time allowed to open a TCP connection to an endpoint. Default 5s.
     pub connect_timeout: Option<String>,
     /// Time allowed from sending the request until the response head arrives; 504 after. Default 15s.
@@ -317,6 +320,17 @@ pub struct RawCluster {
     pub idle_timeout: Option<String>,
     /// Idle connections kept per endpoint per worker. Default 1024.
     pub max_idle_connections: Option<usize>,
+}
+
+/// `clusters[].discovery`: `plugin` names the adapter; every other field is the adapter's own
+/// configuration for this cluster.
+#[derive(Debug, Deserialize)]
+pub struct RawDiscovery {
+    /// The adapter plugin (from `plugins`).
+    pub plugin: String,
+    /// The rest, for the adapter.
+    #[serde(flatten)]
+    pub config: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `clusters[].common_lb_config`.

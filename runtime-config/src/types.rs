@@ -135,6 +135,9 @@ pub struct Plugin {
     pub max_memory_bytes: usize,
     /// Longest a callback may run.
     pub callback_timeout: Duration,
+    /// A discovery adapter: one instance per process, on RustNg's discovery thread, never in
+    /// a filter chain (set when a cluster names it in `discovery.plugin`).
+    pub singleton: bool,
 }
 
 /// What happens to requests when a plugin traps, runs out of time or memory (Envoy's names).
@@ -271,6 +274,18 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
     /// Limits on what the cluster takes at once.
     pub circuit_breakers: CircuitBreakers,
+    /// The discovery adapter that publishes the endpoints, if any (`endpoints` then serve
+    /// until it first does).
+    pub discovery: Option<Discovery>,
+}
+
+/// A cluster's discovery adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovery {
+    /// The adapter plugin.
+    pub plugin: String,
+    /// Its settings for this cluster (JSON).
+    pub config: serde_json::Value,
 }
 
 /// Active health checking of a cluster's endpoints.

@@ -125,7 +125,7 @@ impl Validator {
         }
         let mut listener_names = HashSet::new();
         let mut addresses = HashSet::new();
-        let listeners = raw
+        let listeners: Vec<Listener> = raw
             .listeners
             .into_iter()
             .enumerate()
@@ -166,19 +166,20 @@ impl Validator {
             })
             .collect();
 
-        let clusters = raw
+        let clusters: Vec<Cluster> = raw
             .clusters
             .into_iter()
             .enumerate()
-            .map(|(i, c)| self.cluster(&format!("clusters[{i}]"), c))
+            .map(|(i, c)| self.cluster(&format!("clusters[{i}]"), c, &plugin_names))
             .collect();
 
-        let plugins = raw
+        let mut plugins: Vec<Plugin> = raw
             .plugins
             .into_iter()
             .enumerate()
             .map(|(i, p)| self.plugin(&format!("plugins[{i}]"), p))
             .collect();
+        self.discovery_adapters(&listeners, &clusters, &mut plugins);
 
         let module_cache_dir = raw.wasm.module_cache_dir.map(PathBuf::from);
         if let Some(dir) = &module_cache_dir
@@ -268,6 +269,53 @@ impl Validator {
             module_cache_dir,
             admin,
             state_dir,
+        }
+    }
+
+    /// Plugins that clusters name as discovery adapters run once per process, never in a
+    /// filter chain; each gets, as its configuration, its own settings and every cluster's
+    /// discovery section: `{"settings": <configuration>, "clusters": {"<name>": {...}}}`.
+    fn discovery_adapters(
+        &mut self,
+        listeners: &[Listener],
+        clusters: &[Cluster],
+        plugins: &mut [Plugin],
+    ) {
+        for plugin in plugins.iter_mut() {
+            let served: serde_json::Map<String, serde_json::Value> = clusters
+                .iter()
+                .filter_map(|c| {
+                    let d = c.discovery.as_ref().filter(|d| d.plugin == plugin.name)?;
+                    Some((c.name.clone(), d.config.clone()))
+                })
+                .collect();
+            if served.is_empty() {
+                continue;
+            }
+            for (i, listener) in listeners.iter().enumerate() {
+                for (field, filters) in [
+                    ("http_filters", &listener.http_filters),
+                    ("network_filters", &listener.network_filters),
+                ] {
+                    if let Some(j) = filters.iter().position(|f| *f == plugin.name) {
+                        self.error(
+                            format!("listeners[{i}].{field}[{j}]"),
+                            format!(
+                                "plugin \"{}\" is a discovery adapter (a cluster's discovery.plugin): it runs once per process, not in a filter chain",
+                                plugin.name
+                            ),
+                        );
+                    }
+                }
+            }
+            let settings = serde_json::from_slice(&plugin.configuration).unwrap_or_else(|_| {
+                serde_json::Value::String(
+                    String::from_utf8_lossy(&plugin.configuration).into_owned(),
+                )
+            });
+            let wrapped = serde_json::json!({ "settings": settings, "clusters": served });
+            plugin.configuration = wrapped.to_string().into_bytes();
+            plugin.singleton = true;
         }
     }
 
@@ -460,7 +508,19 @@ impl Validator {
         }
     }
 
-    fn cluster(&mut self, path: &str, c: RawCluster) -> Cluster {
+    fn cluster(&mut self, path: &str, c: RawCluster, plugins: &[String]) -> Cluster {
+        let discovery = c.discovery.map(|d| {
+            if !plugins.contains(&d.plugin) {
+                self.error(
+                    format!("{path}.discovery.plugin"),
+                    format!("unknown plugin \"{}\"", d.plugin),
+                );
+            }
+            Discovery {
+                plugin: d.plugin,
+                config: serde_json::Value::Object(d.config),
+            }
+        });
         let endpoints = c
             .endpoints
             .into_iter()
@@ -578,6 +638,7 @@ impl Validator {
             health_check,
             outlier_detection,
             circuit_breakers,
+            discovery,
         }
     }
 
@@ -802,6 +863,7 @@ impl Validator {
             failure_policy,
             max_memory_bytes: memory_mb * 1024 * 1024,
             callback_timeout,
+            singleton: false,
         }
     }
 
@@ -1011,6 +1073,73 @@ clusters:
                 "clusters[0].endpoints[1].address: invalid socket address \"x\"",
                 "clusters[0].protocol: unknown protocol \"spdy\" (expected http1 or http2)",
             ]
+        );
+    }
+
+    #[test]
+    fn discovery_adapters_are_singletons_configured_with_their_clusters() {
+        let dir = std::env::temp_dir().join(format!("rustng-sd-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let module = dir.join("sd.wasm");
+        std::fs::write(&module, b"\0asm").expect("module");
+        let yaml = format!(
+            "plugins:
+  - name: sd
+    vm_config: {{ code: {{ local: {{ filename: {m} }} }} }}
+    configuration: {{ refresh: 5s }}
+listeners:
+  - name: main
+    address: 127.0.0.1:8080
+    default_cluster: a
+clusters:
+  - name: a
+    discovery: {{ plugin: sd, endpoints: [{{ address: '10.0.0.1:80' }}] }}
+  - name: b
+    endpoints: [{{ address: '10.0.0.2:80' }}]
+",
+            m = module.display()
+        );
+        let c = from_yaml(&yaml).expect("valid");
+        let sd = &c.plugins[0];
+        assert!(sd.singleton);
+        let configuration: serde_json::Value =
+            serde_json::from_slice(&sd.configuration).expect("json");
+        assert_eq!(
+            configuration,
+            serde_json::json!({
+                "settings": { "refresh": "5s" },
+                "clusters": { "a": { "endpoints": [{ "address": "10.0.0.1:80" }] } }
+            })
+        );
+        assert_eq!(
+            c.clusters[0].discovery.as_ref().map(|d| d.plugin.as_str()),
+            Some("sd")
+        );
+        assert!(
+            c.clusters[0].endpoints.is_empty(),
+            "served once the adapter publishes"
+        );
+
+        let misused = yaml
+            .replace(
+                "    default_cluster: a\n",
+                "    default_cluster: a\n    http_filters: [sd]\n",
+            )
+            .replace("plugin: sd, endpoints", "plugin: nope, endpoints");
+        let errs = errors(&misused);
+        assert!(
+            errs.contains(&"clusters[0].discovery.plugin: unknown plugin \"nope\"".to_owned()),
+            "{errs:?}"
+        );
+        let filtered = yaml.replace(
+            "    default_cluster: a\n",
+            "    default_cluster: a\n    http_filters: [sd]\n",
+        );
+        let errs = errors(&filtered);
+        assert!(
+            errs.iter().any(|e| e
+                .starts_with("listeners[0].http_filters[0]: plugin \"sd\" is a discovery adapter")),
+            "{errs:?}"
         );
     }
 

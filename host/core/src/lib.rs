@@ -10,6 +10,7 @@ mod access_log;
 mod body;
 mod connection;
 mod control;
+mod discovery;
 mod downstream_body;
 mod error;
 mod filtered;

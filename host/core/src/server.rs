@@ -159,12 +159,15 @@ impl Server {
         );
         let control = self.control;
         let commands = self.commands;
-        // The health checker follows the versions the control thread applies.
-        crate::upstream::health_check::start(control.current(), self.controller.subscribe())
-            .map_err(|source| CoreError::Worker {
-                index: usize::MAX,
-                source,
-            })?;
+        // The health checker and the discovery adapters follow every snapshot the control
+        // thread publishes.
+        let thread_failed = |source| CoreError::Worker {
+            index: usize::MAX,
+            source,
+        };
+        crate::upstream::health_check::start(control.current(), control.published())
+            .map_err(thread_failed)?;
+        crate::discovery::start(control.current(), control.published()).map_err(thread_failed)?;
         std::thread::Builder::new()
             .name("rustng-control".into())
             .spawn(move || {

@@ -97,7 +97,7 @@ impl Worker {
         {
             let mut filters = self.filters.borrow_mut();
             let mut next = HashMap::with_capacity(snapshot.plugins.len());
-            for (name, plugin) in &snapshot.plugins {
+            for (name, plugin) in snapshot.plugins.iter().filter(|(_, p)| !p.is_singleton()) {
                 let filter = match filters.remove(name) {
                     Some(kept) if Arc::ptr_eq(kept.plugin(), plugin) => kept,
                     replaced => {

@@ -7,6 +7,7 @@
 //!   once (refusing the plugin with the reason when it does not parse), then hand every HTTP
 //!   context a shared reference to it. [`configured_http_filter!`] makes it the module's root.
 
+pub mod discovery;
 pub mod duration;
 pub mod route;
 

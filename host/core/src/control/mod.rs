@@ -133,6 +133,8 @@ pub(crate) enum Command {
     History(oneshot::Sender<Vec<VersionRecord>>),
     Plugins(oneshot::Sender<Vec<PluginGenerationInfo>>),
     Handover(oneshot::Sender<std::io::Result<HandoverState>>),
+    /// A discovery adapter (the plugin named) published a cluster's endpoints.
+    SetEndpoints(String, crate::discovery::EndpointSet),
 }
 
 /// What a process replacing this one takes over: the running version and the sockets.
@@ -371,6 +373,11 @@ pub(crate) struct ControlState {
     first_addresses: Vec<SocketAddr>,
     /// Sockets given at start, taken by the first version's listeners.
     inherited: InheritedSockets,
+    /// Told every snapshot the workers switch to (config versions and endpoint sets), for
+    /// the health checker and the discovery thread.
+    published: watch::Sender<u64>,
+    /// The last endpoint set each discovery adapter published, by cluster.
+    discovered: HashMap<String, crate::discovery::EndpointSet>,
     bound: HashMap<String, BoundListener>,
 }
 
@@ -415,6 +422,14 @@ impl ControlState {
             None => (None, Vec::new()),
         };
         let workers = config.workers;
+        // Discovery adapters publish endpoints through a foreign function that queues a
+        // command for the control thread, like the admin API's calls.
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let mut foreign = rustng_wasm::ForeignFunctions::default();
+        foreign.register(
+            rustng_abi::extensions::SET_ENDPOINTS,
+            crate::discovery::set_endpoints_function(commands_tx.clone()),
+        );
         let mut updates = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {
@@ -435,13 +450,15 @@ impl ControlState {
             workers,
             engine: None,
             cache_dir: config.module_cache_dir.clone(),
-            host: Arc::new(PluginHost::default()),
+            host: Arc::new(PluginHost::new(foreign)),
             plugins: PluginGenerations::default(),
             updates,
             current: Arc::new(ArcSwap::from_pointee(empty)),
             store,
             records,
             applied: watch::Sender::new(0),
+            published: watch::Sender::new(0),
+            discovered: HashMap::new(),
             running_text: None,
             first_addresses: Vec::new(),
             inherited,
@@ -481,7 +498,6 @@ impl ControlState {
         } else {
             state.record(version, origin, document);
         }
-        let (commands_tx, commands) = mpsc::unbounded_channel();
         let controller = Controller {
             commands: commands_tx,
             current: Arc::clone(&state.current),
@@ -512,7 +528,7 @@ impl ControlState {
     }
 
     /// Validates and prepares `config`: every failure is collected with its path.
-    fn prepare(&mut self, config: Config, version: u64) -> Result<Prepared, Vec<FieldError>> {
+    fn prepare(&mut self, mut config: Config, version: u64) -> Result<Prepared, Vec<FieldError>> {
         let running = self.current.load_full();
         let mut errors = Vec::new();
 
@@ -587,21 +603,7 @@ impl ControlState {
             (Some(plugins), Some(sockets)) if errors.is_empty() => Ok(Prepared {
                 snapshot: Snapshot {
                     version,
-                    cluster_state: config
-                        .clusters
-                        .iter()
-                        .map(|c| {
-                            let shared = running
-                                .cluster_state
-                                .get(&c.name)
-                                .map_or_else(|| ClusterShared::new(self.workers), Clone::clone);
-                            let addresses = c.endpoints.iter().map(|e| e.address);
-                            (
-                                c.name.clone(),
-                                shared.for_endpoints(addresses, self.workers),
-                            )
-                        })
-                        .collect(),
+                    cluster_state: self.with_discovered(&mut config, &running.cluster_state),
                     config: Arc::new(config),
                     listeners,
                     plugins: plugins.chosen.clone(),
@@ -787,7 +789,7 @@ impl ControlState {
             .publish_or_restore(&running, Arc::new(snapshot), sockets)
             .await?;
         self.plugins.commit(&plugins);
-        self.current.store(snapshot);
+        self.make_current(snapshot);
         for field in &restart_required {
             tracing::warn!(version, field, "changed, takes effect after a restart");
         }
@@ -894,6 +896,89 @@ impl ControlState {
             document,
             listeners,
         })
+    }
+
+    /// Makes `snapshot` the one the admin side reads, and tells the snapshot's followers.
+    fn make_current(&mut self, snapshot: Arc<Snapshot>) {
+        self.current.store(snapshot);
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// Follows every snapshot made current (config versions and endpoint sets).
+    pub(crate) fn published(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// A discovery adapter's endpoint set: checked against the running config (the cluster
+    /// must take its endpoints from that adapter), then published to the workers as the
+    /// same version with the cluster's endpoints replaced. Requests in flight keep the
+    /// endpoint they have.
+    async fn set_endpoints(&mut self, plugin: &str, set: crate::discovery::EndpointSet) {
+        let running = self.current.load_full();
+        let cluster = running
+            .config
+            .clusters
+            .iter()
+            .find(|c| c.name == set.cluster);
+        let Some(cluster) = cluster else {
+            tracing::warn!(plugin, cluster = %set.cluster, "refused endpoint set: no such cluster");
+            return;
+        };
+        if cluster.discovery.as_ref().map(|d| d.plugin.as_str()) != Some(plugin) {
+            tracing::warn!(plugin, cluster = %set.cluster, "refused endpoint set: the cluster does not take its endpoints from this plugin");
+            return;
+        }
+        if self.discovered.get(&set.cluster) == Some(&set) {
+            return;
+        }
+        tracing::info!(plugin, cluster = %set.cluster, endpoints = set.endpoints.len(), unhealthy = set.unhealthy.len(), "endpoint set published");
+        self.discovered.insert(set.cluster.clone(), set);
+        let mut config = (*running.config).clone();
+        let cluster_state = self.with_discovered(&mut config, &running.cluster_state);
+        let snapshot = Arc::new(Snapshot {
+            version: running.version,
+            config: Arc::new(config),
+            listeners: running.listeners.clone(),
+            plugins: running.plugins.clone(),
+            cluster_state,
+        });
+        let sockets = self.no_sockets();
+        let _ = self.publish(&snapshot, sockets).await;
+        self.make_current(snapshot);
+    }
+
+    /// Puts the published endpoint sets into `config`'s discovery clusters (the configured
+    /// `endpoints` serve until an adapter publishes), and returns the cluster state for the
+    /// endpoints, with the registry's health applied.
+    fn with_discovered(
+        &self,
+        config: &mut Config,
+        previous: &HashMap<String, ClusterShared>,
+    ) -> HashMap<String, ClusterShared> {
+        for cluster in config.clusters.iter_mut().filter(|c| c.discovery.is_some()) {
+            if let Some(set) = self.discovered.get(&cluster.name) {
+                cluster.endpoints.clone_from(&set.endpoints);
+            }
+        }
+        config
+            .clusters
+            .iter()
+            .map(|c| {
+                let shared = previous
+                    .get(&c.name)
+                    .map_or_else(|| ClusterShared::new(self.workers), Clone::clone)
+                    .for_endpoints(c.endpoints.iter().map(|e| e.address), self.workers);
+                if let Some(set) = self.discovered.get(&c.name) {
+                    for (address, health) in &shared.health {
+                        health.set_registry_unhealthy(
+                            set.unhealthy.contains(address),
+                            &shared.cluster_health,
+                        );
+                    }
+                }
+                (c.name.clone(), shared)
+            })
+            .collect()
     }
 
     /// The number the next applied version gets.
@@ -1004,7 +1089,7 @@ impl ControlState {
             .publish_or_restore(&running, snapshot, self.no_sockets())
             .await?;
         self.plugins.commit(&PreparedPlugins { chosen: plugins });
-        self.current.store(snapshot);
+        self.make_current(snapshot);
         tracing::info!(version, plugin, generation, "plugin rolled back");
         // The document stays the running one: re-reading an unchanged file keeps the
         // rollback, a changed file makes a new generation again.
@@ -1068,6 +1153,7 @@ impl ControlState {
                 Command::Handover(reply) => {
                     let _ = reply.send(self.handover());
                 }
+                Command::SetEndpoints(plugin, set) => self.set_endpoints(&plugin, set).await,
             }
         }
     }

@@ -83,6 +83,12 @@ impl LoadedPlugin {
         &self.name
     }
 
+    /// A discovery adapter: it runs on the discovery thread, once per process, and no
+    /// worker starts it.
+    pub(crate) fn is_singleton(&self) -> bool {
+        self.spec.singleton
+    }
+
     pub(crate) fn generation(&self) -> u64 {
         self.generation
     }

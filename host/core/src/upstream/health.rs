@@ -18,6 +18,8 @@ use rustng_runtime_config::OutlierDetection;
 const CHECK_FAILED: u8 = 1;
 /// Outlier detection ejected the endpoint.
 const EJECTED: u8 = 2;
+/// The discovery adapter's registry reports the endpoint unhealthy.
+const REGISTRY_UNHEALTHY: u8 = 4;
 
 /// Milliseconds on a process-wide monotonic clock (never 0, which means "not ejected").
 fn now_ms() -> u64 {
@@ -55,6 +57,8 @@ pub enum HealthStatus {
     FailedCheck,
     /// Out: ejected by outlier detection.
     Ejected,
+    /// Out: the service registry (through the discovery adapter) reports it unhealthy.
+    RegistryUnhealthy,
 }
 
 impl HealthStatus {
@@ -64,6 +68,7 @@ impl HealthStatus {
             HealthStatus::Healthy => "healthy",
             HealthStatus::FailedCheck => "failed_check",
             HealthStatus::Ejected => "ejected",
+            HealthStatus::RegistryUnhealthy => "registry_unhealthy",
         }
     }
 }
@@ -117,6 +122,8 @@ impl EndpointHealth {
         let state = self.state.load(Ordering::Relaxed);
         if state & CHECK_FAILED != 0 {
             HealthStatus::FailedCheck
+        } else if state & REGISTRY_UNHEALTHY != 0 {
+            HealthStatus::RegistryUnhealthy
         } else if state & EJECTED != 0 && now_ms() < self.ejected_until.load(Ordering::Relaxed) {
             HealthStatus::Ejected
         } else {
@@ -130,6 +137,15 @@ impl EndpointHealth {
             self.set(CHECK_FAILED, cluster)
         } else {
             self.clear(CHECK_FAILED, cluster)
+        }
+    }
+
+    /// The registry's verdict, from the endpoint set a discovery adapter published.
+    pub(crate) fn set_registry_unhealthy(&self, unhealthy: bool, cluster: &ClusterHealth) {
+        if unhealthy {
+            self.set(REGISTRY_UNHEALTHY, cluster);
+        } else {
+            self.clear(REGISTRY_UNHEALTHY, cluster);
         }
     }
 

@@ -15,6 +15,7 @@ mod balancing;
 mod cli;
 mod conformance;
 mod control_plane;
+mod discovery;
 mod grpc;
 mod h1_upstream;
 mod jwt_authn;

@@ -1,0 +1,70 @@
+//! Publishing endpoints from a discovery adapter (`rustng.set_endpoints`, docs/EXTENSIONS.md).
+//!
+//! An adapter is a proxy-wasm plugin a cluster names in `discovery.plugin`. RustNg runs it
+//! once per process and hands it, as its plugin configuration,
+//! `{"settings": <the plugin's own configuration>, "clusters": {"<name>": {<the cluster's
+//! discovery section>}}}`; [`AdapterConfig`] reads that.
+
+use std::collections::BTreeMap;
+
+use proxy_wasm::types::Status;
+use serde::{Deserialize, Serialize};
+
+pub use rustng_abi::extensions::SET_ENDPOINTS;
+
+/// What RustNg gives an adapter as its plugin configuration.
+#[derive(Debug, Deserialize)]
+pub struct AdapterConfig<S = serde_json::Value, C = serde_json::Value> {
+    /// The plugin's own `configuration`.
+    #[serde(default = "Option::default")]
+    pub settings: Option<S>,
+    /// Each cluster's `discovery` section (without `plugin`), by cluster name.
+    pub clusters: BTreeMap<String, C>,
+}
+
+impl<S: for<'de> Deserialize<'de>, C: for<'de> Deserialize<'de>> AdapterConfig<S, C> {
+    /// Parses the plugin configuration bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("adapter configuration: {e}"))
+    }
+}
+
+/// One endpoint of a published set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `ip:port`.
+    pub address: String,
+    /// Share of traffic (≥ 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Locality, as the registry names it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Anything else the registry says about it.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub metadata: serde_json::Value,
+    /// The registry's health; an unhealthy endpoint stays listed but out of rotation.
+    #[serde(default = "yes")]
+    pub healthy: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Serialize)]
+struct Set<'a> {
+    cluster: &'a str,
+    endpoints: &'a [Endpoint],
+}
+
+/// Publishes `cluster`'s whole endpoint set. `BadArgument` when RustNg refuses it (the reason
+/// is in RustNg's log); the cluster then keeps its last good set.
+pub fn set_endpoints(cluster: &str, endpoints: &[Endpoint]) -> Result<(), Status> {
+    let json = serde_json::to_vec(&Set { cluster, endpoints }).map_err(|_| Status::BadArgument)?;
+    proxy_wasm::hostcalls::call_foreign_function(SET_ENDPOINTS, Some(&json)).map(|_| ())
+}
