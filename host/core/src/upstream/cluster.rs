@@ -33,7 +33,10 @@ const MAX_STALE_RETRIES: usize = 2;
 
 struct EndpointRt {
     address: SocketAddr,
-    pool: EndpointPool,
+    /// Shared with the cluster's next version while the address and the pool settings stay:
+    /// a changed endpoint set (a discovery update, say) keeps the other endpoints' idle
+    /// connections.
+    pool: Rc<EndpointPool>,
     /// Requests sent to it (this worker's shard of the cluster's per-endpoint counters).
     stats: Arc<RequestStats>,
     /// Shared by every worker: in rotation or not.
@@ -187,13 +190,35 @@ pub(crate) struct UpstreamResponse {
 }
 
 impl ClusterRt {
-    pub(crate) fn new(config: Cluster, shared: ClusterShared, worker: usize) -> Self {
+    /// The cluster `config` on `worker`; `previous` (its version before, if any) hands over
+    /// the pools of the endpoints both have, when the pool settings did not change.
+    pub(crate) fn new(
+        config: Cluster,
+        shared: ClusterShared,
+        worker: usize,
+        previous: Option<&ClusterRt>,
+    ) -> Self {
+        let reusable = previous.filter(|p| {
+            p.config.protocol == config.protocol
+                && p.config.max_idle_connections == config.max_idle_connections
+                && p.config.idle_timeout == config.idle_timeout
+        });
         let endpoints = config
             .endpoints
             .iter()
             .map(|e| EndpointRt {
                 address: e.address,
-                pool: EndpointPool::new(config.max_idle_connections, config.idle_timeout),
+                pool: reusable
+                    .and_then(|p| p.endpoints.iter().find(|old| old.address == e.address))
+                    .map_or_else(
+                        || {
+                            Rc::new(EndpointPool::new(
+                                config.max_idle_connections,
+                                config.idle_timeout,
+                            ))
+                        },
+                        |old| Rc::clone(&old.pool),
+                    ),
                 stats: shared
                     .endpoints
                     .get(&e.address)

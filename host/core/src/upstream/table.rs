@@ -11,7 +11,9 @@ use crate::snapshot::ClusterShared;
 
 /// The clusters one worker runs. Lookups (a router naming a cluster, a plugin's HTTP call) see
 /// the current version; a request that already holds its `ClusterRt` keeps it, so a cluster
-/// that changed is dropped, with its pooled connections, once its last request ends.
+/// that changed is dropped once its last request ends. Its endpoints' pools go over to the
+/// new version where the address stays (and the pool settings did not change); the rest
+/// close with it.
 #[derive(Default)]
 pub(crate) struct ClusterTable {
     current: RefCell<Rc<HashMap<String, Rc<ClusterRt>>>>,
@@ -41,12 +43,17 @@ impl ClusterTable {
             .map(|config| {
                 let cluster = match old.get(&config.name) {
                     Some(kept) if kept.config() == config => Rc::clone(kept),
-                    _ => {
+                    previous => {
                         let shared = shared
                             .get(&config.name)
                             .cloned()
                             .unwrap_or_else(|| ClusterShared::new(1));
-                        Rc::new(ClusterRt::new(config.clone(), shared, worker))
+                        Rc::new(ClusterRt::new(
+                            config.clone(),
+                            shared,
+                            worker,
+                            previous.map(|p| &**p),
+                        ))
                     }
                 };
                 (config.name.clone(), cluster)

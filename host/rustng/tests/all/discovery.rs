@@ -12,10 +12,10 @@ use crate::origin::Origin;
 use crate::stock_filters::module;
 
 /// A cluster whose endpoints the static adapter publishes: `endpoints` is the YAML list of
-/// the discovery section.
+/// the discovery section. One worker: every client connection meets the same upstream pools.
 fn config(endpoints: &str) -> String {
     format!(
-        "workers: 2
+        "workers: 1
 plugins:
   - name: static-sd
     vm_config: {{ code: {{ local: {{ filename: {adapter} }} }} }}
@@ -59,9 +59,46 @@ async fn the_static_adapter_publishes_and_a_malformed_set_keeps_the_last_good_on
     assert!(answered_by(&proxy, "a").await, "{}", proxy.log());
     assert!(proxy.log_eventually_contains("endpoint set published"));
 
-    // A new configuration for the adapter: a new set, and traffic follows it.
-    proxy.write_config(&config(&one(b.addr)));
+    // A new set that keeps a: traffic spreads to b, and a's pooled connections carry over
+    // (the workers' pools go to the cluster's new version for the addresses that stay).
+    let client = client::http1();
+    for _ in 0..10 {
+        assert_eq!(client::get(&client, &proxy.url("/echo")).await.status, 200);
+    }
+    let a_connections = a.connections();
+    proxy.write_config(&config(&format!(
+        "[{{ address: '{}' }}, {{ address: '{}' }}]",
+        a.addr, b.addr
+    )));
     assert!(answered_by(&proxy, "b").await, "{}", proxy.log());
+    for _ in 0..10 {
+        assert_eq!(client::get(&client, &proxy.url("/echo")).await.status, 200);
+    }
+    assert_eq!(
+        a.connections(),
+        a_connections,
+        "a's connections were reused"
+    );
+
+    // A new configuration for the adapter: a new set, and traffic follows it. (b answered
+    // already; the third published set is the sign that only b is left.)
+    proxy.write_config(&config(&one(b.addr)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.log_count("endpoint set published") < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        proxy.log_count("endpoint set published"),
+        3,
+        "{}",
+        proxy.log()
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            client::get(&client, &proxy.url("/echo")).await.json()["origin"],
+            "b"
+        );
+    }
 
     // A malformed set is refused, with the reason; the cluster keeps serving from b.
     proxy.write_config(&config("[{ address: 'not-an-address' }]"));
@@ -71,7 +108,6 @@ async fn the_static_adapter_publishes_and_a_malformed_set_keeps_the_last_good_on
         proxy.log()
     );
     assert!(proxy.log_eventually_contains("is not ip:port"));
-    let client = client::http1();
     for _ in 0..10 {
         let reply = client::get(&client, &proxy.url("/echo")).await;
         assert_eq!(reply.status, 200);
