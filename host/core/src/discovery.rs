@@ -132,30 +132,21 @@ pub(crate) fn start(
     current: Arc<ArcSwap<Snapshot>>,
     mut published: watch::Receiver<u64>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("rustng-discovery".into())
-        .spawn(move || {
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
-                let clusters = Rc::new(ClusterTable::default());
-                let mut adapters: HashMap<String, Rc<Filter>> = HashMap::new();
-                loop {
-                    let snapshot = current.load_full();
-                    clusters.update(&snapshot.config.clusters, &snapshot.cluster_state, 0);
-                    sync(&snapshot, &clusters, &mut adapters);
-                    if published.changed().await.is_err() {
-                        break;
-                    }
-                }
-                for (_, adapter) in adapters {
-                    adapter.retire();
-                }
-            });
-        })?;
-    Ok(())
+    crate::local_exec::spawn_thread("rustng-discovery", move || async move {
+        let clusters = Rc::new(ClusterTable::default());
+        let mut adapters: HashMap<String, Rc<Filter>> = HashMap::new();
+        loop {
+            let snapshot = current.load_full();
+            clusters.update(&snapshot.config.clusters, &snapshot.cluster_state, 0);
+            sync(&snapshot, &clusters, &mut adapters);
+            if published.changed().await.is_err() {
+                break;
+            }
+        }
+        for (_, adapter) in adapters {
+            adapter.retire();
+        }
+    })
 }
 
 /// Starts adapters that are new or changed, retires the ones that left.

@@ -35,35 +35,25 @@ struct Target {
     address: SocketAddr,
 }
 
-/// Starts the health checker thread: it follows every applied config version (through
+/// Starts the health checker thread: it follows every published snapshot (through
 /// `applied`) and checks the endpoints of clusters that configure `health_checks`. It ends
 /// when the control side goes away.
 pub(crate) fn start(
     current: Arc<ArcSwap<Snapshot>>,
     mut applied: watch::Receiver<u64>,
 ) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("rustng-health".into())
-        .spawn(move || {
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
-                let mut tasks: HashMap<(String, SocketAddr), (Target, JoinHandle<()>)> =
-                    HashMap::new();
-                loop {
-                    sync(&current.load(), &mut tasks);
-                    if applied.changed().await.is_err() {
-                        break;
-                    }
-                }
-                for (_, (_, task)) in tasks {
-                    task.abort();
-                }
-            });
-        })?;
-    Ok(())
+    crate::local_exec::spawn_thread("rustng-health", move || async move {
+        let mut tasks: HashMap<(String, SocketAddr), (Target, JoinHandle<()>)> = HashMap::new();
+        loop {
+            sync(&current.load(), &mut tasks);
+            if applied.changed().await.is_err() {
+                break;
+            }
+        }
+        for (_, (_, task)) in tasks {
+            task.abort();
+        }
+    })
 }
 
 /// Starts, restarts and stops check tasks to match `snapshot`.
