@@ -318,7 +318,7 @@ async fn h2c_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Arc<Seen>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_upgrades_under_load_refuse_and_fail_nothing() {
     let origin = Origin::start("o").await;
-    let (proxy, pid_file, config_path, _successor) = start(&config(origin.addr, ""));
+    let (proxy, pid_file, config_path, successor) = start(&config(origin.addr, ""));
     let first = proxy.pid();
     assert_eq!(pid_in(&pid_file), Some(first));
 
@@ -446,6 +446,9 @@ async fn five_upgrades_under_load_refuse_and_fail_nothing() {
         log_reaches(&proxy, "upgraded: the new process serves", 5).await,
         5
     );
+    // The serving process goes first: waiting consumes the harness, and with it the
+    // directory the pid file is in.
+    drop(successor);
     let status = proxy.wait_exit(Duration::from_secs(15));
     assert!(
         status.is_some_and(|s| s.success()),
@@ -457,7 +460,7 @@ async fn five_upgrades_under_load_refuse_and_fail_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
     let origin = Origin::start("o").await;
-    let (proxy, pid_file, config_path, _successor) =
+    let (proxy, pid_file, config_path, successor) =
         start(&config(origin.addr, "  ready_timeout: 2s\n"));
     let client = crate::client::http1();
 
@@ -516,6 +519,7 @@ async fn a_new_binary_that_exits_or_hangs_leaves_the_old_process_serving() {
         200
     );
     assert_eq!(pid_in(&pid_file), Some(new));
+    drop(successor);
     assert!(proxy.wait_exit(Duration::from_secs(15)).is_some());
 }
 
@@ -566,7 +570,7 @@ listeners:
     let config_text = config(origin.addr, "").replace("listeners:\n", &extra);
     let proxy = Rustng::start(&config_text);
     let pid_file = proxy.dir().join("rustng.pid");
-    let _successor = Successor(pid_file.clone());
+    let successor = Successor(pid_file.clone());
     let first = proxy.pid();
     let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
     assert_eq!(tls_get(tls_addr, "up.test", &cert, "/echo").await, 200);
@@ -641,6 +645,7 @@ listeners:
     );
     assert_eq!(tls_get(tls_addr, "up.test", &cert, "/echo").await, 200);
     assert!(wait_exited(second_pid, Duration::from_secs(15)).await);
+    drop(successor);
     assert!(proxy.wait_exit(Duration::from_secs(15)).is_some());
 }
 
