@@ -77,6 +77,20 @@ impl CircuitBreaker {
         Ok(())
     }
 
+    /// [`CircuitBreaker::try_acquire`], given back when the permit is dropped (also when
+    /// the future holding it is cancelled).
+    pub(crate) fn permit(
+        &self,
+        resource: Resource,
+        limits: &CircuitBreakers,
+    ) -> Result<Permit<'_>, Overflow> {
+        self.try_acquire(resource, limits)?;
+        Ok(Permit {
+            breaker: self,
+            resource,
+        })
+    }
+
     pub(crate) fn release(&self, resource: Resource) {
         self.in_use[resource as usize].fetch_sub(1, Ordering::Relaxed);
     }
@@ -87,6 +101,19 @@ impl CircuitBreaker {
             self.in_use[resource as usize].load(Ordering::Relaxed),
             self.overflows[resource as usize].load(Ordering::Relaxed),
         )
+    }
+}
+
+/// One unit of a resource, held until dropped.
+#[derive(Debug)]
+pub(crate) struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    resource: Resource,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.breaker.release(self.resource);
     }
 }
 
@@ -147,6 +174,10 @@ mod tests {
         assert!(breaker.try_acquire(Resource::Requests, &limits).is_ok());
         assert_eq!(breaker.counts(Resource::Requests), (2, 1));
         assert!(breaker.try_acquire(Resource::Retries, &limits).is_err());
+        let pending = breaker.permit(Resource::Pending, &limits).expect("pending");
+        assert!(breaker.permit(Resource::Pending, &limits).is_err());
+        drop(pending);
+        assert_eq!(breaker.counts(Resource::Pending), (0, 1));
 
         let endpoint = Arc::new(EndpointHealth::new("127.0.0.1:1".parse().expect("addr")));
         let slot = ConnectionSlot::acquire(&breaker, &limits, &endpoint).expect("first");

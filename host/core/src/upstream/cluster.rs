@@ -15,7 +15,7 @@ use hyper::client::conn::http1;
 use rustng_runtime_config::{Cluster, UpstreamProtocol};
 
 use super::balancer::Balancer;
-use super::breaker::{CircuitBreaker, ConnectionSlot, Overflow, Resource};
+use super::breaker::{CircuitBreaker, ConnectionSlot, Overflow, Permit, Resource};
 use super::connect;
 use super::h1::{H1Body, H1Connection, SendError};
 use super::health::{ClusterHealth, EndpointHealth};
@@ -80,15 +80,6 @@ impl Drop for InFlight {
         let active = &self.cluster.endpoints[self.endpoint].active;
         active.set(active.get().saturating_sub(1));
         self.cluster.breaker.release(Resource::Requests);
-    }
-}
-
-/// A retry's place under the cluster's `max_retries`, given back on drop.
-pub(crate) struct RetryPermit<'a>(&'a ClusterRt);
-
-impl Drop for RetryPermit<'_> {
-    fn drop(&mut self) {
-        self.0.breaker.release(Resource::Retries);
     }
 }
 
@@ -279,12 +270,11 @@ impl ClusterRt {
     }
 
     /// A place under `max_retries` for a retry about to start; `None` when none is left.
-    pub(crate) fn retry_permit(&self) -> Option<RetryPermit<'_>> {
+    pub(crate) fn retry_permit(&self) -> Option<Permit<'_>> {
         self.breaker
-            .try_acquire(Resource::Retries, &self.config.circuit_breakers)
+            .permit(Resource::Retries, &self.config.circuit_breakers)
             .map_err(|o| self.overflow(o))
             .ok()
-            .map(|()| RetryPermit(self))
     }
 
     /// Tells outlier detection how an exchange with endpoint `index` went.
@@ -449,15 +439,35 @@ impl ClusterRt {
     /// pending (`max_pending_requests`) while it is being opened.
     async fn connect_http1(&self, index: usize) -> Result<(H1Connection, bool), ProxyError> {
         let address = self.endpoints[index].address;
+        let timeout = self.config.connect_timeout;
+        self.new_connection(index, |slot| async move {
+            Ok((
+                H1Connection::new(connect::tcp(address, timeout).await?, slot),
+                false,
+            ))
+        })
+        .await
+    }
+
+    /// Opens a connection to endpoint `index` with `connect`, under the cluster's
+    /// `max_connections` (the slot goes with the connection) and counted as pending while it
+    /// opens.
+    async fn new_connection<T, F>(
+        &self,
+        index: usize,
+        connect: impl FnOnce(ConnectionSlot) -> F,
+    ) -> Result<T, ProxyError>
+    where
+        F: std::future::Future<Output = Result<T, ProxyError>>,
+    {
         let limits = &self.config.circuit_breakers;
         let slot = ConnectionSlot::acquire(&self.breaker, limits, &self.endpoints[index].health)
             .map_err(|o| self.overflow(o))?;
-        self.breaker
-            .try_acquire(Resource::Pending, limits)
+        let _pending = self
+            .breaker
+            .permit(Resource::Pending, limits)
             .map_err(|o| self.overflow(o))?;
-        let stream = connect::tcp(address, self.config.connect_timeout).await;
-        self.breaker.release(Resource::Pending);
-        Ok((H1Connection::new(stream?, slot), false))
+        connect(slot).await
     }
 
     /// Takes back a connection whose response was read to the end.
@@ -480,15 +490,12 @@ impl ClusterRt {
         let mut sender = match endpoint.pool.http2() {
             Some(sender) => sender,
             None => {
-                let limits = &self.config.circuit_breakers;
-                let slot = ConnectionSlot::acquire(&self.breaker, limits, &endpoint.health)
-                    .map_err(|o| self.overflow(o))?;
-                self.breaker
-                    .try_acquire(Resource::Pending, limits)
-                    .map_err(|o| self.overflow(o))?;
-                let connected = connect::http2(address, self.config.connect_timeout, slot).await;
-                self.breaker.release(Resource::Pending);
-                let sender = connected?;
+                let timeout = self.config.connect_timeout;
+                let sender = self
+                    .new_connection(in_flight.endpoint(), |slot| {
+                        connect::http2(address, timeout, slot)
+                    })
+                    .await?;
                 endpoint.pool.set_http2(sender.clone());
                 sender
             }
