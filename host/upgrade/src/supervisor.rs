@@ -385,15 +385,17 @@ async fn upgrade_once(state: &State, binary: Option<PathBuf>) -> Result<Upgraded
     // The new process accepts on every socket: stop accepting here and drain.
     let handover_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     state.handed_over.store(true, Ordering::Relaxed);
+    // The admin port stops accepting here first: whoever reads the new pid from the pid file
+    // then reaches the new process's admin server, not one about to close.
+    if let Some((_, stop_admin)) = &running.admin {
+        stop_admin();
+    }
     if let Some(path) = &running.pid_file
         && let Err(error) = PidFile::write_pid(path, new_pid)
     {
         tracing::warn!(%error, file = %path.display(), "cannot write the new pid to the pid file");
     }
     crate::systemd::notify(&format!("MAINPID={new_pid}"));
-    if let Some((_, stop_admin)) = &running.admin {
-        stop_admin();
-    }
     running.shutdown.shutdown();
     state.stopped.notify_one();
     if let Err(error) = connection.send(&Message::Stopped).await {
