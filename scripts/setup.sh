@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg_bin in "nginx-light:nginx" "haproxy:haproxy" "wrk:wrk" "nghttp2-client:h2load" "curl:curl" "protobuf-compiler:protoc"; do
+for pkg_bin in "nginx-light:nginx" "haproxy:haproxy" "wrk:wrk" "nghttp2-client:h2load" "curl:curl" "protobuf-compiler:protoc" "dnsmasq-base:dnsmasq" "etcd-server:etcd"; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_apt+=("$pkg")
 done
@@ -14,7 +14,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The Debian packages start their services; tests and benchmarks run their own instances.
-  for svc in nginx haproxy; do
+  for svc in nginx haproxy etcd; do
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
   done
 fi

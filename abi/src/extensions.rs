@@ -53,6 +53,29 @@ pub const SET_ENDPOINTS: &str = "rustng.set_endpoints";
 /// Most endpoints one published set may hold.
 pub const MAX_PUBLISHED_ENDPOINTS: usize = 10_000;
 
+/// The foreign function a discovery adapter resolves a DNS name with, through the host's
+/// asynchronous resolver (a module has no sockets). Its argument is JSON:
+/// `{"name": "backend.example.com", "type": "A", "resolvers": ["127.0.0.1:53"]}` (`type` is
+/// `A`, `AAAA` or `SRV`, default `A`; `resolvers` are `ip` or `ip:port`, default the system's
+/// from `/etc/resolv.conf`; `timeout_ms` bounds the whole lookup, default 5000, at most
+/// 60000). It returns at once with a token, four bytes little-endian.
+///
+/// The answer arrives later as `proxy_on_foreign_function(root_context, token, size)`, with
+/// `size` bytes of JSON in the call-data buffer (`BufferType::CallData`):
+/// `{"name": ..., "type": ..., "status": "ok", "ttl": 30, "records": [...]}`. `status` is
+/// `ok`; `not_found` (no such name or no such record: the set is empty); or `error` (timeout,
+/// server failure, with `error` saying which: keep the last good set). `ttl` is the seconds
+/// the answer stays valid, the smallest of its records'. A record is `{"address": "10.0.0.7"}`
+/// for A and AAAA, and `{"target": "a.example.com.", "port": 8080, "priority": 0, "weight":
+/// 5, "addresses": ["10.0.0.7"]}` for SRV, with the target's addresses already resolved.
+///
+/// Only discovery adapters may call it (`UNIMPLEMENTED` elsewhere); a malformed question is
+/// `BAD_ARGUMENT`, and past [`MAX_RESOLVES_IN_FLIGHT`] lookups at once, `INTERNAL_FAILURE`.
+pub const RESOLVE: &str = "rustng.resolve";
+
+/// Most `rustng.resolve` lookups in flight at once, for all adapters together.
+pub const MAX_RESOLVES_IN_FLIGHT: usize = 1024;
+
 /// Whether the property `path` (segments joined by NUL, as the guest sent it) names `name`
 /// (dotted), in either spelling.
 pub fn property_is(path: &[u8], name: &str) -> bool {

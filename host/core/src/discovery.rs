@@ -135,12 +135,27 @@ pub(crate) fn start(
     crate::local_exec::spawn_thread("rustng-discovery", move || async move {
         let clusters = Rc::new(ClusterTable::default());
         let mut adapters: HashMap<String, Rc<Filter>> = HashMap::new();
+        let mut answers = crate::resolve::answer_here();
+        let mut snapshot = current.load_full();
+        clusters.update(&snapshot.config.clusters, &snapshot.cluster_state, 0);
+        sync(&snapshot, &clusters, &mut adapters);
         loop {
-            let snapshot = current.load_full();
-            clusters.update(&snapshot.config.clusters, &snapshot.cluster_state, 0);
-            sync(&snapshot, &clusters, &mut adapters);
-            if published.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    snapshot = current.load_full();
+                    clusters.update(&snapshot.config.clusters, &snapshot.cluster_state, 0);
+                    sync(&snapshot, &clusters, &mut adapters);
+                }
+                Some(answer) = answers.recv() => {
+                    // An adapter replaced since it asked gets its successor's answer; adapters
+                    // ignore tokens they did not issue.
+                    if let Some(adapter) = adapters.get(&answer.plugin) {
+                        adapter.deliver_foreign_answer(answer.token, answer.bytes);
+                    }
+                }
             }
         }
         for (_, adapter) in adapters {

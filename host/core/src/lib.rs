@@ -24,6 +24,7 @@ mod local_exec;
 mod proxy;
 mod registry;
 mod request_id;
+mod resolve;
 mod server;
 mod snapshot;
 mod sniff;

@@ -9,6 +9,7 @@
 
 pub mod discovery;
 pub mod duration;
+pub mod resolve;
 pub mod route;
 
 use std::rc::Rc;

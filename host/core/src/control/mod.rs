@@ -430,6 +430,10 @@ impl ControlState {
             rustng_abi::extensions::SET_ENDPOINTS,
             crate::discovery::set_endpoints_function(commands_tx.clone()),
         );
+        foreign.register(
+            rustng_abi::extensions::RESOLVE,
+            crate::resolve::resolve_function(),
+        );
         let mut updates = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {

@@ -422,6 +422,12 @@ impl Filter {
         self.fails_open()
     }
 
+    /// `proxy_on_foreign_function` on the root context: the answer to an asynchronous foreign
+    /// call (`rustng.resolve`) the plugin made earlier.
+    pub(crate) fn deliver_foreign_answer(self: &Rc<Self>, token: u32, bytes: Vec<u8>) {
+        self.root_call(|instance| instance.on_foreign_function(token, bytes));
+    }
+
     /// Runs a root-context callback, applying the failure policy if it fails.
     fn root_call(self: &Rc<Self>, call: impl FnOnce(&mut PluginInstance) -> Result<(), WasmError>) {
         if !self.ready() {

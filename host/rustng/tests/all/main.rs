@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+mod dnsmasq;
 mod envoy;
 mod harness;
 mod origin;
@@ -16,6 +17,7 @@ mod cli;
 mod conformance;
 mod control_plane;
 mod discovery;
+mod discovery_dns;
 mod grpc;
 mod h1_upstream;
 mod jwt_authn;
