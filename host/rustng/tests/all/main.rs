@@ -8,6 +8,7 @@
 mod client;
 mod dnsmasq;
 mod envoy;
+mod etcd;
 mod harness;
 mod origin;
 
@@ -18,6 +19,7 @@ mod conformance;
 mod control_plane;
 mod discovery;
 mod discovery_dns;
+mod discovery_etcd;
 mod grpc;
 mod h1_upstream;
 mod jwt_authn;
