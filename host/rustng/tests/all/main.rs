@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod client;
+mod consul_fake;
 mod dnsmasq;
 mod envoy;
 mod etcd;
@@ -18,6 +19,7 @@ mod cli;
 mod conformance;
 mod control_plane;
 mod discovery;
+mod discovery_consul;
 mod discovery_dns;
 mod discovery_etcd;
 mod grpc;
