@@ -15,7 +15,7 @@ pub use types::{
     Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, CircuitBreakers, Cluster,
     Config, ControlPlane, DEFAULT_ADMIN_ADDRESS, Discovery, Endpoint, FailurePolicy, HealthCheck,
     HealthCheckKind, HttpOptions, LbPolicy, Listener, ListenerProtocol, LogConfig, LogFormat,
-    OutlierDetection, Plugin, TlsConfig, Upgrade, UpstreamProtocol,
+    OutlierDetection, Plugin, TlsConfig, Upgrade, UpstreamProtocol, UpstreamTls,
 };
 pub use validate::validate;
 

@@ -320,6 +320,22 @@ pub struct RawCluster {
     pub idle_timeout: Option<String>,
     /// Idle connections kept per endpoint per worker. Default 1024.
     pub max_idle_connections: Option<usize>,
+    /// TLS to the endpoints (Envoy's `UpstreamTlsContext`, flattened).
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `clusters[].tls`: TLS origination to the cluster's endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Server name sent (SNI) and verified in the certificate; default the endpoint's IP.
+    pub sni: Option<String>,
+    /// PEM bundle of the CAs that may sign the endpoints' certificates.
+    pub trusted_ca: Option<String>,
+    /// PEM client certificate chain, for endpoints that require mutual TLS.
+    pub certificate_chain: Option<String>,
+    /// Its PEM private key.
+    pub private_key: Option<String>,
 }
 
 /// `clusters[].discovery`: `plugin` names the adapter; every other field is the adapter's own

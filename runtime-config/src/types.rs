@@ -277,6 +277,19 @@ pub struct Cluster {
     /// The discovery adapter that publishes the endpoints, if any (`endpoints` then serve
     /// until it first does).
     pub discovery: Option<Discovery>,
+    /// TLS to the endpoints, if configured.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS origination to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Server name sent and verified; `None`: the endpoint's IP address.
+    pub sni: Option<String>,
+    /// PEM bundle of trusted CAs.
+    pub trusted_ca: PathBuf,
+    /// Client certificate chain and key (PEM), for mutual TLS.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
 /// A cluster's discovery adapter.

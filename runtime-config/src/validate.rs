@@ -610,6 +610,7 @@ impl Validator {
             &format!("{path}.circuit_breakers"),
             c.circuit_breakers.unwrap_or_default(),
         );
+        let tls = c.tls.map(|t| self.upstream_tls(&format!("{path}.tls"), t));
         Cluster {
             name: c.name,
             endpoints,
@@ -639,6 +640,45 @@ impl Validator {
             outlier_detection,
             circuit_breakers,
             discovery,
+            tls,
+        }
+    }
+
+    fn upstream_tls(&mut self, path: &str, t: crate::raw::RawUpstreamTls) -> UpstreamTls {
+        // No system trust store is read: an operator names the CAs that sign their upstreams.
+        let trusted_ca = match &t.trusted_ca {
+            Some(file) => self.readable_file(&format!("{path}.trusted_ca"), file),
+            None => {
+                self.error(format!("{path}.trusted_ca"), "is required");
+                PathBuf::new()
+            }
+        };
+        if let Some(sni) = &t.sni
+            && (sni.is_empty() || sni.contains(['*', ' ', '/', ':']))
+        {
+            self.error(
+                format!("{path}.sni"),
+                format!("invalid server name \"{sni}\""),
+            );
+        }
+        let client_certificate = match (&t.certificate_chain, &t.private_key) {
+            (Some(chain), Some(key)) => Some((
+                self.readable_file(&format!("{path}.certificate_chain"), chain),
+                self.readable_file(&format!("{path}.private_key"), key),
+            )),
+            (None, None) => None,
+            _ => {
+                self.error(
+                    path.to_owned(),
+                    "certificate_chain and private_key go together",
+                );
+                None
+            }
+        };
+        UpstreamTls {
+            sni: t.sni,
+            trusted_ca,
+            client_certificate,
         }
     }
 
@@ -1166,6 +1206,28 @@ clusters:
                 "upgrade.pid_file: must not be empty".to_owned(),
                 "upgrade.ready_timeout: must be greater than zero".to_owned(),
             ]
+        );
+    }
+
+    #[test]
+    fn upstream_tls_is_checked() {
+        let yaml = MINIMAL.replace(
+            "      - address: 127.0.0.1:9000",
+            "      - address: 127.0.0.1:9000\n    tls: { sni: 'bad name', certificate_chain: /nonexistent.pem }",
+        );
+        let errs = errors(&yaml);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with("clusters[0].tls.trusted_ca: is required"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("clusters[0].tls.sni: invalid server name"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("clusters[0].tls: certificate_chain and private_key go together"),
+            "{errs:?}"
         );
     }
 

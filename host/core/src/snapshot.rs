@@ -38,6 +38,8 @@ pub(crate) struct ClusterShared {
     pub(crate) cluster_health: Arc<ClusterHealth>,
     /// What the cluster has in flight, against its circuit breakers.
     pub(crate) breaker: Arc<CircuitBreaker>,
+    /// TLS to the endpoints, built from the cluster's `tls` when the version was prepared.
+    pub(crate) tls: Option<Arc<crate::upstream::UpstreamTls>>,
 }
 
 impl ClusterShared {
@@ -49,6 +51,7 @@ impl ClusterShared {
             health: HashMap::new(),
             cluster_health: Arc::default(),
             breaker: Arc::default(),
+            tls: None,
         }
     }
 
@@ -89,6 +92,7 @@ impl ClusterShared {
             health,
             cluster_health: Arc::clone(&self.cluster_health),
             breaker: Arc::clone(&self.breaker),
+            tls: self.tls.clone(),
         }
     }
 }

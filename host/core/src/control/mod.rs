@@ -595,6 +595,31 @@ impl ControlState {
             }
         };
 
+        // TLS to upstreams: built again only where a cluster's `tls` changed.
+        let mut upstream_tls = HashMap::new();
+        for (index, c) in config.clusters.iter().enumerate() {
+            let Some(t) = &c.tls else { continue };
+            let kept = running
+                .config
+                .clusters
+                .iter()
+                .find(|old| old.name == c.name && old.tls == c.tls && old.protocol == c.protocol)
+                .and_then(|_| running.cluster_state.get(&c.name))
+                .and_then(|shared| shared.tls.clone());
+            match kept.map_or_else(
+                || crate::upstream::UpstreamTls::new(t, c.protocol).map(Arc::new),
+                Ok,
+            ) {
+                Ok(tls) => {
+                    upstream_tls.insert(c.name.clone(), tls);
+                }
+                Err(message) => errors.push(FieldError::new(
+                    format!("clusters[{index}].tls"),
+                    format!("cluster {}: {message}", c.name),
+                )),
+            }
+        }
+
         let sockets = match self.bind_new(&listeners, &running.listeners) {
             Ok(sockets) => Some(sockets),
             Err(mut bind_errors) => {
@@ -607,7 +632,14 @@ impl ControlState {
             (Some(plugins), Some(sockets)) if errors.is_empty() => Ok(Prepared {
                 snapshot: Snapshot {
                     version,
-                    cluster_state: self.with_discovered(&mut config, &running.cluster_state),
+                    cluster_state: self
+                        .with_discovered(&mut config, &running.cluster_state)
+                        .into_iter()
+                        .map(|(name, mut shared)| {
+                            shared.tls = upstream_tls.remove(&name);
+                            (name, shared)
+                        })
+                        .collect(),
                     config: Arc::new(config),
                     listeners,
                     plugins: plugins.chosen.clone(),

@@ -121,6 +121,7 @@ pub(crate) struct ClusterRt {
     drained: Arc<arc_swap::ArcSwap<std::collections::HashSet<SocketAddr>>>,
     cluster_health: Arc<ClusterHealth>,
     breaker: Arc<CircuitBreaker>,
+    tls: Option<Arc<super::UpstreamTls>>,
 }
 
 /// The body of an upstream response.
@@ -191,6 +192,7 @@ impl ClusterRt {
     ) -> Self {
         let reusable = previous.filter(|p| {
             p.config.protocol == config.protocol
+                && p.config.tls == config.tls
                 && p.config.max_idle_connections == config.max_idle_connections
                 && p.config.idle_timeout == config.idle_timeout
         });
@@ -238,6 +240,7 @@ impl ClusterRt {
             drained: shared.drained,
             cluster_health: shared.cluster_health,
             breaker: shared.breaker,
+            tls: shared.tls,
         }
     }
 
@@ -440,9 +443,10 @@ impl ClusterRt {
     async fn connect_http1(&self, index: usize) -> Result<(H1Connection, bool), ProxyError> {
         let address = self.endpoints[index].address;
         let timeout = self.config.connect_timeout;
+        let tls = self.tls.as_deref();
         self.new_connection(index, |slot| async move {
             Ok((
-                H1Connection::new(connect::tcp(address, timeout).await?, slot),
+                H1Connection::new(connect::stream(address, timeout, tls).await?, slot),
                 false,
             ))
         })
@@ -491,9 +495,10 @@ impl ClusterRt {
             Some(sender) => sender,
             None => {
                 let timeout = self.config.connect_timeout;
+                let tls = self.tls.as_deref();
                 let sender = self
                     .new_connection(in_flight.endpoint(), |slot| {
-                        connect::http2(address, timeout, slot)
+                        connect::http2(address, timeout, tls, slot)
                     })
                     .await?;
                 endpoint.pool.set_http2(sender.clone());
@@ -546,7 +551,8 @@ impl ClusterRt {
         &self,
     ) -> Result<(SocketAddr, http1::SendRequest<DownstreamBody>), ProxyError> {
         let timeout = self.config.connect_timeout;
-        self.connect_any(|address| connect::http1_upgradable(address, timeout))
+        let tls = self.tls.as_deref();
+        self.connect_any(|address| connect::http1_upgradable(address, timeout, tls))
             .await
     }
 

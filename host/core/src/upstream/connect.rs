@@ -9,8 +9,26 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::io::UpstreamIo;
+use super::tls::UpstreamTls;
 use crate::error::{ErrorKind, ProxyError};
 use crate::local_exec::LocalExec;
+
+/// A connection to `address`: TCP, then TLS when the cluster has it (each step within
+/// `timeout`).
+pub(crate) async fn stream(
+    address: SocketAddr,
+    timeout: Duration,
+    tls: Option<&UpstreamTls>,
+) -> Result<UpstreamIo, ProxyError> {
+    let tcp = tcp(address, timeout).await?;
+    match tls {
+        None => Ok(UpstreamIo::Plain(tcp)),
+        Some(tls) => Ok(UpstreamIo::Tls(Box::new(
+            tls.handshake(address, tcp, timeout).await?,
+        ))),
+    }
+}
 
 pub(crate) async fn tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     // A failed or timed-out connect sent nothing, so another endpoint may be tried.
@@ -46,8 +64,9 @@ fn handshake_failed(address: SocketAddr, e: hyper::Error) -> ProxyError {
 pub(crate) async fn http1_upgradable(
     address: SocketAddr,
     timeout: Duration,
+    tls: Option<&UpstreamTls>,
 ) -> Result<http1::SendRequest<DownstreamBody>, ProxyError> {
-    let stream = tcp(address, timeout).await?;
+    let stream = stream(address, timeout, tls).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -65,9 +84,10 @@ pub(crate) async fn http1_upgradable(
 pub(crate) async fn http2(
     address: SocketAddr,
     timeout: Duration,
+    tls: Option<&UpstreamTls>,
     slot: super::breaker::ConnectionSlot,
 ) -> Result<http2::SendRequest<RequestBody>, ProxyError> {
-    let stream = tcp(address, timeout).await?;
+    let stream = stream(address, timeout, tls).await?;
     let (sender, conn) = http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))

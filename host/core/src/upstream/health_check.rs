@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustng_runtime_config::{HealthCheck, HealthCheckKind, UpstreamProtocol};
 use tokio::net::TcpStream;
+
+use super::io::UpstreamIo;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -27,12 +29,28 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 const GRPC_SERVING: u64 = 1;
 
 /// What one endpoint's check task is started with; a changed one restarts the task.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 struct Target {
     check: HealthCheck,
     protocol: UpstreamProtocol,
     cluster: String,
     address: SocketAddr,
+    /// Checks go over the cluster's TLS, as its traffic does.
+    tls: Option<Arc<super::UpstreamTls>>,
+}
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Self) -> bool {
+        self.check == other.check
+            && self.protocol == other.protocol
+            && self.cluster == other.cluster
+            && self.address == other.address
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 /// Starts the health checker thread: it follows every published snapshot (through
@@ -75,6 +93,7 @@ fn sync(snapshot: &Snapshot, tasks: &mut HashMap<(String, SocketAddr), (Target, 
                 protocol: cluster.protocol,
                 cluster: cluster.name.clone(),
                 address: endpoint.address,
+                tls: shared.tls.clone(),
             };
             wanted.insert(
                 (cluster.name.clone(), endpoint.address),
@@ -143,9 +162,17 @@ async fn check_forever(target: Target, health: Arc<EndpointHealth>, cluster: Arc
 
 /// One check; the reason when it fails.
 async fn probe(target: &Target) -> Result<(), String> {
-    let stream = TcpStream::connect(target.address)
+    let tcp = TcpStream::connect(target.address)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let stream = match &target.tls {
+        None => UpstreamIo::Plain(tcp),
+        Some(tls) => UpstreamIo::Tls(Box::new(
+            tls.handshake(target.address, tcp, target.check.timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        )),
+    };
     match &target.check.kind {
         HealthCheckKind::Tcp => Ok(()),
         HealthCheckKind::Http {
@@ -199,7 +226,7 @@ async fn probe(target: &Target) -> Result<(), String> {
 /// Sends `request` over `stream` with `protocol`; the status, the body, and `grpc-status`
 /// (from the trailers, or the head of a trailers-only answer).
 async fn exchange(
-    stream: TcpStream,
+    stream: UpstreamIo,
     protocol: UpstreamProtocol,
     mut request: Request<Full<Bytes>>,
     authority: &str,

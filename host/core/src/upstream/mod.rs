@@ -8,10 +8,12 @@ mod connect;
 mod h1;
 mod health;
 pub(crate) mod health_check;
+mod io;
 mod pool;
 mod request_body;
 mod retry;
 mod table;
+mod tls;
 
 pub(crate) use balancer::hash_key;
 pub(crate) use breaker::{CircuitBreaker, Resource};
@@ -23,3 +25,4 @@ pub(crate) use request_body::{BoxError, BoxLocal, LocalBody, RequestBody};
 pub(crate) use retry::RetryPolicy;
 pub(crate) use retry::send as send_with_retries;
 pub(crate) use table::ClusterTable;
+pub(crate) use tls::UpstreamTls;

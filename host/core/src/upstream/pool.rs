@@ -39,7 +39,7 @@ impl EndpointPool {
     /// so that a checkout reads no clock; the most recently used entry is the youngest anyway.
     pub(crate) fn checkout_http1(&self) -> Option<H1Connection> {
         let mut idle = self.idle.borrow_mut();
-        while let Some(entry) = idle.pop_back() {
+        while let Some(mut entry) = idle.pop_back() {
             if entry.conn.is_idle_alive() {
                 return Some(entry.conn);
             }
@@ -79,7 +79,7 @@ impl EndpointPool {
         let timeout = self.idle_timeout;
         self.idle
             .borrow_mut()
-            .retain(|e| e.since.elapsed() < timeout && e.conn.is_idle_alive());
+            .retain_mut(|e| e.since.elapsed() < timeout && e.conn.is_idle_alive());
         self.http2();
     }
 }

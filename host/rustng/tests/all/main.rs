@@ -36,4 +36,5 @@ mod stock_filters;
 mod tcp;
 mod tls;
 mod upgrade;
+mod upstream_tls;
 mod upstreams;

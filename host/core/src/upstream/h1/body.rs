@@ -62,16 +62,10 @@ impl Body for H1Body {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
-        let io = &conn.io;
+        let io = &mut conn.io;
         let polled = ready!(this.decoder.poll_frame(&mut conn.read_buf, cx, |buf, cx| {
             buf.reserve(READ_CHUNK);
-            loop {
-                ready!(io.poll_read_ready(cx))?;
-                match io.try_read_buf(buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    other => return Poll::Ready(other),
-                }
-            }
+            io.poll_read_into(cx, buf)
         }));
         match &polled {
             // A broken body leaves the connection mid-message: it is closed, never pooled.

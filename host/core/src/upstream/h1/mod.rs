@@ -10,14 +10,13 @@ mod body;
 
 use crate::upstream::RequestBody;
 use std::io;
-use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use http::Method;
 use http::request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::io::UpstreamIo;
 pub(crate) use crate::h1::decode::{DecodeError, ResponseHead};
 use crate::h1::encode::RequestFraming;
 use crate::h1::{decode, encode};
@@ -28,7 +27,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// One HTTP/1.1 connection to an upstream.
 pub(crate) struct H1Connection {
-    io: TcpStream,
+    io: UpstreamIo,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
     /// Whether the exchange in progress leaves the connection fit for another request.
@@ -56,7 +55,7 @@ enum HeadError {
 impl H1Connection {
     /// A connection over `io`, holding `slot` (its place under the cluster's
     /// `max_connections`) for as long as it lives, pooled or not.
-    pub(crate) fn new(io: TcpStream, slot: crate::upstream::breaker::ConnectionSlot) -> Self {
+    pub(crate) fn new(io: UpstreamIo, slot: crate::upstream::breaker::ConnectionSlot) -> Self {
         H1Connection {
             io,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
@@ -66,19 +65,9 @@ impl H1Connection {
         }
     }
 
-    /// Whether a pooled connection is still open, without a syscall in the usual case: the
-    /// runtime has marked the socket readable if the upstream closed it (or sent stray bytes,
-    /// which also disqualifies it) while it sat idle.
-    pub(crate) fn is_idle_alive(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// Whether a pooled connection is still open (see [`UpstreamIo::is_idle_alive`]).
+    pub(crate) fn is_idle_alive(&mut self) -> bool {
+        self.io.is_idle_alive()
     }
 
     /// The response was read to the end, and the last read took everything there was, but
@@ -90,9 +79,7 @@ impl H1Connection {
     /// this call goes unseen, as in nginx's keep-alive cache; the resend of idempotent requests
     /// on a silently closed pooled connection covers it.)
     pub(crate) fn forget_read_readiness(&self) {
-        let _ = self.io.try_io(tokio::io::Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
+        self.io.forget_read_readiness();
     }
 
     /// Sends a request and reads the response head. `reused` says whether the connection
@@ -159,12 +146,43 @@ impl H1Connection {
     /// (413, 401) and stop reading, and waiting for the body to drain would deadlock.
     async fn send_body_and_read_head(
         &mut self,
-        mut body: RequestBody,
+        body: RequestBody,
         framing: RequestFraming,
         method: &Method,
     ) -> Result<Result<ResponseHead, HeadError>, SendError> {
-        let (mut reader, mut writer) = self.io.split();
         let write_buf = &mut self.write_buf;
+        let read_buf = &mut self.read_buf;
+        let (head, body_sent) = match &mut self.io {
+            // Borrowed halves of a TCP socket need no lock.
+            UpstreamIo::Plain(tcp) => {
+                let (reader, writer) = tcp.split();
+                stream_body(reader, writer, write_buf, read_buf, body, framing, method).await?
+            }
+            UpstreamIo::Tls(tls) => {
+                let (reader, writer) = tokio::io::split(&mut **tls);
+                stream_body(reader, writer, write_buf, read_buf, body, framing, method).await?
+            }
+        };
+        if !body_sent {
+            // The rest of the body was never sent: the connection is mid-message.
+            self.reusable = false;
+        }
+        Ok(head)
+    }
+}
+
+/// Sends `body` on `writer` while reading the response head from `reader`; the head, and
+/// whether the whole body went out before it came.
+async fn stream_body(
+    mut reader: impl AsyncRead + Unpin,
+    mut writer: impl tokio::io::AsyncWrite + Unpin,
+    write_buf: &mut Vec<u8>,
+    read_buf: &mut BytesMut,
+    mut body: RequestBody,
+    framing: RequestFraming,
+    method: &Method,
+) -> Result<(Result<ResponseHead, HeadError>, bool), SendError> {
+    {
         let sending = async {
             use http_body_util::BodyExt as _;
             while let Some(frame) = body.frame().await {
@@ -212,19 +230,13 @@ impl H1Connection {
             }
             Ok::<bool, SendError>(true)
         };
-        let reading = read_head(&mut reader, &mut self.read_buf, method);
+        let reading = read_head(&mut reader, read_buf, method);
         tokio::pin!(sending, reading);
         let mut body_sent = false;
         loop {
             tokio::select! {
                 sent = &mut sending, if !body_sent => body_sent = sent?,
-                head = &mut reading => {
-                    if !body_sent {
-                        // The rest of the body was never sent: the connection is mid-message.
-                        self.reusable = false;
-                    }
-                    return Ok(head);
-                }
+                head = &mut reading => return Ok((head, body_sent)),
             }
         }
     }
