@@ -76,6 +76,16 @@ pub const RESOLVE: &str = "rustng.resolve";
 /// Most `rustng.resolve` lookups in flight at once, for all adapters together.
 pub const MAX_RESOLVES_IN_FLIGHT: usize = 1024;
 
+/// The foreign function a discovery adapter reads a file with (a module has no filesystem):
+/// the argument is the path, the result the file's bytes. Only paths that appear as strings
+/// in the adapter's own configuration may be read (`BAD_ARGUMENT` otherwise, logged); a file
+/// that cannot be read is `NOT_FOUND`; only discovery adapters may call it (`UNIMPLEMENTED`
+/// elsewhere). For credentials that rotate, such as a Kubernetes service-account token.
+pub const READ_FILE: &str = "rustng.read_file";
+
+/// Largest file `rustng.read_file` returns.
+pub const MAX_READ_FILE_BYTES: usize = 1024 * 1024;
+
 /// Whether the property `path` (segments joined by NUL, as the guest sent it) names `name`
 /// (dotted), in either spelling.
 pub fn property_is(path: &[u8], name: &str) -> bool {

@@ -694,7 +694,7 @@ mod tests {
 
     fn forward(cluster: &str) -> Decision<'_> {
         Decision::Forward {
-            cluster: cluster.into(),
+            cluster,
             path: None,
             authority: None,
             timeout: None,

@@ -178,6 +178,8 @@ fn sync(
                 if let Some(old) = replaced {
                     old.retire();
                 }
+                // Before it starts: its first callbacks may read the files it names.
+                crate::read_file::allow(name, &plugin.spec().configuration);
                 let started = Filter::start(Arc::clone(plugin), Rc::clone(clusters));
                 if started.is_running() {
                     tracing::info!(plugin = %name, "discovery adapter started");
@@ -189,6 +191,7 @@ fn sync(
     }
     for (name, gone) in adapters.drain() {
         tracing::info!(plugin = %name, "discovery adapter stopped");
+        crate::read_file::forget(&name);
         gone.retire();
     }
     *adapters = next;

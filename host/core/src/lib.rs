@@ -22,6 +22,7 @@ mod inherited;
 mod listener;
 mod local_exec;
 mod proxy;
+mod read_file;
 mod registry;
 mod request_id;
 mod resolve;

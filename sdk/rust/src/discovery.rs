@@ -68,3 +68,14 @@ pub fn set_endpoints(cluster: &str, endpoints: &[Endpoint]) -> Result<(), Status
     let json = serde_json::to_vec(&Set { cluster, endpoints }).map_err(|_| Status::BadArgument)?;
     proxy_wasm::hostcalls::call_foreign_function(SET_ENDPOINTS, Some(&json)).map(|_| ())
 }
+
+/// Reads a file the adapter's configuration names (`rustng.read_file`), such as a token the
+/// platform rotates; read it each time it is needed. `BadArgument` for a path the
+/// configuration does not name, `NotFound` for a file that cannot be read.
+pub fn read_file(path: &str) -> Result<Vec<u8>, Status> {
+    proxy_wasm::hostcalls::call_foreign_function(
+        rustng_abi::extensions::READ_FILE,
+        Some(path.as_bytes()),
+    )
+    .map(Option::unwrap_or_default)
+}

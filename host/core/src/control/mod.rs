@@ -434,6 +434,10 @@ impl ControlState {
             rustng_abi::extensions::RESOLVE,
             crate::resolve::resolve_function(),
         );
+        foreign.register(
+            rustng_abi::extensions::READ_FILE,
+            crate::read_file::read_file_function(),
+        );
         let mut updates = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {

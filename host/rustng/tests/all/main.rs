@@ -11,6 +11,7 @@ mod dnsmasq;
 mod envoy;
 mod etcd;
 mod harness;
+mod kube_fake;
 mod origin;
 
 mod admin_api;
@@ -22,6 +23,7 @@ mod discovery;
 mod discovery_consul;
 mod discovery_dns;
 mod discovery_etcd;
+mod discovery_kubernetes;
 mod grpc;
 mod h1_upstream;
 mod jwt_authn;
