@@ -127,13 +127,14 @@ RUSTNG_PORT = 18080
 RUSTNG_FILTER_PORT = 18087
 RUSTNG_MEMORY_PORT = 18090
 RUSTNG_UPGRADE_PORT = 18091
-RUSTNG_LB_PORT = 18092
+# One RustNg per load-balancing policy, all running, so their runs can interleave.
+RUSTNG_LB_PORTS = [18092, 18093, 18094, 18095, 18096]
 # The origin also listens here, so a cluster can have four endpoints.
 ORIGIN_LB_PORTS = [19010, 19011, 19012, 19013]
 NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT = 18088, 18089
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
-             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, RUSTNG_LB_PORT, *ORIGIN_LB_PORTS]
+             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -1554,21 +1555,26 @@ LB_POLICIES = ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"]
 
 
 def bench_lb_policies(sup: Supervisor, origin: Service) -> dict:
-    """The cost of each load-balancing policy: RustNg (one worker) in front of four endpoints
-    (the origin on four ports), wrk as in the HTTP/1.1 scenario, one run per policy. Hashing
-    policies get no hash key here, so each request hashes a random one: the table lookup is
-    what is measured."""
-    info(f"RustNg load-balancing policies: {', '.join(LB_POLICIES)}")
+    """The cost of each load-balancing policy: one RustNg (one worker) per policy in front of
+    four endpoints (the origin on four ports), wrk as in the HTTP/1.1 scenario. The policies'
+    runs interleave over several rounds, each round in a rotated order, and the median of
+    each policy's runs is reported: a single run per policy was within the machine's noise
+    (a few µs). Hashing policies get no hash key here, so each request hashes a random one:
+    the table lookup is what is measured."""
     s = sup.settings
+    info(f"RustNg load-balancing policies: {', '.join(LB_POLICIES)} ({s.rounds} interleaved rounds)")
     endpoints = "".join(f"      - address: {HOST}:{p}\n" for p in ORIGIN_LB_PORTS)
-    results = {}
-    for policy in LB_POLICIES:
-        conf = sup.workdir / f"rustng-lb-{policy.lower()}.yaml"
-        conf.write_text(f"""workers: 1
+    seconds = max(2, s.duration // 2)
+    services = {}
+    runs: dict[str, list[dict]] = {policy: [] for policy in LB_POLICIES}
+    try:
+        for policy, port in zip(LB_POLICIES, RUSTNG_LB_PORTS):
+            conf = sup.workdir / f"rustng-lb-{policy.lower()}.yaml"
+            conf.write_text(f"""workers: 1
 log: {{ level: warn }}
 listeners:
   - name: main
-    address: {HOST}:{RUSTNG_LB_PORT}
+    address: {HOST}:{port}
     default_cluster: backend
     access_log: false
     max_connections: 20000
@@ -1578,17 +1584,32 @@ clusters:
     protocol: http1
     endpoints:
 {endpoints}""")
-        svc = sup.start(f"rustng-lb-{policy.lower()}", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
-        try:
-            wait_ready(svc, RUSTNG_LB_PORT)
-            run_wrk(RUSTNG_LB_PORT, max(1, s.warmup), s.load_cpu)
-            cpu0 = cpu_seconds(svc.pid)
-            res = run_wrk(RUSTNG_LB_PORT, s.duration, s.load_cpu)
-            cpu = cpu_seconds(svc.pid) - cpu0
-            results[policy] = {"rps": res.rps, "p99_ms": res.p99_ms, "errors": res.errors + res.non_2xx,
-                               "cpu_us_per_req": cpu * 1e6 / res.requests if res.requests else None}
-        finally:
+            svc = sup.start(f"rustng-lb-{policy.lower()}", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
+            services[policy] = (svc, port)
+            wait_ready(svc, port)
+            run_wrk(port, max(1, s.warmup), s.load_cpu)
+        for round_index in range(s.rounds):
+            order = LB_POLICIES[round_index:] + LB_POLICIES[:round_index]
+            for policy in order:
+                svc, port = services[policy]
+                cpu0 = cpu_seconds(svc.pid)
+                res = run_wrk(port, seconds, s.load_cpu)
+                cpu = cpu_seconds(svc.pid) - cpu0
+                runs[policy].append({"rps": res.rps, "p99_ms": res.p99_ms, "errors": res.errors + res.non_2xx,
+                                     "cpu_us_per_req": cpu * 1e6 / res.requests if res.requests else None})
+    finally:
+        for svc, _ in services.values():
             sup.stop(svc)
+    results: dict = {"rounds": s.rounds, "seconds_per_run": seconds}
+    for policy, policy_runs in runs.items():
+        cpu = sorted(r["cpu_us_per_req"] for r in policy_runs if r["cpu_us_per_req"] is not None)
+        rps = sorted(r["rps"] for r in policy_runs)
+        p99 = sorted(r["p99_ms"] for r in policy_runs if r["p99_ms"] is not None)
+        results[policy] = {"rps": statistics.median(rps) if rps else None,
+                           "p99_ms": statistics.median(p99) if p99 else None,
+                           "errors": sum(r["errors"] for r in policy_runs),
+                           "cpu_us_per_req": statistics.median(cpu) if cpu else None,
+                           "cpu_us_per_req_runs": cpu}
     return results
 
 
@@ -1597,9 +1618,12 @@ def lb_markdown(lb: dict | None) -> list[str]:
         return []
     base = lb.get("ROUND_ROBIN", {}).get("cpu_us_per_req")
     out = ["### RustNg load-balancing policies (4 endpoints, HTTP/1.1, wrk -t1 "
-           f"-c{WRK_CONNECTIONS}, one run each)", "",
+           f"-c{WRK_CONNECTIONS}, median of {lb.get('rounds')} interleaved {lb.get('seconds_per_run')} s runs each)", "",
            "| policy | rps | CPU µs/req | vs ROUND_ROBIN | p99 | errors |", "|---|---:|---:|---:|---:|---:|"]
-    for policy, r in lb.items():
+    for policy in LB_POLICIES:
+        r = lb.get(policy)
+        if r is None:
+            continue
         delta = (r["cpu_us_per_req"] - base) if base is not None and r["cpu_us_per_req"] is not None else None
         out.append(f"| {policy} | {fmt(r['rps'], ',.0f')} | {fmt(r['cpu_us_per_req'], '.2f')} "
                    f"| {fmt(delta, '+.2f', ' µs')} | {fmt(r['p99_ms'], '.2f', ' ms')} | {r['errors']} |")
