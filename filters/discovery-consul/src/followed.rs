@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rustng_sdk::discovery::Endpoint;
+use rustng_sdk::discovery::{Endpoint, Publisher, percent_encode};
 use serde::Deserialize;
 
 use crate::config::Service;
@@ -24,7 +24,7 @@ pub struct Followed {
     pub cluster: String,
     pub service: Service,
     pub phase: Phase,
-    pub published: Option<Vec<Endpoint>>,
+    pub publisher: Publisher,
     index: u64,
     set: Option<Vec<Endpoint>>,
 }
@@ -90,7 +90,7 @@ impl Followed {
             phase: Phase::Waiting {
                 until: Duration::ZERO,
             },
-            published: None,
+            publisher: Publisher::default(),
             index: 0,
             set: None,
         }
@@ -102,15 +102,15 @@ impl Followed {
 
     /// The next query's path: blocking from the last index (the first one answers at once).
     pub fn path(&self, wait: Duration) -> String {
-        let mut path = format!("/v1/health/service/{}?", escape(&self.service.name));
+        let mut path = format!("/v1/health/service/{}?", percent_encode(&self.service.name));
         if self.service.only_passing {
             path.push_str("passing&");
         }
         if !self.service.tag.is_empty() {
-            path.push_str(&format!("tag={}&", escape(&self.service.tag)));
+            path.push_str(&format!("tag={}&", percent_encode(&self.service.tag)));
         }
         if !self.service.datacenter.is_empty() {
-            path.push_str(&format!("dc={}&", escape(&self.service.datacenter)));
+            path.push_str(&format!("dc={}&", percent_encode(&self.service.datacenter)));
         }
         path.push_str(&format!("index={}&wait={}ms", self.index, wait.as_millis()));
         path
@@ -181,19 +181,6 @@ fn endpoint_of(entry: &Entry) -> Option<Endpoint> {
         }),
         healthy: !critical,
     })
-}
-
-/// Percent-encodes what is not unreserved in a URL (RFC 3986).
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

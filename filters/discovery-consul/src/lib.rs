@@ -20,11 +20,11 @@ mod config;
 mod followed;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
-use rustng_sdk::discovery::set_endpoints;
+use rustng_sdk::discovery::{Clock, log};
 
 use config::Config;
 use followed::{Followed, Phase};
@@ -47,12 +47,7 @@ struct ConsulDiscovery {
     clusters: Vec<Followed>,
     /// Queries in flight: token → cluster.
     tokens: HashMap<u32, usize>,
-    started: Option<SystemTime>,
-    last_now: Duration,
-}
-
-fn log(level: LogLevel, message: &str) {
-    proxy_wasm::hostcalls::log(level, message).ok();
+    clock: Clock,
 }
 
 impl Context for ConsulDiscovery {
@@ -74,7 +69,7 @@ impl Context for ConsulDiscovery {
         let body = self
             .get_http_call_response_body(0, size)
             .unwrap_or_default();
-        let now = self.now();
+        let now = self.clock.now();
         let followed = &mut self.clusters[cluster];
         match followed.answered(status, index.as_deref(), &body) {
             Ok(()) => {
@@ -112,7 +107,7 @@ impl RootContext for ConsulDiscovery {
     }
 
     fn on_tick(&mut self) {
-        let now = self.now();
+        let now = self.clock.now();
         for cluster in 0..self.clusters.len() {
             if self.clusters[cluster].is_due(now) {
                 self.query(cluster, now);
@@ -122,15 +117,6 @@ impl RootContext for ConsulDiscovery {
 }
 
 impl ConsulDiscovery {
-    fn now(&mut self) -> Duration {
-        let wall = self.get_current_time();
-        let started = *self.started.get_or_insert(wall);
-        self.last_now = self
-            .last_now
-            .max(wall.duration_since(started).unwrap_or_default());
-        self.last_now
-    }
-
     fn query(&mut self, cluster: usize, now: Duration) {
         let path = self.clusters[cluster].path(self.wait);
         let mut headers = vec![
@@ -174,28 +160,9 @@ impl ConsulDiscovery {
     fn publish_if_changed(&mut self, cluster: usize) {
         let followed = &mut self.clusters[cluster];
         let Some(set) = followed.set() else { return };
-        if followed.published.as_ref() == Some(set) {
-            return;
-        }
-        let set = set.clone();
-        match set_endpoints(&followed.cluster, &set) {
-            Ok(()) => {
-                let message = format!(
-                    "consul discovery: cluster {}: {} endpoints (service {})",
-                    followed.cluster,
-                    set.len(),
-                    followed.service.name
-                );
-                log(LogLevel::Info, &message);
-            }
-            Err(status) => {
-                let message = format!(
-                    "consul discovery: cluster {}: endpoint set refused ({status:?})",
-                    followed.cluster
-                );
-                log(LogLevel::Warn, &message);
-            }
-        }
-        followed.published = Some(set);
+        let detail = format!(" (service {})", followed.service.name);
+        followed
+            .publisher
+            .publish_if_changed("consul", &followed.cluster, set.clone(), &detail);
     }
 }

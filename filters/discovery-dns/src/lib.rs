@@ -26,11 +26,11 @@ mod config;
 mod resolution;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
-use rustng_sdk::discovery::{Endpoint, set_endpoints};
+use rustng_sdk::discovery::{Clock, Publisher, log};
 use rustng_sdk::resolve::{Answer, RecordType, resolve};
 
 use config::{Config, Refresh};
@@ -52,19 +52,13 @@ struct DnsDiscovery {
     clusters: Vec<ClusterState>,
     /// Lookups in flight: token → (cluster, source).
     tokens: HashMap<u32, (usize, usize)>,
-    started: Option<SystemTime>,
-    /// The clock never goes back for the schedule, whatever the wall clock does.
-    last_now: Duration,
+    clock: Clock,
 }
 
 struct ClusterState {
     name: String,
     resolutions: Vec<Resolution>,
-    published: Option<Vec<Endpoint>>,
-}
-
-fn log(level: LogLevel, message: &str) {
-    proxy_wasm::hostcalls::log(level, message).ok();
+    publisher: Publisher,
 }
 
 impl Context for DnsDiscovery {
@@ -73,7 +67,7 @@ impl Context for DnsDiscovery {
         let Some((cluster, source)) = self.tokens.remove(&token) else {
             return;
         };
-        let now = self.now();
+        let now = self.clock.now();
         let next = match Answer::read(size) {
             Ok(answer) => {
                 let refresh = self.refresh();
@@ -104,7 +98,7 @@ impl RootContext for DnsDiscovery {
             .map(|(name, sources)| ClusterState {
                 name,
                 resolutions: sources.into_iter().map(Resolution::new).collect(),
-                published: None,
+                publisher: Publisher::default(),
             })
             .collect();
         self.tokens.clear();
@@ -115,7 +109,7 @@ impl RootContext for DnsDiscovery {
     }
 
     fn on_tick(&mut self) {
-        let now = self.now();
+        let now = self.clock.now();
         for cluster in 0..self.clusters.len() {
             // Clusters of address literals only are published at once.
             self.publish_if_changed(cluster);
@@ -131,14 +125,6 @@ impl RootContext for DnsDiscovery {
 }
 
 impl DnsDiscovery {
-    fn now(&mut self) -> Duration {
-        let wall = self.get_current_time();
-        let started = *self.started.get_or_insert(wall);
-        let now = wall.duration_since(started).unwrap_or_default();
-        self.last_now = self.last_now.max(now);
-        self.last_now
-    }
-
     fn refresh(&self) -> Refresh {
         self.refresh.unwrap_or(Refresh {
             min: Duration::from_secs(5),
@@ -153,7 +139,7 @@ impl DnsDiscovery {
                 self.tokens.insert(token, (cluster, source));
             }
             Err(status) => {
-                let now = self.now();
+                let now = self.clock.now();
                 let reason = format!("{name}: rustng.resolve refused the lookup ({status:?})");
                 let next = self.refuse(cluster, source, reason, now);
                 self.follow(cluster, source, next);
@@ -192,28 +178,8 @@ impl DnsDiscovery {
             return;
         }
         let set = cluster_set(state.resolutions.iter());
-        if state.published.as_ref() == Some(&set) {
-            return;
-        }
-        match set_endpoints(&state.name, &set) {
-            Ok(()) => {
-                let message = format!(
-                    "dns discovery: cluster {}: {} endpoints",
-                    state.name,
-                    set.len()
-                );
-                log(LogLevel::Info, &message);
-                state.published = Some(set);
-            }
-            Err(status) => {
-                let message = format!(
-                    "dns discovery: cluster {}: endpoint set refused ({status:?})",
-                    state.name
-                );
-                log(LogLevel::Warn, &message);
-                // Not retried every tick: the same set would be refused again.
-                state.published = Some(set);
-            }
-        }
+        state
+            .publisher
+            .publish_if_changed("dns", &state.name, set, "");
     }
 }

@@ -26,12 +26,12 @@ mod proto;
 mod watched;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prost::Message as _;
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
-use rustng_sdk::discovery::set_endpoints;
+use rustng_sdk::discovery::{Clock, log};
 
 use config::Config;
 use proto::{RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest, WatchResponse};
@@ -53,12 +53,7 @@ struct EtcdDiscovery {
     clusters: Vec<Watched>,
     /// Calls and streams in flight: token → cluster.
     tokens: HashMap<u32, usize>,
-    started: Option<SystemTime>,
-    last_now: Duration,
-}
-
-fn log(level: LogLevel, message: &str) {
-    proxy_wasm::hostcalls::log(level, message).ok();
+    clock: Clock,
 }
 
 impl Context for EtcdDiscovery {
@@ -173,15 +168,6 @@ impl RootContext for EtcdDiscovery {
 }
 
 impl EtcdDiscovery {
-    fn now(&mut self) -> Duration {
-        let wall = self.get_current_time();
-        let started = *self.started.get_or_insert(wall);
-        self.last_now = self
-            .last_now
-            .max(wall.duration_since(started).unwrap_or_default());
-        self.last_now
-    }
-
     fn warn(&self, cluster: usize, message: &str) {
         let message = format!(
             "etcd discovery: cluster {}: {message}",
@@ -191,13 +177,13 @@ impl EtcdDiscovery {
     }
 
     fn retry_later(&mut self, cluster: usize) {
-        let until = self.now() + self.retry_interval;
+        let until = self.clock.now() + self.retry_interval;
         self.clusters[cluster].phase = Phase::Waiting { until };
     }
 
     /// Starts the cluster's read or watch if it is due.
     fn start(&mut self, cluster: usize) {
-        let now = self.now();
+        let now = self.clock.now();
         let Some(step) = self.clusters[cluster].due(now) else {
             return;
         };
@@ -261,26 +247,8 @@ impl EtcdDiscovery {
     fn publish_if_changed(&mut self, cluster: usize) {
         let watched = &mut self.clusters[cluster];
         let Some(set) = watched.set() else { return };
-        if watched.published.as_ref() == Some(&set) {
-            return;
-        }
-        match set_endpoints(&watched.cluster, &set) {
-            Ok(()) => {
-                let message = format!(
-                    "etcd discovery: cluster {}: {} endpoints",
-                    watched.cluster,
-                    set.len()
-                );
-                log(LogLevel::Info, &message);
-            }
-            Err(status) => {
-                let message = format!(
-                    "etcd discovery: cluster {}: endpoint set refused ({status:?})",
-                    watched.cluster
-                );
-                log(LogLevel::Warn, &message);
-            }
-        }
-        watched.published = Some(set);
+        watched
+            .publisher
+            .publish_if_changed("etcd", &watched.cluster, set, "");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rustng_sdk::discovery::Endpoint;
+use rustng_sdk::discovery::{Endpoint, Publisher};
 
 use crate::proto::{DELETE, KeyValue, RangeResponse, WatchResponse};
 
@@ -43,7 +43,7 @@ pub struct Watched {
     pub cluster: String,
     pub prefix: Vec<u8>,
     pub phase: Phase,
-    pub published: Option<Vec<Endpoint>>,
+    pub publisher: Publisher,
     /// Each key's endpoint; keys whose value is not an endpoint are left out (and logged).
     entries: BTreeMap<Vec<u8>, Endpoint>,
     /// The last revision the view reflects.
@@ -59,7 +59,7 @@ impl Watched {
             phase: Phase::Waiting {
                 until: Duration::ZERO,
             },
-            published: None,
+            publisher: Publisher::default(),
             entries: BTreeMap::new(),
             revision: 0,
             loaded: false,

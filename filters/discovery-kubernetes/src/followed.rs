@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rustng_sdk::discovery::Endpoint;
+use rustng_sdk::discovery::{Endpoint, Publisher, percent_encode};
 use serde::Deserialize;
 
 use crate::config::{PortSelector, ServiceRef};
@@ -24,7 +24,7 @@ pub struct Followed {
     pub cluster: String,
     pub service: ServiceRef,
     pub phase: Phase,
-    pub published: Option<Vec<Endpoint>>,
+    pub publisher: Publisher,
     slices: BTreeMap<String, EndpointSlice>,
     resource_version: String,
     listed: bool,
@@ -110,7 +110,7 @@ impl Followed {
             phase: Phase::Waiting {
                 until: Duration::ZERO,
             },
-            published: None,
+            publisher: Publisher::default(),
             slices: BTreeMap::new(),
             resource_version: String::new(),
             listed: false,
@@ -125,13 +125,13 @@ impl Followed {
     pub fn path(&self, window: Duration) -> String {
         let base = format!(
             "/apis/discovery.k8s.io/v1/namespaces/{}/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{}",
-            escape(&self.service.namespace),
-            escape(&self.service.name)
+            percent_encode(&self.service.namespace),
+            percent_encode(&self.service.name)
         );
         if self.listed {
             format!(
                 "{base}&watch=1&allowWatchBookmarks=true&resourceVersion={}&timeoutSeconds={}",
-                escape(&self.resource_version),
+                percent_encode(&self.resource_version),
                 window.as_secs().max(1)
             )
         } else {
@@ -275,19 +275,6 @@ fn pick_port(ports: &[SlicePort], wanted: &PortSelector) -> Option<u16> {
             .find(|p| p.port == Some(*number))
             .map(|_| *number),
     }
-}
-
-/// Percent-encodes what is not unreserved in a URL (RFC 3986).
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

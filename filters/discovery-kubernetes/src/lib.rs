@@ -25,11 +25,11 @@ mod config;
 mod followed;
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
-use rustng_sdk::discovery::{read_file, set_endpoints};
+use rustng_sdk::discovery::{Clock, log, read_file};
 
 use config::Config;
 use followed::{Followed, Phase};
@@ -51,12 +51,7 @@ struct KubernetesDiscovery {
     retry_interval: Duration,
     clusters: Vec<Followed>,
     tokens: HashMap<u32, usize>,
-    started: Option<SystemTime>,
-    last_now: Duration,
-}
-
-fn log(level: LogLevel, message: &str) {
-    proxy_wasm::hostcalls::log(level, message).ok();
+    clock: Clock,
 }
 
 impl Context for KubernetesDiscovery {
@@ -77,7 +72,7 @@ impl Context for KubernetesDiscovery {
         let body = self
             .get_http_call_response_body(0, size)
             .unwrap_or_default();
-        let now = self.now();
+        let now = self.clock.now();
         let followed = &mut self.clusters[cluster];
         match followed.answered(status, &body) {
             Ok(_) => {
@@ -114,7 +109,7 @@ impl RootContext for KubernetesDiscovery {
     }
 
     fn on_tick(&mut self) {
-        let now = self.now();
+        let now = self.clock.now();
         for cluster in 0..self.clusters.len() {
             if self.clusters[cluster].is_due(now) {
                 self.ask(cluster, now);
@@ -124,15 +119,6 @@ impl RootContext for KubernetesDiscovery {
 }
 
 impl KubernetesDiscovery {
-    fn now(&mut self) -> Duration {
-        let wall = self.get_current_time();
-        let started = *self.started.get_or_insert(wall);
-        self.last_now = self
-            .last_now
-            .max(wall.duration_since(started).unwrap_or_default());
-        self.last_now
-    }
-
     fn ask(&mut self, cluster: usize, now: Duration) {
         // Read for every request: the kubelet rotates service-account tokens.
         let authorization = if self.token_file.is_empty() {
@@ -190,35 +176,21 @@ impl KubernetesDiscovery {
         let Some((set, warnings)) = followed.set() else {
             return;
         };
-        if followed.published.as_ref() == Some(&set) {
-            return;
-        }
-        for warning in warnings {
-            let message = format!(
-                "kubernetes discovery: cluster {}: {warning}",
-                followed.cluster
-            );
-            log(LogLevel::Warn, &message);
-        }
-        match set_endpoints(&followed.cluster, &set) {
-            Ok(()) => {
+        let detail = format!(
+            " (service {}/{})",
+            followed.service.namespace, followed.service.name
+        );
+        if followed
+            .publisher
+            .publish_if_changed("kubernetes", &followed.cluster, set, &detail)
+        {
+            for warning in warnings {
                 let message = format!(
-                    "kubernetes discovery: cluster {}: {} endpoints (service {}/{})",
-                    followed.cluster,
-                    set.len(),
-                    followed.service.namespace,
-                    followed.service.name
-                );
-                log(LogLevel::Info, &message);
-            }
-            Err(status) => {
-                let message = format!(
-                    "kubernetes discovery: cluster {}: endpoint set refused ({status:?})",
+                    "kubernetes discovery: cluster {}: {warning}",
                     followed.cluster
                 );
                 log(LogLevel::Warn, &message);
             }
         }
-        followed.published = Some(set);
     }
 }

@@ -79,3 +79,93 @@ pub fn read_file(path: &str) -> Result<Vec<u8>, Status> {
     )
     .map(Option::unwrap_or_default)
 }
+
+/// An adapter's clock for its schedule: time since it first asked, from the host's clock
+/// (`proxy_get_current_time_nanoseconds`), never going back even if the wall clock does.
+#[derive(Debug, Default)]
+pub struct Clock {
+    started: Option<std::time::SystemTime>,
+    last: std::time::Duration,
+}
+
+impl Clock {
+    /// Time since the first call.
+    pub fn now(&mut self) -> std::time::Duration {
+        let wall = proxy_wasm::hostcalls::get_current_time().unwrap_or(std::time::UNIX_EPOCH);
+        let started = *self.started.get_or_insert(wall);
+        self.last = self
+            .last
+            .max(wall.duration_since(started).unwrap_or_default());
+        self.last
+    }
+}
+
+/// Publishes a cluster's set only when it differs from the last one published, logging what
+/// happened (`<adapter> discovery: cluster <name>: N endpoints <detail>`). A refused set is
+/// not sent again until the set changes: the same set would be refused again.
+#[derive(Debug, Default)]
+pub struct Publisher {
+    published: Option<Vec<Endpoint>>,
+}
+
+impl Publisher {
+    /// Publishes `set` for `cluster` if it changed; whether it was sent.
+    pub fn publish_if_changed(
+        &mut self,
+        adapter: &str,
+        cluster: &str,
+        set: Vec<Endpoint>,
+        detail: &str,
+    ) -> bool {
+        if self.published.as_ref() == Some(&set) {
+            return false;
+        }
+        match set_endpoints(cluster, &set) {
+            Ok(()) => log(
+                proxy_wasm::types::LogLevel::Info,
+                &format!(
+                    "{adapter} discovery: cluster {cluster}: {} endpoints{detail}",
+                    set.len()
+                ),
+            ),
+            Err(status) => log(
+                proxy_wasm::types::LogLevel::Warn,
+                &format!(
+                    "{adapter} discovery: cluster {cluster}: endpoint set refused ({status:?})"
+                ),
+            ),
+        }
+        self.published = Some(set);
+        true
+    }
+}
+
+/// Logs through the host (an adapter has no other output).
+pub fn log(level: proxy_wasm::types::LogLevel, message: &str) {
+    proxy_wasm::hostcalls::log(level, message).ok();
+}
+
+/// Percent-encodes what is not unreserved in a URL (RFC 3986), for names put into a path or
+/// a query string.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_percent_encoded() {
+        assert_eq!(percent_encode("web api/v1=x"), "web%20api%2Fv1%3Dx");
+        assert_eq!(percent_encode("a-b.c_d~"), "a-b.c_d~");
+    }
+}

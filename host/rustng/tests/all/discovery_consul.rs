@@ -4,14 +4,13 @@
 //! asks for passing instances only, follows changes within a bound this test asserts, resets
 //! an index that went backwards, and keeps its last set while Consul fails.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::client;
 use crate::consul_fake::{FakeConsul, Instance};
 use crate::harness::Rustng;
 use crate::origin::Origin;
 use crate::stock_filters::module;
+use crate::traffic::{converges, spread};
 
 const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
 
@@ -37,39 +36,6 @@ clusters:
     )
 }
 
-async fn spread(url: &str, count: usize) -> HashMap<String, usize> {
-    let client = client::http1();
-    let mut seen = HashMap::new();
-    for _ in 0..count {
-        let reply = client::get(&client, url).await;
-        let origin = if reply.status == 200 {
-            reply.json()["origin"].as_str().unwrap_or("?").to_owned()
-        } else {
-            format!("status {}", reply.status)
-        };
-        *seen.entry(origin).or_insert(0) += 1;
-    }
-    seen
-}
-
-async fn converges(url: &str, expected: &[&str]) -> Option<Duration> {
-    converges_within(url, expected, PROPAGATION_BOUND).await
-}
-
-async fn converges_within(url: &str, expected: &[&str], bound: Duration) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < bound {
-        let seen = spread(url, 20).await;
-        let mut names: Vec<&str> = seen.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        if names == expected {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_blocking_queries_follow_the_service_and_failures_keep_the_last_set() {
     let a = Origin::start("a").await;
@@ -88,7 +54,9 @@ async fn consul_blocking_queries_follow_the_service_and_failures_keep_the_last_s
     let proxy = Rustng::start(&config(&consul));
     let url = proxy.url("/echo");
     assert!(
-        converges(&url, &["a", "b"]).await.is_some(),
+        converges(&url, &["a", "b"], PROPAGATION_BOUND)
+            .await
+            .is_some(),
         "{}",
         proxy.log()
     );
@@ -111,7 +79,7 @@ async fn consul_blocking_queries_follow_the_service_and_failures_keep_the_last_s
         "web",
         vec![instance("web-a", &a, true), instance("web-b", &b, false)],
     );
-    let took = converges(&url, &["a"]).await;
+    let took = converges(&url, &["a"], PROPAGATION_BOUND).await;
     assert!(
         took.is_some(),
         "critical within {PROPAGATION_BOUND:?}: {}",
@@ -129,7 +97,7 @@ async fn consul_blocking_queries_follow_the_service_and_failures_keep_the_last_s
         "web",
         vec![instance("web-a", &a, true), instance("web-b", &b, true)],
     );
-    let took = converges_within(
+    let took = converges(
         &url,
         &["a", "b"],
         PROPAGATION_BOUND + Duration::from_secs(4),
@@ -173,5 +141,9 @@ async fn consul_blocking_queries_follow_the_service_and_failures_keep_the_last_s
     );
     consul.set_failing(false);
     consul.set_service("web", vec![instance("web-b", &b, true)]);
-    assert!(converges(&url, &["b"]).await.is_some(), "{}", proxy.log());
+    assert!(
+        converges(&url, &["b"], PROPAGATION_BOUND).await.is_some(),
+        "{}",
+        proxy.log()
+    );
 }

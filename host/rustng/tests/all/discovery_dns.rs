@@ -7,14 +7,13 @@
 //! resolve to 127.0.0.1 and the cluster lists them with different ports, as Envoy's
 //! `STRICT_DNS` clusters list `host:port` pairs.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client;
 use crate::dnsmasq::Dnsmasq;
 use crate::harness::{Rustng, free_port};
 use crate::origin::Origin;
 use crate::stock_filters::module;
+use crate::traffic::{converges, spread};
 
 /// How long a DNS change may take to reach traffic: the records live one second, the adapter
 /// re-resolves no sooner than 500 ms, and dnsmasq rereads its hosts file on inotify.
@@ -56,37 +55,6 @@ clusters:
     )
 }
 
-/// Which origins answer `count` requests to `url`, and how often.
-async fn spread(url: &str, count: usize) -> HashMap<String, usize> {
-    let client = client::http1();
-    let mut seen = HashMap::new();
-    for _ in 0..count {
-        let reply = client::get(&client, url).await;
-        let origin = if reply.status == 200 {
-            reply.json()["origin"].as_str().unwrap_or("?").to_owned()
-        } else {
-            format!("status {}", reply.status)
-        };
-        *seen.entry(origin).or_insert(0) += 1;
-    }
-    seen
-}
-
-/// Waits until 20 requests in a row are answered by exactly `expected`; how long that took.
-async fn converges(url: &str, expected: &[&str]) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < PROPAGATION_BOUND {
-        let seen = spread(url, 20).await;
-        let mut names: Vec<&str> = seen.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        if names == expected {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_changes_reach_traffic_and_a_dead_server_keeps_the_last_good_set() {
     let a = Origin::start("a").await;
@@ -108,7 +76,9 @@ async fn dns_changes_reach_traffic_and_a_dead_server_keeps_the_last_good_set() {
 
     // Both names resolve: both origins serve.
     assert!(
-        converges(&main, &["a", "b"]).await.is_some(),
+        converges(&main, &["a", "b"], PROPAGATION_BOUND)
+            .await
+            .is_some(),
         "{}",
         proxy.log()
     );
@@ -126,14 +96,16 @@ async fn dns_changes_reach_traffic_and_a_dead_server_keeps_the_last_good_set() {
     // b.test leaves DNS: it leaves the cluster (a name that is gone is an answer), and the SRV
     // target b.test has no address left either.
     dns.set_hosts(&both[..1]);
-    let took = converges(&main, &["a"]).await;
+    let took = converges(&main, &["a"], PROPAGATION_BOUND).await;
     assert!(
         took.is_some(),
         "b.test removal within {PROPAGATION_BOUND:?}: {}",
         proxy.log()
     );
     assert!(
-        converges(&by_srv, &["a"]).await.is_some(),
+        converges(&by_srv, &["a"], PROPAGATION_BOUND)
+            .await
+            .is_some(),
         "{}",
         proxy.log()
     );
@@ -141,7 +113,7 @@ async fn dns_changes_reach_traffic_and_a_dead_server_keeps_the_last_good_set() {
 
     // And comes back.
     dns.set_hosts(&both);
-    let took = converges(&main, &["a", "b"]).await;
+    let took = converges(&main, &["a", "b"], PROPAGATION_BOUND).await;
     assert!(
         took.is_some(),
         "b.test return within {PROPAGATION_BOUND:?}: {}",

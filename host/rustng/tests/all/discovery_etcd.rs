@@ -8,18 +8,17 @@
 //! writes meanwhile), which is how the resume is proven: a watch restarted "from now" would
 //! miss those writes.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::client;
 use crate::etcd::Etcd;
 use crate::harness::{Rustng, free_port};
 use crate::origin::Origin;
 use crate::stock_filters::module;
+use crate::traffic::{converges, spread};
 
 /// How long a change in etcd may take to reach traffic.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
@@ -99,37 +98,6 @@ clusters:
     )
 }
 
-/// Which origins answer `count` requests, and how often.
-async fn spread(url: &str, count: usize) -> HashMap<String, usize> {
-    let client = client::http1();
-    let mut seen = HashMap::new();
-    for _ in 0..count {
-        let reply = client::get(&client, url).await;
-        let origin = if reply.status == 200 {
-            reply.json()["origin"].as_str().unwrap_or("?").to_owned()
-        } else {
-            format!("status {}", reply.status)
-        };
-        *seen.entry(origin).or_insert(0) += 1;
-    }
-    seen
-}
-
-/// Waits until 20 requests in a row are answered by exactly `expected`; how long it took.
-async fn converges(url: &str, expected: &[&str]) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < PROPAGATION_BOUND {
-        let seen = spread(url, 20).await;
-        let mut names: Vec<&str> = seen.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        if names == expected {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_changes_reach_traffic_and_the_watch_resumes_after_a_cut() {
     let a = Origin::start("a").await;
@@ -146,11 +114,15 @@ async fn etcd_changes_reach_traffic_and_the_watch_resumes_after_a_cut() {
     let url = proxy.url("/echo");
 
     // The initial read.
-    assert!(converges(&url, &["a"]).await.is_some(), "{}", proxy.log());
+    assert!(
+        converges(&url, &["a"], PROPAGATION_BOUND).await.is_some(),
+        "{}",
+        proxy.log()
+    );
 
     // Changes through the watch: a put (bare ip:port is an endpoint too), then a delete.
     etcd.put("/services/backend/b", &b.addr.to_string());
-    let took = converges(&url, &["a", "b"]).await;
+    let took = converges(&url, &["a", "b"], PROPAGATION_BOUND).await;
     assert!(
         took.is_some(),
         "put within {PROPAGATION_BOUND:?}: {}",
@@ -158,7 +130,7 @@ async fn etcd_changes_reach_traffic_and_the_watch_resumes_after_a_cut() {
     );
     eprintln!("put reached traffic in {took:?}");
     etcd.delete("/services/backend/a");
-    let took = converges(&url, &["b"]).await;
+    let took = converges(&url, &["b"], PROPAGATION_BOUND).await;
     assert!(
         took.is_some(),
         "delete within {PROPAGATION_BOUND:?}: {}",
@@ -178,7 +150,7 @@ async fn etcd_changes_reach_traffic_and_the_watch_resumes_after_a_cut() {
     etcd.put("/services/backend/broken", "not an endpoint");
     assert_eq!(spread(&url, 10).await.get("b"), Some(&10));
     relay.restore().await;
-    let took = converges(&url, &["a", "b"]).await;
+    let took = converges(&url, &["a", "b"], PROPAGATION_BOUND).await;
     assert!(took.is_some(), "resumed watch: {}", proxy.log());
     assert!(
         proxy.log_eventually_contains(
@@ -196,7 +168,7 @@ async fn etcd_changes_reach_traffic_and_the_watch_resumes_after_a_cut() {
     etcd.restart();
     etcd.delete("/services/backend/b");
     assert!(
-        converges(&url, &["a"]).await.is_some(),
+        converges(&url, &["a"], PROPAGATION_BOUND).await.is_some(),
         "after an etcd restart: {}\n{}",
         proxy.log(),
         etcd.log()

@@ -6,15 +6,14 @@
 //! changes and readiness within a bound this test asserts, survives a token rotation, lists
 //! again after a compaction, and keeps its last set while the API server refuses it.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client;
 use crate::harness::Rustng;
 use crate::kube_fake::FakeKubeApi;
 use crate::origin::Origin;
 use crate::stock_filters::module;
 use crate::tls::make_cert;
+use crate::traffic::{converges, spread};
 
 /// Watch windows are one second: a change shows within about that, plus a request.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(5);
@@ -48,35 +47,6 @@ clusters:
     )
 }
 
-async fn spread(url: &str, count: usize) -> HashMap<String, usize> {
-    let client = client::http1();
-    let mut seen = HashMap::new();
-    for _ in 0..count {
-        let reply = client::get(&client, url).await;
-        let origin = if reply.status == 200 {
-            reply.json()["origin"].as_str().unwrap_or("?").to_owned()
-        } else {
-            format!("status {}", reply.status)
-        };
-        *seen.entry(origin).or_insert(0) += 1;
-    }
-    seen
-}
-
-async fn converges(url: &str, expected: &[&str]) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < PROPAGATION_BOUND {
-        let seen = spread(url, 20).await;
-        let mut names: Vec<&str> = seen.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        if names == expected {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_slices_are_listed_watched_and_followed() {
     let a = Origin::start("a").await;
@@ -93,11 +63,15 @@ async fn endpoint_slices_are_listed_watched_and_followed() {
 
     let proxy = Rustng::start(&config(&api, certs.path()));
     let url = proxy.url("/echo");
-    assert!(converges(&url, &["a"]).await.is_some(), "{}", proxy.log());
+    assert!(
+        converges(&url, &["a"], PROPAGATION_BOUND).await.is_some(),
+        "{}",
+        proxy.log()
+    );
 
     // Changes through the watch.
     api.put_slice("shop", "web", "web-b", b.addr.port(), &[(ip, true)]);
-    let took = converges(&url, &["a", "b"]).await;
+    let took = converges(&url, &["a", "b"], PROPAGATION_BOUND).await;
     assert!(
         took.is_some(),
         "a new slice within {PROPAGATION_BOUND:?}: {}",
@@ -105,7 +79,7 @@ async fn endpoint_slices_are_listed_watched_and_followed() {
     );
     eprintln!("a new slice reached traffic in {took:?}");
     api.put_slice("shop", "web", "web-a", a.addr.port(), &[(ip, false)]);
-    let took = converges(&url, &["b"]).await;
+    let took = converges(&url, &["b"], PROPAGATION_BOUND).await;
     assert!(
         took.is_some(),
         "not ready within {PROPAGATION_BOUND:?}: {}",
@@ -118,7 +92,9 @@ async fn endpoint_slices_are_listed_watched_and_followed() {
     api.set_token("token-2");
     api.put_slice("shop", "web", "web-a", a.addr.port(), &[(ip, true)]);
     assert!(
-        converges(&url, &["a", "b"]).await.is_some(),
+        converges(&url, &["a", "b"], PROPAGATION_BOUND)
+            .await
+            .is_some(),
         "after a token rotation: {}",
         proxy.log()
     );
@@ -128,7 +104,7 @@ async fn endpoint_slices_are_listed_watched_and_followed() {
     api.compact();
     api.delete_slice("shop", "web-b");
     assert!(
-        converges(&url, &["a"]).await.is_some(),
+        converges(&url, &["a"], PROPAGATION_BOUND).await.is_some(),
         "after a compaction: {}",
         proxy.log()
     );

@@ -56,6 +56,29 @@ pub(crate) fn make_cert(dir: &std::path::Path, name: &str, names: &[&str]) -> Ce
     }
 }
 
+/// A TLS acceptor for a test server with the certificate `name` made by [`make_cert`] in
+/// `dir`, offering HTTP/2 and HTTP/1.1 by ALPN.
+pub(crate) fn acceptor(dir: &std::path::Path, name: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join(format!("{name}.crt")))
+            .expect("cert file")
+            .collect::<Result<_, _>>()
+            .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).expect("key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 fn connector(roots: &[&Cert], alpn: &[&[u8]]) -> TlsConnector {
     let mut store = rustls::RootCertStore::empty();
     for cert in roots {

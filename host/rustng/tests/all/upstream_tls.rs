@@ -13,9 +13,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 use crate::client;
 use crate::harness::Rustng;
@@ -37,22 +34,7 @@ impl Drop for TlsOrigin {
 
 impl TlsOrigin {
     async fn start(dir: &std::path::Path, name: &str) -> TlsOrigin {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(dir.join(format!("{name}.crt")))
-                .expect("cert file")
-                .collect::<Result<_, _>>()
-                .expect("cert");
-        let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).expect("key");
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = crate::tls::acceptor(dir, name);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
