@@ -73,20 +73,16 @@ impl Config {
             .settings
             .ok_or("configuration: cluster (the cluster that reaches Consul) is required")?;
         let mut errors = Vec::new();
-        let mut positive = |field: &str, text: Option<&String>, default: Duration| match text {
-            None => default,
-            Some(text) => match duration::parse(text) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    errors.push(format!("{field}: \"{text}\" is not a positive duration"));
-                    default
-                }
-            },
-        };
-        let wait = positive("wait", settings.wait.as_ref(), Duration::from_secs(30));
-        let retry_interval = positive(
+        let wait = duration::positive(
+            &mut errors,
+            "wait",
+            settings.wait.as_deref(),
+            Duration::from_secs(30),
+        );
+        let retry_interval = duration::positive(
+            &mut errors,
             "retry_interval",
-            settings.retry_interval.as_ref(),
+            settings.retry_interval.as_deref(),
             Duration::from_secs(1),
         );
         if wait > MAX_WAIT {

@@ -118,36 +118,30 @@ impl Config {
             dns_query_timeout: None,
         });
         let mut errors = Vec::new();
-        let mut rate = |field: &str, text: &Option<String>, default: Duration| match text {
-            None => default,
-            Some(text) => match duration::parse(text) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    errors.push(format!("{field}: \"{text}\" is not a positive duration"));
-                    default
-                }
-            },
-        };
         let refresh = Refresh {
-            min: rate(
+            min: duration::positive(
+                &mut errors,
                 "dns_min_refresh_rate",
-                &settings.dns_min_refresh_rate,
+                settings.dns_min_refresh_rate.as_deref(),
                 Duration::from_secs(5),
             ),
-            max: rate(
+            max: duration::positive(
+                &mut errors,
                 "dns_max_refresh_rate",
-                &settings.dns_max_refresh_rate,
+                settings.dns_max_refresh_rate.as_deref(),
                 Duration::from_secs(300),
             ),
-            failure: rate(
+            failure: duration::positive(
+                &mut errors,
                 "dns_failure_refresh_rate",
-                &settings.dns_failure_refresh_rate,
+                settings.dns_failure_refresh_rate.as_deref(),
                 Duration::from_secs(5),
             ),
         };
-        let query_timeout = rate(
+        let query_timeout = duration::positive(
+            &mut errors,
             "dns_query_timeout",
-            &settings.dns_query_timeout,
+            settings.dns_query_timeout.as_deref(),
             Duration::from_secs(5),
         );
         if refresh.max < refresh.min {

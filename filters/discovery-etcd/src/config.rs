@@ -55,24 +55,16 @@ impl Config {
             "configuration: grpc_service.envoy_grpc.cluster_name (the cluster that reaches etcd) is required",
         )?;
         let mut errors = Vec::new();
-        let mut positive = |field: &str, text: Option<&String>, default: Duration| match text {
-            None => default,
-            Some(text) => match duration::parse(text) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    errors.push(format!("{field}: \"{text}\" is not a positive duration"));
-                    default
-                }
-            },
-        };
-        let timeout = positive(
+        let timeout = duration::positive(
+            &mut errors,
             "grpc_service.timeout",
-            settings.grpc_service.timeout.as_ref(),
+            settings.grpc_service.timeout.as_deref(),
             Duration::from_secs(5),
         );
-        let retry_interval = positive(
+        let retry_interval = duration::positive(
+            &mut errors,
             "retry_interval",
-            settings.retry_interval.as_ref(),
+            settings.retry_interval.as_deref(),
             Duration::from_secs(1),
         );
         if settings.grpc_service.envoy_grpc.cluster_name.is_empty() {

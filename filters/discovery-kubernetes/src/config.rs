@@ -71,26 +71,22 @@ impl Config {
             "configuration: cluster (the cluster that reaches the API server) is required",
         )?;
         let mut errors = Vec::new();
-        let mut positive = |field: &str, text: Option<&String>, default: Duration| match text {
-            None => default,
-            Some(text) => match duration::parse(text) {
-                Some(d) if d.as_secs() >= 1 || field != "watch_window" && !d.is_zero() => d,
-                _ => {
-                    errors.push(format!("{field}: \"{text}\" is not a positive duration (watch_window: whole seconds, at least 1s)"));
-                    default
-                }
-            },
-        };
-        let watch_window = positive(
+        let watch_window = duration::positive(
+            &mut errors,
             "watch_window",
-            settings.watch_window.as_ref(),
+            settings.watch_window.as_deref(),
             Duration::from_secs(2),
         );
-        let retry_interval = positive(
+        let retry_interval = duration::positive(
+            &mut errors,
             "retry_interval",
-            settings.retry_interval.as_ref(),
+            settings.retry_interval.as_deref(),
             Duration::from_secs(1),
         );
+        if watch_window < Duration::from_secs(1) {
+            errors
+                .push("watch_window: at least 1s (timeoutSeconds counts whole seconds)".to_owned());
+        }
         if settings.cluster.is_empty() {
             errors.push("cluster: empty".to_owned());
         }
@@ -176,7 +172,7 @@ mod tests {
         .expect_err("invalid");
         for part in [
             "cluster: empty",
-            "watch_window: \"500ms\"",
+            "watch_window: at least 1s",
             "clusters.b.service: empty",
             "clusters.b.port: 0 is not a port",
             "clusters.c.port: true is neither",

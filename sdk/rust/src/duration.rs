@@ -21,6 +21,27 @@ pub fn parse(text: &str) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(seconds))
 }
 
+/// A configuration field that must be a positive duration: `default` when absent; when
+/// present but not a positive duration, `default` too and the reason added to `errors`
+/// (configurations report every error at once).
+pub fn positive(
+    errors: &mut Vec<String>,
+    field: &str,
+    text: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match text {
+        None => default,
+        Some(text) => match parse(text) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                errors.push(format!("{field}: \"{text}\" is not a positive duration"));
+                default
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +56,25 @@ mod tests {
         for bad in ["", "2", "-1s", "1h", "NaNs", "infs", "1.5ms", "s"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn positive_fields_report_their_errors() {
+        let mut errors = Vec::new();
+        let default = Duration::from_secs(5);
+        assert_eq!(positive(&mut errors, "a", None, default), default);
+        assert_eq!(
+            positive(&mut errors, "b", Some("2s"), default),
+            Duration::from_secs(2)
+        );
+        assert_eq!(positive(&mut errors, "c", Some("0s"), default), default);
+        assert_eq!(positive(&mut errors, "d", Some("soon"), default), default);
+        assert_eq!(
+            errors,
+            [
+                "c: \"0s\" is not a positive duration",
+                "d: \"soon\" is not a positive duration"
+            ]
+        );
     }
 }
