@@ -38,6 +38,8 @@ pub(crate) struct Exchange {
     pub(crate) filters: Option<SharedFilters>,
     bytes: u64,
     completed: bool,
+    /// A gRPC request: RustNg's own answers to it are gRPC statuses.
+    grpc: bool,
 }
 
 impl Exchange {
@@ -51,7 +53,17 @@ impl Exchange {
             filters: None,
             bytes: 0,
             completed: false,
+            grpc: false,
         }
+    }
+
+    /// Marks a gRPC request (see `crate::grpc`).
+    pub(crate) fn mark_grpc(&mut self) {
+        self.grpc = true;
+    }
+
+    pub(crate) fn is_grpc(&self) -> bool {
+        self.grpc
     }
 
     /// Records the response status for the access log.

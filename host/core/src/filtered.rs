@@ -164,10 +164,19 @@ impl Pending {
         }
 
         let body = request_body(&filters, &parts.headers, body, limit);
+        let timeout = if exchange.is_grpc() {
+            crate::grpc::bounded(
+                routed_timeout(&filters),
+                cluster.config().timeout,
+                crate::grpc::timeout(&parts.headers),
+            )
+        } else {
+            routed_timeout(&filters)
+        };
         let mut outgoing = Outgoing {
             head: parts,
             body: Some(body),
-            timeout: routed_timeout(&filters),
+            timeout,
             hash: routed_hash(&filters),
         };
         let retries = RetryPolicy::from_properties(&filters.borrow().stream.properties);

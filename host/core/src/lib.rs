@@ -15,6 +15,7 @@ mod downstream_body;
 mod error;
 mod filtered;
 mod filters;
+mod grpc;
 mod h1;
 mod head_timeout;
 mod headers;

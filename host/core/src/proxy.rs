@@ -100,7 +100,11 @@ impl ProxyService {
                 error: None,
             })
         });
-        let exchange = Exchange::begin(Rc::clone(ctx), record);
+        let mut exchange = Exchange::begin(Rc::clone(ctx), record);
+        let grpc = crate::grpc::is_grpc(req.headers());
+        if grpc {
+            exchange.mark_grpc();
+        }
 
         // The filters see the request as it will leave (forwarding headers and request id
         // included), and may change it or answer it, as Envoy's HTTP filters do.
@@ -132,10 +136,19 @@ impl ProxyService {
         }
 
         let (head, body) = req.into_parts();
+        let timeout = if grpc {
+            crate::grpc::bounded(
+                None,
+                cluster.config().timeout,
+                crate::grpc::timeout(&head.headers),
+            )
+        } else {
+            None
+        };
         let outgoing = Outgoing {
             head,
             body: Some(RequestBody::Downstream(body)),
-            timeout: None,
+            timeout,
             hash: None,
         };
         Routed::Forward(Forwarding {
@@ -202,20 +215,33 @@ pub(crate) fn local_answer(
     mut exchange: Exchange,
     version: Version,
 ) -> Response<ProxyBody> {
-    exchange.set_status(answer.status.as_u16());
     if let Some(record) = &mut exchange.record {
         record.error = Some(answer.reason);
     }
-    let mut response = Response::new(ProxyBody::local_bytes(
-        Bytes::from(answer.body),
-        Some(exchange),
-    ));
-    *response.status_mut() = answer.status;
+    let grpc = exchange.is_grpc();
+    let status = if grpc { StatusCode::OK } else { answer.status };
+    exchange.set_status(status.as_u16());
+    let (body, message) = if grpc {
+        (
+            Bytes::new(),
+            String::from_utf8_lossy(&answer.body).into_owned(),
+        )
+    } else {
+        (Bytes::from(answer.body), String::new())
+    };
+    let mut response = Response::new(ProxyBody::local_bytes(body, Some(exchange)));
+    *response.status_mut() = status;
     *response.version_mut() = response_version(version);
     for (name, value) in answer.headers {
         if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
             response.headers_mut().append(name, value);
         }
+    }
+    if grpc {
+        let code = answer
+            .grpc_status
+            .unwrap_or_else(|| crate::grpc::status_for(answer.status));
+        crate::grpc::trailers_only(response.headers_mut(), code, &message);
     }
     response
 }
@@ -227,12 +253,26 @@ pub(crate) fn local_error(
     version: Version,
 ) -> Response<ProxyBody> {
     let status = error.kind.status();
-    exchange.set_status(status.as_u16());
     if let Some(record) = &mut exchange.record {
         record.error = Some(error.kind.as_str());
         record.upstream = error.endpoint;
     }
-    let mut response = local_response(status, error.kind.as_str(), Some(exchange), version);
+    let mut response = if exchange.is_grpc() {
+        // The request's deadline passed: gRPC's own word for it, whatever HTTP would say.
+        let code = if error.kind == crate::error::ErrorKind::UpstreamTimeout {
+            crate::grpc::DEADLINE_EXCEEDED
+        } else {
+            crate::grpc::status_for(status)
+        };
+        exchange.set_status(StatusCode::OK.as_u16());
+        let mut response = Response::new(ProxyBody::local_bytes(Bytes::new(), Some(exchange)));
+        *response.version_mut() = response_version(version);
+        crate::grpc::trailers_only(response.headers_mut(), code, error.kind.as_str());
+        response
+    } else {
+        exchange.set_status(status.as_u16());
+        local_response(status, error.kind.as_str(), Some(exchange), version)
+    };
     if error.kind == crate::error::ErrorKind::Overflow {
         // Envoy's header for a circuit breaker's 503: clients and dashboards know it.
         response.headers_mut().insert(

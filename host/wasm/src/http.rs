@@ -40,6 +40,8 @@ pub struct LocalResponse {
     pub body: Vec<u8>,
     /// `status_code_details`, for the access log.
     pub details: String,
+    /// The gRPC status to answer a gRPC request with (`grpc_status` ≥ 0), as Envoy does.
+    pub grpc_status: Option<u32>,
 }
 
 /// What a headers callback decided.

@@ -496,6 +496,8 @@ pub(crate) struct LocalAnswer {
     pub(crate) body: Vec<u8>,
     /// For the access log's `response_flags`.
     pub(crate) reason: &'static str,
+    /// The gRPC status a plugin chose for a gRPC request; else one is derived from `status`.
+    pub(crate) grpc_status: Option<u32>,
 }
 
 impl LocalAnswer {
@@ -509,6 +511,7 @@ impl LocalAnswer {
             headers: Vec::new(),
             body: format!("{reason}\n").into_bytes(),
             reason,
+            grpc_status: None,
         }
     }
 
@@ -518,6 +521,7 @@ impl LocalAnswer {
             headers: local.headers,
             body: local.body,
             reason: "local response from plugin",
+            grpc_status: local.grpc_status,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! gRPC through the proxy with a real tonic client and server: unary calls, error statuses in
-//! trailers, and a bidirectional stream whose messages must cross one at a time (not buffered).
+//! trailers, and a bidirectional stream whose messages must cross one at a time (not buffered);
+//! RustNg's own answers to gRPC requests as gRPC statuses, and `grpc-timeout` as the deadline.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,6 +40,9 @@ impl UnaryService<Note> for Unary {
             let note = request.into_inner();
             if note.text == "fail" {
                 return Err(Status::not_found("no such note"));
+            }
+            if note.text == "slow" {
+                tokio::time::sleep(Duration::from_secs(3)).await;
             }
             let mut response = Response::new(Note {
                 text: format!("echo: {}", note.text),
@@ -236,5 +240,118 @@ async fn grpc_bidirectional_stream_is_not_buffered() {
         .expect("end in time")
         .expect("clean end with grpc-status 0 in the trailers");
     assert!(end.is_none());
+    task.abort();
+}
+
+async fn call(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    request: Request<Note>,
+) -> Result<Note, Status> {
+    grpc.ready().await.expect("ready");
+    grpc.unary(
+        request,
+        PathAndQuery::from_static(UNARY),
+        ProstCodec::<Note, Note>::default(),
+    )
+    .await
+    .map(Response::into_inner)
+}
+
+fn note(text: &str) -> Request<Note> {
+    Request::new(Note {
+        text: text.into(),
+        seq: 0,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rustngs_own_answers_to_grpc_requests_are_grpc_statuses() {
+    // Nothing listens on the endpoint: 502 for HTTP, UNAVAILABLE for gRPC, in trailers-only form.
+    let closed = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("addr")
+    };
+    let proxy = Rustng::start(&simple_config(&[closed], "", "    protocol: http2"));
+    let mut grpc = client(&proxy).await;
+    let status = call(&mut grpc, note("hi")).await.expect_err("no upstream");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "upstream connect error");
+    // A plain HTTP client still gets the HTTP answer.
+    let plain = crate::client::get(&crate::client::http1(), &proxy.url("/")).await;
+    assert_eq!(plain.status, 502);
+
+    // A filter's local response (ip-access: 403) becomes PERMISSION_DENIED.
+    let (server, task) = start_server().await;
+    let filtered = format!(
+        "workers: 1
+plugins:
+  - name: deny
+    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
+    configuration: {{ deny: ['127.0.0.0/8'] }}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [deny]
+clusters:
+  - name: backend
+    protocol: http2
+    endpoints: [{{ address: '{server}' }}]
+",
+        crate::stock_filters::module("ip_access").display()
+    );
+    let proxy = Rustng::start(&filtered);
+    let mut grpc = client(&proxy).await;
+    let status = call(&mut grpc, note("hi")).await.expect_err("denied");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_bounds_the_request() {
+    let (server, task) = start_server().await;
+    let proxy = Rustng::start(&simple_config(&[server], "", "    protocol: http2"));
+    // A raw h2c request: tonic would give up on its own at the same instant, which would
+    // prove nothing about RustNg. The method takes 3 s; `grpc-timeout` allows 300 ms.
+    let unary = |text: &str, timeout: Option<&'static str>| {
+        let message = prost::Message::encode_to_vec(&Note {
+            text: text.into(),
+            seq: 0,
+        });
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+        frame.extend_from_slice(&message);
+        let mut request = http::Request::post(proxy.url(UNARY))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(timeout) = timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        request
+            .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+            .expect("request")
+    };
+    let client = crate::client::h2c();
+    let started = std::time::Instant::now();
+    let reply = crate::client::send(&client, unary("slow", Some("300m"))).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.headers["grpc-status"], "4",
+        "DEADLINE_EXCEEDED: {:?}",
+        reply.headers
+    );
+    assert_eq!(reply.headers["grpc-message"], "upstream request timeout");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "answered after {took:?}"
+    );
+    // Without a deadline the same kind of call is served (a fast one, to keep the test short).
+    let reply = crate::client::send(&client, unary("hi", None)).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.headers.get("grpc-status").is_none(),
+        "status comes in trailers"
+    );
     task.abort();
 }

@@ -412,7 +412,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
          body_size: i32,
          headers: i32,
          headers_size: i32,
-         _grpc_status: i32|
+         grpc_status: i32|
          -> i32 {
             let result = (|| {
                 let status =
@@ -432,6 +432,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     headers: fields,
                     body,
                     details: String::from_utf8_lossy(&details).into_owned(),
+                    grpc_status: u32::try_from(grpc_status).ok(),
                 };
                 let state = caller.data_mut();
                 // For the callback's own stream the callback's outcome carries it; a stream
