@@ -38,8 +38,14 @@ pub(crate) struct Exchange {
     pub(crate) filters: Option<SharedFilters>,
     bytes: u64,
     completed: bool,
-    /// A gRPC request: RustNg's own answers to it are gRPC statuses.
-    grpc: bool,
+    /// A gRPC request (its path, and the status once seen): RustNg's own answers to it are
+    /// gRPC statuses, and it is counted per method. Boxed: only gRPC requests carry it.
+    grpc: Option<Box<GrpcCall>>,
+}
+
+struct GrpcCall {
+    path: http::uri::PathAndQuery,
+    status: Option<u32>,
 }
 
 impl Exchange {
@@ -53,17 +59,36 @@ impl Exchange {
             filters: None,
             bytes: 0,
             completed: false,
-            grpc: false,
+            grpc: None,
         }
     }
 
-    /// Marks a gRPC request (see `crate::grpc`).
-    pub(crate) fn mark_grpc(&mut self) {
-        self.grpc = true;
+    /// Marks a gRPC request to `path` (see `crate::grpc`).
+    pub(crate) fn mark_grpc(&mut self, path: http::uri::PathAndQuery) {
+        self.grpc = Some(Box::new(GrpcCall { path, status: None }));
     }
 
     pub(crate) fn is_grpc(&self) -> bool {
-        self.grpc
+        self.grpc.is_some()
+    }
+
+    /// The call's gRPC status, when RustNg answered it or saw it in a head or trailers.
+    pub(crate) fn set_grpc_status(&mut self, status: u32) {
+        if let Some(call) = &mut self.grpc {
+            call.status = Some(status);
+        }
+    }
+
+    /// Takes `grpc-status` from response headers or trailers of a gRPC call.
+    pub(crate) fn observe_grpc_status(&mut self, fields: &http::HeaderMap) {
+        if let Some(call) = &mut self.grpc
+            && let Some(status) = fields
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        {
+            call.status = Some(status);
+        }
     }
 
     /// Records the response status for the access log.
@@ -83,6 +108,11 @@ impl Drop for Exchange {
             record.emit(elapsed, self.bytes, self.completed);
         }
         self.conn.listener.record_request(self.status, elapsed);
+        if let Some(call) = &self.grpc {
+            self.conn
+                .listener
+                .record_grpc(call.path.path(), call.status);
+        }
         self.conn.state.request_finished(now);
     }
 }
@@ -188,6 +218,10 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                } else if let (Some(trailers), Some(exchange)) =
+                    (frame.trailers_ref(), this.exchange.as_mut())
+                {
+                    exchange.observe_grpc_status(trailers);
                 }
             }
             Poll::Ready(None) => this.ended = true,

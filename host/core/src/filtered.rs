@@ -253,6 +253,7 @@ impl Pending {
         parts.status = head.status;
         parts.headers = head.headers;
         exchange.set_status(parts.status.as_u16());
+        exchange.observe_grpc_status(&parts.headers);
         if let Some(record) = &mut exchange.record {
             record.upstream = Some(upstream.endpoint);
         }

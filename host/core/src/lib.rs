@@ -16,6 +16,7 @@ mod error;
 mod filtered;
 mod filters;
 mod grpc;
+mod grpc_stats;
 mod h1;
 mod head_timeout;
 mod headers;

@@ -106,6 +106,8 @@ pub(crate) struct ListenerRt {
     pub(crate) limit: Arc<ConnectionLimit>,
     /// Downstream requests (this worker writes shard `worker`).
     pub(crate) stats: Arc<crate::stats::RequestStats>,
+    /// Per-method gRPC counters (shared by the workers).
+    pub(crate) grpc: Arc<crate::grpc_stats::GrpcStats>,
     pub(crate) worker: usize,
 }
 
@@ -140,6 +142,11 @@ impl ListenerSlot {
         } else {
             current.stats.record(current.worker, status, elapsed);
         }
+    }
+
+    /// Counts a finished gRPC call on the listener's per-method counters.
+    pub(crate) fn record_grpc(&self, path: &str, status: Option<u32>) {
+        self.current.borrow().grpc.record(path, status);
     }
 
     pub(crate) fn replace(&self, listener: Rc<ListenerRt>) {

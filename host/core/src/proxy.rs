@@ -103,7 +103,12 @@ impl ProxyService {
         let mut exchange = Exchange::begin(Rc::clone(ctx), record);
         let grpc = crate::grpc::is_grpc(req.headers());
         if grpc {
-            exchange.mark_grpc();
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            exchange.mark_grpc(path);
         }
 
         // The filters see the request as it will leave (forwarding headers and request id
@@ -177,6 +182,8 @@ fn forward(
                 headers::strip_hop_by_hop(&mut parts.headers);
                 parts.version = response_version(downstream_version);
                 exchange.set_status(parts.status.as_u16());
+                // A trailers-only answer has its status in the head.
+                exchange.observe_grpc_status(&parts.headers);
                 if let Some(record) = &mut exchange.record {
                     record.upstream = Some(upstream.endpoint);
                 }
@@ -218,10 +225,21 @@ pub(crate) fn local_answer(
     if let Some(record) = &mut exchange.record {
         record.error = Some(answer.reason);
     }
-    let grpc = exchange.is_grpc();
-    let status = if grpc { StatusCode::OK } else { answer.status };
+    let grpc = exchange.is_grpc().then(|| {
+        answer
+            .grpc_status
+            .unwrap_or_else(|| crate::grpc::status_for(answer.status))
+    });
+    if let Some(code) = grpc {
+        exchange.set_grpc_status(code);
+    }
+    let status = if grpc.is_some() {
+        StatusCode::OK
+    } else {
+        answer.status
+    };
     exchange.set_status(status.as_u16());
-    let (body, message) = if grpc {
+    let (body, message) = if grpc.is_some() {
         (
             Bytes::new(),
             String::from_utf8_lossy(&answer.body).into_owned(),
@@ -237,10 +255,7 @@ pub(crate) fn local_answer(
             response.headers_mut().append(name, value);
         }
     }
-    if grpc {
-        let code = answer
-            .grpc_status
-            .unwrap_or_else(|| crate::grpc::status_for(answer.status));
+    if let Some(code) = grpc {
         crate::grpc::trailers_only(response.headers_mut(), code, &message);
     }
     response
@@ -265,6 +280,7 @@ pub(crate) fn local_error(
             crate::grpc::status_for(status)
         };
         exchange.set_status(StatusCode::OK.as_u16());
+        exchange.set_grpc_status(code);
         let mut response = Response::new(ProxyBody::local_bytes(Bytes::new(), Some(exchange)));
         *response.version_mut() = response_version(version);
         crate::grpc::trailers_only(response.headers_mut(), code, error.kind.as_str());

@@ -106,4 +106,6 @@ pub(crate) struct ListenerSpec {
     pub(crate) limit: Arc<ConnectionLimit>,
     /// Downstream request counters, kept across versions for the same listener name.
     pub(crate) stats: Arc<RequestStats>,
+    /// Per-method gRPC counters, kept likewise.
+    pub(crate) grpc: Arc<crate::grpc_stats::GrpcStats>,
 }

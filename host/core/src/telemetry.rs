@@ -99,6 +99,7 @@ impl Telemetry {
             );
         }
         self.render_listeners(&mut out, &snapshot);
+        self.render_grpc(&mut out, &snapshot);
         self.render_clusters(&mut out, &snapshot);
         out.push_str(&self.host.metrics().render_prometheus());
         out
@@ -158,6 +159,17 @@ impl Telemetry {
                 &labels,
                 Some("requests_unanswered"),
             );
+        }
+    }
+
+    /// gRPC calls per listener and method.
+    fn render_grpc(&self, out: &mut String, snapshot: &Snapshot) {
+        if snapshot.listeners.is_empty() {
+            return;
+        }
+        crate::grpc_stats::write_header(out);
+        for spec in &snapshot.listeners {
+            spec.grpc.render(out, &spec.config.name);
         }
     }
 

@@ -146,6 +146,7 @@ impl Worker {
                     .collect(),
                 limit: Arc::clone(&spec.limit),
                 stats: Arc::clone(&spec.stats),
+                grpc: Arc::clone(&spec.grpc),
                 worker: self.index,
                 config: l.clone(),
             });

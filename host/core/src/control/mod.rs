@@ -566,11 +566,13 @@ impl ControlState {
             };
             let stats =
                 before.map_or_else(|| RequestStats::new(self.workers), |b| Arc::clone(&b.stats));
+            let grpc = before.map_or_else(Arc::default, |b| Arc::clone(&b.grpc));
             listeners.push(ListenerSpec {
                 config: l.clone(),
                 tls,
                 limit,
                 stats,
+                grpc,
             });
         }
 

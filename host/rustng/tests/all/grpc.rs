@@ -138,7 +138,11 @@ async fn client(proxy: &Rustng) -> tonic::client::Grpc<tonic::transport::Channel
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_error_status_cross_the_proxy() {
     let (server, task) = start_server().await;
-    let proxy = Rustng::start(&simple_config(&[server], "", "    protocol: http2"));
+    let admin = crate::harness::free_port();
+    let proxy = Rustng::start(&format!(
+        "admin: {{ address: '127.0.0.1:{admin}' }}\n{}",
+        simple_config(&[server], "", "    protocol: http2")
+    ));
     let mut grpc = client(&proxy).await;
 
     grpc.ready().await.expect("ready");
@@ -179,6 +183,31 @@ async fn grpc_unary_and_error_status_cross_the_proxy() {
         .expect_err("status from the server");
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(status.message(), "no such note");
+
+    // Per-method counters: one OK call (status in trailers), one NOT_FOUND (trailers-only).
+    // A call is counted when its exchange ends, a moment after the client has the answer.
+    let lines: Vec<String> = [("0", 1), ("5", 1)]
+        .iter()
+        .map(|(status, count)| format!(
+            "rustng_grpc_requests_total{{listener=\"main\",service=\"rustng.test.Echo\",method=\"Unary\",grpc_status=\"{status}\"}} {count}"
+        ))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = crate::client::get(
+            &crate::client::http1(),
+            &format!("http://127.0.0.1:{admin}/metrics"),
+        )
+        .await
+        .text();
+        if lines.iter().all(|l| metrics.contains(l)) || std::time::Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for line in &lines {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
     task.abort();
 }
 
