@@ -13,9 +13,10 @@ mod validate;
 pub use error::{ConfigError, FieldError, render_errors};
 pub use types::{
     Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, CircuitBreakers, Cluster,
-    Config, ControlPlane, DEFAULT_ADMIN_ADDRESS, Discovery, Endpoint, FailurePolicy, HealthCheck,
-    HealthCheckKind, HttpOptions, LbPolicy, Listener, ListenerProtocol, LogConfig, LogFormat,
-    OutlierDetection, Plugin, TlsConfig, Upgrade, UpstreamProtocol, UpstreamTls,
+    Config, ControlPlane, DEFAULT_ADMIN_ADDRESS, Discovery, Endpoint, FailurePolicy,
+    GRPC_WEB_FILTER, HealthCheck, HealthCheckKind, HttpOptions, LbPolicy, Listener,
+    ListenerProtocol, LogConfig, LogFormat, OutlierDetection, Plugin, TlsConfig, Upgrade,
+    UpstreamProtocol, UpstreamTls,
 };
 pub use validate::validate;
 

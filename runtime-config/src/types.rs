@@ -112,6 +112,10 @@ pub enum AdminJwtKey {
 /// Where the admin server listens when its section gives no address (Envoy's usual port).
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 
+/// The built-in filter a listener's `http_filters` may name beside plugins: gRPC-Web
+/// translation, under Envoy's name for it.
+pub const GRPC_WEB_FILTER: &str = "envoy.filters.http.grpc_web";
+
 /// A validated proxy-wasm plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plugin {
@@ -195,6 +199,9 @@ pub struct Listener {
     pub http: HttpOptions,
     /// Plugins run on each request, in order.
     pub http_filters: Vec<String>,
+    /// gRPC-Web requests are translated to gRPC and back (Envoy's
+    /// `envoy.filters.http.grpc_web` named in `http_filters`).
+    pub grpc_web: bool,
     /// What the listener speaks.
     pub protocol: ListenerProtocol,
     /// Plugins run on each connection of a TCP listener, in order.

@@ -144,7 +144,8 @@ impl Validator {
                     ("network_filters", &l.network_filters),
                 ] {
                     for (j, filter) in filters.iter().enumerate() {
-                        if !plugin_names.contains(filter) {
+                        let built_in = field == "http_filters" && filter == GRPC_WEB_FILTER;
+                        if !built_in && !plugin_names.contains(filter) {
                             self.error(
                                 format!("{path}.{field}[{j}]"),
                                 format!("unknown plugin \"{filter}\""),
@@ -475,7 +476,12 @@ impl Validator {
             max_connections,
             access_log: l.access_log.unwrap_or(true),
             http,
-            http_filters: l.http_filters,
+            grpc_web: l.http_filters.iter().any(|f| f == GRPC_WEB_FILTER),
+            http_filters: l
+                .http_filters
+                .into_iter()
+                .filter(|f| f != GRPC_WEB_FILTER)
+                .collect(),
             protocol,
             network_filters: l.network_filters,
         })

@@ -168,6 +168,16 @@ impl ProxyBody {
         }
     }
 
+    /// A body that wraps another `ProxyBody` (which keeps the exchange): a translation.
+    pub(crate) fn wrapping(body: LocalBody) -> Self {
+        ProxyBody {
+            kind: Kind::Boxed(body),
+            exchange: None,
+            bytes: 0,
+            ended: false,
+        }
+    }
+
     /// A body straight from hyper (the answer to a protocol-switch request).
     pub(crate) fn incoming(body: Incoming, exchange: Exchange) -> Self {
         ProxyBody {

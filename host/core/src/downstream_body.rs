@@ -16,6 +16,8 @@ enum Kind {
     Empty,
     Http1(H1RequestBody),
     Http2(Incoming),
+    /// A translated body (gRPC-Web text, decoded).
+    Boxed(crate::upstream::LocalBody),
 }
 
 /// A request body from downstream.
@@ -39,6 +41,18 @@ impl DownstreamBody {
         }
     }
 
+    /// The body through `translate` (which gets the original, without its protocol switch).
+    pub(crate) fn translated(
+        self,
+        translate: impl FnOnce(DownstreamBody) -> crate::upstream::LocalBody,
+    ) -> Self {
+        let upgrade = None;
+        DownstreamBody {
+            kind: Kind::Boxed(translate(self)),
+            upgrade,
+        }
+    }
+
     /// The connection's protocol switch, if the request may lead to one (HTTP/1.1 only).
     pub(crate) fn take_upgrade(&mut self) -> Option<OnUpgrade> {
         self.upgrade.take()
@@ -59,6 +73,7 @@ impl Body for DownstreamBody {
             Kind::Http2(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
+            Kind::Boxed(body) => body.as_mut().poll_frame(cx),
         }
     }
 
@@ -67,6 +82,7 @@ impl Body for DownstreamBody {
             Kind::Empty => true,
             Kind::Http1(body) => body.is_end_stream(),
             Kind::Http2(body) => body.is_end_stream(),
+            Kind::Boxed(body) => body.is_end_stream(),
         }
     }
 
@@ -75,6 +91,7 @@ impl Body for DownstreamBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Http1(body) => body.size_hint(),
             Kind::Http2(body) => body.size_hint(),
+            Kind::Boxed(body) => body.size_hint(),
         }
     }
 }

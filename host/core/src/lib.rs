@@ -17,6 +17,7 @@ mod filtered;
 mod filters;
 mod grpc;
 mod grpc_stats;
+mod grpc_web;
 mod h1;
 mod head_timeout;
 mod headers;

@@ -17,9 +17,10 @@ use crate::connection::ConnCtx;
 use crate::error::ProxyError;
 use crate::filtered;
 use crate::filters::LocalAnswer;
+use crate::grpc_web::Encoding;
 use crate::headers;
 use crate::tunnel;
-use crate::upstream::{ClusterRt, Outgoing, RequestBody};
+use crate::upstream::{BoxLocal as _, ClusterRt, Outgoing, RequestBody};
 
 /// The hyper service of one downstream connection.
 pub(crate) struct ProxyService {
@@ -68,11 +69,37 @@ pub(crate) struct Forwarding {
     outgoing: Outgoing,
     exchange: Exchange,
     version: Version,
+    /// A gRPC-Web request: the gRPC response goes back translated.
+    grpc_web: Option<Encoding>,
 }
 
 impl Forwarding {
     pub(crate) fn run(self) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
-        forward(self.cluster, self.outgoing, self.exchange, self.version)
+        let grpc_web = self.grpc_web;
+        let forwarded = forward(self.cluster, self.outgoing, self.exchange, self.version);
+        async move {
+            let response = forwarded.await?;
+            Ok(match grpc_web {
+                None => response,
+                Some(encoding) => crate::grpc_web::translate_response(response, encoding),
+            })
+        }
+    }
+}
+
+impl Routed {
+    /// The same, with the response translated back to gRPC-Web.
+    fn answered_as_grpc_web(self, encoding: Encoding) -> Routed {
+        match self {
+            Routed::Forward(mut forwarding) => {
+                forwarding.grpc_web = Some(encoding);
+                Routed::Forward(forwarding)
+            }
+            Routed::Other(future) => Routed::Other(Box::pin(async move {
+                let response = future.await?;
+                Ok(crate::grpc_web::translate_response(response, encoding))
+            })),
+        }
     }
 }
 
@@ -80,8 +107,32 @@ impl ProxyService {
     /// Everything that needs no waiting (header rules, request id, cluster choice) happens here,
     /// before any future exists: the future then holds only what crosses an `.await`.
     pub(crate) fn route(&self, mut req: Request<DownstreamBody>) -> Routed {
+        let listener = self.ctx.listener.current();
+        if !listener.config.grpc_web {
+            return self.route_with(req, listener);
+        }
+        // gRPC-Web: translated to gRPC first, so that everything after (filters included)
+        // sees gRPC, and back at the end.
+        match crate::grpc_web::translate_request(req.headers_mut()) {
+            None => self.route_with(req, listener),
+            Some(encoding) => {
+                if encoding == Encoding::Text {
+                    req = req.map(|body| {
+                        body.translated(|b| crate::grpc_web::DecodeText::new(b).boxed_local())
+                    });
+                }
+                self.route_with(req, listener)
+                    .answered_as_grpc_web(encoding)
+            }
+        }
+    }
+
+    fn route_with(
+        &self,
+        mut req: Request<DownstreamBody>,
+        listener: Rc<crate::listener::ListenerRt>,
+    ) -> Routed {
         let ctx = &self.ctx;
-        let listener = ctx.listener.current();
         let downstream_version = req.version();
         let removed = headers::strip_hop_by_hop(req.headers_mut());
         headers::add_forwarding(req.headers_mut(), &ctx.client_address, ctx.tls);
@@ -161,6 +212,7 @@ impl ProxyService {
             outgoing,
             exchange,
             version: downstream_version,
+            grpc_web: None,
         })
     }
 }

@@ -384,3 +384,96 @@ async fn grpc_timeout_bounds_the_request() {
     );
     task.abort();
 }
+
+/// A gRPC frame of `note`.
+fn frame(note: &Note) -> Vec<u8> {
+    let message = prost::Message::encode_to_vec(note);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    frame.extend_from_slice(&message);
+    frame
+}
+
+/// Splits a gRPC-Web body into its frames: (flag, payload).
+fn web_frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        frames.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    assert!(body.is_empty(), "trailing bytes");
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_requests_are_translated_both_ways() {
+    use base64::Engine as _;
+    let (server, task) = start_server().await;
+    let proxy = Rustng::start(&simple_config(
+        &[server],
+        "    http_filters: [envoy.filters.http.grpc_web]",
+        "    protocol: http2",
+    ));
+    let client = crate::client::http1();
+    let web = |content_type: &'static str, body: Vec<u8>| {
+        http::Request::post(proxy.url(UNARY))
+            .header("content-type", content_type)
+            .header("x-grpc-web", "1")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("request")
+    };
+    let hello = Note {
+        text: "web".into(),
+        seq: 1,
+    };
+
+    // Binary: the message frame, then the trailers as a trailer frame in the body.
+    let reply =
+        crate::client::send(&client, web("application/grpc-web+proto", frame(&hello))).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-type"], "application/grpc-web");
+    let frames = web_frames(&reply.body);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0].0, 0);
+    let answer: Note = prost::Message::decode(frames[0].1.as_slice()).expect("message");
+    assert_eq!(answer.text, "echo: web");
+    assert_eq!(frames[1].0, 0x80);
+    let trailer = String::from_utf8(frames[1].1.clone()).expect("text");
+    assert!(trailer.contains("grpc-status:0\r\n"), "{trailer:?}");
+
+    // Text: base64 both ways (sent in two padded segments, as some clients do).
+    let raw = frame(&hello);
+    let (first, second) = raw.split_at(4);
+    let body = format!(
+        "{}{}",
+        base64::engine::general_purpose::STANDARD.encode(first),
+        base64::engine::general_purpose::STANDARD.encode(second)
+    );
+    let reply =
+        crate::client::send(&client, web("application/grpc-web-text", body.into_bytes())).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-type"], "application/grpc-web-text");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&reply.body)
+        .expect("base64 body");
+    let frames = web_frames(&decoded);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    let answer: Note = prost::Message::decode(frames[0].1.as_slice()).expect("message");
+    assert_eq!(answer.text, "echo: web");
+
+    // An error status from the server (trailers-only) stays in the head.
+    let fail = Note {
+        text: "fail".into(),
+        seq: 0,
+    };
+    let reply = crate::client::send(&client, web("application/grpc-web", frame(&fail))).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["grpc-status"], "5");
+    assert_eq!(reply.headers["content-type"], "application/grpc-web");
+
+    // A request that is not gRPC-Web is not translated (the server's own gRPC answer).
+    let plain = crate::client::get(&client, &proxy.url("/")).await;
+    assert_eq!(plain.headers["content-type"], "application/grpc");
+    task.abort();
+}
