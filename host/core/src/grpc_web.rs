@@ -294,7 +294,7 @@ mod tests {
         trailers.insert("grpc-message", HeaderValue::from_static("ok"));
         let frame = trailer_frame(&trailers);
         assert_eq!(frame[0], 0x80);
-        assert_eq!(&frame[1..5], &29u32.to_be_bytes());
+        assert_eq!(&frame[1..5], &32u32.to_be_bytes());
         assert_eq!(&frame[5..], b"grpc-status:0\r\ngrpc-message:ok\r\n");
     }
 }
