@@ -240,6 +240,12 @@ type AdminBody = Either<Full<Bytes>, tonic::body::Body>;
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// After accepting stops, how long connections still get to send a first request before
+/// idle ones are closed: a client whose connection was accepted in the last instant (during
+/// a binary upgrade's handover, say) has sent its request by then, and gets an answer
+/// instead of a closed connection.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 async fn serve(
     listener: std::net::TcpListener,
     state: Arc<AdminState>,
@@ -259,6 +265,7 @@ async fn serve(
     let grpc = proto::control_plane_server::ControlPlaneServer::new(grpc::ControlPlaneService {
         state: Arc::clone(&state),
     });
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -298,8 +305,10 @@ async fn serve(
         });
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
+        let connection = OpenConnection::new(&open);
         // Connections run as tasks of the admin thread's runtime (never a worker's).
         tokio::task::spawn_local(async move {
+            let _connection = connection;
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let served = match acceptor {
                 None => {
@@ -330,7 +339,26 @@ async fn serve(
             }
         });
     }
+    if open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    }
     graceful.shutdown().await;
+}
+
+/// Counts an admin connection as open for as long as it lives.
+struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(Arc::clone(open))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The answer to one admin request.
