@@ -187,6 +187,10 @@ async fn write_response<I: Io>(
         Framing::UntilClose
     };
     keep_alive &= framing != Framing::UntilClose;
+    // A request body not read to its end by now (an answer given before the body was
+    // needed) leaves the connection mid-message, so it is closed after this response: say so
+    // in the head, or the client may send its next request on a closing connection.
+    keep_alive &= wire.borrow().body_finished();
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if answering.version == Version::HTTP_10 {

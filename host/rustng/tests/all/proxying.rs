@@ -391,3 +391,46 @@ async fn http10_clients_get_a_length_or_a_close() {
     assert!(!reply.contains("transfer-encoding"), "{reply}");
     assert!(reply.ends_with("\r\n\r\nbody"), "{reply:?}");
 }
+
+/// A filter that answers before the request body was read leaves the connection mid-body:
+/// the answer says `connection: close` (and the connection closes), so that no client sends
+/// its next request on a connection that is going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_was_read_says_connection_close() {
+    let origin = Origin::start("a").await;
+    let proxy = Rustng::start(&format!(
+        "workers: 1
+plugins:
+  - name: deny
+    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
+    configuration: {{ deny: ['127.0.0.0/8'] }}
+listeners:
+  - name: main
+    address: '{{listen}}'
+    default_cluster: backend
+    http_filters: [deny]
+clusters:
+  - name: backend
+    endpoints: [{{ address: '{}' }}]
+",
+        crate::stock_filters::module("ip_access").display(),
+        origin.addr
+    ));
+    // 9 of the 100 bytes announced: the rest never comes.
+    let answer = client::raw(
+        proxy.addr,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nsome body",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    // A whole body read before the answer keeps the connection.
+    let answer = client::raw(
+        proxy.addr,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nsome body",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+}
