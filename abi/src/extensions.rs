@@ -86,6 +86,20 @@ pub const READ_FILE: &str = "rustng.read_file";
 /// Largest file `rustng.read_file` returns.
 pub const MAX_READ_FILE_BYTES: usize = 1024 * 1024;
 
+/// The request's trace (read-only, present while tracing is configured): `trace_id` (32 hex
+/// digits), `span_id` (RustNg's span, 16 hex digits), `parent_span_id` (the caller's span,
+/// absent for a trace RustNg started), `sampled` (a bool, one byte as Envoy encodes bools) and
+/// `traceparent` (the W3C header value the upstream receives).
+pub const TRACE_TRACE_ID: &str = "rustng.trace.trace_id";
+/// See [`TRACE_TRACE_ID`].
+pub const TRACE_SPAN_ID: &str = "rustng.trace.span_id";
+/// See [`TRACE_TRACE_ID`].
+pub const TRACE_PARENT_SPAN_ID: &str = "rustng.trace.parent_span_id";
+/// See [`TRACE_TRACE_ID`].
+pub const TRACE_SAMPLED: &str = "rustng.trace.sampled";
+/// See [`TRACE_TRACE_ID`].
+pub const TRACE_TRACEPARENT: &str = "rustng.trace.traceparent";
+
 /// Whether the property `path` (segments joined by NUL, as the guest sent it) names `name`
 /// (dotted), in either spelling.
 pub fn property_is(path: &[u8], name: &str) -> bool {

@@ -9,6 +9,7 @@
 pub mod extensions;
 mod pairs;
 pub mod table;
+pub mod trace;
 mod types;
 mod version;
 

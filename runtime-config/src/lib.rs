@@ -15,8 +15,8 @@ pub use types::{
     Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, CircuitBreakers, Cluster,
     Config, ControlPlane, DEFAULT_ADMIN_ADDRESS, Discovery, Endpoint, FailurePolicy,
     GRPC_WEB_FILTER, HealthCheck, HealthCheckKind, HttpOptions, LbPolicy, Listener,
-    ListenerProtocol, LogConfig, LogFormat, OutlierDetection, Plugin, TlsConfig, Upgrade,
-    UpstreamProtocol, UpstreamTls,
+    ListenerProtocol, LogConfig, LogFormat, Otlp, OtlpProtocol, OutlierDetection, Plugin,
+    TlsConfig, Tracing, Upgrade, UpstreamProtocol, UpstreamTls,
 };
 pub use validate::validate;
 

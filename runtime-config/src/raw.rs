@@ -39,6 +39,42 @@ pub struct RawConfig {
     /// Binary upgrade: the socket a new process takes the listeners over, the pid file.
     #[serde(default)]
     pub upgrade: RawUpgrade,
+    /// OpenTelemetry tracing: propagation, sampling and OTLP export. Off unless present.
+    pub tracing: Option<RawTracing>,
+}
+
+/// `tracing` — a span per HTTP request, exported over OTLP to a collector cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// The `service.name` resource attribute of every span. Default `rustng`.
+    pub service_name: Option<String>,
+    /// Percent (0–100) of requests without a sampled parent that start a sampled trace
+    /// (Envoy's `random_sampling`). A parent's decision is always followed. Default 100.
+    pub random_sampling: Option<f64>,
+    /// Where spans go.
+    pub otlp: RawOtlp,
+    /// Spans waiting for export at most; beyond it new ones are dropped (and counted), so a
+    /// slow collector never holds traffic. Default 2048.
+    pub max_queue_size: Option<usize>,
+    /// Spans per export request at most. Default 512.
+    pub max_export_batch_size: Option<usize>,
+    /// How long a span may wait for a batch to fill. Default `1s`.
+    pub schedule_delay: Option<String>,
+}
+
+/// `tracing.otlp` — the collector.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// The cluster of collectors (OTLP/gRPC needs an `HTTP2` cluster).
+    pub cluster: String,
+    /// `grpc` (default) or `http` (OTLP/HTTP, binary protobuf).
+    pub protocol: Option<String>,
+    /// The request path for OTLP/HTTP. Default `/v1/traces`.
+    pub path: Option<String>,
+    /// How long one export may take. Default `5s`.
+    pub timeout: Option<String>,
 }
 
 /// `upgrade` — zero-downtime binary upgrade by socket handover.

@@ -30,6 +30,47 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Binary upgrade settings.
     pub upgrade: Upgrade,
+    /// OpenTelemetry tracing, if configured.
+    pub tracing: Option<Tracing>,
+}
+
+/// OpenTelemetry tracing: W3C (and B3) propagation, sampling, OTLP export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Share (0.0–1.0) of root requests sampled.
+    pub sampling_ratio: f64,
+    /// The collector.
+    pub otlp: Otlp,
+    /// Spans waiting for export at most.
+    pub max_queue_size: usize,
+    /// Spans per export at most.
+    pub max_export_batch_size: usize,
+    /// How long a span may wait for its batch.
+    pub schedule_delay: Duration,
+}
+
+/// Where spans are exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Otlp {
+    /// The collector cluster.
+    pub cluster: String,
+    /// OTLP over gRPC or over HTTP.
+    pub protocol: OtlpProtocol,
+    /// The OTLP/HTTP request path.
+    pub path: String,
+    /// Bound on one export.
+    pub timeout: Duration,
+}
+
+/// OTLP's two transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+    Grpc,
+    /// `POST` of a binary protobuf `ExportTraceServiceRequest`.
+    Http,
 }
 
 /// Binary upgrade: where the serving process waits for its successor.

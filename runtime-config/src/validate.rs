@@ -54,6 +54,13 @@ mod defaults {
     pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Compiling a large set of modules cold can take seconds on a small box.
     pub(super) const READY_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The OpenTelemetry SDKs' batch span processor defaults (`OTEL_BSP_*`).
+    pub(super) const TRACE_QUEUE_SIZE: usize = 2048;
+    pub(super) const TRACE_BATCH_SIZE: usize = 512;
+    pub(super) const TRACE_SCHEDULE_DELAY: Duration = Duration::from_secs(1);
+    /// Also the SDKs' `OTEL_EXPORTER_OTLP_TIMEOUT` (10 s) halved: a span older than that
+    /// tells an operator little, and the queue behind it keeps growing.
+    pub(super) const TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 }
 
 /// `sun_path` holds 108 bytes with its terminating NUL.
@@ -258,7 +265,9 @@ impl Validator {
             defaults::DRAIN_TIMEOUT,
         );
         let upgrade = self.upgrade(raw.upgrade, state_dir.as_deref());
+        let tracing = raw.tracing.map(|t| self.tracing(t, &clusters));
         Config {
+            tracing,
             control_plane,
             drain_timeout,
             upgrade,
@@ -969,6 +978,95 @@ impl Validator {
         }
     }
 
+    fn tracing(&mut self, raw: crate::raw::RawTracing, clusters: &[Cluster]) -> Tracing {
+        let percent = raw.random_sampling.unwrap_or(100.0);
+        if !(0.0..=100.0).contains(&percent) {
+            self.error(
+                "tracing.random_sampling",
+                format!("{percent} is not a percentage (0 to 100)"),
+            );
+        }
+        let protocol = match raw.otlp.protocol.as_deref() {
+            None | Some("grpc") => OtlpProtocol::Grpc,
+            Some("http") => OtlpProtocol::Http,
+            Some(other) => {
+                self.error(
+                    "tracing.otlp.protocol",
+                    format!("unknown protocol \"{other}\" (grpc or http)"),
+                );
+                OtlpProtocol::Grpc
+            }
+        };
+        match clusters.iter().find(|c| c.name == raw.otlp.cluster) {
+            None => self.error(
+                "tracing.otlp.cluster",
+                format!("unknown cluster \"{}\"", raw.otlp.cluster),
+            ),
+            Some(cluster)
+                if protocol == OtlpProtocol::Grpc
+                    && cluster.protocol != UpstreamProtocol::Http2 =>
+            {
+                self.error(
+                    "tracing.otlp.cluster",
+                    format!(
+                        "OTLP over gRPC needs HTTP/2: cluster \"{}\" must have protocol HTTP2",
+                        cluster.name
+                    ),
+                );
+            }
+            Some(_) => {}
+        }
+        let path = raw.otlp.path.unwrap_or_else(|| "/v1/traces".to_owned());
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace()) {
+            self.error(
+                "tracing.otlp.path",
+                format!("\"{path}\" is not a request path (/ first, no spaces)"),
+            );
+        }
+        let max_queue_size = raw.max_queue_size.unwrap_or(defaults::TRACE_QUEUE_SIZE);
+        let max_export_batch_size = raw
+            .max_export_batch_size
+            .unwrap_or(defaults::TRACE_BATCH_SIZE.min(max_queue_size));
+        if max_queue_size == 0 {
+            self.error("tracing.max_queue_size", "must be at least 1");
+        }
+        if max_export_batch_size == 0 || max_export_batch_size > max_queue_size {
+            self.error(
+                "tracing.max_export_batch_size",
+                format!("must be 1 to max_queue_size ({max_queue_size})"),
+            );
+        }
+        let schedule_delay = self.duration(
+            "tracing.schedule_delay",
+            raw.schedule_delay.as_deref(),
+            defaults::TRACE_SCHEDULE_DELAY,
+        );
+        if schedule_delay.is_zero() {
+            self.error("tracing.schedule_delay", "must be greater than zero");
+        }
+        let timeout = self.duration(
+            "tracing.otlp.timeout",
+            raw.otlp.timeout.as_deref(),
+            defaults::TRACE_EXPORT_TIMEOUT,
+        );
+        if timeout.is_zero() {
+            self.error("tracing.otlp.timeout", "must be greater than zero");
+        }
+        Tracing {
+            service_name: raw.service_name.unwrap_or_else(|| "rustng".to_owned()),
+            sampling_ratio: percent.clamp(0.0, 100.0) / 100.0,
+            otlp: Otlp {
+                cluster: raw.otlp.cluster,
+                protocol,
+                path,
+                timeout,
+            },
+            max_queue_size,
+            max_export_batch_size,
+            schedule_delay,
+        }
+    }
+
     fn upgrade(&mut self, raw: crate::raw::RawUpgrade, state_dir: Option<&Path>) -> Upgrade {
         let socket = raw
             .socket
@@ -1086,6 +1184,44 @@ clusters:
         assert_eq!(b.endpoints[0].weight, 1);
         assert_eq!(b.protocol, UpstreamProtocol::Http1);
         assert_eq!(b.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tracing_is_checked_against_its_cluster() {
+        let good = format!(
+            "tracing: {{ random_sampling: 1, otlp: {{ cluster: otel }} }}\n{MINIMAL}  - name: otel\n    protocol: http2\n    endpoints: [{{ address: 127.0.0.1:4317 }}]\n"
+        );
+        let tracing = from_yaml(&good).expect("valid").tracing.expect("tracing");
+        assert_eq!(tracing.service_name, "rustng");
+        assert!((tracing.sampling_ratio - 0.01).abs() < 1e-12);
+        assert_eq!(tracing.otlp.protocol, OtlpProtocol::Grpc);
+        assert_eq!(tracing.otlp.path, "/v1/traces");
+        assert_eq!(
+            (tracing.max_queue_size, tracing.max_export_batch_size),
+            (2048, 512)
+        );
+        let bad = format!(
+            "tracing: {{ random_sampling: 120, max_queue_size: 10, max_export_batch_size: 20, schedule_delay: 0s, otlp: {{ cluster: backend, path: 'v1 traces' }} }}\n{MINIMAL}"
+        );
+        assert_eq!(
+            errors(&bad),
+            vec![
+                "tracing.random_sampling: 120 is not a percentage (0 to 100)",
+                "tracing.otlp.cluster: OTLP over gRPC needs HTTP/2: cluster \"backend\" must have protocol HTTP2",
+                "tracing.otlp.path: \"v1 traces\" is not a request path (/ first, no spaces)",
+                "tracing.max_export_batch_size: must be 1 to max_queue_size (10)",
+                "tracing.schedule_delay: must be greater than zero",
+            ]
+        );
+        let unknown =
+            format!("tracing: {{ otlp: {{ cluster: nope, protocol: thrift }} }}\n{MINIMAL}");
+        assert_eq!(
+            errors(&unknown),
+            vec![
+                "tracing.otlp.protocol: unknown protocol \"thrift\" (grpc or http)",
+                "tracing.otlp.cluster: unknown cluster \"nope\"",
+            ]
+        );
     }
 
     #[test]

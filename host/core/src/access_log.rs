@@ -21,6 +21,12 @@ pub(crate) struct AccessRecord {
     pub(crate) status: u16,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) error: Option<&'static str>,
+    /// The request's trace, while tracing is on.
+    pub(crate) trace_id: Option<[u8; 16]>,
+    /// Whether the line is written: the record also exists for a sampled request's span.
+    pub(crate) logged: bool,
+    /// The span, for a sampled request.
+    pub(crate) span: Option<crate::trace::SpanRecord>,
 }
 
 impl AccessRecord {
@@ -38,6 +44,10 @@ impl AccessRecord {
             bytes_sent = bytes,
             request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()),
             response_flags = self.error,
+            trace_id = self
+                .trace_id
+                .as_ref()
+                .map(|id| tracing::field::display(rustng_abi::trace::Hex(id))),
             completed,
         );
     }

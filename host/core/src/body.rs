@@ -41,6 +41,8 @@ pub(crate) struct Exchange {
     /// A gRPC request (its path, and the status once seen): RustNg's own answers to it are
     /// gRPC statuses, and it is counted per method. Boxed: only gRPC requests carry it.
     grpc: Option<Box<GrpcCall>>,
+    /// The request's trace context, while tracing is on (filters read it as properties).
+    pub(crate) trace: Option<rustng_abi::trace::TraceIds>,
 }
 
 struct GrpcCall {
@@ -60,6 +62,7 @@ impl Exchange {
             bytes: 0,
             completed: false,
             grpc: None,
+            trace: None,
         }
     }
 
@@ -91,6 +94,27 @@ impl Exchange {
         }
     }
 
+    /// The cluster the request goes to, for its span.
+    pub(crate) fn set_cluster(&mut self, cluster: &crate::upstream::ClusterRt) {
+        if let Some(span) = self.record.as_mut().and_then(|r| r.span.as_mut()) {
+            span.cluster = Some(cluster.name().to_owned());
+        }
+    }
+
+    /// The endpoint that answered (or failed), for the access log and the span.
+    pub(crate) fn set_upstream(&mut self, endpoint: Option<std::net::SocketAddr>) {
+        if let Some(record) = &mut self.record {
+            record.upstream = endpoint;
+        }
+    }
+
+    /// Why RustNg answered itself (Envoy's response flags), for the access log and the span.
+    pub(crate) fn set_error(&mut self, reason: &'static str) {
+        if let Some(record) = &mut self.record {
+            record.error = Some(reason);
+        }
+    }
+
     /// Records the response status for the access log.
     pub(crate) fn set_status(&mut self, status: u16) {
         self.status = status;
@@ -104,8 +128,22 @@ impl Drop for Exchange {
     fn drop(&mut self) {
         let now = Instant::now();
         let elapsed = now.duration_since(self.start);
-        if let Some(record) = &self.record {
-            record.emit(elapsed, self.bytes, self.completed);
+        if let Some(record) = &mut self.record {
+            if record.logged {
+                record.emit(elapsed, self.bytes, self.completed);
+            }
+            if let Some(span) = record.span.take() {
+                let active = self.filters.as_ref().and_then(|f| f.try_borrow().ok());
+                span.finish(
+                    record,
+                    &crate::trace::span::Outcome {
+                        elapsed,
+                        bytes: self.bytes,
+                        grpc_status: self.grpc.as_ref().and_then(|call| call.status),
+                        plugin_time: active.as_ref().map_or(&[], |a| a.plugin_time()),
+                    },
+                );
+            }
         }
         self.conn.listener.record_request(self.status, elapsed);
         if let Some(call) = &self.grpc {

@@ -59,8 +59,13 @@ pub(crate) fn serve(
         protocol: protocol_name(version),
         tls: ctx.tls,
         properties: Vec::new(),
+        trace: exchange.trace,
     };
-    let filters: SharedFilters = Rc::new(RefCell::new(listener.filters.begin(stream)));
+    let mut active = listener.filters.begin(stream);
+    if exchange.trace.is_some_and(|ids| ids.sampled) {
+        active.time_plugins();
+    }
+    let filters: SharedFilters = Rc::new(RefCell::new(active));
     exchange.filters = Some(Rc::clone(&filters));
     let no_body = body.is_end_stream();
     let step = {
@@ -156,6 +161,7 @@ impl Pending {
             Ok(cluster) => cluster,
             Err(kind) => return Ok(local_error(kind.into_error(), exchange, version)),
         };
+        exchange.set_cluster(&cluster);
         if let Some(protocol) = upgrade
             && version == Version::HTTP_11
         {
@@ -254,9 +260,7 @@ impl Pending {
         parts.headers = head.headers;
         exchange.set_status(parts.status.as_u16());
         exchange.observe_grpc_status(&parts.headers);
-        if let Some(record) = &mut exchange.record {
-            record.upstream = Some(upstream.endpoint);
-        }
+        exchange.set_upstream(Some(upstream.endpoint));
         if no_body || !filters.borrow().wants_body(Direction::Response) {
             // Nothing to run on the body: it streams untouched.
             return Ok(Response::from_parts(

@@ -36,6 +36,7 @@ mod stats;
 mod tcp_proxy;
 mod telemetry;
 mod tls;
+mod trace;
 mod tunnel;
 mod upstream;
 mod worker;

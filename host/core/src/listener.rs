@@ -108,6 +108,8 @@ pub(crate) struct ListenerRt {
     pub(crate) stats: Arc<crate::stats::RequestStats>,
     /// Per-method gRPC counters (shared by the workers).
     pub(crate) grpc: Arc<crate::grpc_stats::GrpcStats>,
+    /// The version's tracing settings, when tracing is on.
+    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
     pub(crate) worker: usize,
 }
 

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
@@ -19,6 +20,7 @@ use crate::filtered;
 use crate::filters::LocalAnswer;
 use crate::grpc_web::Encoding;
 use crate::headers;
+use crate::trace::SpanRecord;
 use crate::tunnel;
 use crate::upstream::{BoxLocal as _, ClusterRt, Outgoing, RequestBody};
 
@@ -137,8 +139,30 @@ impl ProxyService {
         let removed = headers::strip_hop_by_hop(req.headers_mut());
         headers::add_forwarding(req.headers_mut(), &ctx.client_address, ctx.tls);
         let request_id = headers::ensure_request_id(req.headers_mut());
+        let trace = listener
+            .tracer
+            .as_ref()
+            .map(|tracer| (tracer, tracer.start(req.headers_mut())));
+        let span = match &trace {
+            Some((tracer, started)) if started.ids.sampled => Some(SpanRecord {
+                tracer: Arc::clone(tracer),
+                ids: started.ids,
+                trace_state: started.trace_state.clone(),
+                start: std::time::SystemTime::now(),
+                authority: req
+                    .headers()
+                    .get(header::HOST)
+                    .cloned()
+                    .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok())),
+                user_agent: req.headers().get(header::USER_AGENT).cloned(),
+                scheme: if ctx.tls { "https" } else { "http" },
+                cluster: None,
+            }),
+            _ => None,
+        };
+        let trace = trace.map(|(_, started)| started.ids);
 
-        let record = listener.config.access_log.then(|| {
+        let record = (listener.config.access_log || span.is_some()).then(|| {
             Box::new(AccessRecord {
                 listener: Rc::clone(&listener.name),
                 client: ctx.peer,
@@ -149,9 +173,13 @@ impl ProxyService {
                 status: 499,
                 upstream: None,
                 error: None,
+                trace_id: trace.map(|ids| ids.trace_id),
+                logged: listener.config.access_log,
+                span,
             })
         });
         let mut exchange = Exchange::begin(Rc::clone(ctx), record);
+        exchange.trace = trace;
         let grpc = crate::grpc::is_grpc(req.headers());
         if grpc {
             let path = req
@@ -228,6 +256,7 @@ fn forward(
     downstream_version: Version,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
     async move {
+        exchange.set_cluster(&cluster);
         let response = match cluster.send(&mut outgoing).await {
             Ok(upstream) => {
                 let mut parts = upstream.head;
@@ -236,9 +265,7 @@ fn forward(
                 exchange.set_status(parts.status.as_u16());
                 // A trailers-only answer has its status in the head.
                 exchange.observe_grpc_status(&parts.headers);
-                if let Some(record) = &mut exchange.record {
-                    record.upstream = Some(upstream.endpoint);
-                }
+                exchange.set_upstream(Some(upstream.endpoint));
                 Response::from_parts(parts, ProxyBody::upstream(upstream.body, exchange))
             }
             Err(error) => {
@@ -274,9 +301,7 @@ pub(crate) fn local_answer(
     mut exchange: Exchange,
     version: Version,
 ) -> Response<ProxyBody> {
-    if let Some(record) = &mut exchange.record {
-        record.error = Some(answer.reason);
-    }
+    exchange.set_error(answer.reason);
     let grpc = exchange.is_grpc().then(|| {
         answer
             .grpc_status
@@ -320,10 +345,8 @@ pub(crate) fn local_error(
     version: Version,
 ) -> Response<ProxyBody> {
     let status = error.kind.status();
-    if let Some(record) = &mut exchange.record {
-        record.error = Some(error.kind.as_str());
-        record.upstream = error.endpoint;
-    }
+    exchange.set_error(error.kind.as_str());
+    exchange.set_upstream(error.endpoint);
     let mut response = if exchange.is_grpc() {
         // The request's deadline passed: gRPC's own word for it, whatever HTTP would say.
         let code = if error.kind == crate::error::ErrorKind::UpstreamTimeout {

@@ -157,7 +157,7 @@ impl Server {
             listeners = ?self.listeners,
             "rustng serving"
         );
-        let control = self.control;
+        let mut control = self.control;
         let commands = self.commands;
         // The health checker and the discovery adapters follow every snapshot the control
         // thread publishes.
@@ -168,6 +168,10 @@ impl Server {
         crate::upstream::health_check::start(control.current(), control.published())
             .map_err(thread_failed)?;
         crate::discovery::start(control.current(), control.published()).map_err(thread_failed)?;
+        if let Some((queue, spans)) = control.take_spans() {
+            crate::trace::export::start(control.current(), control.published(), queue, spans)
+                .map_err(thread_failed)?;
+        }
         std::thread::Builder::new()
             .name("rustng-control".into())
             .spawn(move || {

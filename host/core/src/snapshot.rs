@@ -22,6 +22,8 @@ pub(crate) struct Snapshot {
     pub(crate) plugins: HashMap<String, Arc<LoadedPlugin>>,
     /// What each cluster keeps across versions for the same name.
     pub(crate) cluster_state: HashMap<String, ClusterShared>,
+    /// Tracing settings, when the config has them.
+    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// A cluster's state that outlives versions: its counters, and the endpoints an operator

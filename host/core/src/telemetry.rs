@@ -100,6 +100,9 @@ impl Telemetry {
         }
         self.render_listeners(&mut out, &snapshot);
         self.render_grpc(&mut out, &snapshot);
+        if let Some(tracer) = &snapshot.tracer {
+            render_tracing(&mut out, tracer.queue_counts());
+        }
         self.render_clusters(&mut out, &snapshot);
         out.push_str(&self.host.metrics().render_prometheus());
         out
@@ -314,6 +317,32 @@ impl Telemetry {
 }
 
 /// One metric family: its HELP and TYPE lines, then a sample per `(label value, value)`.
+/// What became of the spans of sampled requests.
+fn render_tracing(out: &mut String, counts: crate::trace::export::QueueCounts) {
+    let _ = writeln!(
+        out,
+        "# HELP rustng_tracing_spans_exported_total Spans the collector accepted.\n\
+         # TYPE rustng_tracing_spans_exported_total counter\n\
+         rustng_tracing_spans_exported_total {}\n\
+         # HELP rustng_tracing_spans_queued Spans waiting for export.\n\
+         # TYPE rustng_tracing_spans_queued gauge\n\
+         rustng_tracing_spans_queued {}",
+        counts.exported, counts.queued
+    );
+    family(
+        out,
+        "rustng_tracing_spans_dropped_total",
+        "counter",
+        "Spans dropped: the queue was full (max_queue_size), or the collector failed or refused \
+         them.",
+        "reason",
+        vec![
+            ("queue_full".to_owned(), counts.dropped_queue_full),
+            ("export_failed".to_owned(), counts.dropped_export_failed),
+        ],
+    );
+}
+
 fn family<V: std::fmt::Display>(
     out: &mut String,
     name: &str,

@@ -20,6 +20,7 @@ pub(crate) async fn forward(
     protocol: HeaderValue,
     mut exchange: Exchange,
 ) -> Response<ProxyBody> {
+    exchange.set_cluster(cluster);
     let Some(downstream) = req.body_mut().take_upgrade() else {
         // Only HTTP/1.1 requests can switch, and those carry the switch with their body.
         return local_error(
@@ -50,9 +51,7 @@ pub(crate) async fn forward(
         }
     };
     exchange.set_status(response.status().as_u16());
-    if let Some(record) = &mut exchange.record {
-        record.upstream = Some(address);
-    }
+    exchange.set_upstream(Some(address));
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);

@@ -147,6 +147,7 @@ impl Worker {
                 limit: Arc::clone(&spec.limit),
                 stats: Arc::clone(&spec.stats),
                 grpc: Arc::clone(&spec.grpc),
+                tracer: snapshot.tracer.clone(),
                 worker: self.index,
                 config: l.clone(),
             });

@@ -70,6 +70,8 @@ pub struct StreamInfo {
     pub tls: bool,
     /// Values set by filters, by property path (segments joined by NUL, as the guest sent it).
     pub properties: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The request's trace context, while tracing is on (`rustng.trace.*` properties).
+    pub trace: Option<rustng_abi::trace::TraceIds>,
 }
 
 impl StreamInfo {

@@ -28,6 +28,8 @@ use crate::listener::{self, ConnectionLimit};
 use crate::snapshot::{ClusterShared, ListenerSpec, Snapshot};
 use crate::stats::RequestStats;
 use crate::tls;
+use crate::trace::Tracer;
+use crate::trace::export::SpanQueue;
 use crate::worker::WorkerUpdate;
 
 use history::VersionStore;
@@ -379,6 +381,10 @@ pub(crate) struct ControlState {
     /// The last endpoint set each discovery adapter published, by cluster.
     discovered: HashMap<String, crate::discovery::EndpointSet>,
     bound: HashMap<String, BoundListener>,
+    /// Finished spans on their way to the exporter, across versions.
+    spans: Arc<SpanQueue>,
+    /// The exporter's end of `spans`, until the exporter thread takes it.
+    span_receiver: Option<mpsc::UnboundedReceiver<crate::trace::otlp::Span>>,
 }
 
 /// A version ready to publish: nothing left that can fail.
@@ -447,12 +453,14 @@ impl ControlState {
         }
         let last_recorded = records.last().map_or(0, |r| r.version);
         let version = inherited_version.unwrap_or(last_recorded + 1);
+        let (spans, span_receiver) = SpanQueue::new();
         let empty = Snapshot {
             version: 0,
             config: Arc::new(config.clone()),
             listeners: Vec::new(),
             plugins: HashMap::new(),
             cluster_state: HashMap::new(),
+            tracer: None,
         };
         let mut state = ControlState {
             workers,
@@ -471,6 +479,8 @@ impl ControlState {
             first_addresses: Vec::new(),
             inherited,
             bound: HashMap::new(),
+            spans,
+            span_receiver: Some(span_receiver),
         };
         let prepared = state.prepare(config, version).map_err(CoreError::Refused)?;
         state.inherited.close_unused();
@@ -528,6 +538,17 @@ impl ControlState {
     /// Where the first version's listeners listen, in config order.
     pub(crate) fn first_addresses(&self) -> Vec<SocketAddr> {
         self.first_addresses.clone()
+    }
+
+    /// The span queue and its exporter's end (once: the exporter thread takes it).
+    pub(crate) fn take_spans(
+        &mut self,
+    ) -> Option<(
+        Arc<SpanQueue>,
+        mpsc::UnboundedReceiver<crate::trace::otlp::Span>,
+    )> {
+        let receiver = self.span_receiver.take()?;
+        Some((Arc::clone(&self.spans), receiver))
     }
 
     /// The wasm host shared by every plugin generation.
@@ -646,6 +667,10 @@ impl ControlState {
                             (name, shared)
                         })
                         .collect(),
+                    tracer: config
+                        .tracing
+                        .as_ref()
+                        .map(|t| Arc::new(Tracer::new(t, Arc::clone(&self.spans)))),
                     config: Arc::new(config),
                     listeners,
                     plugins: plugins.chosen.clone(),
@@ -983,6 +1008,7 @@ impl ControlState {
             listeners: running.listeners.clone(),
             plugins: running.plugins.clone(),
             cluster_state,
+            tracer: running.tracer.clone(),
         });
         let sockets = self.no_sockets();
         let _ = self.publish(&snapshot, sockets).await;
@@ -1126,6 +1152,7 @@ impl ControlState {
             listeners: running.listeners.clone(),
             plugins: plugins.clone(),
             cluster_state: running.cluster_state.clone(),
+            tracer: running.tracer.clone(),
         });
         let snapshot = self
             .publish_or_restore(&running, snapshot, self.no_sockets())

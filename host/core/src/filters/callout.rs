@@ -6,11 +6,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, header};
-use http_body_util::{BodyExt as _, Limited};
 use rustng_wasm::{HttpCallRequest, HttpCallResponse};
 
 use super::{Filter, StreamEvent};
-use crate::upstream::{BoxError, ClusterRt, Outgoing, RequestBody, UpstreamBody};
+use crate::upstream::{BoxError, ClusterRt};
 
 /// The most of a call's response body RustNg holds for the plugin.
 const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
@@ -72,22 +71,17 @@ async fn send(
     head.headers = call.headers.clone();
     head.headers
         .insert(header::HOST, HeaderValue::from_str(&call.authority)?);
-    let mut outgoing = Outgoing {
+    let answer = crate::upstream::call::call(
+        cluster,
         head,
-        body: Some(RequestBody::full(Bytes::from(call.body.clone()))),
-        timeout: None,
-        hash: None,
-    };
-    let upstream = cluster.send(&mut outgoing).await?;
-    let collected = match upstream.body {
-        UpstreamBody::Http1(body) => Limited::new(body, MAX_RESPONSE_BODY).collect().await?,
-        UpstreamBody::Http2(body) => Limited::new(body, MAX_RESPONSE_BODY).collect().await?,
-    };
-    let trailers = collected.trailers().cloned().unwrap_or_default();
+        Bytes::from(call.body.clone()),
+        MAX_RESPONSE_BODY,
+    )
+    .await?;
     Ok(HttpCallResponse {
-        status: upstream.head.status,
-        headers: upstream.head.headers,
-        body: collected.to_bytes().to_vec(),
-        trailers,
+        status: answer.head.status,
+        headers: answer.head.headers,
+        body: answer.body.to_vec(),
+        trailers: answer.trailers,
     })
 }

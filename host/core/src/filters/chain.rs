@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use rustng_wasm::{
@@ -39,6 +40,9 @@ pub(crate) struct ActiveFilters {
     /// An answer a body filter gave after the request had left: the forwarding code sends it
     /// instead of the upstream's error.
     pub(crate) answer: Option<LocalAnswer>,
+    /// Time in each plugin's callbacks, by plugin name: kept for sampled requests only (their
+    /// spans report it), since timing costs two clock reads per callback.
+    plugin_time: Option<Vec<(String, Duration)>>,
 }
 
 /// Shared by the request body, the response body and the exchange (whichever ends last ends
@@ -59,6 +63,7 @@ impl FilterChain {
             contexts: Vec::with_capacity(self.filters.len()),
             stream,
             answer: None,
+            plugin_time: None,
         }
     }
 
@@ -78,6 +83,7 @@ impl FilterChain {
                 }
                 return Step::Answer(LocalAnswer::plugin_failed());
             }
+            let started = active.plugin_time.is_some().then(Instant::now);
             let stream = &mut active.stream;
             let contexts = &mut active.contexts;
             let outcome = filter.with_instance(|instance| {
@@ -85,6 +91,7 @@ impl FilterChain {
                 contexts.push((Rc::clone(filter), context));
                 instance.on_request_headers(context, head, stream, end_of_stream)
             });
+            active.add_plugin_time(filter, started);
             match outcome {
                 None | Some(Ok(HeadersOutcome::Continue)) => {}
                 Some(Ok(HeadersOutcome::Pause)) => return Step::Pause(index),
@@ -105,6 +112,27 @@ impl FilterChain {
 }
 
 impl ActiveFilters {
+    /// Starts timing each plugin's callbacks for this request.
+    pub(crate) fn time_plugins(&mut self) {
+        self.plugin_time = Some(Vec::new());
+    }
+
+    /// Time spent in each plugin's callbacks so far (empty unless timed).
+    pub(crate) fn plugin_time(&self) -> &[(String, Duration)] {
+        self.plugin_time.as_deref().unwrap_or_default()
+    }
+
+    fn add_plugin_time(&mut self, filter: &Filter, started: Option<Instant>) {
+        let (Some(times), Some(started)) = (&mut self.plugin_time, started) else {
+            return;
+        };
+        let elapsed = started.elapsed();
+        match times.iter_mut().find(|(name, _)| name == filter.name()) {
+            Some((_, total)) => *total += elapsed,
+            None => times.push((filter.name().to_owned(), elapsed)),
+        }
+    }
+
     /// The filter and context at `position` in `direction`'s order (for a paused phase: the
     /// one it waits on).
     pub(crate) fn context_at(
@@ -210,8 +238,11 @@ impl ActiveFilters {
     ) -> Step {
         let mut position = from;
         while let Some((filter, context)) = self.context_at(direction, position) {
+            let started = self.plugin_time.is_some().then(Instant::now);
             let stream = &mut self.stream;
-            match filter.with_instance(|instance| callback(instance, context, stream)) {
+            let outcome = filter.with_instance(|instance| callback(instance, context, stream));
+            self.add_plugin_time(&filter, started);
+            match outcome {
                 None | Some(Ok(Verdict::Next)) => {}
                 Some(Ok(Verdict::Hold)) => return Step::Pause(position),
                 Some(Ok(Verdict::Answer(local))) => {

@@ -3,6 +3,7 @@
 
 mod balancer;
 pub(crate) mod breaker;
+pub(crate) mod call;
 mod cluster;
 mod connect;
 mod h1;

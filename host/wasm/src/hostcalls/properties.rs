@@ -131,7 +131,9 @@ fn lookup(state: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
             }
         }),
         (b"connection", Some(b"mtls")) => stream.map(|_| Ok(vec![0])),
-        _ => None,
+        _ => stream
+            .and_then(|stream| stream.trace.as_ref())
+            .and_then(|trace| trace_field(trace, path)),
     };
     match known {
         Some(value) => value,
@@ -140,6 +142,35 @@ fn lookup(state: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
             .map(<[u8]>::to_vec)
             .ok_or(Status::NotFound),
     }
+}
+
+/// The `rustng.trace.*` properties, in either spelling of their path.
+fn trace_field(
+    trace: &rustng_abi::trace::TraceIds,
+    path: &[u8],
+) -> Option<Result<Vec<u8>, Status>> {
+    use rustng_abi::extensions::{
+        TRACE_PARENT_SPAN_ID, TRACE_SAMPLED, TRACE_SPAN_ID, TRACE_TRACE_ID, TRACE_TRACEPARENT,
+        property_is,
+    };
+    use rustng_abi::trace::Hex;
+    let is = |name| property_is(path, name);
+    Some(if is(TRACE_TRACE_ID) {
+        string(Hex(&trace.trace_id).to_string())
+    } else if is(TRACE_SPAN_ID) {
+        string(Hex(&trace.span_id).to_string())
+    } else if is(TRACE_PARENT_SPAN_ID) {
+        match &trace.parent_span_id {
+            Some(parent) => string(Hex(parent).to_string()),
+            None => Err(Status::NotFound),
+        }
+    } else if is(TRACE_SAMPLED) {
+        Ok(vec![u8::from(trace.sampled)])
+    } else if is(TRACE_TRACEPARENT) {
+        Ok(trace.traceparent().to_vec())
+    } else {
+        return None;
+    })
 }
 
 fn request_field(
