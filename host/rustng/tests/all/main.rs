@@ -37,6 +37,7 @@ mod routing;
 mod stock_filters;
 mod tcp;
 mod tls;
+mod traces;
 mod traffic;
 mod upgrade;
 mod upstream_tls;

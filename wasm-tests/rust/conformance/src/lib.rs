@@ -412,6 +412,8 @@ impl HttpContext for Stream {
             "metrics" => metrics(&mut report),
             "runtime" => runtime(&mut report),
             "properties" => properties(&mut report),
+            // RustNg only (Envoy has no such properties): the request's trace context.
+            "rustng-trace" => rustng_trace(&mut report),
             _ => report.line("unknown-case", case.as_str()),
         }
         for line in &report.lines {
@@ -579,6 +581,16 @@ fn metrics(report: &mut Report) {
     report.status("gauge.decrement", hostcalls::increment_metric(gauge, -4));
     report.line("gauge.get", format!("{:?}", hostcalls::get_metric(gauge)));
     report.status("histogram.record", hostcalls::record_metric(histogram, 42));
+}
+
+fn rustng_trace(report: &mut Report) {
+    for name in ["trace_id", "span_id", "parent_span_id", "traceparent"] {
+        report.bytes(name, hostcalls::get_property(vec!["rustng", "trace", name]));
+    }
+    match hostcalls::get_property(vec!["rustng.trace.sampled"]) {
+        Ok(Some(flag)) => report.line("sampled", format!("{flag:?}")),
+        other => report.line("sampled", format!("{other:?}")),
+    }
 }
 
 fn properties(report: &mut Report) {
