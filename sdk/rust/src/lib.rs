@@ -3,6 +3,7 @@
 //! properties mean nothing there.
 //!
 //! - [`route::set_cluster`]: tell the core which cluster a request goes to.
+//! - [`trace::context`]: the request's trace context (with tracing configured).
 //! - [`ConfiguredRoot`]: the root context most filters need: parse the plugin configuration
 //!   once (refusing the plugin with the reason when it does not parse), then hand every HTTP
 //!   context a shared reference to it. [`configured_http_filter!`] makes it the module's root.
@@ -11,6 +12,7 @@ pub mod discovery;
 pub mod duration;
 pub mod resolve;
 pub mod route;
+pub mod trace;
 
 use std::rc::Rc;
 
