@@ -82,6 +82,12 @@ Methodology
 * Memory per plugin instance: fresh RustNg instances (`workers: 1`, so one plugin instance),
   alternately without and with the filter, 3 of each; each answers one request, then after 1 s
   its VmRSS is read. Reported: median with the plugin minus median without.
+* Load-balancing policies and tracing overhead (RustNg only): one RustNg per variant, all
+  running, measured with the HTTP/1.1 scenario's wrk in interleaved rounds (rotated order, the
+  median of each variant's runs). Policies: four endpoints (the origin on four ports).
+  Tracing: without `tracing`, then 0 %, 1 % and 100 % sampling with spans exported over
+  OTLP/HTTP to a location of the origin nginx; the exporter's counters (exported, dropped) come
+  from each instance's /metrics.
 
 Results are printed as markdown tables and written as JSON to
 bench/results/bench-<timestamp>.json and bench/results/latest.json.
@@ -132,9 +138,13 @@ RUSTNG_LB_PORTS = [18092, 18093, 18094, 18095, 18096]
 # The origin also listens here, so a cluster can have four endpoints.
 ORIGIN_LB_PORTS = [19010, 19011, 19012, 19013]
 NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT = 18088, 18089
+# One RustNg per tracing setting (off, 0 %, 1 %, 100 %), and their admin ports.
+RUSTNG_TRACE_PORTS = [18097, 18098, 18099, 18100]
+RUSTNG_TRACE_ADMIN_PORTS = [18101, 18102, 18103, 18104]
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
-             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS]
+             NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS,
+             *RUSTNG_TRACE_PORTS, *RUSTNG_TRACE_ADMIN_PORTS]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -678,6 +688,8 @@ def start_origin(sup: Supervisor, nofile: int) -> Service:
         listen {HOST}:{ORIGIN_H2C_PORT} http2 backlog=4096;
         {"".join(f"listen {HOST}:{p} backlog=4096; " for p in ORIGIN_LB_PORTS)}
         location / {{ return 200 "hello world\\n"; }}
+        # The tracing bench's OTLP/HTTP collector: accepts every export, answers empty.
+        location = /v1/traces {{ return 200; }}
     }}""")
     svc = start_nginx(sup, "origin", conf, sup.settings.load_cpu)
     wait_ready(svc, ORIGIN_PORT)
@@ -1554,23 +1566,61 @@ clusters:
 LB_POLICIES = ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"]
 
 
+def interleaved_rustngs(sup: Supervisor, variants: list[tuple[str, int, str]],
+                       after: Callable[[str], dict] | None = None) -> dict:
+    """Measures RustNg variants against each other: one RustNg per (name, port, config), all
+    running, wrk as in the HTTP/1.1 scenario. The variants' runs interleave over several
+    rounds, each round in a rotated order, and the median of each variant's runs is reported:
+    a single run per variant was within the machine's noise (a few µs). `after(name)` runs
+    once the rounds are done, while the variant still runs (to read its /metrics)."""
+    s = sup.settings
+    seconds = max(2, s.duration // 2)
+    names = [name for name, _, _ in variants]
+    services = {}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    extra: dict[str, dict] = {}
+    try:
+        for name, port, config in variants:
+            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+            conf = sup.workdir / f"rustng-{slug}.yaml"
+            conf.write_text(config)
+            svc = sup.start(f"rustng-{slug}", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
+            services[name] = (svc, port)
+            wait_ready(svc, port)
+            run_wrk(port, max(1, s.warmup), s.load_cpu)
+        for round_index in range(s.rounds):
+            for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+                svc, port = services[name]
+                cpu0 = cpu_seconds(svc.pid)
+                res = run_wrk(port, seconds, s.load_cpu)
+                cpu = cpu_seconds(svc.pid) - cpu0
+                runs[name].append({"rps": res.rps, "p99_ms": res.p99_ms, "errors": res.errors + res.non_2xx,
+                                   "cpu_us_per_req": cpu * 1e6 / res.requests if res.requests else None})
+        if after:
+            extra = {name: after(name) for name in names}
+    finally:
+        for svc, _ in services.values():
+            sup.stop(svc)
+    results: dict = {"rounds": s.rounds, "seconds_per_run": seconds}
+    for name, variant_runs in runs.items():
+        cpu = sorted(r["cpu_us_per_req"] for r in variant_runs if r["cpu_us_per_req"] is not None)
+        rps = sorted(r["rps"] for r in variant_runs)
+        p99 = sorted(r["p99_ms"] for r in variant_runs if r["p99_ms"] is not None)
+        results[name] = {"rps": statistics.median(rps) if rps else None,
+                         "p99_ms": statistics.median(p99) if p99 else None,
+                         "errors": sum(r["errors"] for r in variant_runs),
+                         "cpu_us_per_req": statistics.median(cpu) if cpu else None,
+                         "cpu_us_per_req_runs": cpu, **extra.get(name, {})}
+    return results
+
+
 def bench_lb_policies(sup: Supervisor, origin: Service) -> dict:
     """The cost of each load-balancing policy: one RustNg (one worker) per policy in front of
-    four endpoints (the origin on four ports), wrk as in the HTTP/1.1 scenario. The policies'
-    runs interleave over several rounds, each round in a rotated order, and the median of
-    each policy's runs is reported: a single run per policy was within the machine's noise
-    (a few µs). Hashing policies get no hash key here, so each request hashes a random one:
-    the table lookup is what is measured."""
-    s = sup.settings
-    info(f"RustNg load-balancing policies: {', '.join(LB_POLICIES)} ({s.rounds} interleaved rounds)")
+    four endpoints (the origin on four ports). Hashing policies get no hash key here, so each
+    request hashes a random one: the table lookup is what is measured."""
+    info(f"RustNg load-balancing policies: {', '.join(LB_POLICIES)} ({sup.settings.rounds} interleaved rounds)")
     endpoints = "".join(f"      - address: {HOST}:{p}\n" for p in ORIGIN_LB_PORTS)
-    seconds = max(2, s.duration // 2)
-    services = {}
-    runs: dict[str, list[dict]] = {policy: [] for policy in LB_POLICIES}
-    try:
-        for policy, port in zip(LB_POLICIES, RUSTNG_LB_PORTS):
-            conf = sup.workdir / f"rustng-lb-{policy.lower()}.yaml"
-            conf.write_text(f"""workers: 1
+    variants = [(policy, port, f"""workers: 1
 log: {{ level: warn }}
 listeners:
   - name: main
@@ -1583,34 +1633,65 @@ clusters:
     lb_policy: {policy}
     protocol: http1
     endpoints:
-{endpoints}""")
-            svc = sup.start(f"rustng-lb-{policy.lower()}", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
-            services[policy] = (svc, port)
-            wait_ready(svc, port)
-            run_wrk(port, max(1, s.warmup), s.load_cpu)
-        for round_index in range(s.rounds):
-            order = LB_POLICIES[round_index:] + LB_POLICIES[:round_index]
-            for policy in order:
-                svc, port = services[policy]
-                cpu0 = cpu_seconds(svc.pid)
-                res = run_wrk(port, seconds, s.load_cpu)
-                cpu = cpu_seconds(svc.pid) - cpu0
-                runs[policy].append({"rps": res.rps, "p99_ms": res.p99_ms, "errors": res.errors + res.non_2xx,
-                                     "cpu_us_per_req": cpu * 1e6 / res.requests if res.requests else None})
-    finally:
-        for svc, _ in services.values():
-            sup.stop(svc)
-    results: dict = {"rounds": s.rounds, "seconds_per_run": seconds}
-    for policy, policy_runs in runs.items():
-        cpu = sorted(r["cpu_us_per_req"] for r in policy_runs if r["cpu_us_per_req"] is not None)
-        rps = sorted(r["rps"] for r in policy_runs)
-        p99 = sorted(r["p99_ms"] for r in policy_runs if r["p99_ms"] is not None)
-        results[policy] = {"rps": statistics.median(rps) if rps else None,
-                           "p99_ms": statistics.median(p99) if p99 else None,
-                           "errors": sum(r["errors"] for r in policy_runs),
-                           "cpu_us_per_req": statistics.median(cpu) if cpu else None,
-                           "cpu_us_per_req_runs": cpu}
-    return results
+{endpoints}""") for policy, port in zip(LB_POLICIES, RUSTNG_LB_PORTS)]
+    return interleaved_rustngs(sup, variants)
+
+
+TRACE_SAMPLING = [("off", None), ("0 %", 0), ("1 %", 1), ("100 %", 100)]
+
+
+def bench_tracing(sup: Supervisor) -> dict:
+    """The cost of tracing per request: RustNg without `tracing`, and with it at 0 %, 1 % and
+    100 % sampling (spans exported over OTLP/HTTP, batches of 512, to a location of the origin
+    nginx that accepts them). 0 % still parses and propagates the trace context on every
+    request; 100 % also builds, queues, encodes and exports a span per request. The exporter's
+    counters are read from each RustNg's /metrics after its runs."""
+    info(f"RustNg tracing overhead: {', '.join(n for n, _ in TRACE_SAMPLING)} sampled "
+         f"({sup.settings.rounds} interleaved rounds)")
+    variants = []
+    admins = {}
+    for (name, percent), port, admin in zip(TRACE_SAMPLING, RUSTNG_TRACE_PORTS, RUSTNG_TRACE_ADMIN_PORTS):
+        tracing = "" if percent is None else f"""admin: {{ address: '{HOST}:{admin}' }}
+tracing:
+  random_sampling: {percent}
+  otlp: {{ cluster: otel, protocol: http }}
+"""
+        if percent is not None:
+            admins[name] = admin
+        variants.append((f"tracing {name}", port, f"""workers: 1
+log: {{ level: warn }}
+{tracing}listeners:
+  - name: main
+    address: {HOST}:{port}
+    default_cluster: backend
+    access_log: false
+    max_connections: 20000
+clusters:
+  - name: backend
+    protocol: http1
+    endpoints: [{{ address: '{HOST}:{ORIGIN_PORT}' }}]
+  - name: otel
+    protocol: http1
+    endpoints: [{{ address: '{HOST}:{ORIGIN_PORT}' }}]
+"""))
+
+    def exporter_counts(variant: str) -> dict:
+        admin = admins.get(variant.removeprefix("tracing "))
+        if admin is None:
+            return {}
+        with socket.create_connection((HOST, admin), timeout=5) as sock:
+            sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+            _, _, body = read_response_full(sock)
+        counts = {}
+        for line in body.decode(errors="replace").splitlines():
+            for key, series in (("spans_exported", "rustng_tracing_spans_exported_total "),
+                                ("spans_dropped_queue_full", 'rustng_tracing_spans_dropped_total{reason="queue_full"} '),
+                                ("spans_dropped_export_failed", 'rustng_tracing_spans_dropped_total{reason="export_failed"} ')):
+                if line.startswith(series):
+                    counts[key] = int(float(line[len(series):]))
+        return counts
+
+    return interleaved_rustngs(sup, variants, exporter_counts)
 
 
 def lb_markdown(lb: dict | None) -> list[str]:
@@ -1627,6 +1708,29 @@ def lb_markdown(lb: dict | None) -> list[str]:
         delta = (r["cpu_us_per_req"] - base) if base is not None and r["cpu_us_per_req"] is not None else None
         out.append(f"| {policy} | {fmt(r['rps'], ',.0f')} | {fmt(r['cpu_us_per_req'], '.2f')} "
                    f"| {fmt(delta, '+.2f', ' µs')} | {fmt(r['p99_ms'], '.2f', ' ms')} | {r['errors']} |")
+    return out + [""]
+
+
+def tracing_markdown(traced: dict | None) -> list[str]:
+    if not traced:
+        return []
+    base = traced.get("tracing off", {}).get("cpu_us_per_req")
+    out = ["### RustNg tracing overhead (HTTP/1.1, wrk -t1 "
+           f"-c{WRK_CONNECTIONS}, median of {traced.get('rounds')} interleaved {traced.get('seconds_per_run')} s runs each; "
+           "spans over OTLP/HTTP)", "",
+           "| sampling | rps | CPU µs/req | vs off | p99 | errors | spans exported | dropped (queue full / export failed) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, _ in TRACE_SAMPLING:
+        r = traced.get(f"tracing {name}")
+        if r is None:
+            continue
+        delta = (r["cpu_us_per_req"] - base) if base is not None and r["cpu_us_per_req"] is not None else None
+        dropped = (f"{r['spans_dropped_queue_full']:,} / {r['spans_dropped_export_failed']:,}"
+                   if "spans_dropped_queue_full" in r else "—")
+        exported = f"{r['spans_exported']:,}" if "spans_exported" in r else "—"
+        out.append(f"| {name} | {fmt(r['rps'], ',.0f')} | {fmt(r['cpu_us_per_req'], '.2f')} "
+                   f"| {fmt(delta, '+.2f', ' µs')} | {fmt(r['p99_ms'], '.2f', ' ms')} | {r['errors']} "
+                   f"| {exported} | {dropped} |")
     return out + [""]
 
 
@@ -1889,7 +1993,7 @@ def main(argv: list[str]) -> int:
     sup = Supervisor(workdir, s)
     results: list[dict] = []
     failures: list[str] = []
-    memory = plugin_memory = swap = upgrade = lb = None
+    memory = plugin_memory = swap = upgrade = lb = traced = None
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
@@ -1917,6 +2021,11 @@ def main(argv: list[str]) -> int:
             except (BenchError, OSError, subprocess.TimeoutExpired) as e:
                 failures.append(f"RustNg load-balancing policies: {e}")
                 warn(f"RustNg load-balancing policies failed: {e}")
+            try:
+                traced = bench_tracing(sup)
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                failures.append(f"RustNg tracing overhead: {e}")
+                warn(f"RustNg tracing overhead failed: {e}")
             try:
                 upgrade = bench_upgrade(sup)
                 load = upgrade["load"]
@@ -1977,10 +2086,12 @@ def main(argv: list[str]) -> int:
               "wasm_filter_summary": summary, "router_summary": router_summary,
               "rustng_plugin_memory": plugin_memory,
               "rustng_swap_latency": swap, "rustng_upgrade": upgrade, "rustng_lb_policies": lb,
+              "rustng_tracing": traced,
               "failures": failures}
     print(markdown(results, memory, meta, summary, plugin_memory, router_summary))
     print("\n".join(swap_markdown(swap)))
     print("\n".join(lb_markdown(lb)))
+    print("\n".join(tracing_markdown(traced)))
     print("\n".join(upgrade_markdown(upgrade)))
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")
