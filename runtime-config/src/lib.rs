@@ -14,7 +14,7 @@ pub use error::{ConfigError, FieldError, render_errors};
 pub use types::{
     Admin, AdminAuth, AdminJwt, AdminJwtKey, AdminTls, CertificateConfig, CircuitBreakers, Cluster,
     Config, ControlPlane, DEFAULT_ADMIN_ADDRESS, Discovery, Endpoint, FailurePolicy,
-    GRPC_WEB_FILTER, HealthCheck, HealthCheckKind, HttpOptions, LbPolicy, Listener,
+    GRPC_WEB_FILTER, HealthCheck, HealthCheckKind, Http3, HttpOptions, LbPolicy, Listener,
     ListenerProtocol, LogConfig, LogFormat, Otlp, OtlpProtocol, OutlierDetection, Plugin,
     TlsConfig, Tracing, Upgrade, UpstreamProtocol, UpstreamTls,
 };

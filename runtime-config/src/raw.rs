@@ -277,6 +277,25 @@ pub struct RawListener {
     /// Plugins run on every connection of a `tcp` listener, in order.
     #[serde(default)]
     pub network_filters: Vec<String>,
+    /// Serve HTTP/3 (QUIC, on UDP) too, with the listener's `tls` certificates.
+    pub http3: Option<RawHttp3>,
+}
+
+/// `listeners[].http3` — HTTP/3 beside HTTP/1.1 and HTTP/2.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp3 {
+    /// `ip:port` of the UDP socket. Default: the listener's address.
+    pub address: Option<String>,
+    /// Most concurrent request streams one connection may open. Default: the listener's
+    /// `http.max_concurrent_streams`.
+    pub max_concurrent_streams: Option<u32>,
+    /// A connection with nothing received for this long is closed (QUIC's idle timeout).
+    /// Default: the listener's `http.idle_timeout`.
+    pub idle_timeout: Option<String>,
+    /// Announce HTTP/3 in an `alt-svc` header on the listener's HTTP/1.1 and HTTP/2
+    /// responses, as browsers need to find it. Default true.
+    pub advertise: Option<bool>,
 }
 
 /// `listeners[].http` — limits against slow, large or greedy clients.

@@ -247,6 +247,21 @@ pub struct Listener {
     pub protocol: ListenerProtocol,
     /// Plugins run on each connection of a TCP listener, in order.
     pub network_filters: Vec<String>,
+    /// HTTP/3 on UDP beside the TCP listener, if configured.
+    pub http3: Option<Http3>,
+}
+
+/// A listener's HTTP/3 (QUIC) side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http3 {
+    /// The UDP address.
+    pub address: SocketAddr,
+    /// Most concurrent request streams per connection.
+    pub max_concurrent_streams: u32,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// Whether TCP responses carry `alt-svc`.
+    pub advertise: bool,
 }
 
 /// What a listener speaks.

@@ -132,6 +132,7 @@ impl Validator {
         }
         let mut listener_names = HashSet::new();
         let mut addresses = HashSet::new();
+        let mut udp_addresses = HashSet::new();
         let listeners: Vec<Listener> = raw
             .listeners
             .into_iter()
@@ -167,6 +168,18 @@ impl Validator {
                         format!(
                             "address {} is already used by another listener",
                             listener.address
+                        ),
+                    );
+                }
+                if let Some(h3) = &listener.http3
+                    && h3.address.port() != 0
+                    && !udp_addresses.insert(h3.address)
+                {
+                    self.error(
+                        format!("{path}.http3.address"),
+                        format!(
+                            "UDP address {} is already used by another listener",
+                            h3.address
                         ),
                     );
                 }
@@ -476,8 +489,44 @@ impl Validator {
             }
             ListenerProtocol::Http => {}
         }
+        let http3 = l.http3.and_then(|h3| {
+            let h3_path = format!("{path}.http3");
+            if protocol == ListenerProtocol::Tcp {
+                self.error(&h3_path, "a TCP listener cannot serve HTTP/3");
+            } else if tls.is_none() {
+                self.error(
+                    &h3_path,
+                    "HTTP/3 is always encrypted: the listener needs tls (its certificates serve both)",
+                );
+            }
+            let udp = match &h3.address {
+                Some(text) => self.socket_addr(&format!("{h3_path}.address"), text),
+                None => address,
+            };
+            let max_concurrent_streams = h3
+                .max_concurrent_streams
+                .unwrap_or(http.max_concurrent_streams);
+            if max_concurrent_streams == 0 {
+                self.error(
+                    format!("{h3_path}.max_concurrent_streams"),
+                    "must be at least 1",
+                );
+            }
+            let idle_timeout = self.duration(
+                &format!("{h3_path}.idle_timeout"),
+                h3.idle_timeout.as_deref(),
+                http.idle_timeout,
+            );
+            Some(Http3 {
+                address: udp?,
+                max_concurrent_streams,
+                idle_timeout,
+                advertise: h3.advertise.unwrap_or(true),
+            })
+        });
 
         Some(Listener {
+            http3,
             name: l.name,
             address: address?,
             default_cluster: l.default_cluster,
@@ -1184,6 +1233,39 @@ clusters:
         assert_eq!(b.endpoints[0].weight, 1);
         assert_eq!(b.protocol, UpstreamProtocol::Http1);
         assert_eq!(b.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn http3_needs_tls_and_defaults_to_the_listener() {
+        let plain = MINIMAL.replace(
+            "    default_cluster: backend\n",
+            "    default_cluster: backend\n    http3: { address: 'nowhere', max_concurrent_streams: 0 }\n",
+        );
+        assert_eq!(
+            errors(&plain),
+            vec![
+                "listeners[0].http3: HTTP/3 is always encrypted: the listener needs tls (its certificates serve both)",
+                "listeners[0].http3.address: invalid socket address \"nowhere\"",
+                "listeners[0].http3.max_concurrent_streams: must be at least 1",
+            ]
+        );
+        let dir = std::env::temp_dir();
+        let cert = dir.join(format!("rustng-h3-{}.pem", std::process::id()));
+        std::fs::write(&cert, "x").expect("file");
+        let with_tls = MINIMAL.replace(
+            "    default_cluster: backend\n",
+            &format!(
+                "    default_cluster: backend\n    tls: {{ certificates: [{{ certificate_chain: {c}, private_key: {c} }}] }}\n    http: {{ idle_timeout: 7s }}\n    http3: {{}}\n",
+                c = cert.display()
+            ),
+        );
+        let config = from_yaml(&with_tls).expect("valid");
+        let h3 = config.listeners[0].http3.as_ref().expect("http3");
+        assert_eq!(h3.address, config.listeners[0].address);
+        assert_eq!(h3.idle_timeout, Duration::from_secs(7));
+        assert_eq!(h3.max_concurrent_streams, 256);
+        assert!(h3.advertise);
+        let _ = std::fs::remove_file(cert);
     }
 
     #[test]

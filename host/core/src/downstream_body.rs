@@ -1,5 +1,5 @@
 //! The body of a client's request, whichever protocol brought it: RustNg's own HTTP/1.1
-//! connection or hyper's HTTP/2. It also carries the protocol switch an HTTP/1.1 request may
+//! connection, hyper's HTTP/2 or HTTP/3. It also carries the protocol switch an HTTP/1.1 request may
 //! lead to, so that the tunnel finds it with the request it belongs to.
 
 use std::pin::Pin;
@@ -31,6 +31,22 @@ impl DownstreamBody {
         DownstreamBody {
             kind: body.map_or(Kind::Empty, Kind::Http1),
             upgrade,
+        }
+    }
+
+    /// A request without a body.
+    pub(crate) fn empty() -> Self {
+        DownstreamBody {
+            kind: Kind::Empty,
+            upgrade: None,
+        }
+    }
+
+    /// A body from a codec without a variant of its own (HTTP/3).
+    pub(crate) fn boxed(body: crate::upstream::LocalBody) -> Self {
+        DownstreamBody {
+            kind: Kind::Boxed(body),
+            upgrade: None,
         }
     }
 

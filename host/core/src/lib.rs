@@ -19,6 +19,7 @@ mod grpc;
 mod grpc_stats;
 mod grpc_web;
 mod h1;
+mod h3;
 mod head_timeout;
 mod headers;
 mod inherited;

@@ -108,6 +108,8 @@ pub(crate) struct ListenerRt {
     pub(crate) stats: Arc<crate::stats::RequestStats>,
     /// Per-method gRPC counters (shared by the workers).
     pub(crate) grpc: Arc<crate::grpc_stats::GrpcStats>,
+    /// `alt-svc` for HTTP/1.1 and HTTP/2 responses, when the listener announces HTTP/3.
+    pub(crate) alt_svc: Option<http::HeaderValue>,
     /// The version's tracing settings, when tracing is on.
     pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
     pub(crate) worker: usize,

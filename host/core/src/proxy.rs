@@ -73,23 +73,45 @@ pub(crate) struct Forwarding {
     version: Version,
     /// A gRPC-Web request: the gRPC response goes back translated.
     grpc_web: Option<Encoding>,
+    /// The listener announces HTTP/3 (`alt-svc`).
+    alt_svc: Option<HeaderValue>,
 }
 
 impl Forwarding {
     pub(crate) fn run(self) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
         let grpc_web = self.grpc_web;
+        let alt_svc = self.alt_svc;
         let forwarded = forward(self.cluster, self.outgoing, self.exchange, self.version);
         async move {
             let response = forwarded.await?;
-            Ok(match grpc_web {
+            let mut response = match grpc_web {
                 None => response,
                 Some(encoding) => crate::grpc_web::translate_response(response, encoding),
-            })
+            };
+            if let Some(value) = alt_svc {
+                response.headers_mut().insert(header::ALT_SVC, value);
+            }
+            Ok(response)
         }
     }
 }
 
 impl Routed {
+    /// The same, with the response announcing HTTP/3.
+    fn announcing(self, alt_svc: HeaderValue) -> Routed {
+        match self {
+            Routed::Forward(mut forwarding) => {
+                forwarding.alt_svc = Some(alt_svc);
+                Routed::Forward(forwarding)
+            }
+            Routed::Other(future) => Routed::Other(Box::pin(async move {
+                let mut response = future.await?;
+                response.headers_mut().insert(header::ALT_SVC, alt_svc);
+                Ok(response)
+            })),
+        }
+    }
+
     /// The same, with the response translated back to gRPC-Web.
     fn answered_as_grpc_web(self, encoding: Encoding) -> Routed {
         match self {
@@ -108,8 +130,21 @@ impl Routed {
 impl ProxyService {
     /// Everything that needs no waiting (header rules, request id, cluster choice) happens here,
     /// before any future exists: the future then holds only what crosses an `.await`.
-    pub(crate) fn route(&self, mut req: Request<DownstreamBody>) -> Routed {
+    pub(crate) fn route(&self, req: Request<DownstreamBody>) -> Routed {
         let listener = self.ctx.listener.current();
+        match listener.alt_svc.clone() {
+            Some(alt_svc) if req.version() != Version::HTTP_3 => {
+                self.route_grpc_web(req, listener).announcing(alt_svc)
+            }
+            _ => self.route_grpc_web(req, listener),
+        }
+    }
+
+    fn route_grpc_web(
+        &self,
+        mut req: Request<DownstreamBody>,
+        listener: Rc<crate::listener::ListenerRt>,
+    ) -> Routed {
         if !listener.config.grpc_web {
             return self.route_with(req, listener);
         }
@@ -241,6 +276,7 @@ impl ProxyService {
             exchange,
             version: downstream_version,
             grpc_web: None,
+            alt_svc: None,
         })
     }
 }

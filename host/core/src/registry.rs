@@ -61,6 +61,34 @@ pub(crate) struct Registration {
     control: Rc<Control>,
 }
 
+impl Registration {
+    /// Resolves once the registry asks the connection to close: for connections that watch
+    /// for it themselves instead of through [`Watched`] (HTTP/3's GOAWAY is async).
+    pub(crate) fn closing(&self) -> Closing<'_> {
+        Closing(&self.control)
+    }
+}
+
+/// See [`Registration::closing`].
+pub(crate) struct Closing<'a>(&'a Control);
+
+impl Future for Closing<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let control = self.0;
+        if control.close.get() {
+            return Poll::Ready(());
+        }
+        let mut waker = control.waker.borrow_mut();
+        match &*waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.slots.borrow_mut()[self.slot] = None;

@@ -104,6 +104,8 @@ impl ClusterShared {
 pub(crate) struct ListenerSpec {
     pub(crate) config: Listener,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// The QUIC settings of the listener's HTTP/3 side, if it has one.
+    pub(crate) quic: Option<Arc<quinn::ServerConfig>>,
     /// Kept across versions for the same listener name: it counts open connections.
     pub(crate) limit: Arc<ConnectionLimit>,
     /// Downstream request counters, kept across versions for the same listener name.

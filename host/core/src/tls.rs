@@ -55,8 +55,18 @@ fn load_certified_key(cert: &CertificateConfig) -> Result<CertifiedKey, String> 
     Ok(CertifiedKey::new(chain, signing_key))
 }
 
-/// Builds the rustls server config of one listener.
+/// Builds the rustls server config of one listener (TCP: the ALPN protocols it configures).
 pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+    let alpn: Vec<&[u8]> = tls.alpn_protocols.iter().map(|p| p.as_bytes()).collect();
+    server_config_for(tls, &alpn, false).map(Arc::new)
+}
+
+/// The same certificates with `alpn`; `tls13_only` for QUIC, which runs on TLS 1.3 alone.
+pub(crate) fn server_config_for(
+    tls: &TlsConfig,
+    alpn: &[&[u8]],
+    tls13_only: bool,
+) -> Result<rustls::ServerConfig, String> {
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
@@ -76,16 +86,16 @@ pub(crate) fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>
         wildcard,
         default,
     };
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = tls
-        .alpn_protocols
-        .iter()
-        .map(|p| p.as_bytes().to_vec())
-        .collect();
-    Ok(Arc::new(config))
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()));
+    let builder = if tls13_only {
+        builder.with_protocol_versions(&[&rustls::version::TLS13])
+    } else {
+        builder.with_safe_default_protocol_versions()
+    };
+    let mut config = builder
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
 }

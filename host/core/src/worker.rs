@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connection;
 use crate::filters::{Filter, FilterChain};
+use crate::h3::QuicSide;
 use crate::listener::{ListenerRt, ListenerSlot};
 use crate::registry::Registry;
 use crate::snapshot::Snapshot;
@@ -62,6 +63,8 @@ struct Accepting {
     address: SocketAddr,
     slot: Rc<ListenerSlot>,
     stops: Vec<Rc<Notify>>,
+    /// The listener's HTTP/3 side, if it has one.
+    quic: Option<QuicSide>,
 }
 
 /// The worker's state for the config version it runs.
@@ -124,7 +127,19 @@ impl Worker {
         let mut kept = HashMap::with_capacity(snapshot.listeners.len());
         for spec in &snapshot.listeners {
             let l = &spec.config;
+            // The port clients are told about: the socket's (port 0 resolved), else the one
+            // this worker already serves HTTP/3 on.
+            let alt_svc = l.http3.as_ref().filter(|h3| h3.advertise).and_then(|h3| {
+                let port = sockets
+                    .udp
+                    .get(&l.name)
+                    .and_then(|s| s.local_addr().ok())
+                    .or_else(|| listeners.get(&l.name)?.quic.as_ref().map(|q| q.address))
+                    .map_or(h3.address.port(), |a| a.port());
+                http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok()
+            });
             let rt = Rc::new(ListenerRt {
+                alt_svc,
                 name: Rc::from(l.name.as_str()),
                 default_cluster: l
                     .default_cluster
@@ -152,20 +167,22 @@ impl Worker {
                 config: l.clone(),
             });
             match listeners.remove(&l.name) {
-                Some(accepting) if accepting.address == l.address => {
+                Some(mut accepting) if accepting.address == l.address => {
                     accepting.slot.replace(rt);
+                    self.update_quic(&mut accepting, spec, &mut sockets);
                     kept.insert(l.name.clone(), accepting);
                 }
                 moved => {
                     if let Some(old) = moved {
                         self.stop_accepting(&l.name, old);
                     }
-                    let Some(socket) = sockets.remove(&l.name).filter(|s| !s.is_empty()) else {
+                    let Some(socket) = sockets.tcp.remove(&l.name).filter(|s| !s.is_empty()) else {
                         tracing::error!(worker = self.index, listener = %l.name, "no socket for a new listener");
                         continue;
                     };
                     match self.start_accepting(socket, rt) {
-                        Ok(accepting) => {
+                        Ok(mut accepting) => {
+                            self.update_quic(&mut accepting, spec, &mut sockets);
                             kept.insert(l.name.clone(), accepting);
                         }
                         Err(error) => {
@@ -226,7 +243,47 @@ impl Worker {
             address,
             slot,
             stops,
+            quic: None,
         })
+    }
+
+    /// Starts, restarts, updates or stops the listener's HTTP/3 side for `spec`.
+    fn update_quic(
+        &self,
+        accepting: &mut Accepting,
+        spec: &crate::snapshot::ListenerSpec,
+        sockets: &mut crate::control::WorkerSockets,
+    ) {
+        let name = &spec.config.name;
+        match (sockets.udp.remove(name), spec.quic.clone()) {
+            (Some(socket), Some(config)) => {
+                if let Some(old) = accepting.quic.take() {
+                    old.stop();
+                }
+                match QuicSide::start(
+                    socket,
+                    config,
+                    Rc::clone(&accepting.slot),
+                    Rc::clone(&self.registry),
+                    Rc::clone(&self.open),
+                ) {
+                    Ok(quic) => accepting.quic = Some(quic),
+                    Err(error) => {
+                        tracing::error!(worker = self.index, listener = %name, %error, "cannot serve HTTP/3");
+                    }
+                }
+            }
+            (None, Some(config)) => {
+                if let Some(quic) = &mut accepting.quic {
+                    quic.update(config);
+                }
+            }
+            (_, None) => {
+                if let Some(old) = accepting.quic.take() {
+                    old.stop();
+                }
+            }
+        }
     }
 
     /// A listener left the config or moved: close its socket and let its connections finish
@@ -235,6 +292,9 @@ impl Worker {
         tracing::info!(worker = self.index, listener = name, address = %accepting.address, "listener stopped");
         for stop in &accepting.stops {
             stop.notify_one();
+        }
+        if let Some(quic) = accepting.quic {
+            quic.stop();
         }
         self.registry.drain_listener(accepting.slot.id);
     }
@@ -292,6 +352,11 @@ async fn serve(setup: WorkerSetup) -> std::io::Result<()> {
                     }
                 }
             },
+        }
+    }
+    for accepting in worker.listeners.borrow_mut().values_mut() {
+        if let Some(quic) = accepting.quic.take() {
+            quic.stop();
         }
     }
     worker.registry.drain();

@@ -41,7 +41,39 @@ use plugins::{PluginGenerations, PreparedPlugins};
 const MIN_INSTANCE_SLOTS: u32 = 128;
 
 /// One worker's sockets for the listeners it does not accept on yet, by listener name.
-pub(crate) type WorkerSockets = HashMap<String, Vec<std::net::TcpListener>>;
+#[derive(Debug, Default)]
+pub(crate) struct WorkerSockets {
+    pub(crate) tcp: HashMap<String, Vec<std::net::TcpListener>>,
+    /// HTTP/3 (QUIC) sockets, for listeners whose HTTP/3 side is new or moved.
+    pub(crate) udp: HashMap<String, std::net::UdpSocket>,
+}
+
+/// A UDP socket per worker for `l`'s HTTP/3 side (port 0 resolved by the first bind).
+fn bind_udp(
+    index: usize,
+    l: &rustng_runtime_config::Listener,
+    mut address: SocketAddr,
+    per_worker: &mut [WorkerSockets],
+    errors: &mut Vec<FieldError>,
+) {
+    for sockets in per_worker.iter_mut() {
+        match crate::h3::bind(address) {
+            Ok(socket) => {
+                if let Ok(bound) = socket.local_addr() {
+                    address = bound;
+                }
+                sockets.udp.insert(l.name.clone(), socket);
+            }
+            Err(source) => {
+                errors.push(FieldError::new(
+                    format!("listeners[{index}].http3.address"),
+                    format!("listener {}: cannot bind UDP {address}: {source}", l.name),
+                ));
+                break;
+            }
+        }
+    }
+}
 
 /// Duplicates of the sockets the workers accept on, for a binary upgrade to hand over. They
 /// are dropped as soon as their listener leaves the config: a duplicate kept open would keep
@@ -492,7 +524,7 @@ impl ControlState {
                 .snapshot
                 .listeners
                 .iter()
-                .filter_map(|l| first.get(&l.config.name)?.first()?.local_addr().ok())
+                .filter_map(|l| first.tcp.get(&l.config.name)?.first()?.local_addr().ok())
                 .collect();
         }
         state.track_sockets(&prepared.snapshot, &prepared.sockets);
@@ -578,6 +610,24 @@ impl ControlState {
                     }
                 },
             };
+            let quic = match (&l.tls, &l.http3, before) {
+                (Some(t), Some(h3), Some(b))
+                    if b.config.tls.as_ref() == Some(t) && b.config.http3.as_ref() == Some(h3) =>
+                {
+                    b.quic.clone()
+                }
+                (Some(t), Some(h3), _) => match crate::h3::server_config(t, h3) {
+                    Ok(config) => Some(config),
+                    Err(message) => {
+                        errors.push(FieldError::new(
+                            format!("listeners[{index}].http3"),
+                            format!("listener {}: {message}", l.name),
+                        ));
+                        None
+                    }
+                },
+                _ => None,
+            };
             let limit = match before {
                 Some(b) => {
                     b.limit.set_max(l.max_connections);
@@ -591,6 +641,7 @@ impl ControlState {
             listeners.push(ListenerSpec {
                 config: l.clone(),
                 tls,
+                quic,
                 limit,
                 stats,
                 grpc,
@@ -744,59 +795,80 @@ impl ControlState {
         let mut errors = Vec::new();
         for (index, spec) in next.iter().enumerate() {
             let l = &spec.config;
-            if running
-                .iter()
-                .any(|r| r.config.name == l.name && r.config.address == l.address)
+            let before = running.iter().find(|r| r.config.name == l.name);
+            if before.is_none_or(|r| r.config.address != l.address) {
+                self.bind_tcp(index, l, &mut per_worker, &mut errors);
+            }
+            // A listener that moved starts afresh on both sides (its connections drain with
+            // the old slot).
+            if let Some(http3) = &l.http3
+                && before.is_none_or(|r| {
+                    r.config.address != l.address
+                        || r.config
+                            .http3
+                            .as_ref()
+                            .is_none_or(|r| r.address != http3.address)
+                })
             {
-                continue;
-            }
-            if let Some(taken) = self.inherited.take(&l.name, l.address) {
-                match inherited::spread(taken, self.workers) {
-                    Ok(spread) => {
-                        tracing::info!(listener = %l.name, address = %l.address, "listening on inherited sockets");
-                        for (sockets, taken) in per_worker.iter_mut().zip(spread) {
-                            sockets.insert(l.name.clone(), taken);
-                        }
-                    }
-                    Err(source) => errors.push(FieldError::new(
-                        format!("listeners[{index}].address"),
-                        format!(
-                            "listener {}: cannot share an inherited socket: {source}",
-                            l.name
-                        ),
-                    )),
-                }
-                continue;
-            }
-            // Port 0 is resolved by the first bind, so every worker listens on the same port.
-            let mut address: SocketAddr = l.address;
-            for sockets in &mut per_worker {
-                match listener::bind(address) {
-                    Ok(socket) => {
-                        if let Ok(bound) = socket.local_addr() {
-                            address = bound;
-                        }
-                        sockets.insert(l.name.clone(), vec![socket]);
-                    }
-                    Err(source) => {
-                        let error = CoreError::Bind {
-                            listener: l.name.clone(),
-                            address,
-                            source,
-                        };
-                        errors.push(FieldError::new(
-                            format!("listeners[{index}].address"),
-                            error.to_string(),
-                        ));
-                        break;
-                    }
-                }
+                bind_udp(index, l, http3.address, &mut per_worker, &mut errors);
             }
         }
         if errors.is_empty() {
             Ok(per_worker)
         } else {
             Err(errors)
+        }
+    }
+
+    /// A TCP socket per worker for `l`: inherited ones if there are, else bound.
+    fn bind_tcp(
+        &mut self,
+        index: usize,
+        l: &rustng_runtime_config::Listener,
+        per_worker: &mut [WorkerSockets],
+        errors: &mut Vec<FieldError>,
+    ) {
+        if let Some(taken) = self.inherited.take(&l.name, l.address) {
+            match inherited::spread(taken, self.workers) {
+                Ok(spread) => {
+                    tracing::info!(listener = %l.name, address = %l.address, "listening on inherited sockets");
+                    for (sockets, taken) in per_worker.iter_mut().zip(spread) {
+                        sockets.tcp.insert(l.name.clone(), taken);
+                    }
+                }
+                Err(source) => errors.push(FieldError::new(
+                    format!("listeners[{index}].address"),
+                    format!(
+                        "listener {}: cannot share an inherited socket: {source}",
+                        l.name
+                    ),
+                )),
+            }
+            return;
+        }
+        // Port 0 is resolved by the first bind, so every worker listens on the same port.
+        let mut address: SocketAddr = l.address;
+        for sockets in per_worker.iter_mut() {
+            match listener::bind(address) {
+                Ok(socket) => {
+                    if let Ok(bound) = socket.local_addr() {
+                        address = bound;
+                    }
+                    sockets.tcp.insert(l.name.clone(), vec![socket]);
+                }
+                Err(source) => {
+                    let error = CoreError::Bind {
+                        listener: l.name.clone(),
+                        address,
+                        source,
+                    };
+                    errors.push(FieldError::new(
+                        format!("listeners[{index}].address"),
+                        error.to_string(),
+                    ));
+                    break;
+                }
+            }
         }
     }
 
@@ -896,7 +968,9 @@ impl ControlState {
 
     /// No new sockets for any worker.
     fn no_sockets(&self) -> Vec<WorkerSockets> {
-        (0..self.workers).map(|_| HashMap::new()).collect()
+        (0..self.workers)
+            .map(|_| WorkerSockets::default())
+            .collect()
     }
 
     /// Keeps duplicates of the sockets `snapshot`'s listeners accept on: the new ones from
@@ -907,7 +981,7 @@ impl ControlState {
             let name = &spec.config.name;
             let fresh: Vec<std::net::TcpListener> = sockets
                 .iter()
-                .filter_map(|worker| worker.get(name))
+                .filter_map(|worker| worker.tcp.get(name))
                 .flatten()
                 .filter_map(|socket| socket.try_clone().ok())
                 .collect();

@@ -19,15 +19,15 @@ use crate::harness::{Rustng, simple_config};
 
 /// The message both calls use; hand-written so the test needs no protoc.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Note {
+pub(crate) struct Note {
     #[prost(string, tag = "1")]
-    text: String,
+    pub(crate) text: String,
     #[prost(uint32, tag = "2")]
-    seq: u32,
+    pub(crate) seq: u32,
 }
 
-const UNARY: &str = "/rustng.test.Echo/Unary";
-const BIDI: &str = "/rustng.test.Echo/Chat";
+pub(crate) const UNARY: &str = "/rustng.test.Echo/Unary";
+pub(crate) const BIDI: &str = "/rustng.test.Echo/Chat";
 
 struct Unary;
 

@@ -26,6 +26,7 @@ mod discovery_etcd;
 mod discovery_kubernetes;
 mod grpc;
 mod h1_upstream;
+mod http3;
 mod jwt_authn;
 mod limits;
 mod metrics;

@@ -13,7 +13,7 @@ use crate::harness::Rustng;
 use crate::origin::Origin;
 
 pub(crate) struct Cert {
-    der: CertificateDer<'static>,
+    pub(crate) der: CertificateDer<'static>,
 }
 
 /// GET `path` over HTTP/1.1 on TLS to `addr` as `name`, trusting only `cert`: the status.
@@ -23,6 +23,25 @@ pub(crate) async fn tls_get(
     cert: &Cert,
     path: &str,
 ) -> u16 {
+    tls_get_response(addr, name, cert, path).await.0
+}
+
+/// The same, for the response headers.
+pub(crate) async fn tls_get_headers(
+    addr: std::net::SocketAddr,
+    name: &str,
+    cert: &Cert,
+    path: &str,
+) -> http::HeaderMap {
+    tls_get_response(addr, name, cert, path).await.1
+}
+
+async fn tls_get_response(
+    addr: std::net::SocketAddr,
+    name: &str,
+    cert: &Cert,
+    path: &str,
+) -> (u16, http::HeaderMap) {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let tls = connector(&[cert], &[b"http/1.1"])
         .connect(ServerName::try_from(name.to_owned()).expect("name"), tcp)
@@ -38,8 +57,9 @@ pub(crate) async fn tls_get(
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let _ = response.into_body().collect().await;
-    status
+    (status, headers)
 }
 
 pub(crate) fn make_cert(dir: &std::path::Path, name: &str, names: &[&str]) -> Cert {
