@@ -28,6 +28,10 @@ pub(crate) struct Note {
 
 pub(crate) const UNARY: &str = "/rustng.test.Echo/Unary";
 pub(crate) const BIDI: &str = "/rustng.test.Echo/Chat";
+/// Client streaming: the texts joined, the seqs summed.
+pub(crate) const COLLECT: &str = "/rustng.test.Echo/Collect";
+/// Server streaming: `seq` notes back, numbered.
+pub(crate) const COUNT: &str = "/rustng.test.Echo/Count";
 
 struct Unary;
 
@@ -86,7 +90,52 @@ impl StreamingService<Note> for Chat {
     }
 }
 
-/// A tonic server with `rustng.test.Echo/Unary` and `/Chat` on 127.0.0.1 (HTTP/2).
+struct Collect;
+
+impl tonic::server::ClientStreamingService<Note> for Collect {
+    type Response = Note;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Note>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Streaming<Note>>) -> Self::Future {
+        Box::pin(async move {
+            let mut incoming = request.into_inner();
+            let mut texts = Vec::new();
+            let mut sum = 0;
+            while let Some(note) = incoming.message().await? {
+                texts.push(note.text);
+                sum += note.seq;
+            }
+            Ok(Response::new(Note {
+                text: texts.join("+"),
+                seq: sum,
+            }))
+        })
+    }
+}
+
+struct Count;
+
+impl tonic::server::ServerStreamingService<Note> for Count {
+    type Response = Note;
+    type ResponseStream = NoteStream;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<NoteStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Note>) -> Self::Future {
+        Box::pin(async move {
+            let note = request.into_inner();
+            let replies = futures_util::stream::iter((1..=note.seq).map(move |i| {
+                Ok(Note {
+                    text: format!("{} #{i}", note.text),
+                    seq: i,
+                })
+            }));
+            Ok(Response::new(Box::pin(replies) as NoteStream))
+        })
+    }
+}
+
+/// A tonic server with `rustng.test.Echo/Unary`, `/Chat` (bidirectional), `/Collect` (client
+/// streaming) and `/Count` (server streaming) on 127.0.0.1 (HTTP/2).
 pub(crate) async fn start_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -109,6 +158,16 @@ pub(crate) async fn start_server() -> (SocketAddr, tokio::task::JoinHandle<()>) 
                             BIDI => {
                                 Grpc::new(ProstCodec::<Note, Note>::default())
                                     .streaming(Chat, req)
+                                    .await
+                            }
+                            COLLECT => {
+                                Grpc::new(ProstCodec::<Note, Note>::default())
+                                    .client_streaming(Collect, req)
+                                    .await
+                            }
+                            COUNT => {
+                                Grpc::new(ProstCodec::<Note, Note>::default())
+                                    .server_streaming(Count, req)
                                     .await
                             }
                             _ => Status::unimplemented("no such method").into_http(),
@@ -208,6 +267,53 @@ async fn grpc_unary_and_error_status_cross_the_proxy() {
     for line in &lines {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_client_and_server_streaming_cross_the_proxy() {
+    let (server, task) = start_server().await;
+    let proxy = Rustng::start(&simple_config(&[server], "", "    protocol: http2"));
+    let mut grpc = client(&proxy).await;
+
+    grpc.ready().await.expect("ready");
+    let notes = (1..=4).map(|seq| Note {
+        text: format!("n{seq}"),
+        seq,
+    });
+    let collected = grpc
+        .client_streaming(
+            Request::new(futures_util::stream::iter(notes)),
+            PathAndQuery::from_static(COLLECT),
+            ProstCodec::<Note, Note>::default(),
+        )
+        .await
+        .expect("client streaming")
+        .into_inner();
+    assert_eq!(collected.text, "n1+n2+n3+n4");
+    assert_eq!(collected.seq, 10);
+
+    grpc.ready().await.expect("ready");
+    let mut counted = grpc
+        .server_streaming(
+            Request::new(Note {
+                text: "tick".into(),
+                seq: 5,
+            }),
+            PathAndQuery::from_static(COUNT),
+            ProstCodec::<Note, Note>::default(),
+        )
+        .await
+        .expect("server streaming")
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(note) = counted.message().await.expect("message") {
+        seen.push(note.text);
+    }
+    assert_eq!(
+        seen,
+        ["tick #1", "tick #2", "tick #3", "tick #4", "tick #5"]
+    );
     task.abort();
 }
 

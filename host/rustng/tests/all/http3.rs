@@ -286,7 +286,7 @@ listeners:\n",
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_over_http3_unary_and_bidirectional() {
+async fn grpc_over_http3_unary_client_server_and_bidirectional_streaming() {
     let (grpc_addr, grpc_server) = crate::grpc::start_server().await;
     let certs = tempfile::tempdir().expect("tempdir");
     let cert = make_cert(certs.path(), "localhost", &["localhost"]);
@@ -333,6 +333,40 @@ async fn grpc_over_http3_unary_and_bidirectional() {
         )
         .await;
     assert_eq!(grpc_status(&failed), Some("5"), "NOT_FOUND");
+
+    // Client streaming: several messages in the request body.
+    let collected = client
+        .request(
+            grpc_request(crate::grpc::COLLECT),
+            &(1..=3)
+                .map(|seq| {
+                    frame(&crate::grpc::Note {
+                        text: format!("q{seq}"),
+                        seq,
+                    })
+                })
+                .collect::<Vec<_>>(),
+            None,
+        )
+        .await;
+    assert_eq!(grpc_status(&collected), Some("0"));
+    let summed = unframe(&collected.body);
+    assert_eq!((summed[0].text.as_str(), summed[0].seq), ("q1+q2+q3", 6));
+
+    // Server streaming: several messages in the response body.
+    let counted = client
+        .request(
+            grpc_request(crate::grpc::COUNT),
+            &[frame(&crate::grpc::Note {
+                text: "h3".into(),
+                seq: 3,
+            })],
+            None,
+        )
+        .await;
+    assert_eq!(grpc_status(&counted), Some("0"));
+    let texts: Vec<String> = unframe(&counted.body).into_iter().map(|n| n.text).collect();
+    assert_eq!(texts, ["h3 #1", "h3 #2", "h3 #3"]);
 
     // Bidirectional: each message must come back before the next is sent, so nothing may
     // wait for the end of the request body.

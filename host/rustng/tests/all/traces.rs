@@ -368,11 +368,28 @@ async fn spans_reach_an_otlp_grpc_collector_with_their_parents() {
 
     // The access log names the trace.
     assert!(proxy.log_eventually_contains(&format!("\"trace_id\":\"{PARENT_TRACE}\"")));
-    let metrics = metrics(&client, admin).await;
-    assert!(
-        metrics.contains("rustng_tracing_spans_exported_total 3"),
+    // Counted once the collector's answer is in, a moment after it has the spans.
+    let metrics = metrics_when(&client, admin, |m| {
+        metric(m, "rustng_tracing_spans_exported_total") == 3.0
+    })
+    .await;
+    assert_eq!(
+        metric(&metrics, "rustng_tracing_spans_exported_total"),
+        3.0,
         "{metrics}"
     );
+}
+
+/// /metrics once `ready` holds, or after 5 s.
+async fn metrics_when(client: &HttpClient, admin: u16, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(client, admin).await;
+        if ready(&text) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn metrics(client: &HttpClient, admin: u16) -> String {
@@ -458,7 +475,10 @@ async fn sampling_follows_the_ratio_for_roots_and_the_callers_decision_otherwise
         .collect();
     paths.sort();
     assert_eq!(paths, vec!["/echo/b3", "/echo/w3c"]);
-    let metrics = metrics(&client, admin).await;
+    let metrics = metrics_when(&client, admin, |m| {
+        metric(m, "rustng_tracing_spans_exported_total") == 2.0
+    })
+    .await;
     assert_eq!(metric(&metrics, "rustng_tracing_spans_exported_total"), 2.0);
 }
 
@@ -527,7 +547,13 @@ async fn a_stalled_collector_costs_traffic_nothing() {
         proxy.log_eventually_contains("span export failed; the spans are dropped"),
         "the failure is logged"
     );
-    let metrics = metrics(&client, admin).await;
+    let metrics = metrics_when(&client, admin, |m| {
+        metric(
+            m,
+            "rustng_tracing_spans_dropped_total{reason=\"export_failed\"}",
+        ) >= 4.0
+    })
+    .await;
     let full = metric(
         &metrics,
         "rustng_tracing_spans_dropped_total{reason=\"queue_full\"}",
