@@ -4,7 +4,8 @@
 //! The point of taking a socket rather than binding one is that it never closes: connections
 //! queued on it while the processes change hands are accepted by the new one, none is refused.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 
 /// One listener's inherited sockets.
 #[derive(Debug)]
@@ -19,22 +20,68 @@ pub struct InheritedListener {
     pub sockets: Vec<TcpListener>,
 }
 
+/// One listener's inherited HTTP/3 sockets: each UDP socket with this process's end of the
+/// link to the process that handed it over (see `h3/handover.rs`).
+#[derive(Debug)]
+pub struct InheritedQuic {
+    /// The listener's name.
+    pub name: String,
+    /// The UDP address (port 0 already resolved).
+    pub address: SocketAddr,
+    /// One per worker of the old process.
+    pub sockets: Vec<(UdpSocket, UnixDatagram)>,
+}
+
 /// The sockets a process was given, taken one listener at a time as the first config
 /// version binds.
 #[derive(Debug, Default)]
 pub struct InheritedSockets {
     listeners: Vec<InheritedListener>,
+    quic: Vec<InheritedQuic>,
+    /// The connection ID tag of the process that handed the sockets over.
+    quic_tag: Option<u16>,
 }
 
 impl InheritedSockets {
     /// Sockets from `listeners`.
     pub fn new(listeners: Vec<InheritedListener>) -> Self {
-        InheritedSockets { listeners }
+        InheritedSockets {
+            listeners,
+            quic: Vec::new(),
+            quic_tag: None,
+        }
+    }
+
+    /// With HTTP/3 sockets too, from the process whose connection IDs carry `tag`.
+    pub fn with_quic(mut self, quic: Vec<InheritedQuic>, tag: u16) -> Self {
+        self.quic = quic;
+        self.quic_tag = Some(tag);
+        self
     }
 
     /// Whether there is nothing (left) to take.
     pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty()
+        self.listeners.is_empty() && self.quic.is_empty()
+    }
+
+    /// The tag of the process these came from, if they came from a RustNg.
+    pub(crate) fn quic_tag(&self) -> Option<u16> {
+        self.quic_tag
+    }
+
+    /// Takes the HTTP/3 sockets of the listener `name` at `address` (or its namesake's, for
+    /// port 0), as [`InheritedSockets::take`] does for TCP.
+    pub(crate) fn take_quic(
+        &mut self,
+        name: &str,
+        address: SocketAddr,
+    ) -> Option<Vec<(UdpSocket, UnixDatagram)>> {
+        let position = self.quic.iter().position(|q| {
+            q.address == address
+                || (address.port() == 0 && q.name == name && q.address.ip() == address.ip())
+        })?;
+        let taken = self.quic.swap_remove(position);
+        (!taken.sockets.is_empty()).then_some(taken.sockets)
     }
 
     /// Takes the sockets for the listener `name` at `address`: the ones bound to that address,
@@ -65,6 +112,13 @@ impl InheritedSockets {
                 "an inherited socket matches no listener of the config; closing it"
             );
         }
+        for unused in self.quic.drain(..) {
+            tracing::warn!(
+                address = %unused.address,
+                name = %unused.name,
+                "an inherited HTTP/3 socket matches no listener of the config; closing it (the old process's QUIC connections on it get no more packets)"
+            );
+        }
     }
 }
 
@@ -88,6 +142,16 @@ pub(crate) fn spread(
         }
     }
     Ok(per_worker)
+}
+
+/// Spreads UDP sockets over `workers`, each to exactly one (two endpoints reading one socket
+/// would take each other's packets); workers beyond their number get none.
+pub(crate) fn spread_udp<T>(sockets: Vec<T>, workers: usize) -> Vec<Vec<T>> {
+    let mut per_worker: Vec<Vec<T>> = (0..workers).map(|_| Vec::new()).collect();
+    for (index, socket) in sockets.into_iter().enumerate() {
+        per_worker[index % workers.max(1)].push(socket);
+    }
+    per_worker
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub use control::{
     HandoverState, Origin, PluginGenerationInfo, VersionRecord,
 };
 pub use error::{CoreError, ErrorKind, ErrorSource, ProxyError};
-pub use inherited::{InheritedListener, InheritedSockets};
+pub use inherited::{InheritedListener, InheritedQuic, InheritedSockets};
 pub use server::{Server, ShutdownHandle};
 pub use telemetry::Telemetry;
 pub use upstream::HealthStatus;

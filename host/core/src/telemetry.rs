@@ -100,6 +100,9 @@ impl Telemetry {
         }
         self.render_listeners(&mut out, &snapshot);
         self.render_grpc(&mut out, &snapshot);
+        if snapshot.listeners.iter().any(|l| l.config.http3.is_some()) {
+            render_http3(&mut out);
+        }
         if let Some(tracer) = &snapshot.tracer {
             render_tracing(&mut out, tracer.queue_counts());
         }
@@ -317,6 +320,29 @@ impl Telemetry {
 }
 
 /// One metric family: its HELP and TYPE lines, then a sample per `(label value, value)`.
+/// QUIC datagrams the processes of a binary upgrade passed each other.
+fn render_http3(out: &mut String) {
+    use std::sync::atomic::Ordering;
+    family(
+        out,
+        "rustng_http3_upgrade_datagrams_total",
+        "counter",
+        "QUIC datagrams passed to the other process of a binary upgrade (out: they belong to its \
+         connections; in: it passed this process's) since this process started.",
+        "direction",
+        vec![
+            (
+                "out".to_owned(),
+                crate::h3::PASSED_OUT.load(Ordering::Relaxed),
+            ),
+            (
+                "in".to_owned(),
+                crate::h3::PASSED_IN.load(Ordering::Relaxed),
+            ),
+        ],
+    );
+}
+
 /// What became of the spans of sampled requests.
 fn render_tracing(out: &mut String, counts: crate::trace::export::QueueCounts) {
     let _ = writeln!(

@@ -133,7 +133,7 @@ impl Worker {
                 let port = sockets
                     .udp
                     .get(&l.name)
-                    .and_then(|s| s.local_addr().ok())
+                    .and_then(|s| s.first()?.0.local_addr().ok())
                     .or_else(|| listeners.get(&l.name)?.quic.as_ref().map(|q| q.address))
                     .map_or(h3.address.port(), |a| a.port());
                 http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok()
@@ -260,13 +260,7 @@ impl Worker {
                 if let Some(old) = accepting.quic.take() {
                     old.stop();
                 }
-                match QuicSide::start(
-                    socket,
-                    config,
-                    Rc::clone(&accepting.slot),
-                    Rc::clone(&self.registry),
-                    Rc::clone(&self.open),
-                ) {
+                match QuicSide::start(socket, config, &accepting.slot, &self.registry, &self.open) {
                     Ok(quic) => accepting.quic = Some(quic),
                     Err(error) => {
                         tracing::error!(worker = self.index, listener = %name, %error, "cannot serve HTTP/3");

@@ -344,41 +344,12 @@ async fn upgrade_once(state: &State, binary: Option<PathBuf>) -> Result<Upgraded
         }
     };
 
-    if let Err(error) = hand_over(&connection, state).await {
-        return Err(stop_child(
-            &mut child,
-            format!("handing over the sockets failed: {error}"),
-        )
-        .await);
-    }
-
-    let answer = tokio::select! {
-        answer = connection.recv() => answer,
-        status = child.wait() => {
-            return Err(format!("the new process exited ({}) before it was ready", describe(status)));
-        }
-        () = tokio::time::sleep_until(deadline) => {
-            return Err(stop_child(&mut child, format!(
-                "the new process was not ready within {:?}", running.ready_timeout
-            )).await);
-        }
-    };
-    let new_pid = match answer {
-        Ok(Message::Ready { pid }) => pid,
-        Ok(Message::Failed { reason }) => {
-            return Err(stop_child(
-                &mut child,
-                format!("the new process failed to start: {reason}"),
-            )
-            .await);
-        }
-        Ok(other) => {
-            return Err(stop_child(&mut child, format!("unexpected message {other:?}")).await);
-        }
-        Err(error) => {
-            return Err(
-                stop_child(&mut child, format!("the new process went away: {error}")).await,
-            );
+    let new_pid = match take_over(&mut connection, &mut child, state, deadline).await {
+        Ok(pid) => pid,
+        Err(reason) => {
+            // The old process takes its HTTP/3 sockets' packets and new connections back.
+            running.controller.handover_aborted();
+            return Err(reason);
         }
     };
 
@@ -411,6 +382,39 @@ async fn upgrade_once(state: &State, binary: Option<PathBuf>) -> Result<Upgraded
     })
 }
 
+/// Hands the sockets over and waits for the new process to say it serves: its pid.
+async fn take_over(
+    connection: &mut Connection,
+    child: &mut Child,
+    state: &State,
+    deadline: tokio::time::Instant,
+) -> Result<u32, String> {
+    let running = &state.running;
+    if let Err(error) = hand_over(connection, state).await {
+        return Err(stop_child(child, format!("handing over the sockets failed: {error}")).await);
+    }
+
+    let answer = tokio::select! {
+        answer = connection.recv() => answer,
+        status = child.wait() => {
+            return Err(format!("the new process exited ({}) before it was ready", describe(status)));
+        }
+        () = tokio::time::sleep_until(deadline) => {
+            return Err(stop_child(child, format!(
+                "the new process was not ready within {:?}", running.ready_timeout
+            )).await);
+        }
+    };
+    match answer {
+        Ok(Message::Ready { pid }) => Ok(pid),
+        Ok(Message::Failed { reason }) => {
+            Err(stop_child(child, format!("the new process failed to start: {reason}")).await)
+        }
+        Ok(other) => Err(stop_child(child, format!("unexpected message {other:?}")).await),
+        Err(error) => Err(stop_child(child, format!("the new process went away: {error}")).await),
+    }
+}
+
 /// Sends the running version and every listening socket.
 async fn hand_over(connection: &Connection, state: &State) -> std::io::Result<()> {
     let running = &state.running;
@@ -425,6 +429,18 @@ async fn hand_over(connection: &Connection, state: &State) -> std::io::Result<()
                 address: listener.address,
             });
             owned.push(socket.into());
+        }
+    }
+    // Each HTTP/3 socket is followed by the new process's end of its link.
+    for quic in handover.quic {
+        for (socket, link) in quic.sockets {
+            sockets.push(SocketInfo::QuicSocket {
+                name: quic.name.clone(),
+                address: quic.address,
+            });
+            owned.push(socket.into());
+            sockets.push(SocketInfo::QuicLink);
+            owned.push(link.into());
         }
     }
     if let Some((admin, _)) = &running.admin {
@@ -445,6 +461,7 @@ async fn hand_over(connection: &Connection, state: &State) -> std::io::Result<()
             version: handover.version,
             document,
             sockets,
+            quic_tag: Some(handover.quic_tag),
         })
         .await?;
     let borrowed: Vec<BorrowedFd<'_>> = owned.iter().map(AsFd::as_fd).collect();

@@ -4,7 +4,7 @@ use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustng_core::{ConfigDocument, InheritedListener, InheritedSockets};
+use rustng_core::{ConfigDocument, InheritedListener, InheritedQuic, InheritedSockets};
 
 use crate::wire::{Connection, Message, SocketInfo, unexpected};
 use crate::{SOCKET_ENV, TOKEN_ENV, UpgradeError};
@@ -99,21 +99,48 @@ impl Takeover {
 }
 
 async fn receive(connection: &mut Connection, socket: &Path) -> Result<Handed, UpgradeError> {
-    let (version, document, sockets) = match connection.recv_within(ANSWER_TIMEOUT).await? {
-        Message::Handover {
-            version,
-            document,
-            sockets,
-        } => (version, document, sockets),
-        Message::Refused { reason } => return Err(UpgradeError::Refused(reason)),
-        other => return Err(unexpected(&other)),
-    };
+    let (version, document, sockets, quic_tag) =
+        match connection.recv_within(ANSWER_TIMEOUT).await? {
+            Message::Handover {
+                version,
+                document,
+                sockets,
+                quic_tag,
+            } => (version, document, sockets, quic_tag),
+            Message::Refused { reason } => return Err(UpgradeError::Refused(reason)),
+            other => return Err(unexpected(&other)),
+        };
     let descriptors = connection.recv_descriptors(sockets.len()).await?;
     let mut listeners: Vec<InheritedListener> = Vec::new();
+    let mut quic: Vec<InheritedQuic> = Vec::new();
+    let mut quic_socket: Option<(String, std::net::SocketAddr, std::net::UdpSocket)> = None;
     let mut admin = None;
     let mut upgrade = None;
     for (info, fd) in sockets.into_iter().zip(descriptors) {
         match info {
+            SocketInfo::QuicSocket { name, address } => {
+                quic_socket = Some((name, address, std::net::UdpSocket::from(fd)));
+            }
+            SocketInfo::QuicLink => {
+                let Some((name, address, socket)) = quic_socket.take() else {
+                    return Err(UpgradeError::Protocol(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "an HTTP/3 link without its socket",
+                    )));
+                };
+                let link = std::os::unix::net::UnixDatagram::from(fd);
+                match quic
+                    .iter_mut()
+                    .find(|q| q.name == name && q.address == address)
+                {
+                    Some(listener) => listener.sockets.push((socket, link)),
+                    None => quic.push(InheritedQuic {
+                        name,
+                        address,
+                        sockets: vec![(socket, link)],
+                    }),
+                }
+            }
             SocketInfo::Listener { name, address } => {
                 let socket = std::net::TcpListener::from(fd);
                 match listeners
@@ -139,7 +166,10 @@ async fn receive(connection: &mut Connection, socket: &Path) -> Result<Handed, U
             base_dir: d.base_dir,
             origin: d.origin,
         }),
-        sockets: InheritedSockets::new(listeners),
+        sockets: match quic_tag {
+            Some(tag) => InheritedSockets::new(listeners).with_quic(quic, tag),
+            None => InheritedSockets::new(listeners),
+        },
         admin,
         upgrade,
         upgrade_path: socket.to_path_buf(),

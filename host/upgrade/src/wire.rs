@@ -45,6 +45,9 @@ pub(crate) enum Message {
         version: u64,
         document: Option<Document>,
         sockets: Vec<SocketInfo>,
+        /// The old process's QUIC connection ID tag (absent from a RustNg without HTTP/3).
+        #[serde(default)]
+        quic_tag: Option<u16>,
     },
     /// Carries `count` descriptors.
     Descriptors { count: usize },
@@ -73,6 +76,14 @@ pub(crate) enum SocketInfo {
         name: String,
         address: std::net::SocketAddr,
     },
+    /// One of a listener's HTTP/3 (UDP) sockets; a [`SocketInfo::QuicLink`] follows it.
+    QuicSocket {
+        name: String,
+        address: std::net::SocketAddr,
+    },
+    /// The new process's end of the link for the HTTP/3 socket before it
+    /// (`rustng-core`'s `h3/handover.rs`).
+    QuicLink,
     /// The admin server's socket.
     Admin { address: std::net::SocketAddr },
     /// The upgrade socket itself, so the next upgrade finds the new process at the same path.

@@ -23,6 +23,7 @@ use rustng_wasm::{EngineLimits, PluginHost, UpstreamCheck, WasmEngine};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::CoreError;
+use crate::h3::QuicLink;
 use crate::inherited::{self, InheritedSockets};
 use crate::listener::{self, ConnectionLimit};
 use crate::snapshot::{ClusterShared, ListenerSpec, Snapshot};
@@ -44,35 +45,16 @@ const MIN_INSTANCE_SLOTS: u32 = 128;
 #[derive(Debug, Default)]
 pub(crate) struct WorkerSockets {
     pub(crate) tcp: HashMap<String, Vec<std::net::TcpListener>>,
-    /// HTTP/3 (QUIC) sockets, for listeners whose HTTP/3 side is new or moved.
-    pub(crate) udp: HashMap<String, std::net::UdpSocket>,
+    /// HTTP/3 (QUIC) sockets, each with its link for binary upgrades, for listeners whose
+    /// HTTP/3 side is new or moved.
+    pub(crate) udp: HashMap<String, Vec<(std::net::UdpSocket, Arc<QuicLink>)>>,
 }
 
-/// A UDP socket per worker for `l`'s HTTP/3 side (port 0 resolved by the first bind).
-fn bind_udp(
-    index: usize,
-    l: &rustng_runtime_config::Listener,
-    mut address: SocketAddr,
-    per_worker: &mut [WorkerSockets],
-    errors: &mut Vec<FieldError>,
-) {
-    for sockets in per_worker.iter_mut() {
-        match crate::h3::bind(address) {
-            Ok(socket) => {
-                if let Ok(bound) = socket.local_addr() {
-                    address = bound;
-                }
-                sockets.udp.insert(l.name.clone(), socket);
-            }
-            Err(source) => {
-                errors.push(FieldError::new(
-                    format!("listeners[{index}].http3.address"),
-                    format!("listener {}: cannot bind UDP {address}: {source}", l.name),
-                ));
-                break;
-            }
-        }
-    }
+/// Duplicates of a listener's HTTP/3 sockets with their links, for a binary upgrade.
+#[derive(Debug)]
+struct BoundQuic {
+    address: SocketAddr,
+    sockets: Vec<(std::net::UdpSocket, Arc<QuicLink>)>,
 }
 
 /// Duplicates of the sockets the workers accept on, for a binary upgrade to hand over. They
@@ -167,6 +149,8 @@ pub(crate) enum Command {
     History(oneshot::Sender<Vec<VersionRecord>>),
     Plugins(oneshot::Sender<Vec<PluginGenerationInfo>>),
     Handover(oneshot::Sender<std::io::Result<HandoverState>>),
+    /// The process handed over to did not take over.
+    HandoverAborted,
     /// A discovery adapter (the plugin named) published a cluster's endpoints.
     SetEndpoints(String, crate::discovery::EndpointSet),
 }
@@ -180,6 +164,10 @@ pub struct HandoverState {
     pub document: Option<ConfigDocument>,
     /// Every listener's sockets, duplicated.
     pub listeners: Vec<crate::inherited::InheritedListener>,
+    /// Every HTTP/3 socket, duplicated, with the successor's end of its link.
+    pub quic: Vec<crate::inherited::InheritedQuic>,
+    /// This process's connection ID tag (the successor takes the next one).
+    pub quic_tag: u16,
 }
 
 /// One kept generation of a plugin, as the admin API lists it.
@@ -287,6 +275,12 @@ impl Controller {
         self.ask(Command::Handover)
             .await
             .unwrap_or_else(|| Err(std::io::Error::other("the control thread has stopped")))
+    }
+
+    /// Tells the server that the process it handed over to did not take over, so that it
+    /// takes new HTTP/3 connections again.
+    pub fn handover_aborted(&self) {
+        let _ = self.commands.send(Command::HandoverAborted);
     }
 
     /// Every kept plugin generation, by plugin then generation.
@@ -415,6 +409,10 @@ pub(crate) struct ControlState {
     bound: HashMap<String, BoundListener>,
     /// Finished spans on their way to the exporter, across versions.
     spans: Arc<SpanQueue>,
+    /// This process's QUIC connection ID tag: the predecessor's plus one after an upgrade.
+    quic_tag: u16,
+    /// Duplicates of the HTTP/3 sockets with their links, by listener.
+    bound_quic: HashMap<String, BoundQuic>,
     /// The exporter's end of `spans`, until the exporter thread takes it.
     span_receiver: Option<mpsc::UnboundedReceiver<crate::trace::otlp::Span>>,
 }
@@ -486,6 +484,11 @@ impl ControlState {
         let last_recorded = records.last().map_or(0, |r| r.version);
         let version = inherited_version.unwrap_or(last_recorded + 1);
         let (spans, span_receiver) = SpanQueue::new();
+        // A successor's connection IDs must differ from its predecessor's, whose connections
+        // drain beside its own.
+        let quic_tag = inherited
+            .quic_tag()
+            .map_or_else(|| fastrand::u16(..), |tag| tag.wrapping_add(1));
         let empty = Snapshot {
             version: 0,
             config: Arc::new(config.clone()),
@@ -513,6 +516,8 @@ impl ControlState {
             bound: HashMap::new(),
             spans,
             span_receiver: Some(span_receiver),
+            quic_tag,
+            bound_quic: HashMap::new(),
         };
         let prepared = state.prepare(config, version).map_err(CoreError::Refused)?;
         state.inherited.close_unused();
@@ -810,13 +815,58 @@ impl ControlState {
                             .is_none_or(|r| r.address != http3.address)
                 })
             {
-                bind_udp(index, l, http3.address, &mut per_worker, &mut errors);
+                self.bind_udp(index, l, http3.address, &mut per_worker, &mut errors);
             }
         }
         if errors.is_empty() {
             Ok(per_worker)
         } else {
             Err(errors)
+        }
+    }
+
+    /// A UDP socket per worker for `l`'s HTTP/3 side: inherited ones (with their links to
+    /// the process that handed them over) if there are, else bound (port 0 resolved by the
+    /// first bind).
+    fn bind_udp(
+        &mut self,
+        index: usize,
+        l: &rustng_runtime_config::Listener,
+        mut address: SocketAddr,
+        per_worker: &mut [WorkerSockets],
+        errors: &mut Vec<FieldError>,
+    ) {
+        let tag = self.quic_tag;
+        if let Some(taken) = self.inherited.take_quic(&l.name, address) {
+            tracing::info!(listener = %l.name, %address, "serving HTTP/3 on inherited sockets");
+            let spread = inherited::spread_udp(taken, per_worker.len());
+            for (sockets, taken) in per_worker.iter_mut().zip(spread) {
+                let linked = taken
+                    .into_iter()
+                    .map(|(socket, peer)| (socket, QuicLink::new(tag, Some(peer))))
+                    .collect();
+                sockets.udp.insert(l.name.clone(), linked);
+            }
+            return;
+        }
+        for sockets in per_worker.iter_mut() {
+            match crate::h3::bind(address) {
+                Ok(socket) => {
+                    if let Ok(bound) = socket.local_addr() {
+                        address = bound;
+                    }
+                    sockets
+                        .udp
+                        .insert(l.name.clone(), vec![(socket, QuicLink::new(tag, None))]);
+                }
+                Err(source) => {
+                    errors.push(FieldError::new(
+                        format!("listeners[{index}].http3.address"),
+                        format!("listener {}: cannot bind UDP {address}: {source}", l.name),
+                    ));
+                    break;
+                }
+            }
         }
     }
 
@@ -999,6 +1049,36 @@ impl ControlState {
             }
         }
         self.bound = bound;
+        let mut bound_quic = HashMap::new();
+        for spec in &snapshot.listeners {
+            let name = &spec.config.name;
+            if spec.config.http3.is_none() {
+                continue;
+            }
+            let fresh: Vec<(std::net::UdpSocket, Arc<QuicLink>)> = sockets
+                .iter()
+                .filter_map(|worker| worker.udp.get(name))
+                .flatten()
+                .filter_map(|(socket, link)| Some((socket.try_clone().ok()?, Arc::clone(link))))
+                .collect();
+            if let Some((first, _)) = fresh.first() {
+                let address = first
+                    .local_addr()
+                    .ok()
+                    .or_else(|| spec.config.http3.as_ref().map(|h| h.address))
+                    .unwrap_or(spec.config.address);
+                bound_quic.insert(
+                    name.clone(),
+                    BoundQuic {
+                        address,
+                        sockets: fresh,
+                    },
+                );
+            } else if let Some(kept) = self.bound_quic.remove(name) {
+                bound_quic.insert(name.clone(), kept);
+            }
+        }
+        self.bound_quic = bound_quic;
     }
 
     /// Duplicates of every listening socket with the running version, for the process that
@@ -1032,11 +1112,39 @@ impl ControlState {
                     origin: r.origin.clone(),
                 })
             });
+        // Each HTTP/3 socket gets a link to the successor: from now on its connections'
+        // packets, and new connections, are passed to it.
+        let mut quic = Vec::with_capacity(self.bound_quic.len());
+        for (name, bound) in &self.bound_quic {
+            let mut sockets = Vec::with_capacity(bound.sockets.len());
+            for (socket, link) in &bound.sockets {
+                let (ours, theirs) = std::os::unix::net::UnixDatagram::pair()?;
+                sockets.push((socket.try_clone()?, theirs));
+                link.hand_over(Some(ours));
+            }
+            quic.push(crate::inherited::InheritedQuic {
+                name: name.clone(),
+                address: bound.address,
+                sockets,
+            });
+        }
         Ok(HandoverState {
             version,
             document,
             listeners,
+            quic,
+            quic_tag: self.quic_tag,
         })
+    }
+
+    /// The successor did not take over: new connections and every packet are this process's
+    /// again.
+    fn handover_aborted(&self) {
+        for bound in self.bound_quic.values() {
+            for (_, link) in &bound.sockets {
+                link.hand_over(None);
+            }
+        }
     }
 
     /// Makes `snapshot` the one the admin side reads, and tells the snapshot's followers.
@@ -1296,6 +1404,7 @@ impl ControlState {
                 Command::Handover(reply) => {
                     let _ = reply.send(self.handover());
                 }
+                Command::HandoverAborted => self.handover_aborted(),
                 Command::SetEndpoints(plugin, set) => self.set_endpoints(&plugin, set).await,
             }
         }

@@ -10,6 +10,10 @@ use rustng_runtime_config::{Http3, TlsConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::Notify;
 
+use quinn::Runtime as _;
+
+use super::cid::TaggedCids;
+use super::handover::{QuicLink, SharedUdp};
 use crate::listener::ListenerSlot;
 use crate::registry::Registry;
 
@@ -51,51 +55,67 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
-/// A listener's QUIC endpoint on this worker.
+/// A listener's QUIC endpoints on this worker: one, or several after an upgrade from a
+/// process with more workers.
 pub(crate) struct QuicSide {
     pub(crate) address: SocketAddr,
-    endpoint: quinn::Endpoint,
+    endpoints: Vec<(quinn::Endpoint, Rc<Notify>, Arc<SharedUdp>)>,
     /// The settings it accepts with, to see whether a new version changes them.
     config: Arc<quinn::ServerConfig>,
-    stop: Rc<Notify>,
 }
 
 impl QuicSide {
-    /// Starts accepting HTTP/3 connections on `socket` for the listener in `slot`.
+    /// Starts accepting HTTP/3 connections on `sockets` for the listener in `slot`.
     pub(crate) fn start(
-        socket: std::net::UdpSocket,
+        sockets: Vec<(std::net::UdpSocket, Arc<QuicLink>)>,
         config: Arc<quinn::ServerConfig>,
-        slot: Rc<ListenerSlot>,
-        registry: Rc<Registry>,
-        open: Rc<std::cell::Cell<usize>>,
+        slot: &Rc<ListenerSlot>,
+        registry: &Rc<Registry>,
+        open: &Rc<std::cell::Cell<usize>>,
     ) -> std::io::Result<QuicSide> {
-        let address = socket.local_addr()?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some((*config).clone()),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
-        let stop = Rc::new(Notify::new());
-        tokio::task::spawn_local(super::server::accept_loop(
-            endpoint.clone(),
-            slot,
-            registry,
-            open,
-            Rc::clone(&stop),
-        ));
+        let mut address = slot
+            .current()
+            .config
+            .http3
+            .as_ref()
+            .map_or(slot.current().config.address, |h3| h3.address);
+        let mut endpoints = Vec::with_capacity(sockets.len());
+        for (socket, link) in sockets {
+            address = socket.local_addr()?;
+            let tag = link.tag;
+            let mut endpoint_config = quinn::EndpointConfig::default();
+            endpoint_config.cid_generator(move || Box::new(TaggedCids { tag }));
+            let runtime = Arc::new(quinn::TokioRuntime);
+            let shared = Arc::new(SharedUdp::new(runtime.wrap_udp_socket(socket)?, link));
+            let endpoint = quinn::Endpoint::new_with_abstract_socket(
+                endpoint_config,
+                Some((*config).clone()),
+                Arc::clone(&shared) as Arc<dyn quinn::AsyncUdpSocket>,
+                runtime,
+            )?;
+            let stop = Rc::new(Notify::new());
+            tokio::task::spawn_local(super::server::accept_loop(
+                endpoint.clone(),
+                Rc::clone(slot),
+                Rc::clone(registry),
+                Rc::clone(open),
+                Rc::clone(&stop),
+            ));
+            endpoints.push((endpoint, stop, shared));
+        }
         Ok(QuicSide {
             address,
-            endpoint,
+            endpoints,
             config,
-            stop,
         })
     }
 
     /// Takes a new version's settings for new connections; open ones keep theirs.
     pub(crate) fn update(&mut self, config: Arc<quinn::ServerConfig>) {
         if !Arc::ptr_eq(&self.config, &config) {
-            self.endpoint.set_server_config(Some((*config).clone()));
+            for (endpoint, _, _) in &self.endpoints {
+                endpoint.set_server_config(Some((*config).clone()));
+            }
             self.config = config;
         }
     }
@@ -103,7 +123,10 @@ impl QuicSide {
     /// Stops accepting: new connections are refused, open ones finish (the registry drains
     /// them with the listener's TCP connections).
     pub(crate) fn stop(self) {
-        self.endpoint.set_server_config(None);
-        self.stop.notify_one();
+        for (endpoint, stop, socket) in self.endpoints {
+            endpoint.set_server_config(None);
+            stop.notify_one();
+            socket.retire();
+        }
     }
 }

@@ -7,7 +7,10 @@
 //! reach the worker that owns it as long as the client's address does not change.
 
 mod body;
+mod cid;
 mod endpoint;
+mod handover;
 mod server;
 
 pub(crate) use endpoint::{QuicSide, bind, server_config};
+pub(crate) use handover::{PASSED_IN, PASSED_OUT, QuicLink};

@@ -152,7 +152,7 @@ async fn request_stream(
     request: Request<()>,
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
 ) -> Result<(), BoxError> {
-    let (mut send, recv) = stream.split();
+    let (send, recv) = stream.split();
     let body = match super::body::open(recv).await? {
         Some(body) => DownstreamBody::boxed(body.boxed_local()),
         None => DownstreamBody::empty(),
@@ -164,7 +164,29 @@ async fn request_stream(
         Routed::Other(future) => future.await,
     };
     let Ok(response) = response;
-    respond(&mut send, response).await
+    let mut responding = Responding {
+        send,
+        finished: false,
+    };
+    respond(&mut responding.send, response).await?;
+    responding.finished = true;
+    Ok(())
+}
+
+/// A response stream that is reset unless it was finished: quinn finishes a stream that is
+/// dropped, which would make a response cut short (the upstream failed mid-body, the worker
+/// stopped) look complete to the client.
+struct Responding {
+    send: SendStream,
+    finished: bool,
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        }
+    }
 }
 
 async fn respond(send: &mut SendStream, response: Response<ProxyBody>) -> Result<(), BoxError> {

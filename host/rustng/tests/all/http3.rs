@@ -514,3 +514,81 @@ fn grpc_status(reply: &H3Reply) -> Option<&str> {
         .or_else(|| reply.headers.get("grpc-status"))
         .and_then(|v| v.to_str().ok())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_connections_drain_on_the_old_process_through_a_binary_upgrade() {
+    let origin = Origin::start("h3").await;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let cert = make_cert(certs.path(), "localhost", &["localhost"]);
+    let udp = free_udp_port();
+    let admin = crate::harness::free_port();
+    let config = h3_config(certs.path(), origin.addr, udp, "").replace(
+        "workers: 1\n",
+        &format!("workers: 2\nstate_dir: '{{dir}}/state'\ndrain_timeout: 20s\nupgrade: {{ pid_file: '{{dir}}/rustng.pid' }}\nadmin: {{ address: '127.0.0.1:{admin}' }}\n"),
+    );
+    let proxy = Rustng::start(&config);
+    let pid_file = proxy.dir().join("rustng.pid");
+    let _successor = crate::upgrade::Successor(pid_file.clone());
+    let old_pid = proxy.pid();
+
+    // Requests in flight on a connection to the old process while the upgrade happens: a
+    // slow answer and a large download, whose packets (the client's ACKs above all) reach
+    // the shared sockets either process reads.
+    let old_connection = Arc::new(H3Client::connect(udp_addr(udp), &cert).await);
+    assert_eq!(old_connection.get("/echo/before").await.status, 200);
+    let slow = tokio::spawn({
+        let c = Arc::clone(&old_connection);
+        async move { c.get("/slow/3000").await.status }
+    });
+    let download = tokio::spawn({
+        let c = Arc::clone(&old_connection);
+        async move { c.get("/bytes/30000000").await.body.len() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (ok, out, err) =
+        crate::upgrade::rustng_upgrade(&proxy.dir().join("rustng.yaml"), &[]).await;
+    assert!(ok, "{out}{err}\n{}", proxy.log());
+    let new_pid = crate::upgrade::pid_in(&pid_file).expect("new pid");
+    assert_ne!(new_pid, old_pid);
+
+    // A new connection reaches the new process, while the old one still serves its own.
+    let new_connection = H3Client::connect(udp_addr(udp), &cert).await;
+    assert_eq!(new_connection.get("/echo/after").await.status, 200);
+    assert_eq!(
+        slow.await.expect("join"),
+        200,
+        "the slow answer crossed the upgrade"
+    );
+    assert_eq!(
+        download.await.expect("join"),
+        30_000_000,
+        "the download too"
+    );
+
+    // With its last connection closed, the old process exits long before drain_timeout.
+    drop(old_connection);
+    assert!(
+        crate::upgrade::wait_exited(old_pid, Duration::from_secs(10)).await,
+        "the old process drained its QUIC connections and exited\n{}",
+        proxy.log()
+    );
+    // Its connection IDs' packets have nowhere to go now; the new process's are unaffected.
+    for i in 0..5 {
+        assert_eq!(new_connection.get(&format!("/echo/{i}")).await.status, 200);
+    }
+    // The new process did get some of the old one's packets off the shared sockets, and
+    // passed them on (without that, the transfers above would have stalled or broken).
+    let metrics = crate::client::get(
+        &crate::client::http1(),
+        &format!("http://127.0.0.1:{admin}/metrics"),
+    )
+    .await
+    .text();
+    let passed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rustng_http3_upgrade_datagrams_total{direction=\"out\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!("the new process passed {passed} of the old one's datagrams on");
+    assert!(passed > 0, "{metrics}");
+}

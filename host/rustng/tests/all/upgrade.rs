@@ -46,7 +46,7 @@ clusters:
 
 /// Kills whichever process the pid file names at the end of a test: after an upgrade the
 /// serving process is no child of the test's.
-struct Successor(PathBuf);
+pub(crate) struct Successor(pub(crate) PathBuf);
 
 impl Drop for Successor {
     fn drop(&mut self) {
@@ -69,7 +69,7 @@ fn start(config: &str) -> (Rustng, PathBuf, PathBuf, Successor) {
     (proxy, pid_file, config_path, successor)
 }
 
-fn pid_in(file: &Path) -> Option<u32> {
+pub(crate) fn pid_in(file: &Path) -> Option<u32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
@@ -84,7 +84,7 @@ fn exited(pid: u32) -> bool {
     }
 }
 
-async fn wait_exited(pid: u32, within: Duration) -> bool {
+pub(crate) async fn wait_exited(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if exited(pid) {
@@ -106,7 +106,7 @@ async fn log_reaches(proxy: &Rustng, needle: &str, count: usize) -> usize {
 }
 
 /// Runs `rustng upgrade` with `args`; (success, stdout, stderr).
-async fn rustng_upgrade(config: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn rustng_upgrade(config: &Path, args: &[&str]) -> (bool, String, String) {
     let mut command = Command::new(binary());
     command.arg("upgrade").arg("-c").arg(config).args(args);
     let output = tokio::task::spawn_blocking(move || command.output())
