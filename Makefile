@@ -50,7 +50,9 @@ test: lint filters
 	$(CARGO) test --workspace --no-fail-fast
 
 ## RustNg against origin-direct, nginx and haproxy in one run; writes bench/results/.
+## The HTTP/3 load generator (the machine's h2load has no QUIC) is an example of the rustng package.
 bench: release
+	$(CARGO) build --release -p rustng --example h3load
 	python3 scripts/bench.py --rustng $(RELEASE_BIN)
 
 fmt:

@@ -88,6 +88,10 @@ Methodology
   Tracing: without `tracing`, then 0 %, 1 % and 100 % sampling with spans exported over
   OTLP/HTTP to a location of the origin nginx; the exporter's counters (exported, dropped) come
   from each instance's /metrics.
+* HTTP/3 (RustNg only): one RustNg with TLS on TCP and HTTP/3 on UDP (same port, same
+  certificate, made with openssl), measured alternately over HTTP/3 with h3load
+  (host/rustng/examples/h3load.rs, quinn + h3, one thread: the machine's h2load has no QUIC)
+  and over HTTP/2 with TLS with h2load, both `-c32 -m10`; interleaved rounds, medians.
 
 Results are printed as markdown tables and written as JSON to
 bench/results/bench-<timestamp>.json and bench/results/latest.json.
@@ -141,10 +145,14 @@ NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT = 18088, 18089
 # One RustNg per tracing setting (off, 0 %, 1 %, 100 %), and their admin ports.
 RUSTNG_TRACE_PORTS = [18097, 18098, 18099, 18100]
 RUSTNG_TRACE_ADMIN_PORTS = [18101, 18102, 18103, 18104]
+# RustNg with TLS on TCP (HTTP/2) and HTTP/3 on UDP, on the same port number.
+RUSTNG_H3_PORT = 18105
+# The HTTP/3 load generator, host/rustng/examples/h3load.rs (`make bench` builds it).
+H3LOAD = REPO / "target" / "release" / "examples" / "h3load"
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
              NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS,
-             *RUSTNG_TRACE_PORTS, *RUSTNG_TRACE_ADMIN_PORTS]
+             *RUSTNG_TRACE_PORTS, *RUSTNG_TRACE_ADMIN_PORTS, RUSTNG_H3_PORT]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -1734,6 +1742,114 @@ def tracing_markdown(traced: dict | None) -> list[str]:
     return out + [""]
 
 
+def make_cert(workdir: Path) -> tuple[Path, Path]:
+    """A self-signed end-entity certificate for localhost (openssl), and its key."""
+    cert, key = workdir / "localhost.crt", workdir / "localhost.key"
+    out = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                          "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                          "-addext", "subjectAltName=DNS:localhost",
+                          "-addext", "basicConstraints=critical,CA:FALSE",
+                          "-addext", "extendedKeyUsage=serverAuth"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BenchError(f"openssl could not make a certificate: {out.stderr[-500:]}")
+    return cert, key
+
+
+def run_h3load(port: int, seconds: int, cpu: int | None, ca: Path) -> LoadResult:
+    argv = [str(H3LOAD), "-c", str(H2LOAD_CLIENTS), "-m", str(H2LOAD_STREAMS), "-D", str(seconds),
+            "--ca", str(ca), f"https://localhost:{port}/"]
+    out = run_bounded(pinned(argv, cpu), timeout=seconds + 30)
+    try:
+        r = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"cannot parse h3load output:\n{out}") from None
+    return LoadResult(requests=r["requests"], seconds=r["seconds"], rps=r["rps"], p50_ms=r["p50_ms"],
+                      p99_ms=r["p99_ms"], non_2xx=r["non_2xx"], errors=r["errors"])
+
+
+def run_h2load_tls(port: int, seconds: int, cpu: int | None, log_file: Path) -> LoadResult:
+    argv = ["h2load", f"-c{H2LOAD_CLIENTS}", f"-m{H2LOAD_STREAMS}", "-t1", "-D", str(seconds),
+            f"--log-file={log_file}", f"https://localhost:{port}/"]
+    try:
+        return parse_h2load(run_bounded(pinned(argv, cpu), timeout=seconds + 30), log_file)
+    finally:
+        log_file.unlink(missing_ok=True)
+
+
+def bench_http3(sup: Supervisor) -> dict:
+    """HTTP/3 against HTTP/2 over TLS on the same RustNg (one worker, TLS on TCP and HTTP/3
+    on UDP, same certificate, same origin): h3load and h2load with the same shape (-c32 -m10),
+    interleaved rounds, median of each protocol's runs."""
+    s = sup.settings
+    if not H3LOAD.is_file():
+        raise BenchError(f"{H3LOAD} missing: `cargo build --release -p rustng --example h3load` "
+                         "(`make bench` does it)")
+    info(f"RustNg HTTP/3 vs HTTP/2 over TLS ({s.rounds} interleaved rounds)")
+    cert, key = make_cert(sup.workdir)
+    conf = sup.workdir / "rustng-h3.yaml"
+    conf.write_text(f"""workers: 1
+log: {{ level: warn }}
+listeners:
+  - name: main
+    address: {HOST}:{RUSTNG_H3_PORT}
+    default_cluster: backend
+    access_log: false
+    max_connections: 20000
+    tls: {{ certificates: [{{ certificate_chain: {cert}, private_key: {key} }}] }}
+    http3: {{ address: {HOST}:{RUSTNG_H3_PORT} }}
+clusters:
+  - name: backend
+    protocol: http1
+    endpoints: [{{ address: '{HOST}:{ORIGIN_PORT}' }}]
+""")
+    svc = sup.start("rustng-h3", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
+    seconds = max(2, s.duration // 2)
+    log_file = sup.workdir / "h2load-tls.log"
+    protocols = {"HTTP/3": lambda secs: run_h3load(RUSTNG_H3_PORT, secs, s.load_cpu, cert),
+                 "HTTP/2 (TLS)": lambda secs: run_h2load_tls(RUSTNG_H3_PORT, secs, s.load_cpu, log_file)}
+    runs: dict[str, list[dict]] = {name: [] for name in protocols}
+    try:
+        wait_ready(svc, RUSTNG_H3_PORT, http=False)
+        for run in protocols.values():
+            run(max(1, s.warmup))
+        names = list(protocols)
+        for round_index in range(s.rounds):
+            for name in names[round_index % 2:] + names[:round_index % 2]:
+                cpu0 = cpu_seconds(svc.pid)
+                res = protocols[name](seconds)
+                cpu = cpu_seconds(svc.pid) - cpu0
+                runs[name].append({"rps": res.rps, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms,
+                                   "errors": res.errors + res.non_2xx,
+                                   "cpu_us_per_req": cpu * 1e6 / res.requests if res.requests else None})
+    finally:
+        sup.stop(svc)
+    results: dict = {"rounds": s.rounds, "seconds_per_run": seconds}
+    for name, protocol_runs in runs.items():
+        med = lambda key: statistics.median(v for r in protocol_runs if (v := r[key]) is not None) \
+            if any(r[key] is not None for r in protocol_runs) else None
+        results[name] = {"rps": med("rps"), "p50_ms": med("p50_ms"), "p99_ms": med("p99_ms"),
+                         "cpu_us_per_req": med("cpu_us_per_req"),
+                         "errors": sum(r["errors"] for r in protocol_runs), "runs": protocol_runs}
+    return results
+
+
+def http3_markdown(h3: dict | None) -> list[str]:
+    if not h3:
+        return []
+    base = h3.get("HTTP/2 (TLS)", {})
+    out = [f"### RustNg HTTP/3 vs HTTP/2 over TLS (same instance; -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS}, "
+           f"h3load / h2load, median of {h3.get('rounds')} interleaved {h3.get('seconds_per_run')} s runs)", "",
+           "| protocol | rps | rps vs HTTP/2 | CPU µs/req | p50 | p99 | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ("HTTP/3", "HTTP/2 (TLS)"):
+        r = h3.get(name)
+        if r is None:
+            continue
+        ratio = r["rps"] / base["rps"] if r.get("rps") and base.get("rps") else None
+        out.append(f"| {name} | {fmt(r['rps'], ',.0f')} | {fmt(ratio, '.2f')} | {fmt(r['cpu_us_per_req'], '.2f')} "
+                   f"| {fmt(r['p50_ms'], '.2f', ' ms')} | {fmt(r['p99_ms'], '.2f', ' ms')} | {r['errors']} |")
+    return out + [""]
+
+
 def upgrade_markdown(upgrade: dict | None) -> list[str]:
     if not upgrade:
         return []
@@ -1993,7 +2109,7 @@ def main(argv: list[str]) -> int:
     sup = Supervisor(workdir, s)
     results: list[dict] = []
     failures: list[str] = []
-    memory = plugin_memory = swap = upgrade = lb = traced = None
+    memory = plugin_memory = swap = upgrade = lb = traced = h3 = None
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
@@ -2026,6 +2142,11 @@ def main(argv: list[str]) -> int:
             except (BenchError, OSError, subprocess.TimeoutExpired) as e:
                 failures.append(f"RustNg tracing overhead: {e}")
                 warn(f"RustNg tracing overhead failed: {e}")
+            try:
+                h3 = bench_http3(sup)
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                failures.append(f"RustNg HTTP/3: {e}")
+                warn(f"RustNg HTTP/3 failed: {e}")
             try:
                 upgrade = bench_upgrade(sup)
                 load = upgrade["load"]
@@ -2087,11 +2208,13 @@ def main(argv: list[str]) -> int:
               "rustng_plugin_memory": plugin_memory,
               "rustng_swap_latency": swap, "rustng_upgrade": upgrade, "rustng_lb_policies": lb,
               "rustng_tracing": traced,
+              "rustng_http3": h3,
               "failures": failures}
     print(markdown(results, memory, meta, summary, plugin_memory, router_summary))
     print("\n".join(swap_markdown(swap)))
     print("\n".join(lb_markdown(lb)))
     print("\n".join(tracing_markdown(traced)))
+    print("\n".join(http3_markdown(h3)))
     print("\n".join(upgrade_markdown(upgrade)))
     path = write_json(report, s.out_dir, stamp)
     info(f"results written to {path} and {path.parent / 'latest.json'}; run took {wall_seconds:.0f} s")

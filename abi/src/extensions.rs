@@ -9,6 +9,10 @@
 /// answered 503 (`cluster not found`), as Envoy answers a route to a missing cluster.
 pub const ROUTE_CLUSTER: &str = "rustng.route.cluster";
 
+/// The name of the route a routing filter chose (Envoy's route `name`), for observability:
+/// the request's span carries it as `route_name`.
+pub const ROUTE_NAME: &str = "rustng.route.name";
+
 /// How long the upstream may take to start its response, in milliseconds as decimal text
 /// (`"2500"`), for this request instead of the cluster's `timeout`; past it, `504`. Zero or
 /// text that is not a number leaves the cluster's timeout.

@@ -94,8 +94,12 @@ impl HttpContext for Router {
                 timeout,
                 retry,
                 hash_key,
+                route_name,
             } => {
                 let _ = rustng_sdk::route::set_cluster(cluster);
+                if let Some(name) = route_name {
+                    let _ = rustng_sdk::route::set_route_name(name);
+                }
                 if let Some(key) = hash_key {
                     let _ = rustng_sdk::route::set_hash_key(&key);
                 }

@@ -30,6 +30,9 @@ pub struct VirtualHost {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// Envoy's route name: reported as `rustng.route.name` (traces show it).
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
     pub route: Option<RouteAction>,
@@ -269,6 +272,8 @@ pub enum Decision<'a> {
         retry: &'a [(&'static str, String)],
         /// The consistent-hashing key, when the route has a hash policy that yields one.
         hash_key: Option<String>,
+        /// The route's name, if it has one.
+        route_name: Option<&'a str>,
     },
     /// Answer with a redirect to `location`.
     Redirect { status: u16, location: String },
@@ -447,6 +452,7 @@ impl RouteConfiguration {
                 .hash_policy
                 .iter()
                 .find_map(|policy| hash_key(policy, request)),
+            route_name: route.name.as_deref(),
         }
     }
 
@@ -628,7 +634,7 @@ mod tests {
 
     const TABLE: &str = r#"{"virtual_hosts": [
       {"name": "api", "domains": ["api.example.com", "*.api.example.com"], "routes": [
-        {"match": {"prefix": "/v1/", "headers": [{"name": ":method", "exact": "GET"}]},
+        {"name": "v1-reads", "match": {"prefix": "/v1/", "headers": [{"name": ":method", "exact": "GET"}]},
          "route": {"cluster": "v1", "prefix_rewrite": "/", "host_rewrite_literal": "v1.internal", "timeout": "1.5s"}},
         {"match": {"prefix": "/", "query_parameters": [{"name": "canary", "exact": "1"}]},
          "route": {"weighted_clusters": {"clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}]}}},
@@ -700,6 +706,7 @@ mod tests {
             timeout: None,
             retry: &[],
             hash_key: None,
+            route_name: None,
         }
     }
 
@@ -719,6 +726,7 @@ mod tests {
                 timeout: Some(Duration::from_millis(1500)),
                 retry: &[],
                 hash_key: None,
+                route_name: Some("v1-reads"),
             }
         );
         // Another method falls through to the catch-all of the same host.
@@ -775,6 +783,7 @@ mod tests {
                 timeout: None,
                 retry: &[],
                 hash_key: None,
+                route_name: None,
             }
         );
         // The whole path must match: no partial matches.

@@ -134,6 +134,16 @@ impl Drop for Exchange {
             }
             if let Some(span) = record.span.take() {
                 let active = self.filters.as_ref().and_then(|f| f.try_borrow().ok());
+                let route_name = active.as_ref().and_then(|a| {
+                    a.stream.properties.iter().find_map(|(path, value)| {
+                        rustng_abi::extensions::property_is(
+                            path,
+                            rustng_abi::extensions::ROUTE_NAME,
+                        )
+                        .then(|| std::str::from_utf8(value).ok())
+                        .flatten()
+                    })
+                });
                 span.finish(
                     record,
                     &crate::trace::span::Outcome {
@@ -141,6 +151,7 @@ impl Drop for Exchange {
                         bytes: self.bytes,
                         grpc_status: self.grpc.as_ref().and_then(|call| call.status),
                         plugin_time: active.as_ref().map_or(&[], |a| a.plugin_time()),
+                        route_name,
                     },
                 );
             }

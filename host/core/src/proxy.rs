@@ -33,6 +33,17 @@ impl ProxyService {
     pub(crate) fn new(ctx: Rc<ConnCtx>) -> Self {
         ProxyService { ctx }
     }
+
+    /// The listener's bound on receiving a request head (HTTP/3 also waits this long for the
+    /// end of a body-less request).
+    pub(crate) fn request_headers_timeout(&self) -> std::time::Duration {
+        self.ctx
+            .listener
+            .current()
+            .config
+            .http
+            .request_headers_timeout
+    }
 }
 
 pub(crate) type ResponseFuture =

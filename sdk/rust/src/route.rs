@@ -5,7 +5,7 @@ use std::time::Duration;
 use proxy_wasm::types::Status;
 
 pub use rustng_abi::extensions::{
-    ROUTE_CLUSTER, ROUTE_HASH_KEY, ROUTE_NUM_RETRIES, ROUTE_PER_TRY_TIMEOUT_MS,
+    ROUTE_CLUSTER, ROUTE_HASH_KEY, ROUTE_NAME, ROUTE_NUM_RETRIES, ROUTE_PER_TRY_TIMEOUT_MS,
     ROUTE_RETRIABLE_STATUS_CODES, ROUTE_RETRY_BASE_INTERVAL_MS, ROUTE_RETRY_MAX_INTERVAL_MS,
     ROUTE_RETRY_ON, ROUTE_TIMEOUT_MS,
 };
@@ -14,6 +14,11 @@ pub use rustng_abi::extensions::{
 /// `on_http_request_headers` (or before the request leaves).
 pub fn set_cluster(cluster: &str) -> Result<(), Status> {
     proxy_wasm::hostcalls::set_property(vec![ROUTE_CLUSTER], Some(cluster.as_bytes()))
+}
+
+/// Names the route the request took (Envoy's route `name`): traces report it.
+pub fn set_route_name(name: &str) -> Result<(), Status> {
+    proxy_wasm::hostcalls::set_property(vec![ROUTE_NAME], Some(name.as_bytes()))
 }
 
 /// Gives the upstream `timeout` to start its response, for the current request only (with

@@ -26,23 +26,33 @@ enum State {
     Done,
 }
 
-/// The request's body: `None` when the stream ended with its head (a GET, usually), so the
-/// upstream gets a request without a body instead of an empty chunked one.
-pub(crate) async fn open(mut stream: RecvStream) -> Result<Option<H3RequestBody>, BoxError> {
-    // The FIN usually comes with the HEADERS frame, so this rarely waits; when it would, the
-    // body is taken to be there and read as it comes.
+/// The request's body: `None` when the stream ended with its head, so the upstream gets a
+/// request without a body instead of an empty chunked one.
+///
+/// Clients often send the stream's end in a packet after the head, so the end may not have
+/// arrived yet. For methods that carry no body (a GET) without a `content-length`, RustNg
+/// waits for the first data or the end (`within`); for the others the body is taken to be
+/// there and streamed as it comes.
+pub(crate) async fn open(
+    mut stream: RecvStream,
+    expect_body: bool,
+    within: std::time::Duration,
+) -> Result<Option<H3RequestBody>, BoxError> {
     let first = std::future::poll_fn(|cx| match stream.poll_recv_data(cx) {
-        Poll::Pending => Poll::Ready(Ok(Some(None))),
+        Poll::Pending if expect_body => Poll::Ready(Ok(Some(None))),
+        Poll::Pending => Poll::Pending,
         Poll::Ready(Ok(Some(mut data))) => {
             Poll::Ready(Ok(Some(Some(data.copy_to_bytes(data.remaining())))))
         }
         Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-    })
-    .await?;
+    });
+    let first = tokio::time::timeout(within, first)
+        .await
+        .map_err(|_| "the request stream did not end")??;
+    // `None`: the stream ended (trailers after no data are left unread: no client sends
+    // them on a request worth a body).
     let Some(first) = first else {
-        // No data. Trailers alone after no data are possible, but not for a request worth
-        // a body: HTTP/3 clients send trailers after data.
         return Ok(None);
     };
     Ok(Some(H3RequestBody {
@@ -50,6 +60,17 @@ pub(crate) async fn open(mut stream: RecvStream) -> Result<Option<H3RequestBody>
         first,
         state: State::Data,
     }))
+}
+
+impl Drop for H3RequestBody {
+    fn drop(&mut self) {
+        // Done with a body the client still sends (the upstream answered without reading it
+        // all): RFC 9114 4.1 asks for STOP_SENDING with H3_NO_ERROR, where quinn would send
+        // its own code 0.
+        if self.state != State::Done {
+            self.stream.stop_sending(h3::error::Code::H3_NO_ERROR);
+        }
+    }
 }
 
 impl Body for H3RequestBody {

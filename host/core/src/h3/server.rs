@@ -153,7 +153,17 @@ async fn request_stream(
     stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
 ) -> Result<(), BoxError> {
     let (send, recv) = stream.split();
-    let body = match super::body::open(recv).await? {
+    let expect_body = request.headers().contains_key(http::header::CONTENT_LENGTH)
+        || !matches!(
+            *request.method(),
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::OPTIONS
+                | http::Method::DELETE
+                | http::Method::TRACE
+        );
+    let within = service.request_headers_timeout();
+    let body = match super::body::open(recv, expect_body, within).await? {
         Some(body) => DownstreamBody::boxed(body.boxed_local()),
         None => DownstreamBody::empty(),
     };

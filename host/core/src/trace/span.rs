@@ -3,7 +3,8 @@
 //!
 //! Attribute names follow OpenTelemetry's HTTP semantic conventions; the proxy's own facts
 //! use the names of Envoy's span tags (`upstream_cluster`, `upstream_address`,
-//! `response_flags`, `guid:x-request-id`), which tracing dashboards for Envoy already know.
+//! `response_flags`, `guid:x-request-id`, `route_name`), which tracing dashboards for Envoy
+//! already know.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -36,6 +37,8 @@ pub(crate) struct Outcome<'a> {
     pub(crate) grpc_status: Option<u32>,
     /// Time spent in each plugin's callbacks for this request.
     pub(crate) plugin_time: &'a [(String, Duration)],
+    /// The route a routing filter named (`rustng.route.name`).
+    pub(crate) route_name: Option<&'a str>,
 }
 
 impl SpanRecord {
@@ -88,6 +91,9 @@ impl SpanRecord {
         attributes.push(KeyValue::string("rustng.listener", &*record.listener));
         if let Some(id) = record.request_id.as_ref().and_then(|v| v.to_str().ok()) {
             attributes.push(KeyValue::string("guid:x-request-id", id));
+        }
+        if let Some(route) = outcome.route_name {
+            attributes.push(KeyValue::string("route_name", route));
         }
         if let Some(cluster) = self.cluster {
             attributes.push(KeyValue::string("upstream_cluster", cluster));

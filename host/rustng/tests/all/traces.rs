@@ -652,3 +652,71 @@ listeners:\n",
         assert!((0..1_000_000).contains(&micros), "{micros} µs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_name_the_route_the_router_chose() {
+    let origin = Origin::start("traced").await;
+    let mut collector = Collector::start().await;
+    let router = crate::stock_filters::module("router");
+    let config = traced_config(
+        origin.addr,
+        collector.addr,
+        free_port(),
+        "  otlp: { cluster: otel }\n  schedule_delay: 50ms",
+    )
+    .replace(
+        "    default_cluster: backend\n",
+        "    http_filters: [router]\n",
+    )
+    .replace(
+        "listeners:\n",
+        &format!(
+            "plugins:
+  - name: router
+    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
+    configuration:
+      virtual_hosts:
+        - name: all
+          domains: ['*']
+          routes:
+            - name: echo-route
+              match: {{ prefix: /echo }}
+              route: {{ cluster: backend }}
+            - match: {{ prefix: / }}
+              route: {{ cluster: backend }}
+listeners:\n",
+            router.display()
+        ),
+    );
+    let proxy = Rustng::start(&config);
+    let client = client::http1();
+    assert_eq!(
+        get_with(&client, &proxy.url("/echo/named"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get_with(&client, &proxy.url("/other"), &[]).await.status,
+        200
+    );
+    let exports = collector.spans(2, Duration::from_secs(10)).await;
+    let spans: Vec<&Span> = exports.iter().flat_map(|(_, s)| s).collect();
+    let named = spans
+        .iter()
+        .find(|s| attribute(s, "url.path").as_deref() == Some("/echo/named"))
+        .expect("span");
+    assert_eq!(
+        attribute(named, "route_name").as_deref(),
+        Some("echo-route")
+    );
+    assert_eq!(
+        attribute(named, "upstream_cluster").as_deref(),
+        Some("backend")
+    );
+    let unnamed = spans
+        .iter()
+        .find(|s| attribute(s, "url.path").as_deref() == Some("/other"))
+        .expect("span");
+    assert_eq!(attribute(unnamed, "route_name"), None);
+}
