@@ -195,60 +195,22 @@ async fn client(proxy: &Rustng) -> tonic::client::Grpc<tonic::transport::Channel
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_unary_and_error_status_cross_the_proxy() {
+async fn grpc_calls_of_every_kind_cross_the_proxy_and_are_counted() {
     let (server, task) = start_server().await;
     let admin = crate::harness::free_port();
     let proxy = Rustng::start(&format!(
         "admin: {{ address: '127.0.0.1:{admin}' }}\n{}",
         simple_config(&[server], "", "    protocol: http2")
     ));
-    let mut grpc = client(&proxy).await;
+    every_kind_of_call(client(&proxy).await).await;
 
-    grpc.ready().await.expect("ready");
-    let response = grpc
-        .unary(
-            Request::new(Note {
-                text: "hi".into(),
-                seq: 41,
-            }),
-            PathAndQuery::from_static(UNARY),
-            ProstCodec::<Note, Note>::default(),
-        )
-        .await
-        .expect("unary call");
-    assert_eq!(
-        response.metadata().get("x-served-by").expect("metadata"),
-        "tonic"
-    );
-    assert_eq!(
-        response.into_inner(),
-        Note {
-            text: "echo: hi".into(),
-            seq: 42
-        }
-    );
-
-    grpc.ready().await.expect("ready");
-    let status = grpc
-        .unary(
-            Request::new(Note {
-                text: "fail".into(),
-                seq: 0,
-            }),
-            PathAndQuery::from_static(UNARY),
-            ProstCodec::<Note, Note>::default(),
-        )
-        .await
-        .expect_err("status from the server");
-    assert_eq!(status.code(), Code::NotFound);
-    assert_eq!(status.message(), "no such note");
-
-    // Per-method counters: one OK call (status in trailers), one NOT_FOUND (trailers-only).
+    // Per-method counters: one call of each (status in trailers), and one NOT_FOUND
+    // (trailers-only).
     // A call is counted when its exchange ends, a moment after the client has the answer.
-    let lines: Vec<String> = [("0", 1), ("5", 1)]
+    let lines: Vec<String> = [("Unary", "0"), ("Unary", "5"), ("Collect", "0"), ("Count", "0"), ("Chat", "0")]
         .iter()
-        .map(|(status, count)| format!(
-            "rustng_grpc_requests_total{{listener=\"main\",service=\"rustng.test.Echo\",method=\"Unary\",grpc_status=\"{status}\"}} {count}"
+        .map(|(method, status)| format!(
+            "rustng_grpc_requests_total{{listener=\"main\",service=\"rustng.test.Echo\",method=\"{method}\",grpc_status=\"{status}\"}} 1"
         ))
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -267,14 +229,6 @@ async fn grpc_unary_and_error_status_cross_the_proxy() {
     for line in &lines {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
-    task.abort();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_calls_of_every_kind_cross_the_proxy() {
-    let (server, task) = start_server().await;
-    let proxy = Rustng::start(&simple_config(&[server], "", "    protocol: http2"));
-    every_kind_of_call(client(&proxy).await).await;
     task.abort();
 }
 
@@ -300,8 +254,12 @@ where
             codec(),
         )
         .await
-        .expect("unary")
-        .into_inner();
+        .expect("unary");
+    assert_eq!(
+        echoed.metadata().get("x-served-by").expect("metadata"),
+        "tonic"
+    );
+    let echoed = echoed.into_inner();
     assert_eq!((echoed.text.as_str(), echoed.seq), ("echo: hi", 2));
     grpc.ready().await.map_err(Into::into).expect("ready");
     let status = grpc
@@ -316,6 +274,7 @@ where
         .await
         .expect_err("a status");
     assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "no such note");
 
     grpc.ready().await.map_err(Into::into).expect("ready");
     let notes = (1..=4).map(|seq| Note {

@@ -275,6 +275,25 @@ clusters:
     )
 }
 
+/// `config` with a `plugins:` section (`plugins`: its items, YAML indented by two) before its
+/// `listeners:`.
+pub(crate) fn with_plugins(config: &str, plugins: &str) -> String {
+    config.replacen(
+        "listeners:\n",
+        &format!("plugins:\n{plugins}listeners:\n"),
+        1,
+    )
+}
+
+/// One plugin item for [`with_plugins`]: `name` running the module at `wasm` with
+/// `configuration` (YAML, indented by four for a mapping).
+pub(crate) fn plugin(name: &str, wasm: &std::path::Path, configuration: &str) -> String {
+    format!(
+        "  - name: {name}\n    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}\n    configuration:{configuration}\n",
+        wasm.display()
+    )
+}
+
 /// What a one-shot `rustng` command printed and how it ended.
 pub(crate) struct CliRun {
     pub(crate) code: Option<i32>,

@@ -260,22 +260,14 @@ async fn http3_requests_run_the_filter_chain() {
     let cert = make_cert(certs.path(), "localhost", &["localhost"]);
     let udp = free_udp_port();
     let wasm = crate::conformance::conformance_wasm(crate::conformance::RUST_SDK);
-    let config = h3_config(
-        certs.path(),
-        origin.addr,
-        udp,
-        "    http_filters: [conformance]",
-    )
-    .replace(
-        "listeners:\n",
-        &format!(
-            "plugins:
-  - name: conformance
-    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
-    configuration: plain
-listeners:\n",
-            wasm.display()
+    let config = crate::harness::with_plugins(
+        &h3_config(
+            certs.path(),
+            origin.addr,
+            udp,
+            "    http_filters: [conformance]",
         ),
+        &crate::harness::plugin("conformance", &wasm, " plain"),
     );
     let _proxy = Rustng::start(&config);
     let client = H3Client::connect(udp_addr(udp), &cert).await;

@@ -587,17 +587,10 @@ async fn filters_read_the_trace_and_spans_time_each_plugin() {
     .replace(
         "    default_cluster: backend\n",
         "    default_cluster: backend\n    http_filters: [conformance]\n",
-    )
-    .replace(
-        "listeners:\n",
-        &format!(
-            "plugins:
-  - name: conformance
-    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
-    configuration: plain
-listeners:\n",
-            wasm.display()
-        ),
+    );
+    let config = crate::harness::with_plugins(
+        &config,
+        &crate::harness::plugin("conformance", &wasm, " plain"),
     );
     let proxy = Rustng::start(&config);
     let client = client::http1();
@@ -667,25 +660,22 @@ async fn spans_name_the_route_the_router_chose() {
     .replace(
         "    default_cluster: backend\n",
         "    http_filters: [router]\n",
-    )
-    .replace(
-        "listeners:\n",
-        &format!(
-            "plugins:
-  - name: router
-    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
-    configuration:
+    );
+    let config = crate::harness::with_plugins(
+        &config,
+        &crate::harness::plugin(
+            "router",
+            &router,
+            "
       virtual_hosts:
         - name: all
           domains: ['*']
           routes:
             - name: echo-route
-              match: {{ prefix: /echo }}
-              route: {{ cluster: backend }}
-            - match: {{ prefix: / }}
-              route: {{ cluster: backend }}
-listeners:\n",
-            router.display()
+              match: { prefix: /echo }
+              route: { cluster: backend }
+            - match: { prefix: / }
+              route: { cluster: backend }",
         ),
     );
     let proxy = Rustng::start(&config);
