@@ -414,7 +414,7 @@ pub(crate) struct ControlState {
     /// Duplicates of the HTTP/3 sockets with their links, by listener.
     bound_quic: HashMap<String, BoundQuic>,
     /// The exporter's end of `spans`, until the exporter thread takes it.
-    span_receiver: Option<mpsc::UnboundedReceiver<crate::trace::otlp::Span>>,
+    span_receiver: Option<mpsc::UnboundedReceiver<crate::trace::EncodedSpan>>,
 }
 
 /// A version ready to publish: nothing left that can fail.
@@ -582,7 +582,7 @@ impl ControlState {
         &mut self,
     ) -> Option<(
         Arc<SpanQueue>,
-        mpsc::UnboundedReceiver<crate::trace::otlp::Span>,
+        mpsc::UnboundedReceiver<crate::trace::EncodedSpan>,
     )> {
         let receiver = self.span_receiver.take()?;
         Some((Arc::clone(&self.spans), receiver))

@@ -18,6 +18,7 @@ use rustng_runtime_config::{OtlpProtocol, Tracing};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::encode::{self, EncodedSpan};
 use super::otlp;
 use crate::snapshot::Snapshot;
 use crate::upstream::ClusterTable;
@@ -33,7 +34,7 @@ const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceSer
 
 /// Finished spans on their way to the exporter thread, and what became of them.
 pub(crate) struct SpanQueue {
-    sender: mpsc::UnboundedSender<otlp::Span>,
+    sender: mpsc::UnboundedSender<EncodedSpan>,
     /// Spans submitted and not yet exported or dropped.
     queued: AtomicUsize,
     capacity: AtomicUsize,
@@ -52,7 +53,7 @@ pub(crate) struct QueueCounts {
 }
 
 impl SpanQueue {
-    pub(crate) fn new() -> (Arc<SpanQueue>, mpsc::UnboundedReceiver<otlp::Span>) {
+    pub(crate) fn new() -> (Arc<SpanQueue>, mpsc::UnboundedReceiver<EncodedSpan>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let queue = SpanQueue {
             sender,
@@ -65,7 +66,7 @@ impl SpanQueue {
         (Arc::new(queue), receiver)
     }
 
-    pub(crate) fn submit(&self, span: otlp::Span) {
+    pub(crate) fn submit(&self, span: EncodedSpan) {
         // Relaxed: the count is a bound, not a synchronisation point.
         let before = self.queued.fetch_add(1, Ordering::Relaxed);
         if before >= self.capacity.load(Ordering::Relaxed) || self.sender.send(span).is_err() {
@@ -114,12 +115,12 @@ pub(crate) fn start(
     current: Arc<ArcSwap<Snapshot>>,
     mut published: watch::Receiver<u64>,
     queue: Arc<SpanQueue>,
-    mut spans: mpsc::UnboundedReceiver<otlp::Span>,
+    mut spans: mpsc::UnboundedReceiver<EncodedSpan>,
 ) -> std::io::Result<()> {
     crate::local_exec::spawn_thread("rustng-tracing", move || async move {
         let clusters = Rc::new(ClusterTable::default());
         let mut settings = follow(&current.load(), &clusters, &queue);
-        let mut batch: Vec<otlp::Span> = Vec::new();
+        let mut batch: Vec<EncodedSpan> = Vec::new();
         let mut due: Option<Instant> = None;
         loop {
             let flush = tokio::select! {
@@ -193,7 +194,7 @@ fn follow(snapshot: &Snapshot, clusters: &ClusterTable, queue: &SpanQueue) -> Op
 
 /// Sends one batch; what the collector refused of it, if anything (OTLP's partial success).
 async fn export(
-    spans: Vec<otlp::Span>,
+    spans: Vec<EncodedSpan>,
     settings: &Tracing,
     clusters: &ClusterTable,
 ) -> Result<Option<otlp::ExportTracePartialSuccess>, ExportError> {
@@ -201,7 +202,7 @@ async fn export(
     let cluster = clusters
         .get(&otlp_settings.cluster)
         .ok_or_else(|| ExportError::NoCluster(otlp_settings.cluster.clone()))?;
-    let message = request(spans, &settings.service_name).encode_to_vec();
+    let message = encode::export_request(&spans, &settings.service_name);
     let (path, content_type, body) = match otlp_settings.protocol {
         OtlpProtocol::Grpc => (GRPC_EXPORT_PATH, "application/grpc", grpc_frame(&message)),
         OtlpProtocol::Http => (
@@ -269,27 +270,6 @@ async fn export(
         .filter(|p| p.rejected_spans > 0))
 }
 
-/// One resource (this process) with one scope (RustNg) holding the batch.
-fn request(spans: Vec<otlp::Span>, service_name: &str) -> otlp::ExportTraceServiceRequest {
-    otlp::ExportTraceServiceRequest {
-        resource_spans: vec![otlp::ResourceSpans {
-            resource: Some(otlp::Resource {
-                attributes: vec![
-                    otlp::KeyValue::string("service.name", service_name),
-                    otlp::KeyValue::string("telemetry.sdk.name", "rustng"),
-                ],
-            }),
-            scope_spans: vec![otlp::ScopeSpans {
-                scope: Some(otlp::InstrumentationScope {
-                    name: "rustng".to_owned(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                }),
-                spans,
-            }],
-        }],
-    }
-}
-
 /// A gRPC message frame: uncompressed flag, big-endian length, the message.
 fn grpc_frame(message: &[u8]) -> Bytes {
     let mut frame = BytesMut::with_capacity(5 + message.len());
@@ -303,20 +283,19 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 mod tests {
     use super::*;
 
-    fn span() -> otlp::Span {
-        otlp::Span {
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            trace_state: String::new(),
-            parent_span_id: Vec::new(),
-            name: "GET".into(),
-            kind: otlp::SPAN_KIND_SERVER,
-            start_time_unix_nano: 1,
-            end_time_unix_nano: 2,
-            attributes: Vec::new(),
-            status: None,
+    fn span() -> EncodedSpan {
+        encode::SpanWriter::new(&encode::SpanHead {
+            trace_id: &[1; 16],
+            span_id: &[2; 8],
+            parent_span_id: None,
+            trace_state: "",
+            name: "GET",
+            kind: encode::SPAN_KIND_SERVER,
+            start_unix_nano: 1,
+            end_unix_nano: 2,
             flags: 1,
-        }
+        })
+        .finish()
     }
 
     #[test]
@@ -337,7 +316,7 @@ mod tests {
 
     #[test]
     fn batches_are_framed_for_grpc() {
-        let message = request(vec![span()], "svc").encode_to_vec();
+        let message = encode::export_request(&[span()], "svc");
         let frame = grpc_frame(&message);
         assert_eq!(frame[0], 0);
         assert_eq!(
@@ -345,6 +324,9 @@ mod tests {
             message.len()
         );
         let decoded = otlp::ExportTraceServiceRequest::decode(&frame[5..]).expect("decodes");
-        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans[0], span());
+        assert_eq!(
+            decoded.resource_spans[0].scope_spans[0].spans[0].name,
+            "GET"
+        );
     }
 }

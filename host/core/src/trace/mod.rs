@@ -6,6 +6,8 @@
 //! ids and one header written; spans are built only for sampled requests and handed over
 //! without waiting ([`export::SpanQueue`]).
 
+mod encode;
+pub(crate) use encode::EncodedSpan;
 pub(crate) mod export;
 pub(crate) mod otlp;
 mod propagation;
@@ -79,7 +81,7 @@ impl Tracer {
     }
 
     /// Hands a finished span to the exporter; never waits.
-    pub(crate) fn submit(&self, span: otlp::Span) {
+    pub(crate) fn submit(&self, span: encode::EncodedSpan) {
         self.queue.submit(span);
     }
 }

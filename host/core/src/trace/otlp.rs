@@ -1,9 +1,11 @@
-//! The OTLP trace messages RustNg sends, declared by hand with their field numbers from
-//! `opentelemetry/proto/{collector/trace,trace,common,resource}/v1/*.proto`: only what a
-//! proxy's server spans use, so the core needs neither protoc nor the full generated crate
-//! (the tests decode what is sent with the official generated types).
+//! OTLP trace messages declared by hand with their field numbers from
+//! `opentelemetry/proto/{collector/trace,trace,common,resource}/v1/*.proto`, for prost: the
+//! collector's answer, which RustNg decodes, and (in tests) the request, to check what
+//! `encode.rs` writes against an independent declaration. The end-to-end tests decode with
+//! the official generated types.
 
 /// `opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ExportTraceServiceRequest {
     #[prost(message, repeated, tag = "1")]
@@ -26,6 +28,7 @@ pub(crate) struct ExportTracePartialSuccess {
     pub(crate) error_message: String,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ResourceSpans {
     #[prost(message, optional, tag = "1")]
@@ -34,12 +37,14 @@ pub(crate) struct ResourceSpans {
     pub(crate) scope_spans: Vec<ScopeSpans>,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Resource {
     #[prost(message, repeated, tag = "1")]
     pub(crate) attributes: Vec<KeyValue>,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ScopeSpans {
     #[prost(message, optional, tag = "1")]
@@ -48,6 +53,7 @@ pub(crate) struct ScopeSpans {
     pub(crate) spans: Vec<Span>,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct InstrumentationScope {
     #[prost(string, tag = "1")]
@@ -57,6 +63,7 @@ pub(crate) struct InstrumentationScope {
 }
 
 /// `opentelemetry.proto.trace.v1.Span`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Span {
     #[prost(bytes = "vec", tag = "1")]
@@ -84,10 +91,8 @@ pub(crate) struct Span {
     pub(crate) flags: u32,
 }
 
-/// `Span.SpanKind.SPAN_KIND_SERVER`: the span of a request RustNg received.
-pub(crate) const SPAN_KIND_SERVER: i32 = 2;
-
 /// `opentelemetry.proto.trace.v1.Status`.
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct Status {
     #[prost(string, tag = "2")]
@@ -96,9 +101,7 @@ pub(crate) struct Status {
     pub(crate) code: i32,
 }
 
-/// `Status.StatusCode.STATUS_CODE_ERROR`.
-pub(crate) const STATUS_CODE_ERROR: i32 = 2;
-
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct KeyValue {
     #[prost(string, tag = "1")]
@@ -107,12 +110,14 @@ pub(crate) struct KeyValue {
     pub(crate) value: Option<AnyValue>,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct AnyValue {
     #[prost(oneof = "Value", tags = "1, 2, 3")]
     pub(crate) value: Option<Value>,
 }
 
+#[cfg(test)]
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub(crate) enum Value {
     #[prost(string, tag = "1")]
@@ -123,6 +128,7 @@ pub(crate) enum Value {
     Int(i64),
 }
 
+#[cfg(test)]
 impl KeyValue {
     pub(crate) fn string(key: impl Into<String>, value: impl Into<String>) -> Self {
         KeyValue::new(key.into(), Value::String(value.into()))

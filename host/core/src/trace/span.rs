@@ -13,7 +13,7 @@ use http::{HeaderValue, Version};
 use rustng_abi::trace::TraceIds;
 
 use super::Tracer;
-use super::otlp::{self, KeyValue};
+use super::encode::{SPAN_KIND_SERVER, SpanHead, SpanWriter};
 use crate::access_log::AccessRecord;
 
 /// The span of one sampled request, until it ends.
@@ -45,104 +45,101 @@ impl SpanRecord {
     /// Completes the span with what `record` learnt along the way and hands it to the
     /// exporter.
     pub(crate) fn finish(self, record: &AccessRecord, outcome: &Outcome<'_>) {
-        let mut attributes = Vec::with_capacity(16 + outcome.plugin_time.len());
-        attributes.push(KeyValue::string(
-            "http.request.method",
-            record.method.as_str(),
-        ));
+        let start = unix_nanos(self.start);
+        let trace_state = self
+            .trace_state
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let mut span = SpanWriter::new(&SpanHead {
+            trace_id: &self.ids.trace_id,
+            span_id: &self.ids.span_id,
+            parent_span_id: self.ids.parent_span_id.as_ref(),
+            trace_state,
+            // OpenTelemetry's HTTP server span name when no route template is known.
+            name: record.method.as_str(),
+            kind: SPAN_KIND_SERVER,
+            start_unix_nano: start,
+            end_unix_nano: start
+                .saturating_add(u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX)),
+            flags: u32::from(self.ids.sampled),
+        });
+        span.str("http.request.method", record.method.as_str());
         if let Some(target) = &record.path {
-            attributes.push(KeyValue::string("url.path", target.path()));
+            span.str("url.path", target.path());
             if let Some(query) = target.query() {
-                attributes.push(KeyValue::string("url.query", query));
+                span.str("url.query", query);
             }
         }
-        attributes.push(KeyValue::string("url.scheme", self.scheme));
+        span.str("url.scheme", self.scheme);
         if let Some(host) = self.authority.as_ref().and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::string("server.address", host));
+            span.str("server.address", host);
         }
-        attributes.push(KeyValue::string(
-            "network.protocol.version",
-            protocol_version(record.version),
-        ));
-        attributes.push(KeyValue::string(
-            "client.address",
-            record.client.ip().to_string(),
-        ));
-        attributes.push(KeyValue::int(
-            "client.port",
-            i64::from(record.client.port()),
-        ));
+        span.str("network.protocol.version", protocol_version(record.version));
+        let mut ip = [0u8; 39];
+        span.str("client.address", ip_text(record.client.ip(), &mut ip));
+        span.int("client.port", i64::from(record.client.port()));
         if let Some(agent) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::string("user_agent.original", agent));
+            span.str("user_agent.original", agent);
         }
         if record.status != 0 {
-            attributes.push(KeyValue::int(
-                "http.response.status_code",
-                i64::from(record.status),
-            ));
+            span.int("http.response.status_code", i64::from(record.status));
         }
-        attributes.push(KeyValue::int(
+        span.int(
             "http.response.body.size",
             i64::try_from(outcome.bytes).unwrap_or(i64::MAX),
-        ));
+        );
         if let Some(status) = outcome.grpc_status {
-            attributes.push(KeyValue::int("rpc.grpc.status_code", i64::from(status)));
+            span.int("rpc.grpc.status_code", i64::from(status));
         }
-        attributes.push(KeyValue::string("rustng.listener", &*record.listener));
+        span.str("rustng.listener", &record.listener);
         if let Some(id) = record.request_id.as_ref().and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::string("guid:x-request-id", id));
+            span.str("guid:x-request-id", id);
         }
         if let Some(route) = outcome.route_name {
-            attributes.push(KeyValue::string("route_name", route));
+            span.str("route_name", route);
         }
-        if let Some(cluster) = self.cluster {
-            attributes.push(KeyValue::string("upstream_cluster", cluster));
+        if let Some(cluster) = &self.cluster {
+            span.str("upstream_cluster", cluster);
         }
         if let Some(address) = record.upstream {
-            attributes.push(KeyValue::string("upstream_address", address.to_string()));
+            let mut text = [0u8; 47];
+            span.str("upstream_address", addr_text(address, &mut text));
         }
         if let Some(flags) = record.error {
-            attributes.push(KeyValue::string("response_flags", flags));
+            span.str("response_flags", flags);
         }
         for (plugin, time) in outcome.plugin_time {
-            attributes.push(KeyValue::int(
-                format!("rustng.plugin.{plugin}.duration_us"),
+            span.int_parts(
+                &["rustng.plugin.", plugin, ".duration_us"],
                 i64::try_from(time.as_micros()).unwrap_or(i64::MAX),
-            ));
+            );
         }
         // A server span is an error for 5xx and for a request that got no answer; 4xx is
         // the client's doing (OpenTelemetry's HTTP conventions).
-        let failed = record.status == 0 || record.status >= 500;
-        let status = failed.then(|| otlp::Status {
-            message: record.error.unwrap_or_default().to_owned(),
-            code: otlp::STATUS_CODE_ERROR,
-        });
-        let start = unix_nanos(self.start);
-        let span = otlp::Span {
-            trace_id: self.ids.trace_id.to_vec(),
-            span_id: self.ids.span_id.to_vec(),
-            trace_state: self
-                .trace_state
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
-            parent_span_id: self
-                .ids
-                .parent_span_id
-                .map_or_else(Vec::new, |p| p.to_vec()),
-            // OpenTelemetry's HTTP server span name when no route template is known.
-            name: record.method.as_str().to_owned(),
-            kind: otlp::SPAN_KIND_SERVER,
-            start_time_unix_nano: start,
-            end_time_unix_nano: start
-                .saturating_add(u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX)),
-            attributes,
-            status,
-            flags: u32::from(self.ids.sampled),
-        };
-        self.tracer.submit(span);
+        if record.status == 0 || record.status >= 500 {
+            span.error(record.error.unwrap_or_default());
+        }
+        self.tracer.submit(span.finish());
     }
+}
+
+/// `ip` as text in `buf`, without allocating.
+fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 39]) -> &str {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
+/// `address` (`ip:port`, `[ip6]:port`) as text in `buf`, without allocating.
+fn addr_text(address: std::net::SocketAddr, buf: &mut [u8; 47]) -> &str {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{address}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 fn protocol_version(version: Version) -> &'static str {
