@@ -3,7 +3,8 @@
 //!
 //! The queue is bounded by a count, not by blocking: a worker that finds it full drops the
 //! span and counts it, so a slow or dead collector costs traffic nothing. One export is in
-//! flight at a time; spans that arrive meanwhile wait in the queue, within the bound.
+//! flight at a time; spans that arrive meanwhile wait in the queue, within the bound. The
+//! exporter is woken once per full batch or by its schedule, not per span.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,15 +17,16 @@ use http::{HeaderValue, Method, Request, header};
 use prost::Message as _;
 use rustng_runtime_config::{OtlpProtocol, Tracing};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 use super::encode::{self, EncodedSpan};
 use super::otlp;
 use crate::snapshot::Snapshot;
 use crate::upstream::ClusterTable;
 
-/// What the OpenTelemetry SDKs queue before the exporter thread first reads a config.
+/// What the OpenTelemetry SDKs queue, and send at once, before the exporter thread first
+/// reads a config.
 const INITIAL_CAPACITY: usize = 2048;
+const INITIAL_BATCH_SIZE: usize = 512;
 
 /// A collector's answer is small; anything bigger is not one.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -38,6 +40,9 @@ pub(crate) struct SpanQueue {
     /// Spans submitted and not yet exported or dropped.
     queued: AtomicUsize,
     capacity: AtomicUsize,
+    /// Spans per export: every this many submitted, the exporter is woken.
+    batch_size: AtomicUsize,
+    full_batch: tokio::sync::Notify,
     exported: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_export_failed: AtomicU64,
@@ -59,6 +64,8 @@ impl SpanQueue {
             sender,
             queued: AtomicUsize::new(0),
             capacity: AtomicUsize::new(INITIAL_CAPACITY),
+            batch_size: AtomicUsize::new(INITIAL_BATCH_SIZE),
+            full_batch: tokio::sync::Notify::new(),
             exported: AtomicU64::new(0),
             dropped_queue_full: AtomicU64::new(0),
             dropped_export_failed: AtomicU64::new(0),
@@ -72,6 +79,8 @@ impl SpanQueue {
         if before >= self.capacity.load(Ordering::Relaxed) || self.sender.send(span).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+        } else if (before + 1).is_multiple_of(self.batch_size.load(Ordering::Relaxed).max(1)) {
+            self.full_batch.notify_one();
         }
     }
 
@@ -120,42 +129,45 @@ pub(crate) fn start(
     crate::local_exec::spawn_thread("rustng-tracing", move || async move {
         let clusters = Rc::new(ClusterTable::default());
         let mut settings = follow(&current.load(), &clusters, &queue);
-        let mut batch: Vec<EncodedSpan> = Vec::new();
-        let mut due: Option<Instant> = None;
-        loop {
-            let flush = tokio::select! {
+        let mut closed = false;
+        while !closed {
+            let tick = settings
+                .as_ref()
+                .map_or(Duration::from_secs(1), |s| s.schedule_delay);
+            // Woken by a full batch or the schedule, never per span: a wake-up per span was a
+            // futex call on the worker for every sampled request.
+            tokio::select! {
                 changed = published.changed() => {
                     if changed.is_err() {
                         break;
                     }
                     settings = follow(&current.load(), &clusters, &queue);
-                    false
+                    continue;
                 }
-                span = spans.recv() => {
-                    let Some(span) = span else { break };
-                    match &settings {
-                        Some(settings) => {
-                            if batch.is_empty() {
-                                due = Some(Instant::now() + settings.schedule_delay);
-                            }
-                            batch.push(span);
-                            batch.len() >= settings.max_export_batch_size
-                        }
-                        // Tracing was turned off after the span was made.
-                        None => {
-                            queue.settled(1, 0);
-                            false
+                () = queue.full_batch.notified() => {}
+                () = tokio::time::sleep(tick) => {}
+            }
+            loop {
+                let limit = settings
+                    .as_ref()
+                    .map_or(usize::MAX, |s| s.max_export_batch_size);
+                let mut batch = Vec::new();
+                while batch.len() < limit {
+                    match spans.try_recv() {
+                        Ok(span) => batch.push(span),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
                         }
                     }
                 }
-                () = sleep_until(due), if due.is_some() => true,
-            };
-            if flush {
-                due = None;
-                let spans = std::mem::take(&mut batch);
-                let count = spans.len();
+                let count = batch.len();
+                if count == 0 {
+                    break;
+                }
                 let exported = match &settings {
-                    Some(settings) => match export(spans, settings, &clusters).await {
+                    Some(settings) => match export(batch, settings, &clusters).await {
                         Ok(rejected) => {
                             if let Some(rejected) = &rejected {
                                 tracing::warn!(spans = count, rejected = rejected.rejected_spans, reason = %rejected.error_message, "the collector refused some spans");
@@ -168,18 +180,16 @@ pub(crate) fn start(
                             0
                         }
                     },
+                    // Tracing was turned off after the spans were made.
                     None => 0,
                 };
                 queue.settled(count, exported);
+                if count < limit {
+                    break;
+                }
             }
         }
     })
-}
-
-async fn sleep_until(due: Option<Instant>) {
-    if let Some(due) = due {
-        tokio::time::sleep_until(due).await;
-    }
 }
 
 /// Takes a snapshot's tracing settings and clusters.
@@ -189,6 +199,9 @@ fn follow(snapshot: &Snapshot, clusters: &ClusterTable, queue: &SpanQueue) -> Op
     queue
         .capacity
         .store(settings.max_queue_size, Ordering::Relaxed);
+    queue
+        .batch_size
+        .store(settings.max_export_batch_size, Ordering::Relaxed);
     Some(settings)
 }
 
@@ -312,6 +325,22 @@ mod tests {
         queue.submit(span());
         assert_eq!(queue.counts().queued, 1, "room again once exported");
         assert_eq!(queue.counts().exported, 2);
+    }
+
+    #[tokio::test]
+    async fn the_exporter_is_woken_per_full_batch_not_per_span() {
+        let (queue, _receiver) = SpanQueue::new();
+        queue.batch_size.store(3, Ordering::Relaxed);
+        let woken = |queue: &SpanQueue| {
+            futures_util::FutureExt::now_or_never(queue.full_batch.notified()).is_some()
+        };
+        queue.submit(span());
+        queue.submit(span());
+        assert!(!woken(&queue), "two of three");
+        queue.submit(span());
+        assert!(woken(&queue), "a full batch");
+        queue.submit(span());
+        assert!(!woken(&queue));
     }
 
     #[test]
