@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
@@ -20,7 +19,6 @@ use crate::filtered;
 use crate::filters::LocalAnswer;
 use crate::grpc_web::Encoding;
 use crate::headers;
-use crate::trace::SpanRecord;
 use crate::tunnel;
 use crate::upstream::{BoxLocal as _, ClusterRt, Outgoing, RequestBody};
 
@@ -115,10 +113,9 @@ impl Routed {
                 forwarding.alt_svc = Some(alt_svc);
                 Routed::Forward(forwarding)
             }
-            Routed::Other(future) => Routed::Other(Box::pin(async move {
-                let mut response = future.await?;
+            Routed::Other(future) => Routed::Other(then(future, move |mut response| {
                 response.headers_mut().insert(header::ALT_SVC, alt_svc);
-                Ok(response)
+                response
             })),
         }
     }
@@ -130,12 +127,19 @@ impl Routed {
                 forwarding.grpc_web = Some(encoding);
                 Routed::Forward(forwarding)
             }
-            Routed::Other(future) => Routed::Other(Box::pin(async move {
-                let response = future.await?;
-                Ok(crate::grpc_web::translate_response(response, encoding))
+            Routed::Other(future) => Routed::Other(then(future, move |response| {
+                crate::grpc_web::translate_response(response, encoding)
             })),
         }
     }
+}
+
+/// `future`'s response through `change`.
+fn then(
+    future: ResponseFuture,
+    change: impl FnOnce(Response<ProxyBody>) -> Response<ProxyBody> + 'static,
+) -> ResponseFuture {
+    Box::pin(async move { Ok(change(future.await?)) })
 }
 
 impl ProxyService {
@@ -185,28 +189,13 @@ impl ProxyService {
         let removed = headers::strip_hop_by_hop(req.headers_mut());
         headers::add_forwarding(req.headers_mut(), &ctx.client_address, ctx.tls);
         let request_id = headers::ensure_request_id(req.headers_mut());
-        let trace = listener
-            .tracer
-            .as_ref()
-            .map(|tracer| (tracer, tracer.start(req.headers_mut())));
-        let span = match &trace {
-            Some((tracer, started)) if started.ids.sampled => Some(SpanRecord {
-                tracer: Arc::clone(tracer),
-                ids: started.ids,
-                trace_state: started.trace_state.clone(),
-                start: std::time::SystemTime::now(),
-                authority: req
-                    .headers()
-                    .get(header::HOST)
-                    .cloned()
-                    .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok())),
-                user_agent: req.headers().get(header::USER_AGENT).cloned(),
-                scheme: if ctx.tls { "https" } else { "http" },
-                cluster: None,
-            }),
-            _ => None,
+        let (trace, span) = match &listener.tracer {
+            Some(tracer) => {
+                let (ids, span) = tracer.begin(&mut req, ctx.tls);
+                (Some(ids), span)
+            }
+            None => (None, None),
         };
-        let trace = trace.map(|(_, started)| started.ids);
 
         let record = (listener.config.access_log || span.is_some()).then(|| {
             Box::new(AccessRecord {

@@ -125,13 +125,20 @@ async fn serve(
             Ok(Some(resolver)) => {
                 let service = ProxyService::new(Rc::clone(&ctx));
                 tokio::task::spawn_local(async move {
-                    match resolver.resolve_request().await {
-                        Ok((request, stream)) => {
+                    // A stream that never brings its head would hold a stream credit for good
+                    // (slowloris over QUIC): it gets the request head timeout, as on TCP.
+                    let head = tokio::time::timeout(
+                        service.request_headers_timeout(),
+                        resolver.resolve_request(),
+                    );
+                    match head.await {
+                        Ok(Ok((request, stream))) => {
                             if let Err(e) = request_stream(service, request, stream).await {
                                 tracing::debug!(error = %e, "HTTP/3 request stream failed");
                             }
                         }
-                        Err(e) => tracing::debug!(error = %e, "HTTP/3 request head refused"),
+                        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP/3 request head refused"),
+                        Err(_) => tracing::debug!("HTTP/3 request head timed out"),
                     }
                 });
             }

@@ -42,6 +42,36 @@ impl Tracer {
         Tracer { threshold, queue }
     }
 
+    /// [`Tracer::start`] for a request, with its span when it is sampled.
+    pub(crate) fn begin<B>(
+        self: &Arc<Self>,
+        request: &mut http::Request<B>,
+        tls: bool,
+    ) -> (TraceIds, Option<SpanRecord>) {
+        let started = self.start(request.headers_mut());
+        if !started.ids.sampled {
+            return (started.ids, None);
+        }
+        let headers = request.headers();
+        let span = SpanRecord {
+            tracer: Arc::clone(self),
+            ids: started.ids,
+            trace_state: started.trace_state,
+            start: std::time::SystemTime::now(),
+            // HTTP/2 and HTTP/3 carry the host in the URI.
+            authority: headers.get(http::header::HOST).cloned().or_else(|| {
+                request
+                    .uri()
+                    .authority()
+                    .and_then(|a| a.as_str().parse().ok())
+            }),
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            scheme: if tls { "https" } else { "http" },
+            cluster: None,
+        };
+        (started.ids, Some(span))
+    }
+
     /// Reads the caller's context from `headers`, decides sampling (the caller's decision
     /// when it made one, else the ratio) and writes RustNg's span into `headers` for the
     /// upstream.

@@ -29,30 +29,36 @@ struct H3Reply {
     trailers: Option<HeaderMap>,
 }
 
+/// A QUIC connection (ALPN `h3`) to `addr`, trusting `cert`.
+async fn quic_connect(addr: SocketAddr, cert: &Cert) -> (quinn::Endpoint, quinn::Connection) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).expect("root");
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic client config");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let connection = tokio::time::timeout(
+        Duration::from_secs(10),
+        endpoint.connect(addr, "localhost").expect("connect"),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    (endpoint, connection)
+}
+
 impl H3Client {
     async fn connect(addr: SocketAddr, cert: &Cert) -> H3Client {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der.clone()).expect("root");
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic client config");
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        let connection = tokio::time::timeout(
-            Duration::from_secs(10),
-            endpoint.connect(addr, "localhost").expect("connect"),
-        )
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
+        let (endpoint, connection) = quic_connect(addr, cert).await;
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection))
             .await
             .expect("h3 client");
@@ -393,7 +399,7 @@ async fn http3_limits_streams_headers_and_idle_connections() {
         certs.path(),
         origin.addr,
         udp,
-        "      max_concurrent_streams: 2\n      idle_timeout: 500ms\n    http: { max_request_headers_kb: 8 }",
+        "      max_concurrent_streams: 2\n      idle_timeout: 500ms\n    http: { max_request_headers_kb: 8, request_headers_timeout: 300ms }",
     ));
     let client = H3Client::connect(udp_addr(udp), &cert).await;
 
@@ -426,6 +432,26 @@ async fn http3_limits_streams_headers_and_idle_connections() {
         200,
         "the connection goes on"
     );
+
+    // A stream that never brings its whole head is let go after the request head timeout
+    // (here 300 ms), unanswered, and the connection carries on.
+    let (_endpoint, raw) = quic_connect(udp_addr(udp), &cert).await;
+    let (mut send, mut recv) = raw.open_bi().await.expect("stream");
+    // A HEADERS frame announcing 100 bytes, and nothing more.
+    send.write_all(&[0x01, 0x40, 0x64]).await.expect("write");
+    let started = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1024)).await;
+    // Ended (quinn finishes a dropped stream) or reset, but without a byte of answer.
+    assert!(
+        matches!(&read, Ok(Ok(bytes)) if bytes.is_empty()) || matches!(read, Ok(Err(_))),
+        "the stream is let go, not answered: {read:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.get("/echo/still").await.status, 200);
 
     // Idle past idle_timeout: RustNg closes the connection.
     let idle = Instant::now();
