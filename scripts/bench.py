@@ -795,23 +795,33 @@ RUSTNG_PLUGINS = f"""plugins:
 """
 
 
-def write_rustng_config(path: Path, port: int, max_connections: int | None, plugin: bool = False) -> Path:
-    """`plugin`: the filter scenario's proxy-wasm filter in the listener's http_filters."""
-    limit = f"\n    max_connections: {max_connections}" if max_connections else ""
-    filters = "\n    http_filters: [hdr]" if plugin else ""
-    path.write_text(f"""workers: 1
+def rustng_yaml(port: int, *, top: str = "", listener: str = "", cluster: str = "",
+                endpoints: tuple[int, ...] = (ORIGIN_PORT,), more_clusters: str = "",
+                max_connections: int | None = 20000) -> str:
+    """A RustNg config as the bench runs it: one worker, one listener on `port` without an
+    access log, in front of the origin. `top`, `listener` and `cluster` add YAML lines (indented
+    for where they go); `more_clusters` adds whole clusters."""
+    limit = f"    max_connections: {max_connections}\n" if max_connections else ""
+    listed = "".join(f"      - address: {HOST}:{p}\n" for p in endpoints)
+    return f"""workers: 1
 log: {{ level: warn }}
-{RUSTNG_PLUGINS if plugin else ""}listeners:
+{top}listeners:
   - name: main
     address: {HOST}:{port}
     default_cluster: backend
-    access_log: false{limit}{filters}
-clusters:
+    access_log: false
+{limit}{listener}clusters:
   - name: backend
     protocol: http1
-    endpoints:
-      - address: {HOST}:{ORIGIN_PORT}
-""")
+{cluster}    endpoints:
+{listed}{more_clusters}"""
+
+
+def write_rustng_config(path: Path, port: int, max_connections: int | None, plugin: bool = False) -> Path:
+    """`plugin`: the filter scenario's proxy-wasm filter in the listener's http_filters."""
+    path.write_text(rustng_yaml(port, top=RUSTNG_PLUGINS if plugin else "",
+                                listener="    http_filters: [hdr]\n" if plugin else "",
+                                max_connections=max_connections))
     return path
 
 
@@ -1427,25 +1437,13 @@ def wasm_custom_section(payload: bytes) -> bytes:
 
 
 def write_swap_config(path: Path, module: Path, tag: str) -> None:
-    path.write_text(f"""workers: 1
-log: {{ level: warn }}
-plugins:
+    path.write_text(rustng_yaml(RUSTNG_MEMORY_PORT, top=f"""plugins:
   - name: hdr
     vm_config:
       runtime: envoy.wasm.runtime.v8
       code: {{ local: {{ filename: {json.dumps(str(module))} }} }}
     configuration: {json.dumps(tag)}
-listeners:
-  - name: main
-    address: {HOST}:{RUSTNG_MEMORY_PORT}
-    default_cluster: backend
-    access_log: false
-    http_filters: [hdr]
-clusters:
-  - name: backend
-    endpoints:
-      - address: {HOST}:{ORIGIN_PORT}
-""")
+""", listener="    http_filters: [hdr]\n", max_connections=None))
 
 
 def bench_swap_latency(sup: Supervisor) -> dict:
@@ -1512,22 +1510,9 @@ def bench_upgrade(sup: Supervisor) -> dict:
     info(f"RustNg binary upgrade: {UPGRADES} upgrades under wrk load")
     conf = sup.workdir / "rustng-upgrade.yaml"
     state = sup.workdir / "upgrade-state"
-    conf.write_text(f"""workers: 1
-log: {{ level: warn }}
-state_dir: {state}
+    conf.write_text(rustng_yaml(RUSTNG_UPGRADE_PORT, top=f"""state_dir: {state}
 upgrade: {{ pid_file: {state}/rustng.pid }}
-listeners:
-  - name: main
-    address: {HOST}:{RUSTNG_UPGRADE_PORT}
-    default_cluster: backend
-    access_log: false
-    max_connections: 20000
-clusters:
-  - name: backend
-    protocol: http1
-    endpoints:
-      - address: {HOST}:{ORIGIN_PORT}
-""")
+"""))
     svc = sup.start("rustng-upgrade", [str(sup.settings.rustng), "run", "-c", str(conf)], sup.settings.proxy_cpu)
     handovers: list[float] = []
     commands: list[float] = []
@@ -1627,21 +1612,9 @@ def bench_lb_policies(sup: Supervisor, origin: Service) -> dict:
     four endpoints (the origin on four ports). Hashing policies get no hash key here, so each
     request hashes a random one: the table lookup is what is measured."""
     info(f"RustNg load-balancing policies: {', '.join(LB_POLICIES)} ({sup.settings.rounds} interleaved rounds)")
-    endpoints = "".join(f"      - address: {HOST}:{p}\n" for p in ORIGIN_LB_PORTS)
-    variants = [(policy, port, f"""workers: 1
-log: {{ level: warn }}
-listeners:
-  - name: main
-    address: {HOST}:{port}
-    default_cluster: backend
-    access_log: false
-    max_connections: 20000
-clusters:
-  - name: backend
-    lb_policy: {policy}
-    protocol: http1
-    endpoints:
-{endpoints}""") for policy, port in zip(LB_POLICIES, RUSTNG_LB_PORTS)]
+    variants = [(policy, port, rustng_yaml(port, cluster=f"    lb_policy: {policy}\n",
+                                           endpoints=tuple(ORIGIN_LB_PORTS)))
+                for policy, port in zip(LB_POLICIES, RUSTNG_LB_PORTS)]
     return interleaved_rustngs(sup, variants)
 
 
@@ -1666,22 +1639,10 @@ tracing:
 """
         if percent is not None:
             admins[name] = admin
-        variants.append((f"tracing {name}", port, f"""workers: 1
-log: {{ level: warn }}
-{tracing}listeners:
-  - name: main
-    address: {HOST}:{port}
-    default_cluster: backend
-    access_log: false
-    max_connections: 20000
-clusters:
-  - name: backend
+        variants.append((f"tracing {name}", port, rustng_yaml(port, top=tracing, more_clusters=f"""  - name: otel
     protocol: http1
     endpoints: [{{ address: '{HOST}:{ORIGIN_PORT}' }}]
-  - name: otel
-    protocol: http1
-    endpoints: [{{ address: '{HOST}:{ORIGIN_PORT}' }}]
-"""))
+""")))
 
     def exporter_counts(variant: str) -> dict:
         admin = admins.get(variant.removeprefix("tracing "))
@@ -1787,21 +1748,9 @@ def bench_http3(sup: Supervisor) -> dict:
     info(f"RustNg HTTP/3 vs HTTP/2 over TLS ({s.rounds} interleaved rounds)")
     cert, key = make_cert(sup.workdir)
     conf = sup.workdir / "rustng-h3.yaml"
-    conf.write_text(f"""workers: 1
-log: {{ level: warn }}
-listeners:
-  - name: main
-    address: {HOST}:{RUSTNG_H3_PORT}
-    default_cluster: backend
-    access_log: false
-    max_connections: 20000
-    tls: {{ certificates: [{{ certificate_chain: {cert}, private_key: {key} }}] }}
+    conf.write_text(rustng_yaml(RUSTNG_H3_PORT, listener=f"""    tls: {{ certificates: [{{ certificate_chain: {cert}, private_key: {key} }}] }}
     http3: {{ address: {HOST}:{RUSTNG_H3_PORT} }}
-clusters:
-  - name: backend
-    protocol: http1
-    endpoints: [{{ address: '{HOST}:{ORIGIN_PORT}' }}]
-""")
+"""))
     svc = sup.start("rustng-h3", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
     seconds = max(2, s.duration // 2)
     log_file = sup.workdir / "h2load-tls.log"
