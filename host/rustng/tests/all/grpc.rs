@@ -401,12 +401,9 @@ async fn rustngs_own_answers_to_grpc_requests_are_grpc_statuses() {
 
     // A filter's local response (ip-access: 403) becomes PERMISSION_DENIED.
     let (server, task) = start_server().await;
-    let filtered = format!(
-        "workers: 1
-plugins:
-  - name: deny
-    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
-    configuration: {{ deny: ['127.0.0.0/8'] }}
+    let filtered = crate::harness::with_plugins(
+        &format!(
+            "workers: 1
 listeners:
   - name: main
     address: '{{listen}}'
@@ -416,8 +413,9 @@ clusters:
   - name: backend
     protocol: http2
     endpoints: [{{ address: '{server}' }}]
-",
-        crate::stock_filters::module("ip_access").display()
+"
+        ),
+        &crate::stock_filters::deny_loopback(),
     );
     let proxy = Rustng::start(&filtered);
     let mut grpc = client(&proxy).await;

@@ -398,12 +398,9 @@ async fn http10_clients_get_a_length_or_a_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_body_was_read_says_connection_close() {
     let origin = Origin::start("a").await;
-    let proxy = Rustng::start(&format!(
-        "workers: 1
-plugins:
-  - name: deny
-    vm_config: {{ code: {{ local: {{ filename: {} }} }} }}
-    configuration: {{ deny: ['127.0.0.0/8'] }}
+    let proxy = Rustng::start(&crate::harness::with_plugins(
+        &format!(
+            "workers: 1
 listeners:
   - name: main
     address: '{{listen}}'
@@ -413,8 +410,9 @@ clusters:
   - name: backend
     endpoints: [{{ address: '{}' }}]
 ",
-        crate::stock_filters::module("ip_access").display(),
-        origin.addr
+            origin.addr
+        ),
+        &crate::stock_filters::deny_loopback(),
     ));
     // 9 of the 100 bytes announced: the rest never comes.
     let answer = client::raw(

@@ -9,6 +9,12 @@ use crate::client::{self, send};
 use crate::harness::Rustng;
 use crate::origin::Origin;
 
+/// A `plugins:` item (for `harness::with_plugins`): the ip-access module as `deny`, refusing
+/// the loopback clients every test is.
+pub(crate) fn deny_loopback() -> String {
+    crate::harness::plugin("deny", &module("ip_access"), " { deny: ['127.0.0.0/8'] }")
+}
+
 pub(crate) fn module(name: &str) -> std::path::PathBuf {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
         "../../filters/target/wasm32-wasip1/release/{name}.wasm"
