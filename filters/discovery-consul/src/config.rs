@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use rustng_sdk::discovery::AdapterConfig;
-use rustng_sdk::duration;
+use rustng_sdk::discovery::{AdapterConfig, FollowSettings, Window};
 use serde::Deserialize;
 
-/// Consul refuses a longer blocking wait.
-const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The blocking query's `wait`; Consul refuses a longer one than 10m.
+const WAIT: Window = Window {
+    field: "wait",
+    default: Duration::from_secs(30),
+    limit: |wait| (wait > Duration::from_secs(600)).then_some("wait: at most 10m (Consul's limit)"),
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,10 +61,9 @@ pub struct Service {
 
 #[derive(Debug)]
 pub struct Config {
-    pub consul_cluster: String,
+    /// The cluster that reaches Consul, `wait` as the window, `retry_interval`.
+    pub follow: FollowSettings,
     pub token: String,
-    pub wait: Duration,
-    pub retry_interval: Duration,
     /// (cluster, service).
     pub clusters: Vec<(String, Service)>,
 }
@@ -73,24 +75,13 @@ impl Config {
             .settings
             .ok_or("configuration: cluster (the cluster that reaches Consul) is required")?;
         let mut errors = Vec::new();
-        let wait = duration::positive(
+        let follow = FollowSettings::check(
             &mut errors,
-            "wait",
+            &WAIT,
+            settings.cluster,
             settings.wait.as_deref(),
-            Duration::from_secs(30),
-        );
-        let retry_interval = duration::positive(
-            &mut errors,
-            "retry_interval",
             settings.retry_interval.as_deref(),
-            Duration::from_secs(1),
         );
-        if wait > MAX_WAIT {
-            errors.push("wait: at most 10m (Consul's limit)".to_owned());
-        }
-        if settings.cluster.is_empty() {
-            errors.push("cluster: empty".to_owned());
-        }
         let mut clusters = Vec::new();
         for (cluster, section) in raw.clusters {
             if section.service.is_empty() {
@@ -115,10 +106,8 @@ impl Config {
             return Err(errors.join("; "));
         }
         Ok(Config {
-            consul_cluster: settings.cluster,
+            follow,
             token: settings.token,
-            wait,
-            retry_interval,
             clusters,
         })
     }
@@ -136,9 +125,9 @@ mod tests {
                               "c": {"service": "api", "only_passing": false, "datacenter": "dc2"}}}"#,
         )
         .expect("valid");
-        assert_eq!(config.consul_cluster, "consul");
-        assert_eq!(config.wait, Duration::from_secs(5));
-        assert_eq!(config.retry_interval, Duration::from_secs(1));
+        assert_eq!(config.follow.cluster, "consul");
+        assert_eq!(config.follow.window, Duration::from_secs(5));
+        assert_eq!(config.follow.retry_interval, Duration::from_secs(1));
         assert_eq!(
             config.clusters[0].1,
             Service {

@@ -8,23 +8,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rustng_sdk::discovery::{Endpoint, Publisher, percent_encode};
+use rustng_sdk::discovery::{Endpoint, percent_encode};
 use serde::Deserialize;
 
 use crate::config::Service;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Waiting { until: Duration },
-    Querying { token: u32 },
-}
-
 #[derive(Debug)]
 pub struct Followed {
-    pub cluster: String,
     pub service: Service,
-    pub phase: Phase,
-    pub publisher: Publisher,
     index: u64,
     set: Option<Vec<Endpoint>>,
 }
@@ -83,21 +74,12 @@ struct Check {
 }
 
 impl Followed {
-    pub fn new(cluster: String, service: Service) -> Followed {
+    pub fn new(service: Service) -> Followed {
         Followed {
-            cluster,
             service,
-            phase: Phase::Waiting {
-                until: Duration::ZERO,
-            },
-            publisher: Publisher::default(),
             index: 0,
             set: None,
         }
-    }
-
-    pub fn is_due(&self, now: Duration) -> bool {
-        matches!(self.phase, Phase::Waiting { until } if now >= until)
     }
 
     /// The next query's path: blocking from the last index (the first one answers at once).
@@ -208,7 +190,7 @@ mod tests {
 
     #[test]
     fn queries_block_from_the_last_index() {
-        let mut f = Followed::new("b".into(), service(true));
+        let mut f = Followed::new(service(true));
         let wait = Duration::from_secs(30);
         assert_eq!(
             f.path(wait),
@@ -222,16 +204,12 @@ mod tests {
         assert!(f.path(wait).contains("index=0&"));
         f.answered(200, Some("0"), b"[]").expect("answer");
         assert!(f.path(wait).contains("index=1&"));
-        assert!(
-            !Followed::new("b".into(), service(false))
-                .path(wait)
-                .contains("passing")
-        );
+        assert!(!Followed::new(service(false)).path(wait).contains("passing"));
     }
 
     #[test]
     fn entries_become_endpoints() {
-        let mut f = Followed::new("b".into(), service(false));
+        let mut f = Followed::new(service(false));
         f.answered(200, Some("5"), ANSWER.as_bytes())
             .expect("answer");
         let set = f.set().expect("set");
@@ -250,7 +228,7 @@ mod tests {
 
     #[test]
     fn failures_keep_the_index_and_the_set() {
-        let mut f = Followed::new("b".into(), service(true));
+        let mut f = Followed::new(service(true));
         f.answered(200, Some("9"), ANSWER.as_bytes())
             .expect("answer");
         for (status, index, body, reason) in [

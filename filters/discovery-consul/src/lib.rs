@@ -19,150 +19,73 @@
 mod config;
 mod followed;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
-use rustng_sdk::discovery::{Clock, log};
+use rustng_sdk::discovery::{Answer, Configured, Follower, Protocol, Published};
 
 use config::Config;
-use followed::{Followed, Phase};
-
-/// How often due queries are looked for; also the least time between two queries of a
-/// cluster, should Consul answer a blocking query at once again and again.
-const TICK: Duration = Duration::from_millis(100);
+use followed::Followed;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::<ConsulDiscovery>::default());
+    proxy_wasm::set_root_context(|_| Box::<Follower<Consul>>::default());
 }}
 
-#[derive(Default)]
-struct ConsulDiscovery {
-    consul_cluster: String,
+/// Consul's blocking queries, for a [`Follower`] that does the scheduling.
+struct Consul {
+    /// ACL token, sent as `X-Consul-Token` when not empty.
     token: String,
-    wait: Duration,
-    retry_interval: Duration,
-    clusters: Vec<Followed>,
-    /// Queries in flight: token → cluster.
-    tokens: HashMap<u32, usize>,
-    clock: Clock,
 }
 
-impl Context for ConsulDiscovery {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        size: usize,
-        _trailers: usize,
-    ) {
-        let Some(cluster) = self.tokens.remove(&token) else {
-            return;
-        };
-        let status = self
-            .get_http_call_response_header(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let index = self.get_http_call_response_header("x-consul-index");
-        let body = self
-            .get_http_call_response_body(0, size)
-            .unwrap_or_default();
-        let now = self.clock.now();
-        let followed = &mut self.clusters[cluster];
-        match followed.answered(status, index.as_deref(), &body) {
-            Ok(()) => {
-                // The next blocking query goes out on the next tick.
-                followed.phase = Phase::Waiting { until: now };
-                self.publish_if_changed(cluster);
-            }
-            Err(reason) => self.failed(cluster, &reason, now),
-        }
-    }
-}
+impl Protocol for Consul {
+    type Cluster = Followed;
 
-impl RootContext for ConsulDiscovery {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::parse(&bytes) {
-            Ok(config) => config,
-            Err(error) => {
-                log(LogLevel::Error, &format!("consul discovery: {error}"));
-                return false;
-            }
-        };
-        self.consul_cluster = config.consul_cluster;
-        self.token = config.token;
-        self.wait = config.wait;
-        self.retry_interval = config.retry_interval;
-        self.clusters = config
-            .clusters
-            .into_iter()
-            .map(|(cluster, service)| Followed::new(cluster, service))
-            .collect();
-        // Queries start on the first tick, never in the canary.
-        self.set_tick_period(TICK);
-        true
+    const ADAPTER: &'static str = "consul";
+    const UPSTREAM: &'static str = "Consul";
+    const HEADERS: &'static [&'static str] = &["x-consul-index"];
+
+    fn configure(bytes: &[u8]) -> Result<Configured<Self>, String> {
+        let config = Config::parse(bytes)?;
+        Ok(Configured {
+            settings: config.follow,
+            protocol: Consul {
+                token: config.token,
+            },
+            clusters: config
+                .clusters
+                .into_iter()
+                .map(|(cluster, service)| (cluster, Followed::new(service)))
+                .collect(),
+        })
     }
 
-    fn on_tick(&mut self) {
-        let now = self.clock.now();
-        for cluster in 0..self.clusters.len() {
-            if self.clusters[cluster].is_due(now) {
-                self.query(cluster, now);
-            }
-        }
+    fn credentials(&self) -> Result<Option<(&'static str, String)>, String> {
+        Ok((!self.token.is_empty()).then(|| ("x-consul-token", self.token.clone())))
     }
-}
 
-impl ConsulDiscovery {
-    fn query(&mut self, cluster: usize, now: Duration) {
-        let path = self.clusters[cluster].path(self.wait);
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", self.consul_cluster.as_str()),
-            ("accept", "application/json"),
-        ];
-        if !self.token.is_empty() {
-            headers.push(("x-consul-token", self.token.as_str()));
-        }
+    fn path(followed: &Followed, wait: Duration) -> String {
+        followed.path(wait)
+    }
+
+    fn timeout(wait: Duration) -> Duration {
         // Consul adds up to wait/16 of jitter to a blocking query.
-        let timeout = self.wait + self.wait / 16 + Duration::from_secs(5);
-        match self.dispatch_http_call(&self.consul_cluster, headers, None, vec![], timeout) {
-            Ok(token) => {
-                self.tokens.insert(token, cluster);
-                self.clusters[cluster].phase = Phase::Querying { token };
-            }
-            Err(status) => {
-                let reason = format!(
-                    "cannot reach Consul through cluster {}: {status:?}",
-                    self.consul_cluster
-                );
-                self.failed(cluster, &reason, now);
-            }
-        }
+        wait + wait / 16 + Duration::from_secs(5)
     }
 
-    fn failed(&mut self, cluster: usize, reason: &str, now: Duration) {
-        let followed = &mut self.clusters[cluster];
-        followed.phase = Phase::Waiting {
-            until: now + self.retry_interval,
-        };
-        let message = format!(
-            "consul discovery: cluster {}: query failed, keeping the last set: {reason}",
-            followed.cluster
-        );
-        log(LogLevel::Warn, &message);
+    fn answered(followed: &mut Followed, answer: &Answer) -> Result<(), String> {
+        followed.answered(answer.status, answer.header("x-consul-index"), &answer.body)
     }
 
-    fn publish_if_changed(&mut self, cluster: usize) {
-        let followed = &mut self.clusters[cluster];
-        let Some(set) = followed.set() else { return };
-        let detail = format!(" (service {})", followed.service.name);
-        followed
-            .publisher
-            .publish_if_changed("consul", &followed.cluster, set.clone(), &detail);
+    fn published(followed: &Followed) -> Option<Published> {
+        Some(Published {
+            endpoints: followed.set()?.clone(),
+            detail: format!(" (service {})", followed.service.name),
+            warnings: Vec::new(),
+        })
+    }
+
+    fn failure(reason: &str) -> String {
+        format!("query failed, keeping the last set: {reason}")
     }
 }

@@ -4,9 +4,18 @@
 
 use std::time::Duration;
 
-use rustng_sdk::discovery::AdapterConfig;
-use rustng_sdk::duration;
+use rustng_sdk::discovery::{AdapterConfig, FollowSettings, Window};
 use serde::Deserialize;
+
+/// Each watch's `timeoutSeconds`, which counts whole seconds.
+const WATCH_WINDOW: Window = Window {
+    field: "watch_window",
+    default: Duration::from_secs(2),
+    limit: |window| {
+        (window < Duration::from_secs(1))
+            .then_some("watch_window: at least 1s (timeoutSeconds counts whole seconds)")
+    },
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,10 +66,9 @@ pub struct ServiceRef {
 
 #[derive(Debug)]
 pub struct Config {
-    pub api_cluster: String,
+    /// The cluster that reaches the API server, `watch_window` as the window, `retry_interval`.
+    pub follow: FollowSettings,
     pub token_file: String,
-    pub watch_window: Duration,
-    pub retry_interval: Duration,
     pub clusters: Vec<(String, ServiceRef)>,
 }
 
@@ -71,25 +79,13 @@ impl Config {
             "configuration: cluster (the cluster that reaches the API server) is required",
         )?;
         let mut errors = Vec::new();
-        let watch_window = duration::positive(
+        let follow = FollowSettings::check(
             &mut errors,
-            "watch_window",
+            &WATCH_WINDOW,
+            settings.cluster,
             settings.watch_window.as_deref(),
-            Duration::from_secs(2),
-        );
-        let retry_interval = duration::positive(
-            &mut errors,
-            "retry_interval",
             settings.retry_interval.as_deref(),
-            Duration::from_secs(1),
         );
-        if watch_window < Duration::from_secs(1) {
-            errors
-                .push("watch_window: at least 1s (timeoutSeconds counts whole seconds)".to_owned());
-        }
-        if settings.cluster.is_empty() {
-            errors.push("cluster: empty".to_owned());
-        }
         let mut clusters = Vec::new();
         for (cluster, section) in raw.clusters {
             if section.service.is_empty() {
@@ -133,10 +129,8 @@ impl Config {
             return Err(errors.join("; "));
         }
         Ok(Config {
-            api_cluster: settings.cluster,
+            follow,
             token_file: settings.token_file,
-            watch_window,
-            retry_interval,
             clusters,
         })
     }
@@ -155,8 +149,8 @@ mod tests {
                               "d": {"service": "one"}}}"#,
         )
         .expect("valid");
-        assert_eq!(config.api_cluster, "kube");
-        assert_eq!(config.watch_window, Duration::from_secs(5));
+        assert_eq!(config.follow.cluster, "kube");
+        assert_eq!(config.follow.window, Duration::from_secs(5));
         assert_eq!(config.clusters[0].1.namespace, "default");
         assert_eq!(
             config.clusters[0].1.port,

@@ -8,23 +8,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rustng_sdk::discovery::{Endpoint, Publisher, percent_encode};
+use rustng_sdk::discovery::{Endpoint, percent_encode};
 use serde::Deserialize;
 
 use crate::config::{PortSelector, ServiceRef};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Waiting { until: Duration },
-    Asking { token: u32 },
-}
-
 #[derive(Debug)]
 pub struct Followed {
-    pub cluster: String,
     pub service: ServiceRef,
-    pub phase: Phase,
-    pub publisher: Publisher,
     slices: BTreeMap<String, EndpointSlice>,
     resource_version: String,
     listed: bool,
@@ -103,22 +94,13 @@ struct Status {
 }
 
 impl Followed {
-    pub fn new(cluster: String, service: ServiceRef) -> Followed {
+    pub fn new(service: ServiceRef) -> Followed {
         Followed {
-            cluster,
             service,
-            phase: Phase::Waiting {
-                until: Duration::ZERO,
-            },
-            publisher: Publisher::default(),
             slices: BTreeMap::new(),
             resource_version: String::new(),
             listed: false,
         }
-    }
-
-    pub fn is_due(&self, now: Duration) -> bool {
-        matches!(self.phase, Phase::Waiting { until } if now >= until)
     }
 
     /// The next request's path: the list, or a watch from the last version seen.
@@ -139,8 +121,9 @@ impl Followed {
         }
     }
 
-    /// Takes an answer to [`Followed::path`]; warnings name the slices left out.
-    pub fn answered(&mut self, status: u16, body: &[u8]) -> Result<Vec<String>, String> {
+    /// Takes an answer to [`Followed::path`]; an error leaves the set as it was (a 410 also
+    /// makes the next request a list). Slices left out are named by [`Followed::set`].
+    pub fn answered(&mut self, status: u16, body: &[u8]) -> Result<(), String> {
         if status == 410 {
             self.listed = false;
             return Err("resourceVersion too old (410 Gone): listing again".to_owned());
@@ -163,7 +146,7 @@ impl Followed {
                 .collect();
             self.resource_version = list.metadata.resource_version;
             self.listed = true;
-            return Ok(Vec::new());
+            return Ok(());
         }
         // A watch: one JSON event per line.
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -204,7 +187,7 @@ impl Followed {
                 _ => {}
             }
         }
-        Ok(Vec::new())
+        Ok(())
     }
 
     /// The cluster's set once listed, and warnings for slices without the wanted port.
@@ -310,7 +293,7 @@ mod tests {
 
     #[test]
     fn list_then_watch_from_the_last_version() {
-        let mut f = Followed::new("b".into(), service(PortSelector::Named("http".into())));
+        let mut f = Followed::new(service(PortSelector::Named("http".into())));
         let window = Duration::from_secs(2);
         assert_eq!(
             f.path(window),
@@ -358,7 +341,7 @@ mod tests {
 
     #[test]
     fn gone_lists_again_and_errors_keep_the_set() {
-        let mut f = Followed::new("b".into(), service(PortSelector::Number(8080)));
+        let mut f = Followed::new(service(PortSelector::Number(8080)));
         let list = serde_json::json!({"metadata": {"resourceVersion": "7"},
             "items": [slice("web-1", "7", &[("10.0.0.1", Some(true))])]});
         f.answered(200, list.to_string().as_bytes()).expect("list");
@@ -374,7 +357,7 @@ mod tests {
         );
         assert_eq!(addresses(&f).len(), 0, "no set until listed again");
 
-        let mut f = Followed::new("b".into(), service(PortSelector::Only));
+        let mut f = Followed::new(service(PortSelector::Only));
         f.answered(200, list.to_string().as_bytes()).expect("list");
         let (_, warnings) = f.set().expect("set");
         assert_eq!(warnings.len(), 1, "two ports, none chosen: {warnings:?}");

@@ -24,173 +24,88 @@
 mod config;
 mod followed;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use proxy_wasm::traits::{Context, RootContext};
 use proxy_wasm::types::LogLevel;
-use rustng_sdk::discovery::{Clock, log, read_file};
+use rustng_sdk::discovery::{Answer, Configured, Follower, Protocol, Published, read_file};
 
 use config::Config;
-use followed::{Followed, Phase};
-
-/// How often due requests are looked for; also the least time between two requests of a
-/// cluster.
-const TICK: Duration = Duration::from_millis(100);
+use followed::Followed;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::<KubernetesDiscovery>::default());
+    proxy_wasm::set_root_context(|_| Box::<Follower<Kubernetes>>::default());
 }}
 
-#[derive(Default)]
-struct KubernetesDiscovery {
-    api_cluster: String,
+/// The API server's list and watch, for a [`Follower`] that does the scheduling.
+struct Kubernetes {
+    /// The bearer token's file; empty for none.
     token_file: String,
-    watch_window: Duration,
-    retry_interval: Duration,
-    clusters: Vec<Followed>,
-    tokens: HashMap<u32, usize>,
-    clock: Clock,
 }
 
-impl Context for KubernetesDiscovery {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        size: usize,
-        _trailers: usize,
-    ) {
-        let Some(cluster) = self.tokens.remove(&token) else {
-            return;
-        };
-        let status = self
-            .get_http_call_response_header(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = self
-            .get_http_call_response_body(0, size)
-            .unwrap_or_default();
-        let now = self.clock.now();
-        let followed = &mut self.clusters[cluster];
-        match followed.answered(status, &body) {
-            Ok(_) => {
-                followed.phase = Phase::Waiting { until: now };
-                self.publish_if_changed(cluster);
-            }
-            Err(reason) => self.failed(cluster, &reason, now),
+impl Protocol for Kubernetes {
+    type Cluster = Followed;
+
+    const ADAPTER: &'static str = "kubernetes";
+    const UPSTREAM: &'static str = "the API server";
+
+    fn configure(bytes: &[u8]) -> Result<Configured<Self>, String> {
+        let config = Config::parse(bytes)?;
+        Ok(Configured {
+            settings: config.follow,
+            protocol: Kubernetes {
+                token_file: config.token_file,
+            },
+            clusters: config
+                .clusters
+                .into_iter()
+                .map(|(cluster, service)| (cluster, Followed::new(service)))
+                .collect(),
+        })
+    }
+
+    fn credentials(&self) -> Result<Option<(&'static str, String)>, String> {
+        if self.token_file.is_empty() {
+            return Ok(None);
         }
-    }
-}
-
-impl RootContext for KubernetesDiscovery {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::parse(&bytes) {
-            Ok(config) => config,
-            Err(error) => {
-                log(LogLevel::Error, &format!("kubernetes discovery: {error}"));
-                return false;
-            }
-        };
-        self.api_cluster = config.api_cluster;
-        self.token_file = config.token_file;
-        self.watch_window = config.watch_window;
-        self.retry_interval = config.retry_interval;
-        self.clusters = config
-            .clusters
-            .into_iter()
-            .map(|(cluster, service)| Followed::new(cluster, service))
-            .collect();
-        // Requests start on the first tick, never in the canary.
-        self.set_tick_period(TICK);
-        true
-    }
-
-    fn on_tick(&mut self) {
-        let now = self.clock.now();
-        for cluster in 0..self.clusters.len() {
-            if self.clusters[cluster].is_due(now) {
-                self.ask(cluster, now);
-            }
-        }
-    }
-}
-
-impl KubernetesDiscovery {
-    fn ask(&mut self, cluster: usize, now: Duration) {
         // Read for every request: the kubelet rotates service-account tokens.
-        let authorization = if self.token_file.is_empty() {
-            None
-        } else {
-            match read_file(&self.token_file) {
-                Ok(token) => Some(format!("Bearer {}", String::from_utf8_lossy(&token).trim())),
-                Err(status) => {
-                    let reason = format!("cannot read token_file {}: {status:?}", self.token_file);
-                    self.failed(cluster, &reason, now);
-                    return;
-                }
-            }
-        };
-        let path = self.clusters[cluster].path(self.watch_window);
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", path.as_str()),
-            (":authority", self.api_cluster.as_str()),
-            ("accept", "application/json"),
-        ];
-        if let Some(value) = &authorization {
-            headers.push(("authorization", value.as_str()));
-        }
-        let timeout = self.watch_window + Duration::from_secs(10);
-        match self.dispatch_http_call(&self.api_cluster, headers, None, vec![], timeout) {
-            Ok(token) => {
-                self.tokens.insert(token, cluster);
-                self.clusters[cluster].phase = Phase::Asking { token };
-            }
-            Err(status) => {
-                let reason = format!(
-                    "cannot reach the API server through cluster {}: {status:?}",
-                    self.api_cluster
-                );
-                self.failed(cluster, &reason, now);
-            }
+        match read_file(&self.token_file) {
+            Ok(token) => Ok(Some((
+                "authorization",
+                format!("Bearer {}", String::from_utf8_lossy(&token).trim()),
+            ))),
+            Err(status) => Err(format!(
+                "cannot read token_file {}: {status:?}",
+                self.token_file
+            )),
         }
     }
 
-    fn failed(&mut self, cluster: usize, reason: &str, now: Duration) {
-        let followed = &mut self.clusters[cluster];
-        followed.phase = Phase::Waiting {
-            until: now + self.retry_interval,
-        };
-        let message = format!(
-            "kubernetes discovery: cluster {}: {reason}; keeping the last set",
-            followed.cluster
-        );
-        log(LogLevel::Warn, &message);
+    fn path(followed: &Followed, watch_window: Duration) -> String {
+        followed.path(watch_window)
     }
 
-    fn publish_if_changed(&mut self, cluster: usize) {
-        let followed = &mut self.clusters[cluster];
-        let Some((set, warnings)) = followed.set() else {
-            return;
-        };
-        let detail = format!(
-            " (service {}/{})",
-            followed.service.namespace, followed.service.name
-        );
-        if followed
-            .publisher
-            .publish_if_changed("kubernetes", &followed.cluster, set, &detail)
-        {
-            for warning in warnings {
-                let message = format!(
-                    "kubernetes discovery: cluster {}: {warning}",
-                    followed.cluster
-                );
-                log(LogLevel::Warn, &message);
-            }
-        }
+    fn timeout(watch_window: Duration) -> Duration {
+        watch_window + Duration::from_secs(10)
+    }
+
+    fn answered(followed: &mut Followed, answer: &Answer) -> Result<(), String> {
+        followed.answered(answer.status, &answer.body)
+    }
+
+    fn published(followed: &Followed) -> Option<Published> {
+        let (endpoints, warnings) = followed.set()?;
+        Some(Published {
+            endpoints,
+            detail: format!(
+                " (service {}/{})",
+                followed.service.namespace, followed.service.name
+            ),
+            warnings,
+        })
+    }
+
+    fn failure(reason: &str) -> String {
+        format!("{reason}; keeping the last set")
     }
 }

@@ -4,12 +4,20 @@
 //! once per process and hands it, as its plugin configuration,
 //! `{"settings": <the plugin's own configuration>, "clusters": {"<name>": {<the cluster's
 //! discovery section>}}}`; [`AdapterConfig`] reads that.
+//!
+//! An adapter whose registry answers long-polls or watches over HTTP (Consul, Kubernetes)
+//! can be a [`Follower`] and write only its [`Protocol`].
+
+mod follow;
+mod follow_settings;
 
 use std::collections::BTreeMap;
 
 use proxy_wasm::types::Status;
 use serde::{Deserialize, Serialize};
 
+pub use follow::{Answer, Configured, Follower, Protocol, Published};
+pub use follow_settings::{FollowSettings, Window};
 pub use rustng_abi::extensions::SET_ENDPOINTS;
 
 /// What RustNg gives an adapter as its plugin configuration.

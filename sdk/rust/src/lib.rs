@@ -4,6 +4,8 @@
 //!
 //! - [`route::set_cluster`]: tell the core which cluster a request goes to.
 //! - [`trace::context`]: the request's trace context (with tracing configured).
+//! - [`discovery::Follower`]: the root context of a discovery adapter that follows its registry
+//!   with long-polls or watches over HTTP; the adapter writes only a [`discovery::Protocol`].
 //! - [`ConfiguredRoot`]: the root context most filters need: parse the plugin configuration
 //!   once (refusing the plugin with the reason when it does not parse), then hand every HTTP
 //!   context a shared reference to it. [`configured_http_filter!`] makes it the module's root.
