@@ -5,6 +5,9 @@
 //! either names the cluster for the core through the property `rustng.route.cluster` (with
 //! `:path` and `:authority` rewritten when the route says so), or answers itself: a redirect,
 //! a direct response, or 404 when nothing matches (as Envoy's router does).
+//!
+//! Built on `rustng-guest`, not the upstream SDK: the router decides on request headers alone,
+//! so the module exports that one callback and the host enters it once per request.
 
 // The proxy-wasm glue is reachable only from the wasm entry point; native builds are for the
 // unit tests of the pure parts.
@@ -13,74 +16,58 @@
 pub mod table;
 
 use std::cell::Cell;
-use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use rustng_guest::{Action, Request, RequestFilter, route};
 
 use table::{Decision, RequestView, RouteConfiguration};
 
-rustng_sdk::configured_http_filter!(Settings::parse, |settings| {
-    Box::new(Router { settings })
-});
+rustng_guest::request_filter!(Router);
 
 /// The route table, and xorshift state for weighted clusters (seeded from WASI's random
 /// source once).
-struct Settings {
+struct Router {
     table: RouteConfiguration,
     random: Cell<u32>,
 }
 
-impl Settings {
-    fn parse(bytes: &[u8]) -> Result<Settings, String> {
-        let table = RouteConfiguration::parse(bytes)?;
-        let mut seed = [0u8; 4];
-        let _ = getrandom::getrandom(&mut seed);
-        Ok(Settings {
-            table,
-            random: Cell::new(u32::from_le_bytes(seed) | 1),
-        })
-    }
-}
-
-struct Router {
-    settings: Rc<Settings>,
-}
-
-impl Context for Router {}
-
 impl Router {
     fn next_random(&self) -> u32 {
-        let random = &self.settings.random;
-        let mut x = random.get();
+        let mut x = self.random.get();
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        random.set(x);
+        self.random.set(x);
         x
     }
 }
 
-impl HttpContext for Router {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let authority = self
-            .get_http_request_header(":authority")
-            .unwrap_or_default();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let header = |name: &str| self.get_http_request_header(name);
+impl RequestFilter for Router {
+    fn configure(configuration: &[u8]) -> Result<Router, String> {
+        let table = RouteConfiguration::parse(configuration)?;
+        let mut seed = [0u8; 4];
+        let _ = getrandom::getrandom(&mut seed);
+        Ok(Router {
+            table,
+            random: Cell::new(u32::from_le_bytes(seed) | 1),
+        })
+    }
+
+    fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
+        let authority = request.header(":authority").unwrap_or_default();
+        let path = request.header(":path").unwrap_or_default();
+        let header = |name: &str| request.header(name).map(str::to_owned);
         // Envoy's `source.address` is `ip:port`; the hash wants the IP alone.
         let source_ip = || {
-            let address = self.get_property(vec!["source", "address"])?;
-            let address = String::from_utf8(address).ok()?;
+            let address = std::str::from_utf8(request.property(&["source", "address"])?).ok()?;
             Some(match address.parse::<std::net::SocketAddr>() {
                 Ok(parsed) => parsed.ip().to_string(),
-                Err(_) => address,
+                Err(_) => address.to_owned(),
             })
         };
-        let decision = self.settings.table.decide(
+        let decision = self.table.decide(
             &RequestView {
-                authority: &authority,
-                path: &path,
+                authority,
+                path,
                 header: &header,
                 source_ip: &source_ip,
             },
@@ -96,41 +83,41 @@ impl HttpContext for Router {
                 hash_key,
                 route_name,
             } => {
-                let _ = rustng_sdk::route::set_cluster(cluster);
+                let _ = route::set_cluster(cluster);
                 if let Some(name) = route_name {
-                    let _ = rustng_sdk::route::set_route_name(name);
+                    let _ = route::set_route_name(name);
                 }
                 if let Some(key) = hash_key {
-                    let _ = rustng_sdk::route::set_hash_key(&key);
+                    let _ = route::set_hash_key(&key);
                 }
                 if let Some(timeout) = timeout {
-                    let _ = rustng_sdk::route::set_timeout(timeout);
+                    let _ = route::set_timeout(timeout);
                 }
                 if !retry.is_empty() {
-                    let _ = rustng_sdk::route::set_properties(retry);
+                    let _ = route::set_properties(retry);
                 }
                 if let Some(path) = path {
-                    self.set_http_request_header(":path", Some(&path));
+                    let _ = request.set_header(":path", &path);
                 }
                 if let Some(authority) = authority {
-                    self.set_http_request_header(":authority", Some(&authority));
+                    let _ = request.set_header(":authority", &authority);
                 }
                 Action::Continue
             }
             Decision::Redirect { status, location } => {
-                self.send_http_response(u32::from(status), vec![("location", &location)], None);
+                let _ = request.send_response(status, &[("location", &location)], &[]);
                 Action::Pause
             }
             Decision::Direct { status, body } => {
-                self.send_http_response(
-                    u32::from(status),
-                    vec![("content-type", "text/plain")],
-                    Some(body.as_bytes()),
+                let _ = request.send_response(
+                    status,
+                    &[("content-type", "text/plain")],
+                    body.as_bytes(),
                 );
                 Action::Pause
             }
             Decision::NotFound => {
-                self.send_http_response(404, vec![], None);
+                let _ = request.send_response(404, &[], &[]);
                 Action::Pause
             }
         }

@@ -150,7 +150,7 @@ const RETRY_ON: [&str; 7] = [
 
 impl RetryPolicyConfig {
     /// The checked policy; `at` names the field in errors.
-    fn compile(&self, at: &str) -> Result<rustng_sdk::route::RetryPolicy, String> {
+    fn compile(&self, at: &str) -> Result<rustng_guest::route::RetryPolicy, String> {
         for condition in self.retry_on.split(',').map(str::trim) {
             if !RETRY_ON.contains(&condition) {
                 return Err(format!(
@@ -166,7 +166,7 @@ impl RetryPolicyConfig {
             }),
         };
         let back_off = self.retry_back_off.as_ref();
-        Ok(rustng_sdk::route::RetryPolicy {
+        Ok(rustng_guest::route::RetryPolicy {
             retry_on: self.retry_on.clone(),
             num_retries: self.num_retries,
             per_try_timeout: duration(&self.per_try_timeout, "per_try_timeout")?,
@@ -581,7 +581,7 @@ fn query_parameter(query: &str, name: &str) -> Option<String> {
 
 /// A positive duration in Envoy's text (`2s`, `0.5s`, `250ms`).
 fn parse_duration(text: &str) -> Option<Duration> {
-    rustng_sdk::duration::parse(text).filter(|duration| !duration.is_zero())
+    rustng_guest::duration::parse(text).filter(|duration| !duration.is_zero())
 }
 
 fn strip_port(authority: &str) -> &str {

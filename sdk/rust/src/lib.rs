@@ -11,10 +11,13 @@
 //!   context a shared reference to it. [`configured_http_filter!`] makes it the module's root.
 
 pub mod discovery;
-pub mod duration;
 pub mod resolve;
-pub mod route;
 pub mod trace;
+
+/// Envoy-style durations in configurations (`250ms`, `2s`).
+pub use rustng_guest::duration;
+/// Routing decisions for the core; the same functions as `rustng_guest::route`.
+pub use rustng_guest::route;
 
 use std::rc::Rc;
 

@@ -1,8 +1,12 @@
-//! Routing decisions for the core (`rustng.route.*` properties, docs/EXTENSIONS.md).
+//! Routing decisions for the core (`rustng.route.*` properties, docs/EXTENSIONS.md). They are
+//! plain hostcalls, so filters built on the upstream SDK (through `rustng_sdk::route`) and on
+//! this runtime use the same functions.
 
 use std::time::Duration;
 
-use proxy_wasm::types::Status;
+use rustng_abi::Status;
+
+use crate::set_property;
 
 pub use rustng_abi::extensions::{
     ROUTE_CLUSTER, ROUTE_HASH_KEY, ROUTE_NAME, ROUTE_NUM_RETRIES, ROUTE_PER_TRY_TIMEOUT_MS,
@@ -13,25 +17,25 @@ pub use rustng_abi::extensions::{
 /// Sends the current request to `cluster` instead of the listener's default. Call it from
 /// `on_http_request_headers` (or before the request leaves).
 pub fn set_cluster(cluster: &str) -> Result<(), Status> {
-    proxy_wasm::hostcalls::set_property(vec![ROUTE_CLUSTER], Some(cluster.as_bytes()))
+    set_property(ROUTE_CLUSTER, cluster.as_bytes())
 }
 
 /// Names the route the request took (Envoy's route `name`): traces report it.
 pub fn set_route_name(name: &str) -> Result<(), Status> {
-    proxy_wasm::hostcalls::set_property(vec![ROUTE_NAME], Some(name.as_bytes()))
+    set_property(ROUTE_NAME, name.as_bytes())
 }
 
 /// Gives the upstream `timeout` to start its response, for the current request only (with
 /// retries, for all attempts together).
 pub fn set_timeout(timeout: Duration) -> Result<(), Status> {
     let ms = millis(timeout);
-    proxy_wasm::hostcalls::set_property(vec![ROUTE_TIMEOUT_MS], Some(ms.as_bytes()))
+    set_property(ROUTE_TIMEOUT_MS, ms.as_bytes())
 }
 
 /// Sets the current request's key for consistent hashing (`RING_HASH`, `MAGLEV` clusters):
 /// requests with the same key go to the same endpoint while it is in rotation.
 pub fn set_hash_key(key: &str) -> Result<(), Status> {
-    proxy_wasm::hostcalls::set_property(vec![ROUTE_HASH_KEY], Some(key.as_bytes()))
+    set_property(ROUTE_HASH_KEY, key.as_bytes())
 }
 
 /// Envoy's `RetryPolicy` for the current request.
@@ -86,9 +90,9 @@ pub fn set_retry_policy(policy: &RetryPolicy) -> Result<(), Status> {
 
 /// Sets `rustng.*` properties rendered earlier (see [`RetryPolicy::properties`]).
 pub fn set_properties(properties: &[(&'static str, String)]) -> Result<(), Status> {
-    properties.iter().try_for_each(|(name, value)| {
-        proxy_wasm::hostcalls::set_property(vec![name], Some(value.as_bytes()))
-    })
+    properties
+        .iter()
+        .try_for_each(|(name, value)| set_property(name, value.as_bytes()))
 }
 
 /// Whole milliseconds, at least 1 (zero would mean "not set").

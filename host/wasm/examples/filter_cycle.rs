@@ -1,0 +1,81 @@
+//! What one request costs a plugin instance, without a network: the callbacks a proxied
+//! request runs (context create, request headers, response headers, one response body chunk,
+//! done, log, delete) in a loop, on one thread. The end-to-end benchmark measures the same
+//! path through sockets, where a run's noise (±2 µs) hides the differences this one shows.
+//!
+//! `cargo run --release -p rustng-wasm --example filter_cycle -- MODULE.wasm [CONFIG] [REQUESTS]`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use rustng_wasm::{
+    Direction, InstanceEnv, Limits, PluginConfig, PluginInstance, PluginModule, RequestHead,
+    ResponseHead, StreamInfo, WasmEngine,
+};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let path = args
+        .next()
+        .ok_or("usage: filter_cycle MODULE.wasm [CONFIG] [REQUESTS]")?;
+    let configuration = args.next().unwrap_or_default();
+    let requests: u32 = args.next().map_or(Ok(200_000), |n| n.parse())?;
+
+    let engine = WasmEngine::new()?;
+    let module = PluginModule::compile(&engine, &std::fs::read(&path)?)?;
+    let config = Arc::new(PluginConfig {
+        name: "bench".into(),
+        plugin_configuration: configuration.into_bytes(),
+        ..PluginConfig::default()
+    });
+    let mut instance =
+        PluginInstance::start(&module, config, Limits::default(), InstanceEnv::default())?;
+
+    let mut request = HeaderMap::new();
+    request.insert("host", HeaderValue::from_static("bench.local"));
+    request.insert("user-agent", HeaderValue::from_static("wrk"));
+    request.insert("accept", HeaderValue::from_static("*/*"));
+    let mut response = HeaderMap::new();
+    response.insert("server", HeaderValue::from_static("nginx"));
+    response.insert("content-type", HeaderValue::from_static("text/plain"));
+    response.insert("content-length", HeaderValue::from_static("12"));
+
+    let mut cycle = || -> Result<(), rustng_wasm::WasmError> {
+        let mut stream = StreamInfo {
+            source: Some(([127, 0, 0, 1], 40000).into()),
+            destination: Some(([127, 0, 0, 1], 8080).into()),
+            protocol: "HTTP/1.1",
+            ..StreamInfo::default()
+        };
+        let mut head = RequestHead {
+            method: Method::GET,
+            uri: Uri::from_static("/api/v1/items"),
+            headers: request.clone(),
+            scheme: "http",
+        };
+        let context = instance.create_http_context()?;
+        instance.on_request_headers(context, &mut head, &mut stream, true)?;
+        let mut answer = ResponseHead {
+            status: StatusCode::OK,
+            headers: response.clone(),
+        };
+        instance.on_response_headers(context, &mut answer, &mut stream, false)?;
+        let mut body = b"hello world\n".to_vec();
+        instance.on_body(Direction::Response, context, &mut body, &mut stream, true)?;
+        instance.finish_http_context(context, Some(head), Some(answer))
+    };
+    for _ in 0..requests / 10 {
+        cycle()?;
+    }
+    let started = Instant::now();
+    for _ in 0..requests {
+        cycle()?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{path}: {:.0} ns per request ({requests} requests)",
+        elapsed.as_nanos() as f64 / f64::from(requests)
+    );
+    Ok(())
+}
