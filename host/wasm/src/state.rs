@@ -43,6 +43,18 @@ pub(crate) fn tracing_sink() -> LogSink {
     })
 }
 
+/// Whether the subscriber records guest lines at `level`.
+fn tracing_enabled(level: LogLevel) -> bool {
+    use tracing::Level;
+    match level {
+        LogLevel::Trace => tracing::enabled!(target: "wasm", Level::TRACE),
+        LogLevel::Debug => tracing::enabled!(target: "wasm", Level::DEBUG),
+        LogLevel::Info => tracing::enabled!(target: "wasm", Level::INFO),
+        LogLevel::Warn => tracing::enabled!(target: "wasm", Level::WARN),
+        LogLevel::Error | LogLevel::Critical => tracing::enabled!(target: "wasm", Level::ERROR),
+    }
+}
+
 /// The most verbose level the subscriber records for the `wasm` target: what
 /// `proxy_get_log_level` answers, as Envoy answers its `wasm` component's level.
 fn tracing_level() -> LogLevel {
@@ -68,10 +80,14 @@ impl HostState {
         self.log_level.unwrap_or_else(tracing_level)
     }
 
-    /// Whether a guest line at `level` is written: the tracing sink filters by itself, so
-    /// only an embedder's sink is checked here.
+    /// Whether a guest line at `level` is written. Asked before the message is read: filters
+    /// log on every request at levels the proxy usually drops (the tracing sink's subscriber
+    /// answers in one load for a disabled level).
     pub(crate) fn logs(&self, level: LogLevel) -> bool {
-        self.log_level.is_none_or(|least| level >= least)
+        match self.log_level {
+            Some(least) => level >= least,
+            None => tracing_enabled(level),
+        }
     }
 }
 
