@@ -9,52 +9,57 @@
 
 pub mod rules;
 
-use std::rc::Rc;
-
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use rustng_guest::{Action, Request, RequestFilter, Response, ResponseFilter};
 
 use rules::{Edit, HeaderRules, edits};
 
-rustng_sdk::configured_http_filter!(HeaderRules::parse, |rules| { Box::new(Headers { rules }) });
+// Header edits need no per-request state: built on `rustng-guest`, the host enters it twice
+// per request (the two header phases) instead of seven times.
+rustng_guest::http_filter!(Headers);
 
 struct Headers {
-    rules: Rc<HeaderRules>,
+    rules: HeaderRules,
 }
 
-impl Context for Headers {}
+impl RequestFilter for Headers {
+    fn configure(configuration: &[u8]) -> Result<Headers, String> {
+        HeaderRules::parse(configuration).map(|rules| Headers { rules })
+    }
 
-impl HttpContext for Headers {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let rules = Rc::clone(&self.rules);
-        let has = |name: &str| self.get_http_request_header(name).is_some();
-        for edit in edits(
+    fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
+        let rules = &self.rules;
+        let present = |name: &str| request.header_bytes(name).is_some();
+        let planned = edits(
             &rules.request_headers_to_add,
             &rules.request_headers_to_remove,
-            has,
-        ) {
-            match edit {
-                Edit::Remove(name) => self.set_http_request_header(name, None),
-                Edit::Set(name, value) => self.set_http_request_header(name, Some(value)),
-                Edit::Add(name, value) => self.add_http_request_header(name, value),
-            }
+            present,
+        );
+        for edit in planned {
+            let _ = match edit {
+                Edit::Remove(name) => request.remove_header(name),
+                Edit::Set(name, value) => request.set_header(name, value),
+                Edit::Add(name, value) => request.add_header(name, value),
+            };
         }
         Action::Continue
     }
+}
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let rules = Rc::clone(&self.rules);
-        let has = |name: &str| self.get_http_response_header(name).is_some();
-        for edit in edits(
+impl ResponseFilter for Headers {
+    fn on_response_headers(&self, response: &mut Response<'_>, _end_of_stream: bool) -> Action {
+        let rules = &self.rules;
+        let present = |name: &str| response.header_bytes(name).is_some();
+        let planned = edits(
             &rules.response_headers_to_add,
             &rules.response_headers_to_remove,
-            has,
-        ) {
-            match edit {
-                Edit::Remove(name) => self.set_http_response_header(name, None),
-                Edit::Set(name, value) => self.set_http_response_header(name, Some(value)),
-                Edit::Add(name, value) => self.add_http_response_header(name, value),
-            }
+            present,
+        );
+        for edit in planned {
+            let _ = match edit {
+                Edit::Remove(name) => response.remove_header(name),
+                Edit::Set(name, value) => response.set_header(name, value),
+                Edit::Add(name, value) => response.add_header(name, value),
+            };
         }
         Action::Continue
     }

@@ -8,39 +8,35 @@
 
 pub mod cidr;
 
-use std::rc::Rc;
-
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use rustng_guest::{Action, Request, RequestFilter};
 
 use cidr::{AccessRules, address_of};
 
-rustng_sdk::configured_http_filter!(AccessRules::parse, |rules| { Box::new(IpAccess { rules }) });
+// Request headers are all it needs: built on `rustng-guest`, the host enters it once per
+// request.
+rustng_guest::request_filter!(IpAccess);
 
 struct IpAccess {
-    rules: Rc<AccessRules>,
+    rules: AccessRules,
 }
 
-impl Context for IpAccess {}
+impl RequestFilter for IpAccess {
+    fn configure(configuration: &[u8]) -> Result<IpAccess, String> {
+        AccessRules::parse(configuration).map(|rules| IpAccess { rules })
+    }
 
-impl HttpContext for IpAccess {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let source = self
-            .get_property(vec!["source", "address"])
-            .and_then(|bytes| String::from_utf8(bytes).ok());
+    fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
+        let source = request
+            .property(&["source", "address"])
+            .and_then(|bytes| std::str::from_utf8(bytes).ok());
         // No readable address: refused, never waved through.
         let permitted = source
-            .as_deref()
             .and_then(address_of)
             .is_some_and(|address| self.rules.permits(address));
         if permitted {
             return Action::Continue;
         }
-        self.send_http_response(
-            403,
-            vec![("content-type", "text/plain")],
-            Some(b"forbidden\n"),
-        );
+        let _ = request.send_response(403, &[("content-type", "text/plain")], b"forbidden\n");
         Action::Pause
     }
 }

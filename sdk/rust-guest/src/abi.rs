@@ -28,6 +28,13 @@ unsafe extern "C" {
         value: *const u8,
         value_size: usize,
     ) -> u32;
+    pub(crate) fn proxy_add_header_map_value(
+        map_type: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     pub(crate) fn proxy_remove_header_map_value(
         map_type: u32,
         key: *const u8,

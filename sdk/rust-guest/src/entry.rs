@@ -6,7 +6,7 @@ use std::thread::LocalKey;
 
 use rustng_abi::{Action, BufferType, LogLevel};
 
-use crate::{Request, RequestFilter, abi, log, scratch};
+use crate::{Request, RequestFilter, Response, ResponseFilter, abi, log, scratch};
 
 /// Where the macro keeps the configured filter (one per module; wasm has one thread).
 pub type Slot<F> = LocalKey<RefCell<Option<F>>>;
@@ -45,6 +45,16 @@ pub fn request_headers<F: RequestFilter>(slot: &'static Slot<F>, end_of_stream: 
     scratch::reset();
     let action = slot.with(|slot| match slot.borrow().as_ref() {
         Some(filter) => filter.on_request_headers(&mut Request::new(), end_of_stream),
+        None => Action::Continue,
+    });
+    action.into()
+}
+
+/// `proxy_on_response_headers`, as [`request_headers`].
+pub fn response_headers<F: ResponseFilter>(slot: &'static Slot<F>, end_of_stream: bool) -> u32 {
+    scratch::reset();
+    let action = slot.with(|slot| match slot.borrow().as_ref() {
+        Some(filter) => filter.on_response_headers(&mut Response::new(), end_of_stream),
         None => Action::Continue,
     });
     action.into()
