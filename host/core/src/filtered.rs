@@ -86,6 +86,7 @@ pub(crate) fn serve(
     match step {
         Step::Continue => Box::pin(request.finish_head(head).send()),
         Step::Answer(answer) => {
+            keep_for_log(&request.filters, head);
             let response = local_answer(answer, request.exchange, version);
             Box::pin(std::future::ready(Ok(response)))
         }
@@ -107,6 +108,13 @@ struct Pending {
 
 impl Pending {
     fn finish_head(mut self, head: RequestHead) -> Self {
+        {
+            // A copy: the head itself leaves with the request.
+            let mut filters = self.filters.borrow_mut();
+            if filters.wants_heads_logged() {
+                filters.logged_request = Some(head.clone());
+            }
+        }
         self.parts.method = head.method;
         self.parts.uri = head.uri;
         self.parts.headers = head.headers;
@@ -126,6 +134,7 @@ impl Pending {
             let resumed =
                 wait_for_resume(&self.filters, Direction::Request, position, Some(&mut head)).await;
             if let Resumed::Answer(answer) = resumed {
+                keep_for_log(&self.filters, head);
                 return Ok(local_answer(answer, self.exchange, self.version));
             }
             let step = {
@@ -137,6 +146,7 @@ impl Pending {
             match step {
                 Step::Continue => break,
                 Step::Answer(answer) => {
+                    keep_for_log(&self.filters, head);
                     return Ok(local_answer(answer, self.exchange, self.version));
                 }
                 Step::Pause(next) => index = next,
@@ -256,6 +266,12 @@ impl Pending {
                 }
             }
         }
+        {
+            let mut filters = filters.borrow_mut();
+            if filters.wants_heads_logged() {
+                filters.logged_response = Some(head.clone());
+            }
+        }
         parts.status = head.status;
         parts.headers = head.headers;
         exchange.set_status(parts.status.as_u16());
@@ -279,6 +295,14 @@ impl Pending {
             parts,
             ProxyBody::boxed(body.boxed_local(), exchange),
         ))
+    }
+}
+
+/// A request answered before it left: its head stays for `proxy_on_log` (no copy needed).
+fn keep_for_log(filters: &SharedFilters, head: RequestHead) {
+    let mut filters = filters.borrow_mut();
+    if filters.wants_heads_logged() {
+        filters.logged_request = Some(head);
     }
 }
 

@@ -109,8 +109,9 @@ impl Drop for Contexts {
     fn drop(&mut self) {
         for (filter, context) in self.contexts.drain(..) {
             filter.stop_waiting(context.id());
-            let finished =
-                filter.with_instance(|instance| instance.finish_http_context(context, None, None));
+            let finished = filter.with_instance(|instance| {
+                instance.finish_http_context(context, &mut None, &mut None)
+            });
             if let Some(Err(error)) = finished {
                 filter.fail(&error);
             }

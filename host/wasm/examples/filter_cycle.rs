@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         instance.on_response_headers(context, &mut answer, &mut stream, false)?;
         let mut body = b"hello world\n".to_vec();
         instance.on_body(Direction::Response, context, &mut body, &mut stream, true)?;
-        instance.finish_http_context(context, Some(head), Some(answer))
+        instance.finish_http_context(context, &mut Some(head), &mut Some(answer))
     };
     for _ in 0..requests / 10 {
         cycle()?;

@@ -417,12 +417,13 @@ impl PluginInstance {
     }
 
     /// Ends a stream context: `proxy_on_done`, then `proxy_on_log` and `proxy_on_delete`
-    /// (Envoy's order). The heads are readable from `proxy_on_log`.
+    /// (Envoy's order). The heads, as the request and the response left, are readable from
+    /// `proxy_on_log` (lent for the call and given back, for the next filter's).
     pub fn finish_http_context(
         &mut self,
         context: HttpContextId,
-        request: Option<RequestHead>,
-        response: Option<ResponseHead>,
+        request: &mut Option<RequestHead>,
+        response: &mut Option<ResponseHead>,
     ) -> Result<(), WasmError> {
         if let Some(f) = &self.stream.on_done {
             // A plugin that answers false asks to finish later (proxy_done); streams here
@@ -437,8 +438,9 @@ impl PluginInstance {
             )?;
         }
         if let Some(f) = &self.stream.on_log {
-            self.store.data_mut().http.request = request;
-            self.store.data_mut().http.response = response;
+            let http = &mut self.store.data_mut().http;
+            http.request = request.take();
+            http.response = response.take();
             let logged = invoke(
                 &mut self.store,
                 &self.limits,
@@ -447,7 +449,9 @@ impl PluginInstance {
                 f,
                 context.0,
             );
-            self.store.data_mut().http = Default::default();
+            let http = std::mem::take(&mut self.store.data_mut().http);
+            *request = http.request;
+            *response = http.response;
             logged?;
         }
         if let Some(f) = &self.stream.on_delete {
@@ -461,6 +465,11 @@ impl PluginInstance {
             )?;
         }
         Ok(())
+    }
+
+    /// Whether the module exports `proxy_on_log` (then the stream keeps its heads for it).
+    pub fn has_log_callback(&self) -> bool {
+        self.stream.on_log.is_some()
     }
 
     /// Whether the module has a body callback for `direction` (SDK-built modules always do;

@@ -43,6 +43,11 @@ pub(crate) struct ActiveFilters {
     /// Time in each plugin's callbacks, by plugin name: kept for sampled requests only (their
     /// spans report it), since timing costs two clock reads per callback.
     plugin_time: Option<Vec<(String, Duration)>>,
+    /// The request's and the response's heads as they left, for `proxy_on_log` (Envoy shows
+    /// them there). Kept only when a filter of the exchange has that callback: the heads
+    /// themselves go with the request and the response, so these are copies.
+    pub(crate) logged_request: Option<RequestHead>,
+    pub(crate) logged_response: Option<ResponseHead>,
 }
 
 /// Shared by the request body, the response body and the exchange (whichever ends last ends
@@ -64,6 +69,8 @@ impl FilterChain {
             stream,
             answer: None,
             plugin_time: None,
+            logged_request: None,
+            logged_response: None,
         }
     }
 
@@ -152,6 +159,17 @@ impl ActiveFilters {
     /// Position of the newest context in request order (the filter that just paused).
     pub(crate) fn last_position(&self) -> usize {
         self.contexts.len().saturating_sub(1)
+    }
+
+    /// Whether any filter of the exchange has `proxy_on_log`, which reads the heads.
+    pub(crate) fn wants_heads_logged(&self) -> bool {
+        self.contexts.iter().any(|(filter, _)| {
+            filter
+                .instance
+                .borrow()
+                .as_ref()
+                .is_some_and(PluginInstance::has_log_callback)
+        })
     }
 
     /// Whether any filter of the exchange has a body callback for `direction`.
@@ -274,10 +292,11 @@ enum Verdict {
 
 impl Drop for ActiveFilters {
     fn drop(&mut self) {
+        let (request, response) = (&mut self.logged_request, &mut self.logged_response);
         for (filter, context) in self.contexts.drain(..) {
             filter.context_ended(context.id());
-            let finished =
-                filter.with_instance(|instance| instance.finish_http_context(context, None, None));
+            let finished = filter
+                .with_instance(|instance| instance.finish_http_context(context, request, response));
             if let Some(Err(error)) = finished {
                 filter.fail(&error);
             }

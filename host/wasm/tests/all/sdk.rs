@@ -76,7 +76,7 @@ fn the_rust_sdk_filter_rewrites_headers_and_answers_locally() {
     assert_eq!(outcome, HeadersOutcome::Continue);
     assert_eq!(response.headers["x-filter-saw-status"], "201");
     plugin
-        .finish_http_context(context, Some(head), Some(response))
+        .finish_http_context(context, &mut Some(head), &mut Some(response))
         .expect("finishes");
 
     // /deny gets a local response instead.
@@ -97,7 +97,7 @@ fn the_rust_sdk_filter_rewrites_headers_and_answers_locally() {
         other => panic!("expected a local response, got {other:?}"),
     }
     plugin
-        .finish_http_context(context, Some(head), None)
+        .finish_http_context(context, &mut Some(head), &mut None)
         .expect("finishes");
 
     assert_eq!(
