@@ -9,8 +9,6 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 
 use http::{HeaderMap, HeaderValue, Request, Response, Version, request};
@@ -23,26 +21,30 @@ use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
 use crate::downstream_body::DownstreamBody;
 use crate::error::ErrorKind;
+use crate::error::ProxyError;
 use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
 use crate::headers;
 use crate::listener::ListenerRt;
-use crate::proxy::{local_answer, local_error, protocol_name, response_version};
+use crate::proxy::{
+    Forwarding, Routed, local_answer, local_error, protocol_name, response_version,
+};
 use crate::tunnel;
 use crate::upstream::{
-    BoxLocal as _, ClusterRt, Outgoing, RequestBody, RetryPolicy, send_with_retries,
+    BoxLocal as _, ClusterRt, Outgoing, RequestBody, RetryPolicy, UpstreamResponse,
+    send_with_retries,
 };
 
-type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>>>>;
-
-/// A request through the listener's filters: the request headers now, the rest in the
-/// returned future.
+/// A request through the listener's filters: the request headers now, the rest in what is
+/// returned. A request no filter paused goes on as a [`Forwarding`] (its future lives in the
+/// connection's, as a plain request's does); the rest (a pause, retries, an upgrade) in a
+/// boxed future.
 pub(crate) fn serve(
     ctx: &Rc<ConnCtx>,
     listener: Rc<ListenerRt>,
     req: Request<DownstreamBody>,
     mut exchange: Exchange,
     upgrade: Option<HeaderValue>,
-) -> ResponseFuture {
+) -> Routed {
     let version = req.version();
     let (mut parts, body) = req.into_parts();
     let mut head = RequestHead {
@@ -84,14 +86,29 @@ pub(crate) fn serve(
         version,
     };
     match step {
-        Step::Continue => Box::pin(request.finish_head(head).send()),
+        Step::Continue => request.finish_head(head).route(),
         Step::Answer(answer) => {
             keep_for_log(&request.filters, head);
             let response = local_answer(answer, request.exchange, version);
-            Box::pin(std::future::ready(Ok(response)))
+            Routed::Other(Box::pin(std::future::ready(Ok(response))))
         }
-        Step::Pause(index) => Box::pin(request.paused(head, index)),
+        Step::Pause(index) => Routed::Other(Box::pin(request.paused(head, index))),
     }
+}
+
+/// What the response phases of a request need, for [`respond`].
+pub(crate) struct Responding {
+    filters: SharedFilters,
+    /// The listener's `http.buffer_limit_bytes`.
+    limit: usize,
+}
+
+/// A request ready to leave: where to, and what goes.
+struct Prepared {
+    cluster: Rc<ClusterRt>,
+    outgoing: Outgoing,
+    exchange: Exchange,
+    retries: Option<RetryPolicy>,
 }
 
 /// A request whose headers went through (some of) the filters.
@@ -155,30 +172,54 @@ impl Pending {
         self.finish_head(head).send().await
     }
 
-    /// Sends the request and runs the response phases.
-    async fn send(self) -> Result<Response<ProxyBody>, Infallible> {
+    /// Where a request whose headers went through goes: on as a [`Forwarding`], unless it
+    /// upgrades or retries (both rare, their state boxed instead).
+    fn route(self) -> Routed {
+        if self.upgrade.is_some() && self.version == Version::HTTP_11 {
+            return Routed::Other(Box::pin(self.send()));
+        }
+        let version = self.version;
+        let limit = self.listener.config.http.buffer_limit_bytes;
+        let filters = Rc::clone(&self.filters);
+        match self.prepare() {
+            Ok(Prepared {
+                cluster,
+                outgoing,
+                exchange,
+                retries: None,
+            }) => Routed::Forward(Forwarding::filtered(
+                cluster,
+                outgoing,
+                exchange,
+                version,
+                Responding { filters, limit },
+            )),
+            Ok(prepared) => Routed::Other(Box::pin(send_prepared(
+                prepared,
+                Responding { filters, limit },
+                version,
+            ))),
+            Err(response) => Routed::Other(Box::pin(std::future::ready(Ok(*response)))),
+        }
+    }
+
+    /// The cluster the filters chose, and the request as it leaves (its body through the
+    /// body callbacks if a filter has them); or the answer when there is no such cluster.
+    fn prepare(self) -> Result<Prepared, Box<Response<ProxyBody>>> {
         let Pending {
             listener,
             parts,
             body,
-            mut exchange,
+            exchange,
             filters,
-            upgrade,
+            upgrade: _,
             version,
         } = self;
         let limit = listener.config.http.buffer_limit_bytes;
         let cluster = match routed_cluster(&listener, &filters) {
             Ok(cluster) => cluster,
-            Err(kind) => return Ok(local_error(kind.into_error(), exchange, version)),
+            Err(kind) => return Err(Box::new(local_error(kind.into_error(), exchange, version))),
         };
-        exchange.set_cluster(&cluster);
-        if let Some(protocol) = upgrade
-            && version == Version::HTTP_11
-        {
-            let req = Request::from_parts(parts, body);
-            return Ok(tunnel::forward(&cluster, req, protocol, exchange).await);
-        }
-
         let body = request_body(&filters, &parts.headers, body, limit);
         let timeout = if exchange.is_grpc() {
             crate::grpc::bounded(
@@ -189,113 +230,169 @@ impl Pending {
         } else {
             routed_timeout(&filters)
         };
-        let mut outgoing = Outgoing {
+        let outgoing = Outgoing {
             head: parts,
             body: Some(body),
             timeout,
             hash: routed_hash(&filters),
         };
         let retries = RetryPolicy::from_properties(&filters.borrow().stream.properties);
-        let sent = match retries {
-            None => {
-                let sent = cluster.send(&mut outgoing).await;
-                drop(outgoing);
-                sent
-            }
-            // Boxed: retries are per route, and their state would otherwise grow every
-            // request's future.
-            Some(policy) => {
-                let route_timeout = outgoing.timeout.unwrap_or(cluster.config().timeout);
-                Box::pin(send_with_retries(
-                    &cluster,
-                    outgoing,
-                    &policy,
-                    route_timeout,
-                    limit,
-                ))
-                .await
-            }
-        };
-        // A body filter that answered while the request went out wins over the upstream's
-        // error.
-        let answered = filters.borrow_mut().answer.take();
-        if let Some(answer) = answered {
-            return Ok(local_answer(answer, exchange, version));
-        }
-        let upstream = match sent {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
-                return Ok(local_error(error, exchange, version));
-            }
-        };
+        Ok(Prepared {
+            cluster,
+            outgoing,
+            exchange,
+            retries,
+        })
+    }
 
-        // Response headers, last filter first.
-        let mut parts = upstream.head;
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.version = response_version(version);
-        let mut head = ResponseHead {
-            status: parts.status,
-            headers: std::mem::take(&mut parts.headers),
-        };
-        let no_body = upstream.body.is_end_stream();
-        let mut from = 0;
-        loop {
-            let step = filters
-                .borrow_mut()
-                .response_headers(&mut head, from, no_body);
-            match step {
-                Step::Continue => break,
-                // The upstream body is dropped unread: its connection is not reused.
-                Step::Answer(answer) => return Ok(local_answer(answer, exchange, version)),
-                Step::Pause(position) => {
-                    // Boxed: the wait would otherwise sit in every request's future.
-                    let resumed = Box::pin(wait_for_resume(
-                        &filters,
-                        Direction::Response,
-                        position,
-                        None,
-                    ))
-                    .await;
-                    match resumed {
-                        Resumed::Continue => from = position + 1,
-                        Resumed::Answer(answer) => {
-                            return Ok(local_answer(answer, exchange, version));
-                        }
-                    }
+    /// Sends the request and runs the response phases (after a pause, or for an upgrade).
+    async fn send(self) -> Result<Response<ProxyBody>, Infallible> {
+        let version = self.version;
+        let limit = self.listener.config.http.buffer_limit_bytes;
+        let filters = Rc::clone(&self.filters);
+        if let Some(protocol) = self.upgrade.clone()
+            && version == Version::HTTP_11
+        {
+            let Pending {
+                listener,
+                parts,
+                body,
+                mut exchange,
+                filters,
+                ..
+            } = self;
+            let cluster = match routed_cluster(&listener, &filters) {
+                Ok(cluster) => cluster,
+                Err(kind) => return Ok(local_error(kind.into_error(), exchange, version)),
+            };
+            exchange.set_cluster(&cluster);
+            let req = Request::from_parts(parts, body);
+            return Ok(tunnel::forward(&cluster, req, protocol, exchange).await);
+        }
+        match self.prepare() {
+            Ok(prepared) => send_prepared(prepared, Responding { filters, limit }, version).await,
+            Err(response) => Ok(*response),
+        }
+    }
+}
+
+/// Sends a prepared request (with its retries, if any) and runs the response phases.
+async fn send_prepared(
+    prepared: Prepared,
+    responding: Responding,
+    version: Version,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let Prepared {
+        cluster,
+        outgoing,
+        mut exchange,
+        retries,
+    } = prepared;
+    exchange.set_cluster(&cluster);
+    let sent = match retries {
+        None => {
+            let mut outgoing = outgoing;
+            cluster.send(&mut outgoing).await
+        }
+        // Boxed: retries are per route, and their state would otherwise grow every
+        // request's future.
+        Some(policy) => {
+            let route_timeout = outgoing.timeout.unwrap_or(cluster.config().timeout);
+            Box::pin(send_with_retries(
+                &cluster,
+                outgoing,
+                &policy,
+                route_timeout,
+                responding.limit,
+            ))
+            .await
+        }
+    };
+    Ok(respond(sent, &cluster, responding, exchange, version).await)
+}
+
+/// The response phases: the upstream's answer (or the error) through the filters, last
+/// filter first. Called with the request gone (its body, if filtered, dropped).
+pub(crate) async fn respond(
+    sent: Result<UpstreamResponse, ProxyError>,
+    cluster: &ClusterRt,
+    responding: Responding,
+    mut exchange: Exchange,
+    version: Version,
+) -> Response<ProxyBody> {
+    let Responding { filters, limit } = responding;
+    // A body filter that answered while the request went out wins over the upstream's
+    // error.
+    let answered = filters.borrow_mut().answer.take();
+    if let Some(answer) = answered {
+        return local_answer(answer, exchange, version);
+    }
+    let upstream = match sent {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
+            return local_error(error, exchange, version);
+        }
+    };
+
+    // Response headers, last filter first.
+    let mut parts = upstream.head;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = response_version(version);
+    let mut head = ResponseHead {
+        status: parts.status,
+        headers: std::mem::take(&mut parts.headers),
+    };
+    let no_body = upstream.body.is_end_stream();
+    let mut from = 0;
+    loop {
+        let step = filters
+            .borrow_mut()
+            .response_headers(&mut head, from, no_body);
+        match step {
+            Step::Continue => break,
+            // The upstream body is dropped unread: its connection is not reused.
+            Step::Answer(answer) => return local_answer(answer, exchange, version),
+            Step::Pause(position) => {
+                // Boxed: the wait would otherwise sit in every request's future.
+                let resumed = Box::pin(wait_for_resume(
+                    &filters,
+                    Direction::Response,
+                    position,
+                    None,
+                ))
+                .await;
+                match resumed {
+                    Resumed::Continue => from = position + 1,
+                    Resumed::Answer(answer) => return local_answer(answer, exchange, version),
                 }
             }
         }
-        {
-            let mut filters = filters.borrow_mut();
-            if filters.wants_heads_logged() {
-                filters.logged_response = Some(head.clone());
-            }
-        }
-        parts.status = head.status;
-        parts.headers = head.headers;
-        exchange.set_status(parts.status.as_u16());
-        exchange.observe_grpc_status(&parts.headers);
-        exchange.set_upstream(Some(upstream.endpoint));
-        if no_body || !filters.borrow().wants_body(Direction::Response) {
-            // Nothing to run on the body: it streams untouched.
-            return Ok(Response::from_parts(
-                parts,
-                ProxyBody::upstream(upstream.body, exchange),
-            ));
-        }
-        let body = FilteredBody::new(
-            Direction::Response,
-            upstream.body,
-            Rc::clone(&filters),
-            content_length(&parts.headers),
-            limit,
-        );
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::boxed(body.boxed_local(), exchange),
-        ))
     }
+    {
+        // A copy: the head itself leaves with the response.
+        let mut filters = filters.borrow_mut();
+        if filters.wants_heads_logged() {
+            filters.logged_response = Some(head.clone());
+        }
+    }
+    parts.status = head.status;
+    parts.headers = head.headers;
+    exchange.set_status(parts.status.as_u16());
+    exchange.observe_grpc_status(&parts.headers);
+    exchange.set_upstream(Some(upstream.endpoint));
+    if no_body || !filters.borrow().wants_body(Direction::Response) {
+        // Nothing to run on the body: it streams untouched.
+        return Response::from_parts(parts, ProxyBody::upstream(upstream.body, exchange));
+    }
+    let body = FilteredBody::new(
+        Direction::Response,
+        upstream.body,
+        Rc::clone(&filters),
+        content_length(&parts.headers),
+        limit,
+    );
+    Response::from_parts(parts, ProxyBody::boxed(body.boxed_local(), exchange))
 }
 
 /// A request answered before it left: its head stays for `proxy_on_log` (no copy needed).

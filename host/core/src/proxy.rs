@@ -74,7 +74,8 @@ pub(crate) enum Routed {
     Other(ResponseFuture),
 }
 
-/// A request on its way to a cluster with no filter in between.
+/// A request on its way to a cluster: its head dealt with (by the filters too, if the
+/// listener has any), nothing left to wait for before it leaves.
 pub(crate) struct Forwarding {
     cluster: Rc<ClusterRt>,
     outgoing: Outgoing,
@@ -84,13 +85,40 @@ pub(crate) struct Forwarding {
     grpc_web: Option<Encoding>,
     /// The listener announces HTTP/3 (`alt-svc`).
     alt_svc: Option<HeaderValue>,
+    /// The filters' response phases, on a listener with filters.
+    filters: Option<filtered::Responding>,
 }
 
 impl Forwarding {
+    /// A request the filters let through, their response phases still to run.
+    pub(crate) fn filtered(
+        cluster: Rc<ClusterRt>,
+        outgoing: Outgoing,
+        exchange: Exchange,
+        version: Version,
+        responding: filtered::Responding,
+    ) -> Forwarding {
+        Forwarding {
+            cluster,
+            outgoing,
+            exchange,
+            version,
+            grpc_web: None,
+            alt_svc: None,
+            filters: Some(responding),
+        }
+    }
+
     pub(crate) fn run(self) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
         let grpc_web = self.grpc_web;
         let alt_svc = self.alt_svc;
-        let forwarded = forward(self.cluster, self.outgoing, self.exchange, self.version);
+        let forwarded = forward(
+            self.cluster,
+            self.outgoing,
+            self.exchange,
+            self.version,
+            self.filters,
+        );
         async move {
             let response = forwarded.await?;
             let mut response = match grpc_web {
@@ -228,13 +256,7 @@ impl ProxyService {
         // The filters see the request as it will leave (forwarding headers and request id
         // included), and may change it or answer it, as Envoy's HTTP filters do.
         if !listener.filters.is_empty() {
-            return Routed::Other(filtered::serve(
-                ctx,
-                listener,
-                req,
-                exchange,
-                removed.upgrade,
-            ));
+            return filtered::serve(ctx, listener, req, exchange, removed.upgrade);
         }
 
         let Some(cluster) = listener.default_cluster.clone() else {
@@ -277,6 +299,7 @@ impl ProxyService {
             version: downstream_version,
             grpc_web: None,
             alt_svc: None,
+            filters: None,
         })
     }
 }
@@ -290,10 +313,19 @@ fn forward(
     mut outgoing: Outgoing,
     mut exchange: Exchange,
     downstream_version: Version,
+    filters: Option<filtered::Responding>,
 ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
     async move {
         exchange.set_cluster(&cluster);
-        let response = match cluster.send(&mut outgoing).await {
+        let sent = cluster.send(&mut outgoing).await;
+        if let Some(responding) = filters {
+            // The request is gone: its body (filtered or not) ends before the response phases.
+            drop(outgoing);
+            let response =
+                filtered::respond(sent, &cluster, responding, exchange, downstream_version);
+            return Ok(response.await);
+        }
+        let response = match sent {
             Ok(upstream) => {
                 let mut parts = upstream.head;
                 headers::strip_hop_by_hop(&mut parts.headers);

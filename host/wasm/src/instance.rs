@@ -317,6 +317,9 @@ impl PluginInstance {
         stream: &mut StreamInfo,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
+        if self.stream.on_request_headers.is_none() {
+            return Ok(HeadersOutcome::Continue);
+        }
         let slot: Slot<RequestHead> = |http| &mut http.request;
         lend(&mut self.store.data_mut().http, slot, head, stream);
         let result = self.headers_callback(Phase::Request, context, end_of_stream);
@@ -332,6 +335,10 @@ impl PluginInstance {
         stream: &mut StreamInfo,
         end_of_stream: bool,
     ) -> Result<HeadersOutcome, WasmError> {
+        // A module without the callback (a request-only filter) costs no move of the head.
+        if self.stream.on_response_headers.is_none() {
+            return Ok(HeadersOutcome::Continue);
+        }
         let slot: Slot<ResponseHead> = |http| &mut http.response;
         lend(&mut self.store.data_mut().http, slot, head, stream);
         let result = self.headers_callback(Phase::Response, context, end_of_stream);

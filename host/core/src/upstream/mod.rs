@@ -18,7 +18,7 @@ mod tls;
 
 pub(crate) use balancer::hash_key;
 pub(crate) use breaker::{CircuitBreaker, Resource};
-pub(crate) use cluster::{ClusterRt, H2Body, Outgoing, UpstreamBody};
+pub(crate) use cluster::{ClusterRt, H2Body, Outgoing, UpstreamBody, UpstreamResponse};
 pub(crate) use h1::H1Body;
 pub use health::HealthStatus;
 pub(crate) use health::{ClusterHealth, EndpointHealth};
