@@ -16,13 +16,14 @@ use http_body::Body as _;
 use rustng_wasm::{Direction, RequestHead, ResponseHead, StreamInfo};
 
 use rustng_abi::extensions;
+use rustng_runtime_config::UpstreamProtocol;
 
 use crate::body::{Exchange, ProxyBody};
 use crate::connection::ConnCtx;
 use crate::downstream_body::DownstreamBody;
 use crate::error::ErrorKind;
 use crate::error::ProxyError;
-use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
+use crate::filters::{ActiveFilters, FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
 use crate::headers;
 use crate::listener::ListenerRt;
 use crate::proxy::{
@@ -125,13 +126,6 @@ struct Pending {
 
 impl Pending {
     fn finish_head(mut self, head: RequestHead) -> Self {
-        {
-            // A copy: the head itself leaves with the request.
-            let mut filters = self.filters.borrow_mut();
-            if filters.wants_heads_logged() {
-                filters.logged_request = Some(head.clone());
-            }
-        }
         self.parts.method = head.method;
         self.parts.uri = head.uri;
         self.parts.headers = head.headers;
@@ -237,6 +231,23 @@ impl Pending {
             hash: routed_hash(&filters),
         };
         let retries = RetryPolicy::from_properties(&filters.borrow().stream.properties);
+        {
+            // `proxy_on_log` reads the head as it left. An HTTP/1.1 upstream leaves it in
+            // place and it is taken back after the send (see `keep_sent_head`); an HTTP/2
+            // upstream and retries consume it, so those keep a copy now.
+            let mut filters = filters.borrow_mut();
+            if (retries.is_some() || cluster.config().protocol != UpstreamProtocol::Http1)
+                && filters.wants_heads_logged()
+            {
+                let head = &outgoing.head;
+                filters.logged_request = Some(RequestHead {
+                    method: head.method.clone(),
+                    uri: head.uri.clone(),
+                    headers: head.headers.clone(),
+                    scheme: request_scheme(&filters),
+                });
+            }
+        }
         Ok(Prepared {
             cluster,
             outgoing,
@@ -292,7 +303,9 @@ async fn send_prepared(
     let sent = match retries {
         None => {
             let mut outgoing = outgoing;
-            cluster.send(&mut outgoing).await
+            let sent = cluster.send(&mut outgoing).await;
+            keep_sent_head(&responding, outgoing);
+            sent
         }
         // Boxed: retries are per route, and their state would otherwise grow every
         // request's future.
@@ -309,6 +322,28 @@ async fn send_prepared(
         }
     };
     Ok(respond(sent, &cluster, responding, exchange, version).await)
+}
+
+/// Takes the head of a request sent to an HTTP/1.1 upstream back for `proxy_on_log`, when a
+/// filter has it and no copy was kept (see `Pending::prepare`); the rest of the request (its
+/// body) ends here.
+pub(crate) fn keep_sent_head(responding: &Responding, outgoing: Outgoing) {
+    let mut filters = responding.filters.borrow_mut();
+    if filters.logged_request.is_none() && filters.wants_heads_logged() {
+        let scheme = request_scheme(&filters);
+        let head = outgoing.head;
+        filters.logged_request = Some(RequestHead {
+            method: head.method,
+            uri: head.uri,
+            headers: head.headers,
+            scheme,
+        });
+    }
+}
+
+/// `:scheme` of the request, as the filters saw it.
+fn request_scheme(filters: &ActiveFilters) -> &'static str {
+    if filters.stream.tls { "https" } else { "http" }
 }
 
 /// The response phases: the upstream's answer (or the error) through the filters, last

@@ -320,7 +320,7 @@ fn forward(
         let sent = cluster.send(&mut outgoing).await;
         if let Some(responding) = filters {
             // The request is gone: its body (filtered or not) ends before the response phases.
-            drop(outgoing);
+            filtered::keep_sent_head(&responding, outgoing);
             let response =
                 filtered::respond(sent, &cluster, responding, exchange, downstream_version);
             return Ok(response.await);
