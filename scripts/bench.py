@@ -20,7 +20,8 @@ Methodology
       `cargo build --manifest-path filters/Cargo.toml --release --target wasm32-wasip1` when
       the .wasm is missing): per request it reads `:path`, sets `x-filter-tag`, removes
       `x-remove-me`, adds `x-filter-method`, sets two response headers and logs one info line
-      in on_log (dropped by the warn log level of both proxies). Both proxies load the same
+      in on_log with the request's `:path` and the response's `:status` (dropped by the warn
+      log level of both proxies). Both proxies load the same
       .wasm with the same plugin config (Envoy's `envoy.filters.http.wasm`, runtime v8);
       before the first run each filter target must answer one request with `x-filter-tag: abc`,
       otherwise it fails.

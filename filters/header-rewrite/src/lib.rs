@@ -78,6 +78,8 @@ impl HttpContext for Stream {
 
     fn on_log(&mut self) {
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        proxy_wasm::hostcalls::log(LogLevel::Info, &format!("done with {path}")).ok();
+        let status = self.get_http_response_header(":status").unwrap_or_default();
+        proxy_wasm::hostcalls::log(LogLevel::Info, &format!("done with {path} -> {status}"))
+            .ok();
     }
 }

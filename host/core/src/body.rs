@@ -242,6 +242,22 @@ impl ProxyBody {
         ProxyBody::local_bytes(Bytes::from_static(text.as_bytes()), exchange)
     }
 
+    /// The response head, once written to an HTTP/1.1 client: kept for the filters'
+    /// `proxy_on_log` (Envoy shows it there) when one of them has it, else dropped. The
+    /// HTTP/2 and HTTP/3 servers give the head away, so the filters keep a copy for those.
+    pub(crate) fn head_sent(&self, head: http::response::Parts) {
+        let Some(filters) = self.exchange.as_ref().and_then(|e| e.filters.as_ref()) else {
+            return;
+        };
+        let mut filters = filters.borrow_mut();
+        if filters.logged_response.is_none() && filters.wants_heads_logged() {
+            filters.logged_response = Some(rustng_wasm::ResponseHead {
+                status: head.status,
+                headers: head.headers,
+            });
+        }
+    }
+
     fn inner_ended(&self) -> bool {
         match &self.kind {
             Kind::Http1(body) => body.is_end_stream(),

@@ -104,6 +104,12 @@ pub(crate) struct Responding {
     limit: usize,
 }
 
+impl Responding {
+    pub(crate) fn filters(&self) -> &SharedFilters {
+        &self.filters
+    }
+}
+
 /// A request ready to leave: where to, and what goes.
 struct Prepared {
     cluster: Rc<ClusterRt>,
@@ -341,6 +347,14 @@ pub(crate) fn keep_sent_head(responding: &Responding, outgoing: Outgoing) {
     }
 }
 
+/// A copy of the response head for `proxy_on_log`, when a filter has it.
+pub(crate) fn keep_response_copy(filters: &SharedFilters, head: &ResponseHead) {
+    let mut filters = filters.borrow_mut();
+    if filters.logged_response.is_none() && filters.wants_heads_logged() {
+        filters.logged_response = Some(head.clone());
+    }
+}
+
 /// `:scheme` of the request, as the filters saw it.
 fn request_scheme(filters: &ActiveFilters) -> &'static str {
     if filters.stream.tls { "https" } else { "http" }
@@ -404,12 +418,10 @@ pub(crate) async fn respond(
             }
         }
     }
-    {
-        // A copy: the head itself leaves with the response.
-        let mut filters = filters.borrow_mut();
-        if filters.wants_heads_logged() {
-            filters.logged_response = Some(head.clone());
-        }
+    if !matches!(version, Version::HTTP_10 | Version::HTTP_11) {
+        // HTTP/2 and HTTP/3 give the head away: `proxy_on_log` gets a copy. (The HTTP/1.1
+        // server hands it back once written, `ProxyBody::head_sent`.)
+        keep_response_copy(&filters, &head);
     }
     parts.status = head.status;
     parts.headers = head.headers;

@@ -112,6 +112,11 @@ impl Forwarding {
     pub(crate) fn run(self) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
         let grpc_web = self.grpc_web;
         let alt_svc = self.alt_svc;
+        // A gRPC-Web translation wraps the body, which then cannot give the head back to
+        // the filters once written: they keep a copy of the gRPC head instead.
+        let logging = grpc_web
+            .and(self.filters.as_ref())
+            .map(|responding| Rc::clone(responding.filters()));
         let forwarded = forward(
             self.cluster,
             self.outgoing,
@@ -121,6 +126,13 @@ impl Forwarding {
         );
         async move {
             let response = forwarded.await?;
+            if let Some(filters) = logging {
+                let head = rustng_wasm::ResponseHead {
+                    status: response.status(),
+                    headers: response.headers().clone(),
+                };
+                filtered::keep_response_copy(&filters, &head);
+            }
             let mut response = match grpc_web {
                 None => response,
                 Some(encoding) => crate::grpc_web::translate_response(response, encoding),

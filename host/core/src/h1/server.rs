@@ -197,6 +197,8 @@ async fn write_response<I: Io>(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    // The head is written: the filters' `proxy_on_log` may have it now, without a copy.
+    body.head_sent(parts);
     if framing == Framing::None {
         drop(body);
         write_all(wire, out).await?;

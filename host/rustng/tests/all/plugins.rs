@@ -85,14 +85,14 @@ async fn an_envoy_rust_sdk_filter_runs_unchanged() {
         1,
         "the denied request never reached the origin"
     );
-    // proxy_on_log reads the request head (`:path`), as in Envoy, for a request that went
-    // upstream and for one the filter answered.
+    // proxy_on_log reads the request and response heads (`:path`, `:status`), as in Envoy,
+    // for a request that went upstream and for one the filter answered.
     assert!(
-        proxy.log_eventually_contains("done with /echo/x"),
+        proxy.log_eventually_contains("done with /echo/x -> 200"),
         "{}",
         proxy.log()
     );
-    assert!(proxy.log_eventually_contains("done with /deny"));
+    assert!(proxy.log_eventually_contains("done with /deny -> 403"));
 }
 
 /// Traps on paths starting `/b`, loops forever on `/l`, adds 60 KB headers until the host

@@ -104,8 +104,8 @@ fn the_rust_sdk_filter_rewrites_headers_and_answers_locally() {
         lines(&logged),
         vec![
             (LogLevel::Info, "configured with tag abc".to_owned()),
-            (LogLevel::Info, "done with /hello?x=1".to_owned()),
-            (LogLevel::Info, "done with /deny".to_owned()),
+            (LogLevel::Info, "done with /hello?x=1 -> 201".to_owned()),
+            (LogLevel::Info, "done with /deny -> ".to_owned()),
         ]
     );
 }
