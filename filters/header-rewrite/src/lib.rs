@@ -79,7 +79,6 @@ impl HttpContext for Stream {
     fn on_log(&mut self) {
         let path = self.get_http_request_header(":path").unwrap_or_default();
         let status = self.get_http_response_header(":status").unwrap_or_default();
-        proxy_wasm::hostcalls::log(LogLevel::Info, &format!("done with {path} -> {status}"))
-            .ok();
+        proxy_wasm::hostcalls::log(LogLevel::Info, &format!("done with {path} -> {status}")).ok();
     }
 }

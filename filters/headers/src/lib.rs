@@ -9,58 +9,54 @@
 
 pub mod rules;
 
-use rustng_guest::{Action, Request, RequestFilter, Response, ResponseFilter};
+use rustng_guest::{Action, Headers, Request, RequestFilter, Response, ResponseFilter};
 
-use rules::{Edit, HeaderRules, edits};
+use rules::{Edit, HeaderRules, HeaderValueOption, edits};
 
 // Header edits need no per-request state: built on `rustng-guest`, the host enters it twice
 // per request (the two header phases) instead of seven times.
-rustng_guest::http_filter!(Headers);
+rustng_guest::http_filter!(HeaderEdits);
 
-struct Headers {
+struct HeaderEdits {
     rules: HeaderRules,
 }
 
-impl RequestFilter for Headers {
-    fn configure(configuration: &[u8]) -> Result<Headers, String> {
-        HeaderRules::parse(configuration).map(|rules| Headers { rules })
+impl RequestFilter for HeaderEdits {
+    fn configure(configuration: &[u8]) -> Result<HeaderEdits, String> {
+        HeaderRules::parse(configuration).map(|rules| HeaderEdits { rules })
     }
 
     fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
         let rules = &self.rules;
-        let present = |name: &str| request.header_bytes(name).is_some();
-        let planned = edits(
+        apply(
+            request.headers(),
             &rules.request_headers_to_add,
             &rules.request_headers_to_remove,
-            present,
         );
-        for edit in planned {
-            let _ = match edit {
-                Edit::Remove(name) => request.remove_header(name),
-                Edit::Set(name, value) => request.set_header(name, value),
-                Edit::Add(name, value) => request.add_header(name, value),
-            };
-        }
         Action::Continue
     }
 }
 
-impl ResponseFilter for Headers {
+impl ResponseFilter for HeaderEdits {
     fn on_response_headers(&self, response: &mut Response<'_>, _end_of_stream: bool) -> Action {
         let rules = &self.rules;
-        let present = |name: &str| response.header_bytes(name).is_some();
-        let planned = edits(
+        apply(
+            response.headers(),
             &rules.response_headers_to_add,
             &rules.response_headers_to_remove,
-            present,
         );
-        for edit in planned {
-            let _ = match edit {
-                Edit::Remove(name) => response.remove_header(name),
-                Edit::Set(name, value) => response.set_header(name, value),
-                Edit::Add(name, value) => response.add_header(name, value),
-            };
-        }
         Action::Continue
+    }
+}
+
+/// Makes one message's edits.
+fn apply(mut headers: Headers<'_>, add: &[HeaderValueOption], remove: &[String]) {
+    let planned = edits(add, remove, |name| headers.get_bytes(name).is_some());
+    for edit in planned {
+        let _ = match edit {
+            Edit::Remove(name) => headers.remove(name),
+            Edit::Set(name, value) => headers.set(name, value),
+            Edit::Add(name, value) => headers.add(name, value),
+        };
     }
 }

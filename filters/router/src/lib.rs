@@ -53,9 +53,10 @@ impl RequestFilter for Router {
     }
 
     fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
-        let authority = request.header(":authority").unwrap_or_default();
-        let path = request.header(":path").unwrap_or_default();
-        let header = |name: &str| request.header(name).map(str::to_owned);
+        let mut headers = request.headers();
+        let authority = headers.get(":authority").unwrap_or_default();
+        let path = headers.get(":path").unwrap_or_default();
+        let header = |name: &str| headers.get(name).map(str::to_owned);
         // Envoy's `source.address` is `ip:port`; the hash wants the IP alone.
         let source_ip = || {
             let address = std::str::from_utf8(request.property(&["source", "address"])?).ok()?;
@@ -97,10 +98,10 @@ impl RequestFilter for Router {
                     let _ = route::set_properties(retry);
                 }
                 if let Some(path) = path {
-                    let _ = request.set_header(":path", &path);
+                    let _ = headers.set(":path", &path);
                 }
                 if let Some(authority) = authority {
-                    let _ = request.set_header(":authority", &authority);
+                    let _ = headers.set(":authority", &authority);
                 }
                 Action::Continue
             }

@@ -19,7 +19,7 @@
 //!     }
 //!
 //!     fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
-//!         let _ = request.set_header("x-tag", &self.tag);
+//!         let _ = request.headers().set("x-tag", &self.tag);
 //!         Action::Continue
 //!     }
 //! }
@@ -35,10 +35,12 @@ mod abi;
 pub mod duration;
 #[doc(hidden)]
 pub mod entry;
+mod headers;
 mod request;
 pub mod route;
 pub mod scratch;
 
+pub use headers::Headers;
 pub use request::{Request, Response, log, set_property};
 pub use rustng_abi::{Action, LogLevel, Status};
 

@@ -6,6 +6,7 @@ use std::ptr::null_mut;
 use rustng_abi::{MapType, Status};
 
 use crate::abi;
+use crate::headers::Headers;
 
 /// The current request, for the length of one callback. Values read from it borrow from the
 /// callback's scratch memory (`'a`), so reading costs no allocation in the module, and no
@@ -22,30 +23,9 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// A request header (`:authority`, `:path`, `:method` and `:scheme` included); `None`
-    /// when it is missing or not UTF-8.
-    pub fn header(&self, name: &str) -> Option<&'a str> {
-        std::str::from_utf8(self.header_bytes(name)?).ok()
-    }
-
-    /// A request header as bytes.
-    pub fn header_bytes(&self, name: &str) -> Option<&'a [u8]> {
-        header(MapType::HttpRequestHeaders, name)
-    }
-
-    /// Sets a request header, replacing every value it had.
-    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Status> {
-        set_header(MapType::HttpRequestHeaders, name, value)
-    }
-
-    /// Adds a value to a request header, beside any it has.
-    pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), Status> {
-        add_header(MapType::HttpRequestHeaders, name, value)
-    }
-
-    /// Removes a request header.
-    pub fn remove_header(&mut self, name: &str) -> Result<(), Status> {
-        remove_header(MapType::HttpRequestHeaders, name)
+    /// The request's headers (`:authority`, `:path`, `:method` and `:scheme` included).
+    pub fn headers(&self) -> Headers<'a> {
+        Headers::new(MapType::HttpRequestHeaders)
     }
 
     /// A property by its path (`["source", "address"]`), as the host encodes it.
@@ -104,76 +84,10 @@ impl<'a> Response<'a> {
         }
     }
 
-    /// A response header (`:status` included); `None` when it is missing or not UTF-8.
-    pub fn header(&self, name: &str) -> Option<&'a str> {
-        std::str::from_utf8(self.header_bytes(name)?).ok()
+    /// The response's headers (`:status` included).
+    pub fn headers(&self) -> Headers<'a> {
+        Headers::new(MapType::HttpResponseHeaders)
     }
-
-    /// A response header as bytes.
-    pub fn header_bytes(&self, name: &str) -> Option<&'a [u8]> {
-        header(MapType::HttpResponseHeaders, name)
-    }
-
-    /// Sets a response header, replacing every value it had.
-    pub fn set_header(&mut self, name: &str, value: &str) -> Result<(), Status> {
-        set_header(MapType::HttpResponseHeaders, name, value)
-    }
-
-    /// Adds a value to a response header, beside any it has.
-    pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), Status> {
-        add_header(MapType::HttpResponseHeaders, name, value)
-    }
-
-    /// Removes a response header.
-    pub fn remove_header(&mut self, name: &str) -> Result<(), Status> {
-        remove_header(MapType::HttpResponseHeaders, name)
-    }
-}
-
-fn header<'a>(map: MapType, name: &str) -> Option<&'a [u8]> {
-    let mut data = null_mut();
-    let mut size = 0;
-    // SAFETY: `name` is readable for its length; the host writes the return pair.
-    let status = unsafe {
-        abi::proxy_get_header_map_value(map.into(), name.as_ptr(), name.len(), &mut data, &mut size)
-    };
-    abi::checked(status).ok()?;
-    // SAFETY: returned by the host for this call, in the current callback (whose `Request`
-    // or `Response` bounds `'a`).
-    Some(unsafe { abi::returned(data, size) })
-}
-
-fn set_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
-    // SAFETY: both slices are readable for their lengths.
-    abi::checked(unsafe {
-        abi::proxy_replace_header_map_value(
-            map.into(),
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
-}
-
-fn add_header(map: MapType, name: &str, value: &str) -> Result<(), Status> {
-    // SAFETY: both slices are readable for their lengths.
-    abi::checked(unsafe {
-        abi::proxy_add_header_map_value(
-            map.into(),
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
-    })
-}
-
-fn remove_header(map: MapType, name: &str) -> Result<(), Status> {
-    // SAFETY: `name` is readable for its length.
-    abi::checked(unsafe {
-        abi::proxy_remove_header_map_value(map.into(), name.as_ptr(), name.len())
-    })
 }
 
 /// Sets a property of the current request: a path of one segment (`rustng.route.cluster`).
