@@ -249,13 +249,12 @@ impl ProxyBody {
         let Some(filters) = self.exchange.as_ref().and_then(|e| e.filters.as_ref()) else {
             return;
         };
-        let mut filters = filters.borrow_mut();
-        if filters.logged_response.is_none() && filters.wants_heads_logged() {
-            filters.logged_response = Some(rustng_wasm::ResponseHead {
+        filters
+            .borrow_mut()
+            .keep_response_head(|| rustng_wasm::ResponseHead {
                 status: head.status,
                 headers: head.headers,
             });
-        }
     }
 
     fn inner_ended(&self) -> bool {

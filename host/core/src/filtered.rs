@@ -23,7 +23,7 @@ use crate::connection::ConnCtx;
 use crate::downstream_body::DownstreamBody;
 use crate::error::ErrorKind;
 use crate::error::ProxyError;
-use crate::filters::{ActiveFilters, FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
+use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
 use crate::headers;
 use crate::listener::ListenerRt;
 use crate::proxy::{
@@ -241,17 +241,16 @@ impl Pending {
             // `proxy_on_log` reads the head as it left. An HTTP/1.1 upstream leaves it in
             // place and it is taken back after the send (see `keep_sent_head`); an HTTP/2
             // upstream and retries consume it, so those keep a copy now.
-            let mut filters = filters.borrow_mut();
-            if (retries.is_some() || cluster.config().protocol != UpstreamProtocol::Http1)
-                && filters.wants_heads_logged()
-            {
+            if retries.is_some() || cluster.config().protocol != UpstreamProtocol::Http1 {
                 let head = &outgoing.head;
-                filters.logged_request = Some(RequestHead {
-                    method: head.method.clone(),
-                    uri: head.uri.clone(),
-                    headers: head.headers.clone(),
-                    scheme: request_scheme(&filters),
-                });
+                filters
+                    .borrow_mut()
+                    .keep_request_head(|scheme| RequestHead {
+                        method: head.method.clone(),
+                        uri: head.uri.clone(),
+                        headers: head.headers.clone(),
+                        scheme,
+                    });
             }
         }
         Ok(Prepared {
@@ -334,30 +333,16 @@ async fn send_prepared(
 /// filter has it and no copy was kept (see `Pending::prepare`); the rest of the request (its
 /// body) ends here.
 pub(crate) fn keep_sent_head(responding: &Responding, outgoing: Outgoing) {
-    let mut filters = responding.filters.borrow_mut();
-    if filters.logged_request.is_none() && filters.wants_heads_logged() {
-        let scheme = request_scheme(&filters);
-        let head = outgoing.head;
-        filters.logged_request = Some(RequestHead {
+    let head = outgoing.head;
+    responding
+        .filters
+        .borrow_mut()
+        .keep_request_head(|scheme| RequestHead {
             method: head.method,
             uri: head.uri,
             headers: head.headers,
             scheme,
         });
-    }
-}
-
-/// A copy of the response head for `proxy_on_log`, when a filter has it.
-pub(crate) fn keep_response_copy(filters: &SharedFilters, head: &ResponseHead) {
-    let mut filters = filters.borrow_mut();
-    if filters.logged_response.is_none() && filters.wants_heads_logged() {
-        filters.logged_response = Some(head.clone());
-    }
-}
-
-/// `:scheme` of the request, as the filters saw it.
-fn request_scheme(filters: &ActiveFilters) -> &'static str {
-    if filters.stream.tls { "https" } else { "http" }
 }
 
 /// The response phases: the upstream's answer (or the error) through the filters, last
@@ -421,7 +406,7 @@ pub(crate) async fn respond(
     if !matches!(version, Version::HTTP_10 | Version::HTTP_11) {
         // HTTP/2 and HTTP/3 give the head away: `proxy_on_log` gets a copy. (The HTTP/1.1
         // server hands it back once written, `ProxyBody::head_sent`.)
-        keep_response_copy(&filters, &head);
+        filters.borrow_mut().keep_response_head(|| head.clone());
     }
     parts.status = head.status;
     parts.headers = head.headers;
@@ -444,10 +429,7 @@ pub(crate) async fn respond(
 
 /// A request answered before it left: its head stays for `proxy_on_log` (no copy needed).
 fn keep_for_log(filters: &SharedFilters, head: RequestHead) {
-    let mut filters = filters.borrow_mut();
-    if filters.wants_heads_logged() {
-        filters.logged_request = Some(head);
-    }
+    filters.borrow_mut().keep_request_head(|_| head);
 }
 
 /// Where the request goes: the cluster a filter named in `rustng.route.cluster`, else the

@@ -127,11 +127,12 @@ impl Forwarding {
         async move {
             let response = forwarded.await?;
             if let Some(filters) = logging {
-                let head = rustng_wasm::ResponseHead {
-                    status: response.status(),
-                    headers: response.headers().clone(),
-                };
-                filtered::keep_response_copy(&filters, &head);
+                filters
+                    .borrow_mut()
+                    .keep_response_head(|| rustng_wasm::ResponseHead {
+                        status: response.status(),
+                        headers: response.headers().clone(),
+                    });
             }
             let mut response = match grpc_web {
                 None => response,

@@ -46,8 +46,8 @@ pub(crate) struct ActiveFilters {
     /// The request's and the response's heads as they left, for `proxy_on_log` (Envoy shows
     /// them there). Kept only when a filter of the exchange has that callback: the heads
     /// themselves go with the request and the response, so these are copies.
-    pub(crate) logged_request: Option<RequestHead>,
-    pub(crate) logged_response: Option<ResponseHead>,
+    logged_request: Option<RequestHead>,
+    logged_response: Option<ResponseHead>,
 }
 
 /// Shared by the request body, the response body and the exchange (whichever ends last ends
@@ -161,8 +161,24 @@ impl ActiveFilters {
         self.contexts.len().saturating_sub(1)
     }
 
+    /// Keeps the request's head for `proxy_on_log` when a filter has that callback and no
+    /// head is kept yet; `head` makes it (a move or a copy) only then.
+    pub(crate) fn keep_request_head(&mut self, head: impl FnOnce(&'static str) -> RequestHead) {
+        if self.logged_request.is_none() && self.wants_heads_logged() {
+            let scheme = if self.stream.tls { "https" } else { "http" };
+            self.logged_request = Some(head(scheme));
+        }
+    }
+
+    /// The same for the response's head.
+    pub(crate) fn keep_response_head(&mut self, head: impl FnOnce() -> ResponseHead) {
+        if self.logged_response.is_none() && self.wants_heads_logged() {
+            self.logged_response = Some(head());
+        }
+    }
+
     /// Whether any filter of the exchange has `proxy_on_log`, which reads the heads.
-    pub(crate) fn wants_heads_logged(&self) -> bool {
+    fn wants_heads_logged(&self) -> bool {
         self.contexts.iter().any(|(filter, _)| {
             filter
                 .instance

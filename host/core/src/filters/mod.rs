@@ -36,7 +36,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::upstream::ClusterTable;
 
 pub(crate) use body::FilteredBody;
-pub(crate) use chain::{ActiveFilters, FilterChain, SharedFilters, Step};
+pub(crate) use chain::{FilterChain, SharedFilters, Step};
 pub(crate) use pause::{Resumed, wait_for_resume};
 
 /// The worker's clusters by name, for plugins' HTTP calls.
