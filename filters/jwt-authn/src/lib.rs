@@ -59,7 +59,7 @@ struct Check {
 }
 
 impl Context for JwtAuthn {
-    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, headers: usize, body_size: usize, _: usize) {
         let Some(pending) = self.pending.as_mut() else {
             return;
         };
@@ -71,7 +71,13 @@ impl Context for JwtAuthn {
         }
         let settings = Rc::clone(&self.settings);
         let provider = &settings.providers[pending.providers[slot].provider];
-        let status = self.get_http_call_response_header(":status");
+        // A failed call has no response headers, and a host answers BAD_ARGUMENT (which the
+        // SDK panics on) to reading them: Envoy does.
+        let status = if headers == 0 {
+            None
+        } else {
+            self.get_http_call_response_header(":status")
+        };
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();

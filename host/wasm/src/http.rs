@@ -235,4 +235,7 @@ pub(crate) struct HttpCallState {
     pub(crate) grpc_message: Option<Vec<u8>>,
     /// During `proxy_on_grpc_close`: what `proxy_get_status` answers.
     pub(crate) grpc_status: Option<(u32, String)>,
+    /// During `proxy_on_log`: the heads are there to read, not to change (nor to size, as
+    /// in Envoy).
+    pub(crate) logging: bool,
 }

@@ -448,6 +448,7 @@ impl PluginInstance {
             let http = &mut self.store.data_mut().http;
             http.request = request.take();
             http.response = response.take();
+            http.logging = true;
             let logged = invoke(
                 &mut self.store,
                 &self.limits,

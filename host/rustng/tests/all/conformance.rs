@@ -177,6 +177,7 @@ clusters:
                 .method(method)
                 .uri(url)
                 .header("host", "conformance.test")
+                .header("x-probe", "probe-value")
                 .body(Full::new(bytes::Bytes::from_static(body.as_bytes())))
                 .expect("request");
             send(&self.client, req)
@@ -351,6 +352,40 @@ async fn bodies_are_buffered_and_rewritten_as_in_envoy() {
         .both("POST", "/pass/response-upper/reflect", "make me loud")
         .await;
     assert_eq!(reply.text(), "MAKE ME LOUD");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_maps_out_of_their_phase_answer_as_in_envoy() {
+    let hosts = Hosts::start("plain").await;
+    // The filter calls the header-map hostcalls on maps that are not the current phase's
+    // (the request's in the body and response phases, the response's in the request
+    // phase, trailers that do not exist) and answers with the statuses; in `proxy_on_log`
+    // it does the same for both heads, and logs them.
+    let reply = hosts
+        .both("POST", "/pass/heads-later/reflect", "some body")
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_lines(
+        &reply.text(),
+        &[
+            "request-headers.response.get.:status=2 ",
+            "request-headers.response.pairs=0",
+            "request-body.request.get.:path=2 ",
+            "response-headers.request.add=2",
+            "response-body.response.size=2 false",
+        ],
+    );
+    // In `proxy_on_log` both heads read, but neither changes nor tells its size.
+    hosts.same_logs("heads-later", 10).await;
+    let log = hosts.rustng.log();
+    for line in [
+        "log.request.get.:path=0 /pass/heads-later/reflect",
+        "log.response.get.:status=0 200",
+        "log.request.add=2",
+        "log.response.size=2 false",
+    ] {
+        assert!(log.contains(line), "{line} missing in RustNg's log:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

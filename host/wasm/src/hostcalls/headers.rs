@@ -17,6 +17,13 @@ use crate::limits::{MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_FIELDS};
 use crate::memory::{guest_memory, memory_and_state, read_guest, return_bytes, slice, write_u32};
 use crate::state::HostState;
 
+/// The answer for a map the current callback does not have (the request's headers once they
+/// have left, the response's before it came, trailers the stream has not reached): Envoy's
+/// `BAD_ARGUMENT`, not `NOT_FOUND`, which means a missing field of a map that is there. The
+/// upstream SDKs' wrappers panic on it, as they do in Envoy. Listing the pairs of such a map
+/// is the exception: Envoy answers with an empty list.
+const UNAVAILABLE: Status = Status::BadArgument;
+
 pub(super) const NAMES: &[(Module, &str)] = &[
     (Module::Env, "proxy_get_header_map_size"),
     (Module::Env, "proxy_get_header_map_pairs"),
@@ -60,14 +67,14 @@ fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
     let mut out = Vec::new();
     let fields = match map {
         MapType::HttpRequestHeaders => {
-            let request = state.http.request.as_ref().ok_or(Status::NotFound)?;
+            let request = state.http.request.as_ref().ok_or(UNAVAILABLE)?;
             for (name, value) in request_pseudo_headers(request) {
                 out.push((name.to_vec(), value.to_vec()));
             }
             &request.headers
         }
         MapType::HttpResponseHeaders => {
-            let response = state.http.response.as_ref().ok_or(Status::NotFound)?;
+            let response = state.http.response.as_ref().ok_or(UNAVAILABLE)?;
             out.push((
                 b":status".to_vec(),
                 response.status.as_str().as_bytes().to_vec(),
@@ -75,7 +82,7 @@ fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
             &response.headers
         }
         MapType::HttpCallResponseHeaders => {
-            let response = state.http.call_response.as_ref().ok_or(Status::NotFound)?;
+            let response = state.http.call_response.as_ref().ok_or(UNAVAILABLE)?;
             out.push((
                 b":status".to_vec(),
                 response.status.as_str().as_bytes().to_vec(),
@@ -144,11 +151,15 @@ fn change_pseudo(
     let value = match change {
         Change::Add(v) | Change::Replace(v) => v,
         // Pseudo-headers cannot be absent; removing one is a no-op, as in Envoy.
-        Change::Remove => return Ok(()),
+        Change::Remove if !state.http.logging => return Ok(()),
+        Change::Remove => return Err(UNAVAILABLE),
     };
+    if state.http.logging {
+        return Err(UNAVAILABLE);
+    }
     match map {
         MapType::HttpRequestHeaders => {
-            let request = state.http.request.as_mut().ok_or(Status::NotFound)?;
+            let request = state.http.request.as_mut().ok_or(UNAVAILABLE)?;
             match key {
                 b":method" => {
                     request.method = Method::from_bytes(value).map_err(|_| Status::BadArgument)?
@@ -173,7 +184,7 @@ fn change_pseudo(
             }
         }
         MapType::HttpResponseHeaders => {
-            let response = state.http.response.as_mut().ok_or(Status::NotFound)?;
+            let response = state.http.response.as_mut().ok_or(UNAVAILABLE)?;
             match key {
                 b":status" => {
                     response.status =
@@ -182,9 +193,19 @@ fn change_pseudo(
                 _ => return Err(Status::BadArgument),
             }
         }
-        _ => return Err(Status::NotFound),
+        _ => return Err(UNAVAILABLE),
     }
     Ok(())
+}
+
+/// What reading a field of a map the callback does not have answers: in `proxy_on_log` a
+/// head may be missing (a request that got no response), and Envoy says `NOT_FOUND` there.
+fn unavailable(state: &HostState) -> Status {
+    if state.http.logging {
+        Status::NotFound
+    } else {
+        UNAVAILABLE
+    }
 }
 
 /// One field's value, looked up directly (no list of all fields is built). Header values are
@@ -192,7 +213,11 @@ fn change_pseudo(
 fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue, Status> {
     match map {
         MapType::HttpRequestHeaders => {
-            let request = state.http.request.as_ref().ok_or(Status::NotFound)?;
+            let request = state
+                .http
+                .request
+                .as_ref()
+                .ok_or_else(|| unavailable(state))?;
             // `host` is asked for by name too; filters see it as `:authority`.
             let key: &[u8] = if key.eq_ignore_ascii_case(b"host") {
                 b":authority"
@@ -211,7 +236,11 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue,
             }
         }
         MapType::HttpResponseHeaders => {
-            let response = state.http.response.as_ref().ok_or(Status::NotFound)?;
+            let response = state
+                .http
+                .response
+                .as_ref()
+                .ok_or_else(|| unavailable(state))?;
             match key {
                 b":status" => HeaderValue::from_str(response.status.as_str())
                     .map_err(|_| Status::InternalFailure),
@@ -219,14 +248,21 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue,
             }
         }
         MapType::HttpCallResponseHeaders => {
-            let response = state.http.call_response.as_ref().ok_or(Status::NotFound)?;
+            let response = state
+                .http
+                .call_response
+                .as_ref()
+                .ok_or_else(|| unavailable(state))?;
             match key {
                 b":status" => HeaderValue::from_str(response.status.as_str())
                     .map_err(|_| Status::InternalFailure),
                 _ => lookup(&response.headers, key),
             }
         }
-        other => lookup(plain_map(state, other)?, key),
+        other => lookup(
+            plain_map(state, other).map_err(|_| unavailable(state))?,
+            key,
+        ),
     }
 }
 
@@ -264,12 +300,15 @@ fn plain_map(state: &HostState, map: MapType) -> Result<&http::HeaderMap, Status
             .map(|(_, fields)| fields),
         _ => None,
     }
-    .ok_or(Status::NotFound)
+    .ok_or(UNAVAILABLE)
 }
 
 /// The fields of a map the current callback may change (a call's response is read-only).
 fn writable_map(state: &mut HostState, map: MapType) -> Result<&mut http::HeaderMap, Status> {
     let http = &mut state.http;
+    if http.logging {
+        return Err(UNAVAILABLE);
+    }
     match map {
         MapType::HttpRequestHeaders => http.request.as_mut().map(|r| &mut r.headers),
         MapType::HttpResponseHeaders => http.response.as_mut().map(|r| &mut r.headers),
@@ -277,7 +316,7 @@ fn writable_map(state: &mut HostState, map: MapType) -> Result<&mut http::Header
         MapType::HttpResponseTrailers => http.response_trailers.as_mut(),
         _ => None,
     }
-    .ok_or(Status::NotFound)
+    .ok_or(UNAVAILABLE)
 }
 
 fn lookup(headers: &http::HeaderMap, key: &[u8]) -> Result<HeaderValue, Status> {
@@ -301,6 +340,9 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_get_header_map_size",
         |mut caller: Caller<'_, HostState>, map: i32, return_size: i32| -> i32 {
             let result = (|| {
+                if caller.data().http.logging {
+                    return Err(UNAVAILABLE);
+                }
                 let fields = pairs(caller.data(), map_type(map)?)?;
                 let size = encoded_len(fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
                 write_u32(&mut caller, return_size, size as u32)
@@ -313,7 +355,8 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_get_header_map_pairs",
         |mut caller: Caller<'_, HostState>, map: i32, return_data: i32, return_size: i32| -> i32 {
             let result = (|| {
-                let fields = pairs(caller.data(), map_type(map)?)?;
+                // A map the callback does not have lists as empty, as in Envoy.
+                let fields = pairs(caller.data(), map_type(map)?).unwrap_or_default();
                 let mut serialized = Vec::new();
                 encode_pairs(
                     fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),

@@ -164,28 +164,32 @@ impl<P: Protocol> Default for Follower<P> {
 }
 
 impl<P: Protocol> Context for Follower<P> {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        size: usize,
-        _trailers: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, headers: usize, size: usize, _trailers: usize) {
         let Some(index) = self.calls.remove(&token) else {
             return;
         };
-        let answer = Answer {
-            status: self
-                .get_http_call_response_header(":status")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0),
-            headers: P::HEADERS
-                .iter()
-                .map(|name| (*name, self.get_http_call_response_header(name)))
-                .collect(),
-            body: self
-                .get_http_call_response_body(0, size)
-                .unwrap_or_default(),
+        // A failed call has no headers to read: a host answers BAD_ARGUMENT to reading them
+        // (Envoy does), which the SDK panics on.
+        let answer = if headers == 0 {
+            Answer {
+                status: 0,
+                headers: P::HEADERS.iter().map(|name| (*name, None)).collect(),
+                body: Vec::new(),
+            }
+        } else {
+            Answer {
+                status: self
+                    .get_http_call_response_header(":status")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                headers: P::HEADERS
+                    .iter()
+                    .map(|name| (*name, self.get_http_call_response_header(name)))
+                    .collect(),
+                body: self
+                    .get_http_call_response_body(0, size)
+                    .unwrap_or_default(),
+            }
         };
         let now = self.clock.now();
         let Some(followed) = self.clusters.get_mut(index) else {

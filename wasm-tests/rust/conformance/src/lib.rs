@@ -15,12 +15,14 @@
 //! `body-rewrite` buffers the request body and prefixes it; `response-upper` buffers the
 //! response body and upper-cases it; `call-then-continue` pauses the request on an HTTP
 //! call to the `backend` cluster and resumes it with the call's status as a header (the
-//! body, if any, follows once it is resumed). The
+//! body, if any, follows once it is resumed); `heads-later` reads the heads in the phases
+//! after they left (request headers in the request body and response phases, response
+//! headers in the response body) and answers with what it saw as the body. The
 //! `/conformance/call-*` cases answer locally from an HTTP call's response.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType, Status};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -28,6 +30,49 @@ proxy_wasm::main! {{
 }}
 
 const QUEUE: &str = "conformance";
+
+/// The header-map hostcalls themselves, for reading statuses the SDK's wrappers do not
+/// expect.
+mod raw {
+    unsafe extern "C" {
+        pub fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_get_header_map_size(map_type: u32, return_size: *mut usize) -> u32;
+        pub fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_add_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+    }
+
+    /// A value and the status it came with.
+    pub fn get(map: u32, name: &str) -> (u32, Option<String>) {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size = 0usize;
+        // SAFETY: `name` is readable for its length; the host writes the return pair.
+        let status = unsafe {
+            proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
+        };
+        if status != 0 || data.is_null() {
+            return (status, None);
+        }
+        // SAFETY: the host allocated it with this module's allocator for us.
+        let value = unsafe { Vec::from_raw_parts(data, size, size) };
+        (status, Some(String::from_utf8_lossy(&value).into_owned()))
+    }
+}
 
 struct Root {
     queue: u32,
@@ -85,6 +130,53 @@ impl RootContext for Root {
 struct Stream {
     case: String,
     grpc: Vec<String>,
+    /// `heads-later`: what each phase read, `phase.header=value` lines.
+    seen: Vec<String>,
+}
+
+impl Stream {
+    /// `heads-later`: what each header-map hostcall answers for `map` in the current phase:
+    /// values read (`:path` and a missing header), the map's size and pairs, and a change.
+    /// Statuses are reported as numbers (the SDK's wrappers panic on one they do not
+    /// expect).
+    fn note_map(&mut self, phase: &str, map: MapType, first: &str) {
+        let map = map as u32;
+        for name in [first, "x-missing"] {
+            let (status, value) = raw::get(map, name);
+            self.seen.push(format!(
+                "{phase}.get.{name}={status} {}",
+                value.unwrap_or_default()
+            ));
+        }
+        let mut size = 0usize;
+        // SAFETY: the host writes one `usize`.
+        let status = unsafe { raw::proxy_get_header_map_size(map, &mut size) };
+        self.seen.push(format!(
+            "{phase}.size={status} {}",
+            if status == 0 { size > 0 } else { false }
+        ));
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut len = 0usize;
+        // SAFETY: the host writes the return pair.
+        let status = unsafe { raw::proxy_get_header_map_pairs(map, &mut data, &mut len) };
+        if status == 0 && !data.is_null() {
+            // SAFETY: the host allocated it with this module's allocator for us.
+            drop(unsafe { Vec::from_raw_parts(data, len, len) });
+        }
+        self.seen.push(format!("{phase}.pairs={status}"));
+        let (key, value) = ("x-late", "1");
+        // SAFETY: both slices are readable for their lengths.
+        let status = unsafe {
+            raw::proxy_add_header_map_value(
+                map,
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+            )
+        };
+        self.seen.push(format!("{phase}.add={status}"));
+    }
 }
 
 /// The cluster of the gRPC cases (HTTP/2 to the test's tonic server).
@@ -258,6 +350,19 @@ impl Stream {
     fn pass(&mut self, case: &str) -> Action {
         self.case = case.to_owned();
         match case {
+            "heads-later" => {
+                self.note_map(
+                    "request-headers.response",
+                    MapType::HttpResponseHeaders,
+                    ":status",
+                );
+                self.note_map(
+                    "request-headers.trailers",
+                    MapType::HttpRequestTrailers,
+                    "x-t",
+                );
+                Action::Continue
+            }
             "body-rewrite" => {
                 self.set_http_request_header("content-length", None);
                 Action::Continue
@@ -433,6 +538,9 @@ impl HttpContext for Stream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.case == "heads-later" && end_of_stream {
+            self.note_map("request-body.request", MapType::HttpRequestHeaders, ":path");
+        }
         match self.case.as_str() {
             "body-rewrite" if !end_of_stream => Action::Pause,
             "body-rewrite" => {
@@ -446,19 +554,54 @@ impl HttpContext for Stream {
         }
     }
 
+    fn on_log(&mut self) {
+        if self.case != "heads-later" {
+            return;
+        }
+        self.seen.clear();
+        self.note_map("log.request", MapType::HttpRequestHeaders, ":path");
+        self.note_map("log.response", MapType::HttpResponseHeaders, ":status");
+        for line in &self.seen {
+            let _ = hostcalls::log(LogLevel::Info, &format!("conformance heads-later {line}"));
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.case == "response-upper" {
+        if self.case == "heads-later" {
+            self.note_map(
+                "response-headers.request",
+                MapType::HttpRequestHeaders,
+                ":path",
+            );
+        }
+        if self.case == "response-upper" || self.case == "heads-later" {
             self.set_http_response_header("content-length", None);
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.case != "response-upper" {
+        if self.case != "response-upper" && self.case != "heads-later" {
             return Action::Continue;
         }
         if !end_of_stream {
             return Action::Pause;
+        }
+        if self.case == "heads-later" {
+            self.note_map(
+                "response-body.request",
+                MapType::HttpRequestHeaders,
+                ":path",
+            );
+            self.note_map(
+                "response-body.response",
+                MapType::HttpResponseHeaders,
+                ":status",
+            );
+            let mut report = self.seen.join("\n");
+            report.push('\n');
+            self.set_http_response_body(0, body_size, report.as_bytes());
+            return Action::Continue;
         }
         let body = self
             .get_http_response_body(0, body_size)
