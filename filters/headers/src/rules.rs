@@ -2,9 +2,14 @@
 //!
 //! Field names are Envoy's route-level header manipulation: `request_headers_to_add`,
 //! `request_headers_to_remove`, `response_headers_to_add`, `response_headers_to_remove`, each
-//! added header with Envoy's `append_action`.
+//! added header with Envoy's `append_action` and `keep_empty_value`, its value with Envoy's
+//! substitution commands (see [`crate::format`]).
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
+
+use crate::format::{Phase, ValueFormat};
 
 /// The plugin configuration.
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +31,12 @@ pub struct HeaderValueOption {
     pub header: HeaderValue,
     #[serde(default)]
     pub append_action: AppendAction,
+    /// Envoy's: a value that comes out empty is added only if this is set.
+    #[serde(default)]
+    pub keep_empty_value: bool,
+    /// `header.value`, parsed.
+    #[serde(skip)]
+    pub format: ValueFormat,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,13 +71,18 @@ impl HeaderRules {
             serde_json::from_slice(bytes).map_err(|e| format!("header rules: {e}"))?
         };
         let lists = [
-            ("request_headers_to_add", &mut rules.request_headers_to_add),
+            (
+                "request_headers_to_add",
+                Phase::Request,
+                &mut rules.request_headers_to_add,
+            ),
             (
                 "response_headers_to_add",
+                Phase::Response,
                 &mut rules.response_headers_to_add,
             ),
         ];
-        for (field, list) in lists {
+        for (field, phase, list) in lists {
             for (i, option) in list.iter_mut().enumerate() {
                 option.header.key = checked_name(&option.header.key)
                     .map_err(|e| format!("{field}[{i}].header.key: {e}"))?;
@@ -78,6 +94,8 @@ impl HeaderRules {
                 {
                     return Err(format!("{field}[{i}].header.value: control characters"));
                 }
+                option.format = ValueFormat::parse(&option.header.value, phase)
+                    .map_err(|e| format!("{field}[{i}].header.value: {e}"))?;
             }
         }
         let lists = [
@@ -115,21 +133,27 @@ fn checked_name(name: &str) -> Result<String, String> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Edit<'a> {
     Remove(&'a str),
-    Set(&'a str, &'a str),
-    Add(&'a str, &'a str),
+    Set(&'a str, Cow<'a, str>),
+    Add(&'a str, Cow<'a, str>),
 }
 
-/// The edits `add` and `remove` make to a message, given whether it has each header.
-/// Removals come first, so a rule can replace a header the same config removes.
+/// The edits `add` and `remove` make to a message, given whether it has each header and
+/// what each value comes out as. Removals come first, so a rule can replace a header the
+/// same config removes.
 pub fn edits<'a>(
     add: &'a [HeaderValueOption],
     remove: &'a [String],
     has: impl Fn(&str) -> bool,
+    value: impl Fn(&'a ValueFormat) -> Cow<'a, str>,
 ) -> Vec<Edit<'a>> {
     let mut edits: Vec<Edit<'a>> = remove.iter().map(|n| Edit::Remove(n)).collect();
     let removed = |name: &str| remove.iter().any(|r| r == name);
     for option in add {
-        let (key, value) = (option.header.key.as_str(), option.header.value.as_str());
+        let key = option.header.key.as_str();
+        let value = value(&option.format);
+        if value.is_empty() && !option.keep_empty_value {
+            continue;
+        }
         let present = !removed(key) && has(key);
         let edit = match option.append_action {
             AppendAction::AppendIfExistsOrAdd => Some(Edit::Add(key, value)),
@@ -159,32 +183,67 @@ mod tests {
     #[test]
     fn each_append_action_as_envoy_defines_it() {
         let rules = HeaderRules::parse(RULES.as_bytes()).expect("valid");
+        fn text(format: &ValueFormat) -> Cow<'_, str> {
+            format.render(|_| None)
+        }
         let none = edits(
             &rules.request_headers_to_add,
             &rules.request_headers_to_remove,
             |_| false,
+            text,
         );
         assert_eq!(
             none,
             [
                 Edit::Remove("x-secret"),
-                Edit::Add("x-env", "prod"),
-                Edit::Add("x-once", "1"),
-                Edit::Set("x-set", "2"),
+                Edit::Add("x-env", "prod".into()),
+                Edit::Add("x-once", "1".into()),
+                Edit::Set("x-set", "2".into()),
             ]
         );
         let all = edits(
             &rules.request_headers_to_add,
             &rules.request_headers_to_remove,
             |_| true,
+            text,
         );
         assert_eq!(
             all,
             [
                 Edit::Remove("x-secret"),
-                Edit::Add("x-env", "prod"),
-                Edit::Set("x-set", "2"),
-                Edit::Set("x-only", "3"),
+                Edit::Add("x-env", "prod".into()),
+                Edit::Set("x-set", "2".into()),
+                Edit::Set("x-only", "3".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn values_that_come_out_empty_are_dropped_unless_kept() {
+        let rules = HeaderRules::parse(
+            br#"{"request_headers_to_add": [
+                {"header": {"key": "x-user", "value": "%REQ(x-missing)%"}},
+                {"header": {"key": "x-kept", "value": "%REQ(x-missing)%"}, "keep_empty_value": true},
+                {"header": {"key": "x-method", "value": "m=%REQ(:method)%"}}
+            ]}"#,
+        )
+        .expect("valid");
+        let planned = edits(
+            &rules.request_headers_to_add,
+            &[],
+            |_| false,
+            |format| {
+                format.render(|command| match command {
+                    crate::format::Command::RequestHeader(h) if h.name == ":method" => Some("GET"),
+                    _ => None,
+                })
+            },
+        );
+        assert_eq!(
+            planned,
+            [
+                Edit::Add("x-kept", "".into()),
+                Edit::Add("x-method", "m=GET".into())
             ]
         );
     }
@@ -199,6 +258,10 @@ mod tests {
             (
                 r#"{"response_headers_to_add": [{"header": {"key": "x", "value": "a\r\nb"}}]}"#,
                 "response_headers_to_add[0].header.value: control characters",
+            ),
+            (
+                r#"{"response_headers_to_add": [{"header": {"key": "x", "value": "%FOO%"}}]}"#,
+                "response_headers_to_add[0].header.value: unknown command %FOO%",
             ),
             (
                 r#"{"request_headers_to_remove": [":path"]}"#,

@@ -30,15 +30,7 @@ impl<'a> Request<'a> {
 
     /// A property by its path (`["source", "address"]`), as the host encodes it.
     pub fn property(&self, path: &[&str]) -> Option<&'a [u8]> {
-        let path = path.join("\0");
-        let mut data = null_mut();
-        let mut size = 0;
-        // SAFETY: `path` is readable for its length; the host writes the return pair.
-        let status =
-            unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-        abi::checked(status).ok()?;
-        // SAFETY: returned by the host for this call, in this callback.
-        Some(unsafe { abi::returned(data, size) })
+        property(path)
     }
 
     /// Answers the request here instead of sending it on; the callback should then return
@@ -88,6 +80,24 @@ impl<'a> Response<'a> {
     pub fn headers(&self) -> Headers<'a> {
         Headers::new(MapType::HttpResponseHeaders)
     }
+
+    /// A property by its path, as [`Request::property`].
+    pub fn property(&self, path: &[&str]) -> Option<&'a [u8]> {
+        property(path)
+    }
+}
+
+/// A property of the current stream; the value lives as long as the callback (`'a`).
+fn property<'a>(path: &[&str]) -> Option<&'a [u8]> {
+    let path = path.join("\0");
+    let mut data = null_mut();
+    let mut size = 0;
+    // SAFETY: `path` is readable for its length; the host writes the return pair.
+    let status =
+        unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    abi::checked(status).ok()?;
+    // SAFETY: returned by the host for this call, in this callback.
+    Some(unsafe { abi::returned(data, size) })
 }
 
 /// Sets a property of the current request: a path of one segment (`rustng.route.cluster`).

@@ -66,9 +66,15 @@ plugins:
           append_action: ADD_IF_ABSENT
         - header: {{ key: x-route, value: api }}
           append_action: OVERWRITE_IF_EXISTS_OR_ADD
+        - header: {{ key: x-client, value: '%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% via %PROTOCOL%' }}
+        - header: {{ key: x-tenant-short, value: '%REQ(x-none?x-tenant):2%' }}
+        - header: {{ key: x-dropped, value: '%REQ(x-none)%' }}
+        - header: {{ key: x-kept, value: '%REQ(x-none)%' }}
+          keep_empty_value: true
       request_headers_to_remove: [x-secret]
       response_headers_to_add:
         - header: {{ key: x-served-by, value: rustng }}
+        - header: {{ key: x-status, value: 'code %RESPONSE_CODE%, 100%% from %RESP(x-origin)%' }}
       response_headers_to_remove: [x-origin]
   - name: router
     vm_config: {{ code: {{ local: {{ filename: {router} }} }} }}
@@ -108,7 +114,14 @@ clusters:
     assert_eq!(seen["x-tenant"][0], "acme");
     assert_eq!(seen["x-route"][0], "api");
     assert!(seen.get("x-secret").is_none(), "{seen}");
+    // Envoy's substitution commands, a fallback header and a length, an empty value
+    // dropped or kept.
+    assert_eq!(seen["x-client"][0], "127.0.0.1 via HTTP/1.1");
+    assert_eq!(seen["x-tenant-short"][0], "ac");
+    assert!(seen.get("x-dropped").is_none(), "{seen}");
+    assert_eq!(seen["x-kept"][0], "");
     assert_eq!(reply.headers["x-served-by"], "rustng");
+    assert_eq!(reply.headers["x-status"], "code 200, 100% from a");
     assert!(
         reply.headers.get("x-origin").is_none(),
         "{:?}",
