@@ -154,12 +154,13 @@ pub fn edits<'a>(
         if value.is_empty() && !option.keep_empty_value {
             continue;
         }
-        let present = !removed(key) && has(key);
+        // Asked only by the actions that depend on it: each answer is a call into the host.
+        let present = || !removed(key) && has(key);
         let edit = match option.append_action {
             AppendAction::AppendIfExistsOrAdd => Some(Edit::Add(key, value)),
-            AppendAction::AddIfAbsent => (!present).then_some(Edit::Add(key, value)),
+            AppendAction::AddIfAbsent => (!present()).then_some(Edit::Add(key, value)),
             AppendAction::OverwriteIfExistsOrAdd => Some(Edit::Set(key, value)),
-            AppendAction::OverwriteIfExists => present.then_some(Edit::Set(key, value)),
+            AppendAction::OverwriteIfExists => present().then_some(Edit::Set(key, value)),
         };
         edits.extend(edit);
     }
@@ -186,12 +187,18 @@ mod tests {
         fn text(format: &ValueFormat) -> Cow<'_, str> {
             format.render(|_| None)
         }
+        let asked = std::cell::RefCell::new(Vec::new());
         let none = edits(
             &rules.request_headers_to_add,
             &rules.request_headers_to_remove,
-            |_| false,
+            |name| {
+                asked.borrow_mut().push(name.to_owned());
+                false
+            },
             text,
         );
+        // Only the actions that depend on the header's presence ask for it.
+        assert_eq!(asked.into_inner(), ["x-once", "x-only"]);
         assert_eq!(
             none,
             [

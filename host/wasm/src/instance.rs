@@ -226,6 +226,7 @@ impl PluginInstance {
             last_call_token: 0,
             grpc_actions: Vec::new(),
             upstreams: env.upstreams,
+            header_names: Default::default(),
         };
         let mut store = Store::new(module.engine.inner(), state);
         store.limiter(|state| &mut state.limits);

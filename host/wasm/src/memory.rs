@@ -75,15 +75,7 @@ pub(crate) fn write_bytes(
         .as_ref()
         .map(|e| e.memory)
         .ok_or(Status::InvalidMemoryAccess)?;
-    let data = memory.data_mut(caller);
-    let start = usize::try_from(ptr as u32).map_err(|_| Status::InvalidMemoryAccess)?;
-    let end = start
-        .checked_add(bytes.len())
-        .ok_or(Status::InvalidMemoryAccess)?;
-    data.get_mut(start..end)
-        .ok_or(Status::InvalidMemoryAccess)?
-        .copy_from_slice(bytes);
-    Ok(())
+    place(memory.data_mut(caller), ptr, bytes)
 }
 
 /// Copies `bytes` into a fresh guest allocation (the guest's own allocator) and stores its
@@ -117,9 +109,30 @@ pub(crate) fn return_bytes(
     if address == 0 && len != 0 {
         return Err(Status::InternalFailure);
     }
-    write_bytes(caller, address, bytes)?;
-    write_u32(caller, return_ptr, address as u32)?;
-    write_u32(caller, return_len, len as u32)
+    // One lookup of the memory for the three writes: it is a measurable share of a header
+    // read.
+    let memory = caller
+        .data()
+        .exports
+        .as_ref()
+        .map(|e| e.memory)
+        .ok_or(Status::InvalidMemoryAccess)?;
+    let data = memory.data_mut(caller);
+    place(data, address, bytes)?;
+    place(data, return_ptr, &(address as u32).to_le_bytes())?;
+    place(data, return_len, &(len as u32).to_le_bytes())
+}
+
+/// Copies `bytes` to `ptr` in `data`, bounds checked.
+fn place(data: &mut [u8], ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    let start = usize::try_from(ptr as u32).map_err(|_| Status::InvalidMemoryAccess)?;
+    let end = start
+        .checked_add(bytes.len())
+        .ok_or(Status::InvalidMemoryAccess)?;
+    data.get_mut(start..end)
+        .ok_or(Status::InvalidMemoryAccess)?
+        .copy_from_slice(bytes);
+    Ok(())
 }
 
 #[cfg(test)]

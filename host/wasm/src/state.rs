@@ -137,6 +137,8 @@ pub(crate) struct HostState {
     pub(crate) grpc_actions: Vec<GrpcAction>,
     /// Whether a cluster exists (`proxy_http_call` refuses unknown ones at once, as Envoy).
     pub(crate) upstreams: Option<crate::host::UpstreamCheck>,
+    /// The header names the module sets, parsed once.
+    pub(crate) header_names: crate::header_names::HeaderNames,
 }
 
 impl HostState {

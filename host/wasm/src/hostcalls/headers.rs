@@ -4,7 +4,7 @@
 //! pseudo-headers `:method`, `:path`, `:authority`, `:scheme` (no `host` field), the status as
 //! `:status`. Setting a pseudo-header changes the request line or status.
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, StatusCode};
 use rustng_abi::table::Module;
@@ -115,16 +115,23 @@ fn change(
     if key.first() == Some(&b':') {
         return change_pseudo(state, map, &key.to_ascii_lowercase(), change);
     }
+    let name = match change {
+        Change::Remove => None,
+        Change::Add(_) | Change::Replace(_) => Some(
+            state
+                .header_names
+                .name(key)
+                .map_err(|_| Status::BadArgument)?,
+        ),
+    };
     let headers = writable_map(state, map)?;
-    if let Change::Remove = change {
+    let Some(name) = name else {
         // By `&str`: parsed in place, no allocation for a name the map may not even hold.
         if let Ok(key) = std::str::from_utf8(key) {
             headers.remove(key);
         }
         return Ok(());
-    }
-    // `HeaderName` lowercases as it parses (one copy, not two).
-    let name = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+    };
     if let Change::Add(value) | Change::Replace(value) = change {
         room_for(headers, key.len() + value.len())?;
     }
