@@ -9,6 +9,8 @@
 
 use std::cell::RefCell;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use http::{HeaderMap, HeaderValue, Request, Response, Version, request};
@@ -31,7 +33,7 @@ use crate::proxy::{
 };
 use crate::tunnel;
 use crate::upstream::{
-    BoxLocal as _, ClusterRt, Outgoing, RequestBody, RetryPolicy, UpstreamResponse,
+    BoxLocal as _, ClusterRt, Outgoing, RequestBody, RetryPolicy, UpstreamBody, UpstreamResponse,
     send_with_retries,
 };
 
@@ -326,7 +328,12 @@ async fn send_prepared(
             .await
         }
     };
-    Ok(respond(sent, &cluster, responding, exchange, version).await)
+    Ok(
+        match respond(sent, &cluster, responding, exchange, version) {
+            Responded::Now(response) => response,
+            Responded::Later(waiting) => waiting.await,
+        },
+    )
 }
 
 /// Takes the head of a request sent to an HTTP/1.1 upstream back for `proxy_on_log`, when a
@@ -345,64 +352,124 @@ pub(crate) fn keep_sent_head(responding: &Responding, outgoing: Outgoing) {
         });
 }
 
+/// What the response phases came to: the response, or (a filter paused them) the rest of
+/// them, boxed. Pauses are rare: the common path needs no future of its own, so the
+/// forwarding future that calls this stays small.
+pub(crate) enum Responded {
+    Now(Response<ProxyBody>),
+    Later(Pin<Box<dyn Future<Output = Response<ProxyBody>>>>),
+}
+
+/// An upstream's response while the filters' response headers phase runs on it.
+struct Answer {
+    parts: http::response::Parts,
+    head: ResponseHead,
+    body: UpstreamBody,
+    endpoint: std::net::SocketAddr,
+    no_body: bool,
+}
+
 /// The response phases: the upstream's answer (or the error) through the filters, last
 /// filter first. Called with the request gone (its body, if filtered, dropped).
-pub(crate) async fn respond(
+pub(crate) fn respond(
     sent: Result<UpstreamResponse, ProxyError>,
     cluster: &ClusterRt,
     responding: Responding,
-    mut exchange: Exchange,
+    exchange: Exchange,
     version: Version,
-) -> Response<ProxyBody> {
+) -> Responded {
     let Responding { filters, limit } = responding;
     // A body filter that answered while the request went out wins over the upstream's
     // error.
     let answered = filters.borrow_mut().answer.take();
     if let Some(answer) = answered {
-        return local_answer(answer, exchange, version);
+        return Responded::Now(local_answer(answer, exchange, version));
     }
     let upstream = match sent {
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::warn!(cluster = cluster.name(), %error, source = ?error.source, "request failed");
-            return local_error(error, exchange, version);
+            return Responded::Now(local_error(error, exchange, version));
         }
     };
 
     // Response headers, last filter first.
-    let mut parts = upstream.head;
+    let UpstreamResponse {
+        head: mut parts,
+        body,
+        endpoint,
+    } = upstream;
     headers::strip_hop_by_hop(&mut parts.headers);
     parts.version = response_version(version);
-    let mut head = ResponseHead {
+    let head = ResponseHead {
         status: parts.status,
         headers: std::mem::take(&mut parts.headers),
     };
-    let no_body = upstream.body.is_end_stream();
-    let mut from = 0;
+    let no_body = body.is_end_stream();
+    let mut answer = Answer {
+        parts,
+        head,
+        body,
+        endpoint,
+        no_body,
+    };
+    let step = filters
+        .borrow_mut()
+        .response_headers(&mut answer.head, 0, no_body);
+    match step {
+        Step::Continue => {
+            Responded::Now(finish_response(answer, filters, limit, exchange, version))
+        }
+        // The upstream body is dropped unread: its connection is not reused.
+        Step::Answer(local) => Responded::Now(local_answer(local, exchange, version)),
+        Step::Pause(position) => Responded::Later(Box::pin(respond_after_pause(
+            answer, filters, limit, exchange, version, position,
+        ))),
+    }
+}
+
+/// The response headers phase from where a filter paused it, to the end.
+async fn respond_after_pause(
+    mut answer: Answer,
+    filters: SharedFilters,
+    limit: usize,
+    exchange: Exchange,
+    version: Version,
+    mut position: usize,
+) -> Response<ProxyBody> {
     loop {
-        let step = filters
-            .borrow_mut()
-            .response_headers(&mut head, from, no_body);
+        match wait_for_resume(&filters, Direction::Response, position, None).await {
+            Resumed::Continue => {}
+            Resumed::Answer(local) => return local_answer(local, exchange, version),
+        }
+        let step =
+            filters
+                .borrow_mut()
+                .response_headers(&mut answer.head, position + 1, answer.no_body);
         match step {
-            Step::Continue => break,
-            // The upstream body is dropped unread: its connection is not reused.
-            Step::Answer(answer) => return local_answer(answer, exchange, version),
-            Step::Pause(position) => {
-                // Boxed: the wait would otherwise sit in every request's future.
-                let resumed = Box::pin(wait_for_resume(
-                    &filters,
-                    Direction::Response,
-                    position,
-                    None,
-                ))
-                .await;
-                match resumed {
-                    Resumed::Continue => from = position + 1,
-                    Resumed::Answer(answer) => return local_answer(answer, exchange, version),
-                }
-            }
+            Step::Continue => return finish_response(answer, filters, limit, exchange, version),
+            Step::Answer(local) => return local_answer(local, exchange, version),
+            Step::Pause(next) => position = next,
         }
     }
+}
+
+/// The response once its headers went through every filter: its body through the body
+/// callbacks if a filter has them.
+fn finish_response(
+    answer: Answer,
+    filters: SharedFilters,
+    limit: usize,
+    mut exchange: Exchange,
+    version: Version,
+) -> Response<ProxyBody> {
+    let Answer {
+        mut parts,
+        head,
+        body,
+        endpoint,
+        no_body,
+    } = answer;
     if !matches!(version, Version::HTTP_10 | Version::HTTP_11) {
         // HTTP/2 and HTTP/3 give the head away: `proxy_on_log` gets a copy. (The HTTP/1.1
         // server hands it back once written, `ProxyBody::head_sent`.)
@@ -412,14 +479,14 @@ pub(crate) async fn respond(
     parts.headers = head.headers;
     exchange.set_status(parts.status.as_u16());
     exchange.observe_grpc_status(&parts.headers);
-    exchange.set_upstream(Some(upstream.endpoint));
+    exchange.set_upstream(Some(endpoint));
     if no_body || !filters.borrow().wants_body(Direction::Response) {
         // Nothing to run on the body: it streams untouched.
-        return Response::from_parts(parts, ProxyBody::upstream(upstream.body, exchange));
+        return Response::from_parts(parts, ProxyBody::upstream(body, exchange));
     }
     let body = FilteredBody::new(
         Direction::Response,
-        upstream.body,
+        body,
         Rc::clone(&filters),
         content_length(&parts.headers),
         limit,

@@ -314,9 +314,17 @@ fn forward(
                 // The request is gone: its body (filtered or not) ends before the response
                 // phases.
                 filtered::keep_sent_head(&responding, outgoing);
-                let response =
-                    filtered::respond(sent, &cluster, responding, exchange, downstream_version)
-                        .await;
+                let response = match filtered::respond(
+                    sent,
+                    &cluster,
+                    responding,
+                    exchange,
+                    downstream_version,
+                ) {
+                    filtered::Responded::Now(response) => response,
+                    // Awaited here, never stored: the future keeps only the box.
+                    filtered::Responded::Later(waiting) => waiting.await,
+                };
                 if let Some(filters) = logging {
                     filters
                         .borrow_mut()

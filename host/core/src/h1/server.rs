@@ -26,6 +26,7 @@ use super::wire::{H1RequestBody, HeadError, Io, Wire};
 use crate::body::ProxyBody;
 use crate::downstream_body::DownstreamBody;
 use crate::proxy::{ProxyService, Routed};
+use futures_util::future::Either;
 
 /// Body data at least this large is written from its own buffer rather than copied behind
 /// the head or chunk line: a copy is cheaper than a second `send` only for small pieces.
@@ -123,10 +124,13 @@ async fn serve<I: Io>(
             (None, None)
         };
         let req = Request::from_parts(head.parts, DownstreamBody::http1(body, on_upgrade));
-        let responded = match service.route(req) {
-            Routed::Forward(forwarding) => forwarding.run().await,
-            Routed::Other(future) => future.await,
+        // The future first, awaited in a statement of its own: awaited inside the match, the
+        // matched `Routed` would stay in this connection's future for the whole request.
+        let responding = match service.route(req) {
+            Routed::Forward(forwarding) => Either::Left(forwarding.run()),
+            Routed::Other(future) => Either::Right(future),
         };
+        let responded = responding.await;
         let response = match responded {
             Ok(response) => response,
             Err(never) => match never {},
