@@ -27,6 +27,8 @@ rustng_guest::request_filter!(Router);
 /// source once).
 struct Router {
     table: RouteConfiguration,
+    /// [`RouteConfiguration::reads_authority`], once.
+    reads_authority: bool,
     random: Cell<u32>,
 }
 
@@ -47,6 +49,7 @@ impl RequestFilter for Router {
         let mut seed = [0u8; 4];
         let _ = getrandom::getrandom(&mut seed);
         Ok(Router {
+            reads_authority: table.reads_authority(),
             table,
             random: Cell::new(u32::from_le_bytes(seed) | 1),
         })
@@ -54,7 +57,11 @@ impl RequestFilter for Router {
 
     fn on_request_headers(&self, request: &mut Request<'_>, _end_of_stream: bool) -> Action {
         let mut headers = request.headers();
-        let authority = headers.get(":authority").unwrap_or_default();
+        let authority = if self.reads_authority {
+            headers.get(":authority").unwrap_or_default()
+        } else {
+            ""
+        };
         let path = headers.get(":path").unwrap_or_default();
         let header = |name: &str| headers.get(name).map(str::to_owned);
         // Envoy's `source.address` is `ip:port`; the hash wants the IP alone.

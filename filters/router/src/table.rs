@@ -387,6 +387,20 @@ impl RouteConfiguration {
     }
 
     /// The decision for `request`; `random` picks among weighted clusters.
+    /// Whether a decision can depend on `:authority`: a domain other than `*`, or a redirect
+    /// that keeps the request's host. When not, the filter does not read it (one hostcall
+    /// less per request).
+    pub fn reads_authority(&self) -> bool {
+        self.virtual_hosts.iter().any(|host| {
+            host.domains.iter().any(|domain| domain != "*")
+                || host.routes.iter().any(|r| {
+                    r.redirect
+                        .as_ref()
+                        .is_some_and(|r| r.host_redirect.is_none())
+                })
+        })
+    }
+
     pub fn decide(&self, request: &RequestView<'_>, random: u32) -> Decision<'_> {
         let host = strip_port(request.authority);
         // Clients almost always send lowercase hosts: allocate only when one does not.
@@ -708,6 +722,27 @@ mod tests {
             hash_key: None,
             route_name: None,
         }
+    }
+
+    #[test]
+    fn the_authority_is_read_only_when_a_decision_needs_it() {
+        let any_host = |routes: &str| {
+            let json =
+                format!(r#"{{"virtual_hosts": [{{"domains": ["*"], "routes": [{routes}]}}]}}"#);
+            RouteConfiguration::parse(json.as_bytes()).expect("valid")
+        };
+        assert!(
+            !any_host(r#"{"match": {"prefix": "/"}, "route": {"cluster": "a"}}"#).reads_authority()
+        );
+        assert!(
+            any_host(r#"{"match": {"prefix": "/"}, "redirect": {"path_redirect": "/x"}}"#)
+                .reads_authority()
+        );
+        assert!(
+            !any_host(r#"{"match": {"prefix": "/"}, "redirect": {"host_redirect": "h"}}"#)
+                .reads_authority()
+        );
+        assert!(PARSED.reads_authority());
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub(crate) fn parse_head(
         }
 
         let fields = FieldOffsets::new(buf, response.headers);
-        let (_, headers) = freeze_head(buf, len, &fields)
+        let (_, headers) = freeze_head(buf, len, &fields, RESPONSE_HEADROOM)
             .map_err(|field| DecodeError::Head(format!("header {field}")))?;
         let keep_alive = keep_alive(version, &headers);
         let body = framing(method, status, &headers)?;
@@ -153,16 +153,23 @@ impl FieldOffsets {
     }
 }
 
+/// Room for the fields a request gains on its way (`x-forwarded-for`, `x-request-id`, a
+/// filter's headers) and a response gains (a filter's): a map built to the exact count grows,
+/// reallocating and rehashing, as soon as one is added.
+const REQUEST_HEADROOM: usize = 6;
+const RESPONSE_HEADROOM: usize = 3;
+
 /// Splits the first `len` bytes (a parsed head) off `buf` and builds its header map, values as
-/// zero-copy slices of the frozen head. On an invalid name or value, the error is that field's
-/// name, for the message.
+/// zero-copy slices of the frozen head, with room for `headroom` more fields. On an invalid
+/// name or value, the error is that field's name, for the message.
 fn freeze_head(
     buf: &mut BytesMut,
     len: usize,
     fields: &FieldOffsets,
+    headroom: usize,
 ) -> Result<(Bytes, HeaderMap), String> {
     let head: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.count);
+    let mut headers = HeaderMap::with_capacity(fields.count + headroom);
     for &(name_start, name_end, value_start, value_end) in fields.as_slice() {
         let raw_name = &head[name_start..name_end];
         let name = HeaderName::from_bytes(raw_name)
@@ -242,8 +249,8 @@ pub(crate) fn parse_request_head(
     let target_start = target.as_ptr() as usize - base;
     let target_end = target_start + target.len();
     let fields = FieldOffsets::new(buf, parsed.headers);
-    let (head, headers) =
-        freeze_head(buf, len, &fields).map_err(|field| invalid(format!("header {field}")))?;
+    let (head, headers) = freeze_head(buf, len, &fields, REQUEST_HEADROOM)
+        .map_err(|field| invalid(format!("header {field}")))?;
     let uri = Uri::from_maybe_shared(head.slice(target_start..target_end))
         .map_err(|e| invalid(format!("request target: {e}")))?;
 

@@ -215,9 +215,57 @@ fn unavailable(state: &HostState) -> Status {
     }
 }
 
-/// One field's value, looked up directly (no list of all fields is built). Header values are
-/// `Bytes`-backed, so the clone is a reference count.
-fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue, Status> {
+/// A field's value as [`get_value`] finds it: shared with the head (a reference count on the
+/// bytes it was parsed from), never a copy. A header read is the commonest hostcall.
+enum FieldValue {
+    Header(HeaderValue),
+    Path(PathAndQuery),
+    Authority(http::uri::Authority),
+    Method(Method),
+    Status(StatusCode),
+    Static(&'static str),
+}
+
+impl FieldValue {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            FieldValue::Header(value) => value.as_bytes(),
+            FieldValue::Path(path) => path.as_str().as_bytes(),
+            FieldValue::Authority(authority) => authority.as_str().as_bytes(),
+            FieldValue::Method(method) => method.as_str().as_bytes(),
+            FieldValue::Status(status) => status.as_str().as_bytes(),
+            FieldValue::Static(text) => text.as_bytes(),
+        }
+    }
+}
+
+/// A pseudo-header of the request line (`None`: `key` is not one); see
+/// [`request_pseudo_headers`] for what each is. An empty `:authority` is missing.
+fn request_pseudo_header(request: &RequestHead, key: &[u8]) -> Option<Result<FieldValue, Status>> {
+    Some(match key {
+        b":authority" => match request.uri.authority() {
+            Some(authority) => Ok(FieldValue::Authority(authority.clone())),
+            None => request
+                .headers
+                .get(header::HOST)
+                .filter(|host| !host.is_empty())
+                .map(|host| FieldValue::Header(host.clone()))
+                .ok_or(Status::NotFound),
+        },
+        b":path" => Ok(request
+            .uri
+            .path_and_query()
+            .map_or(FieldValue::Static("/"), |path| {
+                FieldValue::Path(path.clone())
+            })),
+        b":method" => Ok(FieldValue::Method(request.method.clone())),
+        b":scheme" => Ok(FieldValue::Static(request.scheme)),
+        _ => return None,
+    })
+}
+
+/// One field's value, looked up directly (no list of all fields is built).
+fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<FieldValue, Status> {
     match map {
         MapType::HttpRequestHeaders => {
             let request = state
@@ -231,14 +279,8 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue,
             } else {
                 key
             };
-            match request_pseudo_headers(request)
-                .iter()
-                .find(|(name, _)| *name == key)
-            {
-                Some((_, b"")) => Err(Status::NotFound),
-                Some((_, value)) => {
-                    HeaderValue::from_bytes(value).map_err(|_| Status::InternalFailure)
-                }
+            match request_pseudo_header(request, key) {
+                Some(value) => value,
                 None => lookup(&request.headers, key),
             }
         }
@@ -249,8 +291,7 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue,
                 .as_ref()
                 .ok_or_else(|| unavailable(state))?;
             match key {
-                b":status" => HeaderValue::from_str(response.status.as_str())
-                    .map_err(|_| Status::InternalFailure),
+                b":status" => Ok(FieldValue::Status(response.status)),
                 _ => lookup(&response.headers, key),
             }
         }
@@ -261,8 +302,7 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<HeaderValue,
                 .as_ref()
                 .ok_or_else(|| unavailable(state))?;
             match key {
-                b":status" => HeaderValue::from_str(response.status.as_str())
-                    .map_err(|_| Status::InternalFailure),
+                b":status" => Ok(FieldValue::Status(response.status)),
                 _ => lookup(&response.headers, key),
             }
         }
@@ -326,10 +366,14 @@ fn writable_map(state: &mut HostState, map: MapType) -> Result<&mut http::Header
     .ok_or(UNAVAILABLE)
 }
 
-fn lookup(headers: &http::HeaderMap, key: &[u8]) -> Result<HeaderValue, Status> {
-    // `HeaderMap::get` with a `&str` lowercases and validates without allocating.
+fn lookup(headers: &http::HeaderMap, key: &[u8]) -> Result<FieldValue, Status> {
+    // `HeaderMap::get` with a `&str` lowercases and validates without allocating; a value is
+    // `Bytes`-backed, so the clone is a reference count.
     let key = std::str::from_utf8(key).map_err(|_| Status::NotFound)?;
-    headers.get(key).cloned().ok_or(Status::NotFound)
+    headers
+        .get(key)
+        .map(|value| FieldValue::Header(value.clone()))
+        .ok_or(Status::NotFound)
 }
 
 fn set_pairs(state: &mut HostState, map: MapType, serialized: &[u8]) -> Result<(), Status> {
