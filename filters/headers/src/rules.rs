@@ -146,7 +146,9 @@ pub fn edits<'a>(
     has: impl Fn(&str) -> bool,
     value: impl Fn(&'a ValueFormat) -> Cow<'a, str>,
 ) -> Vec<Edit<'a>> {
-    let mut edits: Vec<Edit<'a>> = remove.iter().map(|n| Edit::Remove(n)).collect();
+    // Sized once: growing it would reallocate on every request.
+    let mut edits: Vec<Edit<'a>> = Vec::with_capacity(remove.len() + add.len());
+    edits.extend(remove.iter().map(|n| Edit::Remove(n)));
     let removed = |name: &str| remove.iter().any(|r| r == name);
     for option in add {
         let key = option.header.key.as_str();
