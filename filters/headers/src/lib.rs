@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use rustng_guest::{Action, Headers, Request, RequestFilter, Response, ResponseFilter};
 
-use format::{AddressPart, Command, Side, ValueFormat, address_part, truncated};
+use format::{AddressPart, Command, Header, Side, ValueFormat, address_part, truncated};
 use rules::{Edit, HeaderRules, HeaderValueOption, edits};
 
 // Header edits need no per-request state: built on `rustng-guest`, the host enters it twice
@@ -34,13 +34,7 @@ impl RequestFilter for HeaderEdits {
         let rules = &self.rules;
         let headers = request.headers();
         let read = |command: &Command| match command {
-            Command::RequestHeader(header) => {
-                let value = headers.get(&header.name).or_else(|| {
-                    let fallback = header.fallback.as_deref()?;
-                    headers.get(fallback)
-                })?;
-                Some(truncated(value, header.max_length))
-            }
+            Command::RequestHeader(header) => header_value(&headers, header),
             other => connection_value(other, |path| request.property(path)),
         };
         apply(
@@ -58,13 +52,7 @@ impl ResponseFilter for HeaderEdits {
         let rules = &self.rules;
         let headers = response.headers();
         let read = |command: &Command| match command {
-            Command::ResponseHeader(header) => {
-                let value = headers.get(&header.name).or_else(|| {
-                    let fallback = header.fallback.as_deref()?;
-                    headers.get(fallback)
-                })?;
-                Some(truncated(value, header.max_length))
-            }
+            Command::ResponseHeader(header) => header_value(&headers, header),
             Command::ResponseCode => headers.get(":status"),
             other => connection_value(other, |path| response.property(path)),
         };
@@ -76,6 +64,14 @@ impl ResponseFilter for HeaderEdits {
         );
         Action::Continue
     }
+}
+
+/// `%REQ(X?Y):Z%` / `%RESP(X?Y):Z%`: the header, else its fallback, cut to the length.
+fn header_value<'a>(headers: &Headers<'a>, header: &Header) -> Option<&'a str> {
+    let value = headers
+        .get(&header.name)
+        .or_else(|| headers.get(header.fallback.as_deref()?))?;
+    Some(truncated(value, header.max_length))
 }
 
 /// A command both phases serve: the connection's addresses and protocol, from properties.

@@ -2,7 +2,7 @@
 //! checked and a bad one becomes `INVALID_MEMORY_ACCESS`, never a host fault or a trap.
 
 use rustng_abi::Status;
-use wasmtime::Caller;
+use wasmtime::{Caller, Memory};
 
 use crate::state::HostState;
 
@@ -20,17 +20,22 @@ pub(crate) fn slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> 
     memory.get(start..end).ok_or(Status::InvalidMemoryAccess)
 }
 
+/// The instance's memory export (a handle: it is looked up in the store on each use).
+fn exported_memory(caller: &Caller<'_, HostState>) -> Result<Memory, Status> {
+    caller
+        .data()
+        .exports
+        .as_ref()
+        .map(|e| e.memory)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
 /// The guest's memory and the host state at once, so a hostcall can read guest bytes while
 /// it changes the state, without copying them first.
 pub(crate) fn memory_and_state<'a>(
     caller: &'a mut Caller<'_, HostState>,
 ) -> Result<(&'a [u8], &'a mut HostState), Status> {
-    let memory = caller
-        .data()
-        .exports
-        .as_ref()
-        .map(|e| e.memory)
-        .ok_or(Status::InvalidMemoryAccess)?;
+    let memory = exported_memory(caller)?;
     let (data, state) = memory.data_and_store_mut(caller);
     Ok((data, state))
 }
@@ -69,12 +74,7 @@ pub(crate) fn write_bytes(
     ptr: i32,
     bytes: &[u8],
 ) -> Result<(), Status> {
-    let memory = caller
-        .data()
-        .exports
-        .as_ref()
-        .map(|e| e.memory)
-        .ok_or(Status::InvalidMemoryAccess)?;
+    let memory = exported_memory(caller)?;
     place(memory.data_mut(caller), ptr, bytes)
 }
 
@@ -111,12 +111,7 @@ pub(crate) fn return_bytes(
     }
     // One lookup of the memory for the three writes: it is a measurable share of a header
     // read.
-    let memory = caller
-        .data()
-        .exports
-        .as_ref()
-        .map(|e| e.memory)
-        .ok_or(Status::InvalidMemoryAccess)?;
+    let memory = exported_memory(caller)?;
     let data = memory.data_mut(caller);
     place(data, address, bytes)?;
     place(data, return_ptr, &(address as u32).to_le_bytes())?;
