@@ -25,7 +25,7 @@ use crate::connection::ConnCtx;
 use crate::downstream_body::DownstreamBody;
 use crate::error::ErrorKind;
 use crate::error::ProxyError;
-use crate::filters::{FilteredBody, Resumed, SharedFilters, Step, wait_for_resume};
+use crate::filters::{FilteredBody, Held, Resumed, SharedFilters, Step, wait_for_resume};
 use crate::headers;
 use crate::listener::ListenerRt;
 use crate::proxy::{
@@ -150,8 +150,13 @@ impl Pending {
         let no_body = self.body.is_end_stream();
         loop {
             let position = self.filters.borrow().last_position();
-            let resumed =
-                wait_for_resume(&self.filters, Direction::Request, position, Some(&mut head)).await;
+            let resumed = wait_for_resume(
+                &self.filters,
+                Direction::Request,
+                position,
+                Held::Request(&mut head),
+            )
+            .await;
             if let Resumed::Answer(answer) = resumed {
                 keep_for_log(&self.filters, head);
                 return Ok(local_answer(answer, self.exchange, self.version));
@@ -442,7 +447,8 @@ async fn respond_after_pause(
     mut position: usize,
 ) -> Response<ProxyBody> {
     loop {
-        match wait_for_resume(&filters, Direction::Response, position, None).await {
+        let held = Held::Response(&mut answer.head);
+        match wait_for_resume(&filters, Direction::Response, position, held).await {
             Resumed::Continue => {}
             Resumed::Answer(local) => return local_answer(local, exchange, version),
         }

@@ -28,6 +28,15 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
+/// The head a paused stream waits with: the answer of a call the stream made reads and
+/// changes it, as in Envoy, where a paused phase's headers are still the filter's.
+pub enum PausedHead<'a> {
+    /// The request headers phase is paused.
+    Request(&'a mut RequestHead),
+    /// The response headers phase is paused.
+    Response(&'a mut ResponseHead),
+}
+
 /// A response the plugin asked the host to send instead of proxying
 /// (`proxy_send_local_response`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use crate::error::WasmError;
 use crate::host::InstanceEnv;
 use crate::http::{
     BodyOutcome, GrpcAction, GrpcEvent, HeadersOutcome, HttpCallRequest, HttpCallResponse,
-    HttpCallState, RequestHead, ResponseHead, StreamAction, StreamInfo,
+    HttpCallState, PausedHead, RequestHead, ResponseHead, StreamAction, StreamInfo,
 };
 use crate::limits::Limits;
 use crate::module::PluginModule;
@@ -581,14 +581,14 @@ impl PluginInstance {
     }
 
     /// Delivers an HTTP call's response (`None`: the call failed) to the context that made
-    /// it. For a stream context the stream's request head and info are readable and
-    /// writable meanwhile (a filter typically adds a header from the answer, then resumes).
+    /// it. For a paused stream its head and info are readable and writable meanwhile (a
+    /// filter typically adds a header from the answer, then resumes).
     /// What the plugin decided comes back through [`PluginInstance::take_stream_actions`].
     pub fn on_http_call_response(
         &mut self,
         call: &HttpCallRequest,
         response: Option<HttpCallResponse>,
-        mut head: Option<&mut RequestHead>,
+        mut head: Option<PausedHead<'_>>,
         mut stream: Option<&mut StreamInfo>,
     ) -> Result<(), WasmError> {
         let Some(callback) = &self.stream.on_http_call_response else {
@@ -660,7 +660,7 @@ impl PluginInstance {
         &mut self,
         call: (u32, i32),
         event: GrpcEvent,
-        mut head: Option<&mut RequestHead>,
+        mut head: Option<PausedHead<'_>>,
         mut stream: Option<&mut StreamInfo>,
     ) -> Result<(), WasmError> {
         let (token, context_id) = call;
@@ -883,15 +883,20 @@ fn lend<H: Default>(
     http.stream = Some(std::mem::take(stream));
 }
 
-/// Moves them back, with what the guest changed.
-/// Lends a paused stream's request head and info (when in reach) to an HTTP call's or gRPC
-/// call's answer callback, with no local response yet.
+/// Lends a paused stream's head and info (when in reach) to an HTTP call's or gRPC call's
+/// answer callback, with no local response yet.
 fn lend_to_answer(
     http: &mut HttpCallState,
-    head: &mut Option<&mut RequestHead>,
+    head: &mut Option<PausedHead<'_>>,
     stream: &mut Option<&mut StreamInfo>,
 ) {
-    http.request = head.as_mut().map(|h| std::mem::take(&mut **h));
+    match head {
+        Some(PausedHead::Request(request)) => http.request = Some(std::mem::take(&mut **request)),
+        Some(PausedHead::Response(response)) => {
+            http.response = Some(std::mem::take(&mut **response));
+        }
+        None => {}
+    }
     http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
     http.local_response = None;
 }
@@ -901,12 +906,22 @@ fn lend_to_answer(
 fn return_from_answer(
     state: &mut HostState,
     context_id: i32,
-    head: Option<&mut RequestHead>,
+    head: Option<PausedHead<'_>>,
     stream: Option<&mut StreamInfo>,
 ) {
     let http = &mut state.http;
-    if let (Some(head), Some(changed)) = (head, http.request.take()) {
-        *head = changed;
+    match head {
+        Some(PausedHead::Request(request)) => {
+            if let Some(changed) = http.request.take() {
+                *request = changed;
+            }
+        }
+        Some(PausedHead::Response(response)) => {
+            if let Some(changed) = http.response.take() {
+                *response = changed;
+            }
+        }
+        None => {}
     }
     if let (Some(stream), Some(changed)) = (stream, http.stream.take()) {
         *stream = changed;

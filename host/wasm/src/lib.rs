@@ -31,7 +31,8 @@ pub use foreign::{ForeignFunction, ForeignFunctions};
 pub use host::{InstanceEnv, PluginHost, UpstreamCheck};
 pub use http::{
     BodyOutcome, GrpcAction, GrpcCall, GrpcEvent, HeadersOutcome, HttpCallRequest,
-    HttpCallResponse, LocalResponse, RequestHead, ResponseHead, StreamAction, StreamInfo,
+    HttpCallResponse, LocalResponse, PausedHead, RequestHead, ResponseHead, StreamAction,
+    StreamInfo,
 };
 pub use instance::{Direction, HttpContextId, PeerSide, PluginInstance};
 pub use limits::Limits;

@@ -37,7 +37,7 @@ use crate::upstream::ClusterTable;
 
 pub(crate) use body::FilteredBody;
 pub(crate) use chain::{FilterChain, SharedFilters, Step};
-pub(crate) use pause::{Resumed, wait_for_resume};
+pub(crate) use pause::{Held, Resumed, wait_for_resume};
 
 /// The worker's clusters by name, for plugins' HTTP calls.
 pub(crate) type Clusters = Rc<ClusterTable>;

@@ -9,7 +9,7 @@
 //! paused head into `StopAllIterationAndWatermark` (the differential tests showed it).
 
 use http::StatusCode;
-use rustng_wasm::{Direction, RequestHead, StreamAction};
+use rustng_wasm::{Direction, PausedHead, RequestHead, ResponseHead, StreamAction};
 use tokio::sync::mpsc;
 
 use super::{LocalAnswer, SharedFilters, StreamEvent};
@@ -23,12 +23,27 @@ pub(crate) enum Resumed {
     Answer(LocalAnswer),
 }
 
+/// The head a paused phase holds, lent to the answers of the calls it waits on.
+pub(crate) enum Held<'a> {
+    Request(&'a mut RequestHead),
+    Response(&'a mut ResponseHead),
+}
+
+impl Held<'_> {
+    fn lend(&mut self) -> PausedHead<'_> {
+        match self {
+            Held::Request(head) => PausedHead::Request(head),
+            Held::Response(head) => PausedHead::Response(head),
+        }
+    }
+}
+
 /// Waits until the filter at `position` (in `direction`'s order) lets the stream go on.
 pub(crate) async fn wait_for_resume(
     filters: &SharedFilters,
     direction: Direction,
     position: usize,
-    mut head: Option<&mut RequestHead>,
+    mut head: Held<'_>,
 ) -> Resumed {
     let Some((filter, context)) = filters.borrow().context_at(direction, position) else {
         return Resumed::Continue;
@@ -61,7 +76,7 @@ pub(crate) async fn wait_for_resume(
                 let outcome = {
                     let mut active = filters.borrow_mut();
                     let stream = &mut active.stream;
-                    let head = head.as_deref_mut();
+                    let head = Some(head.lend());
                     filter.with_instance(|instance| {
                         instance.on_http_call_response(&call, response, head, Some(stream))
                     })
@@ -75,7 +90,7 @@ pub(crate) async fn wait_for_resume(
                 let outcome = {
                     let mut active = filters.borrow_mut();
                     let stream = &mut active.stream;
-                    let head = head.as_deref_mut();
+                    let head = Some(head.lend());
                     filter
                         .with_instance(|instance| instance.on_grpc(call, event, head, Some(stream)))
                 };

@@ -355,6 +355,27 @@ async fn bodies_are_buffered_and_rewritten_as_in_envoy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_response_resumes_from_a_call_answer_as_in_envoy() {
+    let hosts = Hosts::start("plain").await;
+    // The response headers wait on an HTTP call; its answer changes them and resumes them.
+    let send_to = |url: String| {
+        let req = Request::get(url)
+            .header("host", "conformance.test")
+            .body(Full::default())
+            .expect("request");
+        send(&hosts.client, req)
+    };
+    let ours = send_to(hosts.rustng.url("/pass/response-call/echo")).await;
+    let reference = send_to(hosts.envoy.url("/pass/response-call/echo")).await;
+    for (host, reply) in [("RustNg", &ours), ("Envoy", &reference)] {
+        assert_eq!(reply.status, 200, "{host}: {}", reply.text());
+        assert_eq!(reply.headers["x-call-status"], "202", "{host}");
+        assert_eq!(reply.headers["x-status-seen"], "200", "{host}");
+        assert_eq!(reply.json()["uri"], "/pass/response-call/echo", "{host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_maps_out_of_their_phase_answer_as_in_envoy() {
     let hosts = Hosts::start("plain").await;
     // The filter calls the header-map hostcalls on maps that are not the current phase's

@@ -15,7 +15,9 @@
 //! `body-rewrite` buffers the request body and prefixes it; `response-upper` buffers the
 //! response body and upper-cases it; `call-then-continue` pauses the request on an HTTP
 //! call to the `backend` cluster and resumes it with the call's status as a header (the
-//! body, if any, follows once it is resumed); `heads-later` reads the heads in the phases
+//! body, if any, follows once it is resumed); `response-call` pauses the response headers on
+//! an HTTP call and resumes them with the call's status as a response header;
+//! `heads-later` reads the heads in the phases
 //! after they left (request headers in the request body and response phases, response
 //! headers in the response body) and answers with what it saw as the body. The
 //! `/conformance/call-*` cases answer locally from an HTTP call's response.
@@ -267,6 +269,13 @@ impl Context for Stream {
                 self.set_http_request_header("x-call-status", Some(&status));
                 self.set_http_request_header("x-call-body", Some(&body));
                 self.resume_http_request();
+            }
+            "response-call" => {
+                // The response headers wait, changeable, while the call is out.
+                self.set_http_response_header("x-call-status", Some(&status));
+                let seen = self.get_http_response_header(":status").unwrap_or_default();
+                self.set_http_response_header("x-status-seen", Some(&seen));
+                self.resume_http_response();
             }
             _ => {
                 let report = format!("call.status={status}\ncall.body={body}\n");
@@ -567,6 +576,22 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.case == "response-call" {
+            let call = self.dispatch_http_call(
+                UPSTREAM,
+                vec![
+                    (":method", "GET"),
+                    (":path", "/status/202"),
+                    (":authority", "conformance.test"),
+                ],
+                None,
+                vec![],
+                std::time::Duration::from_secs(5),
+            );
+            if call.is_ok() {
+                return Action::Pause;
+            }
+        }
         if self.case == "heads-later" {
             self.note_map(
                 "response-headers.request",
