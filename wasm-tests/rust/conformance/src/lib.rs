@@ -137,6 +137,21 @@ struct Stream {
 }
 
 impl Stream {
+    /// An HTTP call: `GET path` on `upstream`, 5 s at most.
+    fn get_from(&self, upstream: &str, path: &str) -> Result<u32, Status> {
+        self.dispatch_http_call(
+            upstream,
+            vec![
+                (":method", "GET"),
+                (":path", path),
+                (":authority", "conformance.test"),
+            ],
+            None,
+            vec![],
+            std::time::Duration::from_secs(5),
+        )
+    }
+
     /// `heads-later`: what each header-map hostcall answers for `map` in the current phase:
     /// values read (`:path` and a missing header), the map's size and pairs, and a change.
     /// Statuses are reported as numbers (the SDK's wrappers panic on one they do not
@@ -391,17 +406,7 @@ impl Stream {
                 }
             }
             "call-then-continue" => {
-                let call = self.dispatch_http_call(
-                    UPSTREAM,
-                    vec![
-                        (":method", "GET"),
-                        (":path", "/status/201"),
-                        (":authority", "conformance.test"),
-                    ],
-                    None,
-                    vec![],
-                    std::time::Duration::from_secs(5),
-                );
+                let call = self.get_from(UPSTREAM, "/status/201");
                 match call {
                     Ok(_) => Action::Pause,
                     Err(status) => {
@@ -422,17 +427,7 @@ impl Stream {
             "call-unknown-cluster" => ("no-such-cluster", "/"),
             _ => (UPSTREAM, "/status/404"),
         };
-        let call = self.dispatch_http_call(
-            upstream,
-            vec![
-                (":method", "GET"),
-                (":path", path),
-                (":authority", "conformance.test"),
-            ],
-            None,
-            vec![],
-            std::time::Duration::from_secs(5),
-        );
+        let call = self.get_from(upstream, path);
         match call {
             Ok(_) => Action::Pause,
             Err(status) => {
@@ -577,17 +572,7 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if self.case == "response-call" {
-            let call = self.dispatch_http_call(
-                UPSTREAM,
-                vec![
-                    (":method", "GET"),
-                    (":path", "/status/202"),
-                    (":authority", "conformance.test"),
-                ],
-                None,
-                vec![],
-                std::time::Duration::from_secs(5),
-            );
+            let call = self.get_from(UPSTREAM, "/status/202");
             if call.is_ok() {
                 return Action::Pause;
             }
