@@ -8,16 +8,22 @@ use crate::state::HostState;
 
 /// The guest's memory as a byte slice, or `None` before the instance exists.
 pub(crate) fn guest_memory<'a>(caller: &'a Caller<'_, HostState>) -> Option<&'a [u8]> {
-    let exports = caller.data().exports.as_ref()?;
-    Some(exports.memory.data(caller))
+    Some(exported_memory(caller).ok()?.data(caller))
+}
+
+/// The guest's range of `len` bytes at `ptr` (both as the guest passed them, unsigned).
+fn range(ptr: i32, len: usize) -> Result<std::ops::Range<usize>, Status> {
+    let start = usize::try_from(ptr as u32).map_err(|_| Status::InvalidMemoryAccess)?;
+    let end = start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
+    Ok(start..end)
 }
 
 /// `len` bytes at `ptr`.
 pub(crate) fn slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
-    let start = usize::try_from(ptr as u32).map_err(|_| Status::InvalidMemoryAccess)?;
     let len = usize::try_from(len as u32).map_err(|_| Status::InvalidMemoryAccess)?;
-    let end = start.checked_add(len).ok_or(Status::InvalidMemoryAccess)?;
-    memory.get(start..end).ok_or(Status::InvalidMemoryAccess)
+    memory
+        .get(range(ptr, len)?)
+        .ok_or(Status::InvalidMemoryAccess)
 }
 
 /// The instance's memory export (a handle: it is looked up in the store on each use).
@@ -120,11 +126,7 @@ pub(crate) fn return_bytes(
 
 /// Copies `bytes` to `ptr` in `data`, bounds checked.
 fn place(data: &mut [u8], ptr: i32, bytes: &[u8]) -> Result<(), Status> {
-    let start = usize::try_from(ptr as u32).map_err(|_| Status::InvalidMemoryAccess)?;
-    let end = start
-        .checked_add(bytes.len())
-        .ok_or(Status::InvalidMemoryAccess)?;
-    data.get_mut(start..end)
+    data.get_mut(range(ptr, bytes.len())?)
         .ok_or(Status::InvalidMemoryAccess)?
         .copy_from_slice(bytes);
     Ok(())

@@ -358,15 +358,9 @@ async fn bodies_are_buffered_and_rewritten_as_in_envoy() {
 async fn a_paused_response_resumes_from_a_call_answer_as_in_envoy() {
     let hosts = Hosts::start("plain").await;
     // The response headers wait on an HTTP call; its answer changes them and resumes them.
-    let send_to = |url: String| {
-        let req = Request::get(url)
-            .header("host", "conformance.test")
-            .body(Full::default())
-            .expect("request");
-        send(&hosts.client, req)
-    };
-    let ours = send_to(hosts.rustng.url("/pass/response-call/echo")).await;
-    let reference = send_to(hosts.envoy.url("/pass/response-call/echo")).await;
+    let path = "/pass/response-call/echo";
+    let ours = hosts.request(&hosts.rustng.url(path)).await;
+    let reference = hosts.request(&hosts.envoy.url(path)).await;
     for (host, reply) in [("RustNg", &ours), ("Envoy", &reference)] {
         assert_eq!(reply.status, 200, "{host}: {}", reply.text());
         assert_eq!(reply.headers["x-call-status"], "202", "{host}");

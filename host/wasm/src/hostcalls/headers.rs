@@ -41,26 +41,8 @@ fn map_type(raw: i32) -> Result<MapType, Status> {
     MapType::try_from(raw as u32).map_err(|_| Status::BadArgument)
 }
 
-/// The request line as Envoy's pseudo-headers, in Envoy's order. `:authority` is the URI's
-/// authority or else the `host` field (empty when there is neither).
-fn request_pseudo_headers(request: &RequestHead) -> [(&'static [u8], &[u8]); 4] {
-    let authority = request
-        .uri
-        .authority()
-        .map(|a| a.as_str().as_bytes())
-        .or_else(|| request.headers.get(header::HOST).map(HeaderValue::as_bytes))
-        .unwrap_or_default();
-    let path = request
-        .uri
-        .path_and_query()
-        .map_or("/", PathAndQuery::as_str);
-    [
-        (b":authority", authority),
-        (b":path", path.as_bytes()),
-        (b":method", request.method.as_str().as_bytes()),
-        (b":scheme", request.scheme.as_bytes()),
-    ]
-}
+/// The request line's pseudo-headers, in Envoy's order (see [`request_pseudo_header`]).
+const REQUEST_PSEUDO_HEADERS: [&[u8]; 4] = [b":authority", b":path", b":method", b":scheme"];
 
 /// The map's fields, pseudo-headers first, as Envoy orders them.
 fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
@@ -68,8 +50,13 @@ fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
     let fields = match map {
         MapType::HttpRequestHeaders => {
             let request = state.http.request.as_ref().ok_or(UNAVAILABLE)?;
-            for (name, value) in request_pseudo_headers(request) {
-                out.push((name.to_vec(), value.to_vec()));
+            for name in REQUEST_PSEUDO_HEADERS {
+                // Only `:authority` can be missing: it lists as empty.
+                let value = match request_pseudo_header(request, name) {
+                    Some(Ok(value)) => value.as_bytes().to_vec(),
+                    _ => Vec::new(),
+                };
+                out.push((name.to_vec(), value));
             }
             &request.headers
         }
@@ -155,15 +142,14 @@ fn change_pseudo(
     key: &[u8],
     change: Change<'_>,
 ) -> Result<(), Status> {
-    let value = match change {
-        Change::Add(v) | Change::Replace(v) => v,
-        // Pseudo-headers cannot be absent; removing one is a no-op, as in Envoy.
-        Change::Remove if !state.http.logging => return Ok(()),
-        Change::Remove => return Err(UNAVAILABLE),
-    };
     if state.http.logging {
         return Err(UNAVAILABLE);
     }
+    let value = match change {
+        Change::Add(v) | Change::Replace(v) => v,
+        // Pseudo-headers cannot be absent; removing one is a no-op, as in Envoy.
+        Change::Remove => return Ok(()),
+    };
     match map {
         MapType::HttpRequestHeaders => {
             let request = state.http.request.as_mut().ok_or(UNAVAILABLE)?;
@@ -239,8 +225,8 @@ impl FieldValue {
     }
 }
 
-/// A pseudo-header of the request line (`None`: `key` is not one); see
-/// [`request_pseudo_headers`] for what each is. An empty `:authority` is missing.
+/// A pseudo-header of the request line (`None`: `key` is not one). `:authority` is the URI's
+/// authority or else the `host` field, missing when there is neither or it is empty.
 fn request_pseudo_header(request: &RequestHead, key: &[u8]) -> Option<Result<FieldValue, Status>> {
     Some(match key {
         b":authority" => match request.uri.authority() {
