@@ -12,15 +12,37 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus `te`
-/// (end-to-end only as `te: trailers`, which gRPC needs) and `expect` (answered here).
-fn needs_attention(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::EXPECT
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+/// (end-to-end only as `te: trailers`, which gRPC needs) and `expect` (answered here), as
+/// bits: one scan of the names finds which of them a message has.
+mod hop {
+    pub(super) const CONNECTION: u8 = 1;
+    pub(super) const TRANSFER_ENCODING: u8 = 1 << 1;
+    pub(super) const UPGRADE: u8 = 1 << 2;
+    pub(super) const TE: u8 = 1 << 3;
+    pub(super) const EXPECT: u8 = 1 << 4;
+    pub(super) const KEEP_ALIVE: u8 = 1 << 5;
+    pub(super) const PROXY_CONNECTION: u8 = 1 << 6;
+}
+
+/// The [`hop`] bit of `name`, 0 for an end-to-end header. Standard names compare as enum tags.
+fn hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        hop::CONNECTION
+    } else if name == header::TRANSFER_ENCODING {
+        hop::TRANSFER_ENCODING
+    } else if name == header::UPGRADE {
+        hop::UPGRADE
+    } else if name == header::TE {
+        hop::TE
+    } else if name == header::EXPECT {
+        hop::EXPECT
+    } else if name == KEEP_ALIVE {
+        hop::KEEP_ALIVE
+    } else if name == PROXY_CONNECTION {
+        hop::PROXY_CONNECTION
+    } else {
+        0
+    }
 }
 
 /// What [`strip_hop_by_hop`] took out that the proxy still needs.
@@ -34,40 +56,55 @@ pub(crate) struct Removed {
 /// `expect` (the HTTP/1.1 connection answers `100-continue` itself when the body is first read, which is when the
 /// upstream starts taking it, so the upstream must not see the expectation again).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
-    // One scan with cheap comparisons (standard names compare as enum tags) instead of a
-    // hashed lookup per name: most messages have none of these.
-    if !headers.keys().any(needs_attention) {
-        return Removed::default();
-    }
+    // One scan with cheap comparisons instead of a hashed lookup per name: most messages have
+    // none of these, and most of the rest only `connection` (an upstream's `keep-alive`).
+    let present = headers.keys().fold(0, |bits, name| bits | hop_bit(name));
     let mut removed = Removed::default();
-    if headers.contains_key(header::CONNECTION) {
+    if present == 0 {
+        return removed;
+    }
+    if present & hop::CONNECTION != 0
+        && let Entry::Occupied(slot) = headers.entry(header::CONNECTION)
+    {
         let mut named = Vec::new();
         let mut upgrade = false;
-        for value in headers.get_all(header::CONNECTION) {
+        // Taken out with all its values in one lookup.
+        for value in slot.remove_entry_mult().1 {
             let Ok(value) = value.to_str() else { continue };
             for token in value.split(',') {
                 let token = token.trim();
                 if token.eq_ignore_ascii_case("upgrade") {
                     upgrade = true;
                 } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    named.push(name);
+                    // The hop-by-hop names go below, when present; `te` named here goes even
+                    // as `te: trailers`.
+                    if hop_bit(&name) & !hop::TE == 0 {
+                        named.push(name);
+                    }
                 }
             }
         }
-        if upgrade {
+        if upgrade && present & hop::UPGRADE != 0 {
             removed.upgrade = headers.get(header::UPGRADE).cloned();
         }
         for name in named {
             headers.remove(name);
         }
-        headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::EXPECT);
-    if let Some(te) = headers.get(header::TE) {
+    for (bit, name) in [
+        (hop::KEEP_ALIVE, &KEEP_ALIVE),
+        (hop::PROXY_CONNECTION, &PROXY_CONNECTION),
+        (hop::TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+        (hop::UPGRADE, &header::UPGRADE),
+        (hop::EXPECT, &header::EXPECT),
+    ] {
+        if present & bit != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & hop::TE != 0
+        && let Some(te) = headers.get(header::TE)
+    {
         let trailers = te
             .to_str()
             .map(|v| {
@@ -149,9 +186,24 @@ mod tests {
         h.insert("expect", HeaderValue::from_static("100-continue"));
         let removed = strip_hop_by_hop(&mut h);
         assert_eq!(removed.upgrade, Some(HeaderValue::from_static("websocket")));
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(names, vec!["te", "x-keep"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn te_named_by_connection_is_dropped_even_as_trailers() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("te"));
+        h.append("connection", HeaderValue::from_static("x-a"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("2"));
+        let removed = strip_hop_by_hop(&mut h);
+        assert!(removed.upgrade.is_none());
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-b"]);
     }
 
     #[test]

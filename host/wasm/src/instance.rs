@@ -458,9 +458,14 @@ impl PluginInstance {
                 f,
                 context.0,
             );
-            let http = std::mem::take(&mut self.store.data_mut().http);
-            *request = http.request;
-            *response = http.response;
+            // The heads only: the rest of the callback state is empty after a stream's
+            // last callback, and taking all of it would copy a kilobyte per request.
+            let http = &mut self.store.data_mut().http;
+            *request = http.request.take();
+            *response = http.response.take();
+            http.logging = false;
+            // Too late for an answer: the response has gone.
+            http.local_response = None;
             logged?;
         }
         if let Some(f) = &self.stream.on_delete {
