@@ -61,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             headers: response.clone(),
         };
         instance.on_response_headers(context, &mut answer, &mut stream, false)?;
-        let mut body = b"hello world\n".to_vec();
+        let mut body = bytes::Bytes::from_static(b"hello world\n");
         instance.on_body(Direction::Response, context, &mut body, &mut stream, true)?;
         instance.finish_http_context(context, &mut Some(head), &mut Some(answer))
     };

@@ -231,7 +231,9 @@ pub(crate) struct HttpCallState {
     /// Present during stream callbacks.
     pub(crate) stream: Option<StreamInfo>,
     /// The body data a body callback works on (readable and writable as its buffer type).
-    pub(crate) body: Option<(rustng_abi::BufferType, Vec<u8>)>,
+    /// Shared bytes: a filter that only reads the body, or lets it pass, costs no copy of it;
+    /// the first change makes it the filter's own.
+    pub(crate) body: Option<(rustng_abi::BufferType, bytes::Bytes)>,
     pub(crate) request_trailers: Option<HeaderMap>,
     pub(crate) response_trailers: Option<HeaderMap>,
     /// During `proxy_on_http_call_response`.

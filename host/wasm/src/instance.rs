@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use rustng_abi::{Action, BufferType, LogLevel, MapType, PeerType};
 use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
@@ -496,12 +497,13 @@ impl PluginInstance {
     }
 
     /// Runs `proxy_on_request_body` / `proxy_on_response_body` on `body`, everything the
-    /// stream holds for this filter so far; the plugin may read and change it.
+    /// stream holds for this filter so far; the plugin may read and change it. The bytes are
+    /// lent, not copied: a plugin that does not change them hands back the same buffer.
     pub fn on_body(
         &mut self,
         direction: Direction,
         context: HttpContextId,
-        body: &mut Vec<u8>,
+        body: &mut Bytes,
         stream: &mut StreamInfo,
         end_of_stream: bool,
     ) -> Result<BodyOutcome, WasmError> {
@@ -773,7 +775,9 @@ impl PluginInstance {
             return Ok(true);
         };
         let size = i32::try_from(data.len()).unwrap_or(i32::MAX);
-        self.store.data_mut().http.body = Some((buffer, std::mem::take(data)));
+        // The connection's buffer is lent as shared bytes and given back as a Vec: no copy
+        // unless the plugin kept a reference (it cannot past the callback).
+        self.store.data_mut().http.body = Some((buffer, Bytes::from(std::mem::take(data))));
         let action = invoke(
             &mut self.store,
             &self.limits,
@@ -783,7 +787,7 @@ impl PluginInstance {
             (context.0, size, i32::from(end_of_stream)),
         );
         if let Some((_, changed)) = self.store.data_mut().http.body.take() {
-            *data = changed;
+            *data = Vec::from(changed);
         }
         Ok(action? == 0)
     }

@@ -176,7 +176,7 @@ impl HostState {
                 .body
                 .as_ref()
                 .filter(|(kind, _)| *kind == buffer)
-                .map(|(_, bytes)| bytes.as_slice()),
+                .map(|(_, bytes)| &bytes[..]),
             BufferType::HttpCallResponseBody => {
                 self.http.call_response.as_ref().map(|r| r.body.as_slice())
             }

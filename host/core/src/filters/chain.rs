@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::HeaderMap;
 use rustng_wasm::{
     BodyOutcome, Direction, HeadersOutcome, HttpContextId, LocalResponse, PluginInstance,
@@ -228,7 +229,7 @@ impl ActiveFilters {
     pub(crate) fn body(
         &mut self,
         direction: Direction,
-        data: &mut Vec<u8>,
+        data: &mut Bytes,
         end_of_stream: bool,
         from: usize,
     ) -> Step {

@@ -2,6 +2,7 @@
 //! buffers the current callback may use: the VM and plugin configuration (read-only), the
 //! request or response body in body callbacks, an HTTP call's response body.
 
+use bytes::Bytes;
 use rustng_abi::table::Module;
 use rustng_abi::{BufferType, Status};
 use wasmtime::{Caller, Linker};
@@ -76,7 +77,16 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                     // Configurations and a call's response are read-only.
                     _ => return Err(Status::NotFound),
                 };
-                splice(body, start as u32 as usize, size as u32 as usize, &data)
+                // Its own bytes from here on: a copy only if they are still shared.
+                let mut owned = Vec::from(std::mem::take(body));
+                let changed = splice(
+                    &mut owned,
+                    start as u32 as usize,
+                    size as u32 as usize,
+                    &data,
+                );
+                *body = Bytes::from(owned);
+                changed
             })())
         },
     )?;
@@ -122,8 +132,12 @@ fn get_bytes(
         // Nothing to copy: as Envoy, success with the return pointers left untouched.
         return Ok(());
     }
-    // Copied out first: returning bytes calls the guest's allocator, which needs the store.
-    let chunk = bytes[start..end].to_vec();
+    // Taken out of the store first: returning bytes calls the guest's allocator, which needs
+    // it. A body is shared bytes (a reference count); the other buffers are copied.
+    let chunk = match &caller.data().http.body {
+        Some((kind, body)) if *kind == buffer => body.slice(start..end),
+        _ => Bytes::copy_from_slice(&bytes[start..end]),
+    };
     return_bytes(caller, &chunk, return_data, return_size)
 }
 
