@@ -79,7 +79,7 @@ pub(crate) fn serve(
             .filters
             .request_headers(&mut active, &mut head, 0, no_body)
     };
-    let request = Pending {
+    let mut request = Pending {
         listener,
         parts,
         body,
@@ -89,7 +89,10 @@ pub(crate) fn serve(
         version,
     };
     match step {
-        Step::Continue => request.finish_head(head).route(),
+        Step::Continue => {
+            request.finish_head(head);
+            request.route()
+        }
         Step::Answer(answer) => {
             keep_for_log(&request.filters, head);
             let response = local_answer(answer, request.exchange, version);
@@ -133,11 +136,12 @@ struct Pending {
 }
 
 impl Pending {
-    fn finish_head(mut self, head: RequestHead) -> Self {
+    /// Puts the head the filters went through back into the request. In place: a `Pending`
+    /// is ~440 bytes, and passing it through by value copied it twice per request.
+    fn finish_head(&mut self, head: RequestHead) {
         self.parts.method = head.method;
         self.parts.uri = head.uri;
         self.parts.headers = head.headers;
-        self
     }
 
     /// Waits where a filter paused the request headers, runs the remaining filters (which
@@ -176,7 +180,9 @@ impl Pending {
                 Step::Pause(next) => index = next,
             }
         }
-        self.finish_head(head).send().await
+        let mut request = self;
+        request.finish_head(head);
+        request.send().await
     }
 
     /// Where a request whose headers went through goes: on as a [`Forwarding`], unless it

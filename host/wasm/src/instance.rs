@@ -727,6 +727,15 @@ impl PluginInstance {
         result
     }
 
+    /// Whether the plugin asked for anything (HTTP calls, stream actions, gRPC actions) since
+    /// the last take: most callbacks ask for nothing, and then there is nothing to take.
+    pub fn has_requests(&self) -> bool {
+        let state = self.store.data();
+        !(state.pending_calls.is_empty()
+            && state.stream_actions.is_empty()
+            && state.grpc_actions.is_empty())
+    }
+
     /// gRPC calls opened, messages sent, calls closed or cancelled since the last time.
     pub fn take_grpc_actions(&mut self) -> Vec<GrpcAction> {
         std::mem::take(&mut self.store.data_mut().grpc_actions)

@@ -296,29 +296,33 @@ impl Filter {
             let result = call(instance);
             (result, self.after_callback(instance))
         };
-        self.dispatch(asked);
+        if let Some(asked) = asked {
+            self.dispatch(asked);
+        }
         Some(result)
     }
 
-    /// Notes a tick period a callback may have changed and takes what the plugin asked for.
-    fn after_callback(&self, instance: &mut PluginInstance) -> Asked {
+    /// Notes a tick period a callback may have changed and takes what the plugin asked for,
+    /// if anything (`None` for most callbacks).
+    fn after_callback(&self, instance: &mut PluginInstance) -> Option<Asked> {
         let period = instance.tick_period();
         if period != self.tick_period.get() {
             self.tick_period.set(period);
             self.tick_changed.notify_one();
         }
-        Asked {
+        instance.has_requests().then(|| Asked {
             calls: instance.take_http_calls(),
             actions: instance.take_stream_actions(),
             grpc: instance.take_grpc_actions(),
-        }
+        })
     }
 
     /// Collects and dispatches outside any callback (after the start sequence).
     fn collect(self: &Rc<Self>) {
         let taken = {
             let mut slot = self.instance.borrow_mut();
-            slot.as_mut().map(|instance| self.after_callback(instance))
+            slot.as_mut()
+                .and_then(|instance| self.after_callback(instance))
         };
         if let Some(asked) = taken {
             self.dispatch(asked);
