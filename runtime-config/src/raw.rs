@@ -162,6 +162,9 @@ pub struct RawWasm {
     /// Directory where compiled modules are kept across restarts (absolute path). Default:
     /// none (modules are compiled once per process).
     pub module_cache_dir: Option<String>,
+    /// Instance slots in the pool every plugin instance comes from. Default: room for every
+    /// worker's instance of every plugin, four times over, and at least 128.
+    pub instance_slots: Option<u32>,
 }
 
 /// `plugins[]` — Envoy's `envoy.extensions.wasm.v3.PluginConfig`.

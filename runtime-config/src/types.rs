@@ -19,6 +19,8 @@ pub struct Config {
     pub plugins: Vec<Plugin>,
     /// Where compiled modules are kept across restarts, if anywhere.
     pub module_cache_dir: Option<PathBuf>,
+    /// The size of the wasm instance pool, if set (`None`: sized from workers and plugins).
+    pub wasm_instance_slots: Option<u32>,
     /// The admin server, if configured.
     pub admin: Option<Admin>,
     /// Where applied config versions are kept, so history survives a restart; `None`: in

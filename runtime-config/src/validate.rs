@@ -211,6 +211,10 @@ impl Validator {
                 format!("must be an absolute path, not \"{}\"", dir.display()),
             );
         }
+        let wasm_instance_slots = raw.wasm.instance_slots;
+        if wasm_instance_slots == Some(0) {
+            self.error("wasm.instance_slots", "must be at least 1");
+        }
         let admin = raw.admin.and_then(|a| {
             let text = a.address.as_deref().unwrap_or(DEFAULT_ADMIN_ADDRESS);
             let address = self.socket_addr("admin.address", text)?;
@@ -290,6 +294,7 @@ impl Validator {
             clusters,
             plugins,
             module_cache_dir,
+            wasm_instance_slots,
             admin,
             state_dir,
         }
@@ -1587,6 +1592,21 @@ listeners:
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_wasm_pool_size_is_optional_and_positive() {
+        assert_eq!(from_yaml(MINIMAL).expect("valid").wasm_instance_slots, None);
+        let sized = format!("wasm: {{ instance_slots: 8 }}\n{MINIMAL}");
+        assert_eq!(
+            from_yaml(&sized).expect("valid").wasm_instance_slots,
+            Some(8)
+        );
+        let zero = format!("wasm: {{ instance_slots: 0 }}\n{MINIMAL}");
+        assert_eq!(
+            errors(&zero),
+            vec!["wasm.instance_slots: must be at least 1"]
+        );
     }
 
     #[test]

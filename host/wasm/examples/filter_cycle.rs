@@ -54,8 +54,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             headers: request.clone(),
             scheme: "http",
         };
-        let context = instance.create_http_context()?;
-        instance.on_request_headers(context, &mut head, &mut stream, true)?;
+        let (context, outcome) = instance.start_http_stream(&mut head, &mut stream, true);
+        outcome?;
         let mut answer = ResponseHead {
             status: StatusCode::OK,
             headers: response.clone(),

@@ -18,6 +18,7 @@ use wasmtime::{
 };
 
 use crate::error::WasmError;
+use crate::fused::FusedShape;
 use crate::limits::EPOCH_TICK;
 
 /// The wasmtime engine every module is compiled with. Cheap to clone.
@@ -44,6 +45,10 @@ struct CompiledModules {
     hits: AtomicUsize,
     misses: AtomicUsize,
     disk: Option<Cache>,
+    /// The host's own modules that fuse back-to-back callbacks ([`crate::fused`]), one per
+    /// shape of plugin module: a handful at most, kept for the engine's life.
+    #[allow(clippy::disallowed_types, reason = "see the use above")]
+    fused: Mutex<HashMap<FusedShape, Module>>,
 }
 
 /// How the module caches did so far.
@@ -100,7 +105,9 @@ impl WasmEngine {
     /// `mmap`), and a freed slot is reset with `madvise`, returning its pages to the system.
     pub fn with_limits(limits: EngineLimits) -> Result<WasmEngine, WasmError> {
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(limits.instance_slots)
+        // Each plugin instance may have the module fusing its callbacks beside it
+        // ([`crate::fused`]): a second core instance, with no memory or table.
+        pool.total_core_instances(limits.instance_slots.saturating_mul(2))
             .total_memories(limits.instance_slots)
             .total_tables(limits.instance_slots)
             .max_memory_size(limits.max_memory_bytes)
@@ -184,6 +191,27 @@ impl WasmEngine {
         }
         by_digest.insert(digest, (module.clone(), tick));
         Ok(module)
+    }
+
+    /// The module fusing the callbacks of `shape`, compiled once per engine; `None` when
+    /// nothing of that shape fuses.
+    pub(crate) fn fused(&self, shape: FusedShape) -> Result<Option<Module>, WasmError> {
+        let Some(bytes) = shape.encode() else {
+            return Ok(None);
+        };
+        let mut fused = self
+            .compiled
+            .fused
+            .lock()
+            .map_err(|_| WasmError::Runtime("module cache poisoned".into()))?;
+        if let Some(module) = fused.get(&shape) {
+            return Ok(Some(module.clone()));
+        }
+        // Two small functions: compiled under the lock, in well under a millisecond.
+        let module = Module::new(&self.engine, &bytes)
+            .map_err(|e| WasmError::Runtime(format!("fused callbacks: {e:#}")))?;
+        fused.insert(shape, module.clone());
+        Ok(Some(module))
     }
 
     /// The most memory an instance can have in this engine's pool.

@@ -9,9 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 use rustng_abi::{Action, BufferType, LogLevel, MapType, PeerType};
-use wasmtime::{Instance, Store, StoreLimitsBuilder, Trap, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{
+    Extern, Global, Instance, PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap,
+    TypedFunc, WasmParams, WasmResults,
+};
 
 use crate::error::WasmError;
+use crate::fused::{self, Stage};
 use crate::host::InstanceEnv;
 use crate::http::{
     BodyOutcome, GrpcAction, GrpcEvent, HeadersOutcome, HttpCallRequest, HttpCallResponse,
@@ -33,6 +37,64 @@ pub struct PluginInstance {
     next_context_id: i32,
     /// Looked up once: finding an export by name on every call doubles what a call costs.
     stream: StreamCallbacks,
+    /// The callbacks a stream makes back to back, in one entry each ([`fused`]).
+    fused: Option<FusedCalls>,
+}
+
+/// The exports of a plugin's fused-callbacks instance.
+struct FusedCalls {
+    /// `proxy_on_context_create` then `proxy_on_request_headers`.
+    start: Option<TypedFunc<(i32, i32, i32, i32), i32>>,
+    /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
+    finish: Option<TypedFunc<i32, ()>>,
+    /// Which callback runs (a [`Stage`]).
+    stage: Global,
+}
+
+impl FusedCalls {
+    /// Instantiates the plugin module's fused module next to `plugin`, linked to its exports.
+    fn start(
+        module: &PluginModule,
+        plugin: &Instance,
+        store: &mut Store<HostState>,
+    ) -> Result<Option<FusedCalls>, WasmError> {
+        let Some((shape, fused_module)) = &module.fused else {
+            return Ok(None);
+        };
+        let abi = |e: wasmtime::Error| WasmError::Abi(format!("fused callbacks: {e:#}"));
+        let mut imports = Vec::new();
+        for name in shape.imports() {
+            let func = plugin
+                .get_func(&mut *store, name)
+                .ok_or_else(|| WasmError::Abi(format!("fused callbacks: no export {name}")))?;
+            imports.push(Extern::Func(func));
+        }
+        let fused = Instance::new(&mut *store, fused_module, &imports).map_err(abi)?;
+        let stage = fused
+            .get_global(&mut *store, fused::STAGE)
+            .ok_or_else(|| WasmError::Abi("fused callbacks: no stage".into()))?;
+        let start = match shape.fuses_start() {
+            true => Some(
+                fused
+                    .get_typed_func(&mut *store, fused::START)
+                    .map_err(abi)?,
+            ),
+            false => None,
+        };
+        let finish = match shape.fuses_finish() {
+            true => Some(
+                fused
+                    .get_typed_func(&mut *store, fused::FINISH)
+                    .map_err(abi)?,
+            ),
+            false => None,
+        };
+        Ok(Some(FusedCalls {
+            start,
+            finish,
+            stage,
+        }))
+    }
 }
 
 impl Drop for PluginInstance {
@@ -207,7 +269,8 @@ impl PluginInstance {
             calls: 0,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.max_memory_bytes)
-                .instances(1)
+                // The plugin and its fused callbacks.
+                .instances(2)
                 .build(),
             // A sink of the embedder's takes every line; the tracing sink's level is the
             // subscriber's, asked when needed (it can change at runtime).
@@ -233,10 +296,15 @@ impl PluginInstance {
         store.limiter(|state| &mut state.limits);
         // Start functions run during instantiation: they get a deadline too.
         store.set_epoch_deadline(limits.deadline_ticks());
-        let instance = module
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify("instantiate", e, &limits))?;
+        let instance = module.pre.instantiate(&mut store).map_err(|e| {
+            if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+                WasmError::Runtime(format!(
+                    "the instance pool is full ({e}); wasm.instance_slots sizes it"
+                ))
+            } else {
+                classify("instantiate", e, &limits)
+            }
+        })?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or_else(|| WasmError::Abi("exports no memory".into()))?;
@@ -250,12 +318,14 @@ impl PluginInstance {
         }
 
         let stream = StreamCallbacks::resolve(&instance, &mut store)?;
+        let fused = FusedCalls::start(module, &instance, &mut store)?;
         let mut plugin = PluginInstance {
             store,
             instance,
             limits,
             next_context_id: ROOT_CONTEXT_ID + 1,
             stream,
+            fused,
         };
         if plugin.has("_initialize") {
             plugin.call::<(), ()>("_initialize", ())?;
@@ -292,23 +362,84 @@ impl PluginInstance {
 
     /// Creates a stream context for one HTTP request (`proxy_on_context_create`).
     pub fn create_http_context(&mut self) -> Result<HttpContextId, WasmError> {
+        let context = self.next_context();
+        self.on_context_create(context)?;
+        Ok(context)
+    }
+
+    fn on_context_create(&mut self, context: HttpContextId) -> Result<(), WasmError> {
+        match &self.stream.on_context_create {
+            Some(f) => invoke(
+                &mut self.store,
+                &self.limits,
+                context.0,
+                "proxy_on_context_create",
+                f,
+                (context.0, ROOT_CONTEXT_ID),
+            ),
+            None => Ok(()),
+        }
+    }
+
+    fn next_context(&mut self) -> HttpContextId {
         let id = self.next_context_id;
         // Ids are not reused while the instance lives; wrap around far past any real count.
         self.next_context_id = self
             .next_context_id
             .checked_add(1)
             .unwrap_or(ROOT_CONTEXT_ID + 1);
-        if let Some(f) = &self.stream.on_context_create {
-            invoke(
-                &mut self.store,
-                &self.limits,
-                id,
-                "proxy_on_context_create",
-                f,
-                (id, ROOT_CONTEXT_ID),
-            )?;
+        HttpContextId(id)
+    }
+
+    /// Starts a request's stream: creates its context, then runs `proxy_on_request_headers`
+    /// on `head`, in one entry into the guest when the module has both ([`fused`]). The
+    /// context comes back even when a callback failed (the instance is failed then, and its
+    /// contexts with it).
+    pub fn start_http_stream(
+        &mut self,
+        head: &mut RequestHead,
+        stream: &mut StreamInfo,
+        end_of_stream: bool,
+    ) -> (HttpContextId, Result<HeadersOutcome, WasmError>) {
+        let context = self.next_context();
+        let Some(start) = self.fused.as_ref().and_then(|f| f.start.as_ref()) else {
+            let result = self
+                .on_context_create(context)
+                .and_then(|()| self.on_request_headers(context, head, stream, end_of_stream));
+            return (context, result);
+        };
+        let slot: Slot<RequestHead> = |http| &mut http.request;
+        let http = &mut self.store.data_mut().http;
+        lend(http, slot, head, stream);
+        http.local_response = None;
+        let count = header_count(http, Phase::Request);
+        let action = invoke(
+            &mut self.store,
+            &self.limits,
+            context.0,
+            "proxy_on_request_headers",
+            start,
+            (context.0, ROOT_CONTEXT_ID, count, i32::from(end_of_stream)),
+        );
+        let result = match action {
+            Ok(action) => Ok(headers_outcome(&mut self.store.data_mut().http, action)),
+            Err(error) => Err(self.in_fused_stage(error)),
+        };
+        take_back(&mut self.store.data_mut().http, slot, head, stream);
+        (context, result)
+    }
+
+    /// A fused call's error, named after the callback its stage says it failed in.
+    fn in_fused_stage(&mut self, error: WasmError) -> WasmError {
+        let Some(stage) = self.fused.as_ref().map(|f| f.stage) else {
+            return error;
+        };
+        let callback = Stage::callback(stage.get(&mut self.store).i32().unwrap_or(0));
+        match error {
+            WasmError::Deadline { limit_ms, .. } => WasmError::Deadline { callback, limit_ms },
+            WasmError::Trap { message, .. } => WasmError::Trap { callback, message },
+            other => other,
         }
-        Ok(HttpContextId(id))
     }
 
     /// Runs `proxy_on_request_headers` on `head`, which the plugin may change.
@@ -415,14 +546,7 @@ impl PluginInstance {
                 (context.0, count, i32::from(end_of_stream)),
             )?,
         };
-        if let Some(local) = self.store.data_mut().http.local_response.take() {
-            return Ok(HeadersOutcome::LocalResponse(local));
-        }
-        Ok(match Action::try_from(action as u32) {
-            Ok(Action::Pause) => HeadersOutcome::Pause,
-            // Unknown values continue, as in Envoy.
-            _ => HeadersOutcome::Continue,
-        })
+        Ok(headers_outcome(&mut self.store.data_mut().http, action))
     }
 
     /// Ends a stream context: `proxy_on_done`, then `proxy_on_log` and `proxy_on_delete`
@@ -434,6 +558,28 @@ impl PluginInstance {
         request: &mut Option<RequestHead>,
         response: &mut Option<ResponseHead>,
     ) -> Result<(), WasmError> {
+        if let Some(finish) = self.fused.as_ref().and_then(|f| f.finish.as_ref()) {
+            // One entry for all three. The heads are readable from `proxy_on_done` on too,
+            // as in Envoy, where the stream still exists then.
+            let http = &mut self.store.data_mut().http;
+            http.request = request.take();
+            http.response = response.take();
+            http.logging = true;
+            let finished = invoke(
+                &mut self.store,
+                &self.limits,
+                context.0,
+                "proxy_on_done",
+                finish,
+                context.0,
+            );
+            let http = &mut self.store.data_mut().http;
+            *request = http.request.take();
+            *response = http.response.take();
+            http.logging = false;
+            http.local_response = None;
+            return finished.map_err(|error| self.in_fused_stage(error));
+        }
         if let Some(f) = &self.stream.on_done {
             // A plugin that answers false asks to finish later (proxy_done); streams here
             // end with the exchange, so the host goes on with log and delete regardless.
@@ -976,6 +1122,18 @@ fn body_outcome(
     } else {
         BodyOutcome::Buffer
     })
+}
+
+/// What a headers callback decided: its local answer if it gave one, else its action.
+fn headers_outcome(http: &mut HttpCallState, action: i32) -> HeadersOutcome {
+    if let Some(local) = http.local_response.take() {
+        return HeadersOutcome::LocalResponse(local);
+    }
+    match Action::try_from(action as u32) {
+        Ok(Action::Pause) => HeadersOutcome::Pause,
+        // Unknown values continue, as in Envoy.
+        _ => HeadersOutcome::Continue,
+    }
 }
 
 /// The `num_headers` argument: fields as the guest will see them.

@@ -12,6 +12,7 @@
 mod engine;
 mod error;
 mod foreign;
+mod fused;
 mod header_names;
 mod host;
 mod hostcalls;

@@ -2,10 +2,11 @@
 
 use rustng_abi::AbiVersion;
 use rustng_abi::table::{self, Module as ImportModule};
-use wasmtime::{ExternType, InstancePre};
+use wasmtime::{ExternType, FuncType, InstancePre, Module};
 
 use crate::engine::WasmEngine;
 use crate::error::WasmError;
+use crate::fused::FusedShape;
 use crate::hostcalls;
 use crate::state::HostState;
 
@@ -14,6 +15,9 @@ pub struct PluginModule {
     pub(crate) engine: WasmEngine,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) allocator: &'static str,
+    /// The host's module running this one's back-to-back callbacks in one entry, if any
+    /// fuse ([`crate::fused`]).
+    pub(crate) fused: Option<(FusedShape, Module)>,
     abi: AbiVersion,
 }
 
@@ -58,10 +62,13 @@ impl PluginModule {
         let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| WasmError::Abi(format!("imports do not match the ABI: {e:#}")))?;
+        let shape = fused_shape(&module);
+        let fused = engine.fused(shape)?.map(|fused| (shape, fused));
         Ok(PluginModule {
             engine: engine.clone(),
             pre,
             allocator,
+            fused,
             abi,
         })
     }
@@ -69,5 +76,37 @@ impl PluginModule {
     /// The ABI version the module declares.
     pub fn abi_version(&self) -> AbiVersion {
         self.abi
+    }
+}
+
+/// Which fusable callbacks `module` exports with the ABI's signatures. One with another
+/// signature is left out (it is refused, or called on its own, as without fusing).
+fn fused_shape(module: &Module) -> FusedShape {
+    let func = |name: &str| match module.get_export(name) {
+        Some(ExternType::Func(ty)) => Some(ty),
+        _ => None,
+    };
+    let is = |ty: &FuncType, params: usize, results: usize| {
+        ty.params().len() == params
+            && ty.results().len() == results
+            && ty.params().chain(ty.results()).all(|t| t.is_i32())
+    };
+    let has = |name: &str, params: usize, results: usize| {
+        func(name).is_some_and(|ty| is(&ty, params, results))
+    };
+    FusedShape {
+        context_create: has("proxy_on_context_create", 2, 0),
+        request_headers: func("proxy_on_request_headers").and_then(|ty| {
+            if is(&ty, 3, 1) {
+                Some(true)
+            } else if is(&ty, 2, 1) {
+                Some(false)
+            } else {
+                None
+            }
+        }),
+        done: has("proxy_on_done", 1, 1),
+        log: has("proxy_on_log", 1, 0),
+        delete: has("proxy_on_delete", 1, 0),
     }
 }

@@ -387,6 +387,8 @@ pub(crate) struct ControlState {
     workers: usize,
     engine: Option<WasmEngine>,
     cache_dir: Option<PathBuf>,
+    /// `wasm.instance_slots`, when the operator sized the pool.
+    instance_slots: Option<u32>,
     host: Arc<PluginHost>,
     plugins: PluginGenerations,
     updates: Vec<mpsc::UnboundedSender<WorkerUpdate>>,
@@ -501,6 +503,7 @@ impl ControlState {
             workers,
             engine: None,
             cache_dir: config.module_cache_dir.clone(),
+            instance_slots: config.wasm_instance_slots,
             host: Arc::new(PluginHost::new(foreign)),
             plugins: PluginGenerations::default(),
             updates,
@@ -756,11 +759,15 @@ impl ControlState {
             let workers = u32::try_from(self.workers).unwrap_or(u32::MAX);
             let limits = EngineLimits {
                 // Every worker's instance of every plugin, a canary each, and as many again
-                // for generations still finishing their streams.
-                instance_slots: plugins
-                    .saturating_mul(workers.saturating_add(1))
-                    .saturating_mul(4)
-                    .max(MIN_INSTANCE_SLOTS),
+                // for generations still finishing their streams. Each slot reserves address
+                // space for a whole memory (about 4 GiB), so an operator under an address-space
+                // limit (`ulimit -v`, valgrind) may size the pool down.
+                instance_slots: self.instance_slots.unwrap_or_else(|| {
+                    plugins
+                        .saturating_mul(workers.saturating_add(1))
+                        .saturating_mul(4)
+                        .max(MIN_INSTANCE_SLOTS)
+                }),
                 max_memory_bytes: largest.max(EngineLimits::default().max_memory_bytes),
                 cache_dir: self.cache_dir.clone(),
             };
@@ -936,6 +943,9 @@ impl ControlState {
         }
         if running.module_cache_dir != next.module_cache_dir {
             fields.push("wasm.module_cache_dir".to_owned());
+        }
+        if running.wasm_instance_slots != next.wasm_instance_slots {
+            fields.push("wasm.instance_slots".to_owned());
         }
         if running.state_dir != next.state_dir {
             fields.push("state_dir".to_owned());

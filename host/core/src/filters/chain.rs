@@ -95,9 +95,9 @@ impl FilterChain {
             let stream = &mut active.stream;
             let contexts = &mut active.contexts;
             let outcome = filter.with_instance(|instance| {
-                let context = instance.create_http_context()?;
+                let (context, outcome) = instance.start_http_stream(head, stream, end_of_stream);
                 contexts.push((Rc::clone(filter), context));
-                instance.on_request_headers(context, head, stream, end_of_stream)
+                outcome
             });
             active.add_plugin_time(filter, started);
             match outcome {

@@ -417,6 +417,89 @@ fn abi_0_1_0_modules_read_configuration_and_resume_by_direction() {
     );
 }
 
+/// Callbacks that log their names, check they get the context `proxy_on_context_create` got,
+/// and (`proxy_on_done`) read `:path`; `trap_in` is replaced by `unreachable`.
+fn stream_callbacks(trap_in: &str) -> Vec<u8> {
+    let body = r#"
+  (data (i32.const 100) "create")
+  (data (i32.const 110) "headers")
+  (data (i32.const 120) "done")
+  (data (i32.const 130) "log")
+  (data (i32.const 140) "delete")
+  (data (i32.const 150) "mismatch")
+  (data (i32.const 160) ":path")
+  (global $context (mut i32) (i32.const 0))
+  (func $say (param i32 i32) (drop (call $log (i32.const 2) (local.get 0) (local.get 1))))
+  (func $check (param $c i32)
+    (if (i32.ne (local.get $c) (global.get $context))
+      (then (call $say (i32.const 150) (i32.const 8)))))
+  (func (export "proxy_on_context_create") (param $c i32) (param $parent i32)
+    (if (i32.eqz (local.get $parent)) (then (return)))
+    (global.set $context (local.get $c))
+    (call $say (i32.const 100) (i32.const 6)))
+  (func (export "proxy_on_request_headers") (param $c i32) (param i32 i32) (result i32)
+    (call $check (local.get $c)) (call $say (i32.const 110) (i32.const 7)) (i32.const 0))
+  (func (export "proxy_on_done") (param $c i32) (result i32)
+    (call $check (local.get $c)) (call $say (i32.const 120) (i32.const 4))
+    (if (i32.eqz (call $get (i32.const 0) (i32.const 160) (i32.const 5) (i32.const 200) (i32.const 204)))
+      (then (call $say (i32.load (i32.const 200)) (i32.load (i32.const 204)))))
+    (i32.const 1))
+  (func (export "proxy_on_log") (param $c i32)
+    (call $check (local.get $c)) (call $say (i32.const 130) (i32.const 3)))
+  (func (export "proxy_on_delete") (param $c i32)
+    (call $check (local.get $c)) (call $say (i32.const 140) (i32.const 6)))
+"#;
+    // The callback's first instruction (after its signature) becomes `unreachable`.
+    let body = match body.find(&format!(r#"(export "{trap_in}")"#)) {
+        Some(at) if !trap_in.is_empty() => {
+            let first = at + body[at..].find("(call $check").expect("a checking callback");
+            format!("{}unreachable {}", &body[..first], &body[first..])
+        }
+        _ => body.to_owned(),
+    };
+    let get = r#"(import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))"#;
+    module(&format!("{LOG} {get}"), &body)
+}
+
+#[test]
+fn back_to_back_callbacks_keep_their_order_context_and_names() {
+    let request = || RequestHead {
+        uri: http::Uri::from_static("/x"),
+        ..RequestHead::default()
+    };
+    let (result, logged) = start(&stream_callbacks(""), Limits::default());
+    let mut instance = result.expect("starts");
+    let mut head = request();
+    let (context, outcome) =
+        instance.start_http_stream(&mut head, &mut StreamInfo::default(), true);
+    assert_eq!(outcome.expect("runs"), HeadersOutcome::Continue);
+    instance
+        .finish_http_context(context, &mut Some(head), &mut None)
+        .expect("finishes");
+    let said: Vec<String> = lines(&logged).into_iter().map(|(_, line)| line).collect();
+    // `proxy_on_done` reads the request's head, as in Envoy.
+    assert_eq!(said, ["create", "headers", "done", "/x", "log", "delete"]);
+
+    // A trap is reported against the callback it happened in, and the instance is failed.
+    for callback in ["proxy_on_request_headers", "proxy_on_log"] {
+        let (result, _) = start(&stream_callbacks(callback), Limits::default());
+        let mut instance = result.expect("starts");
+        let mut head = request();
+        let (context, outcome) =
+            instance.start_http_stream(&mut head, &mut StreamInfo::default(), true);
+        let error = match outcome {
+            Err(error) => error,
+            Ok(_) => instance
+                .finish_http_context(context, &mut Some(head), &mut None)
+                .expect_err("traps"),
+        };
+        match error {
+            WasmError::Trap { callback: at, .. } => assert_eq!(at, callback),
+            other => panic!("{callback}: expected a trap, got {other}"),
+        }
+    }
+}
+
 #[test]
 fn each_abi_version_links_its_own_calls() {
     // 0.2.0's gRPC call has no initial metadata, and the route cache call still exists.
@@ -458,6 +541,35 @@ fn modules_are_compiled_once_per_process_and_kept_on_disk() {
     PluginModule::compile(&second, &bytes).expect("from disk");
     assert_eq!(second.cache_stats().disk_hits, 1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_instance_pool_refuses_the_next_instance_with_the_reason() {
+    let small = WasmEngine::with_limits(EngineLimits {
+        instance_slots: 1,
+        ..EngineLimits::default()
+    })
+    .expect("engine");
+    let bytes = module(
+        "",
+        r#"(func (export "proxy_on_context_create") (param i32 i32))"#,
+    );
+    let module = PluginModule::compile(&small, &bytes).expect("compiles");
+    let start = || {
+        let (sink, _) = capture();
+        PluginInstance::start(&module, config(""), Limits::default(), env(sink))
+    };
+    let first = start().expect("the pool's one slot");
+    match start() {
+        Err(e) => assert!(
+            e.to_string().contains("instance pool is full"),
+            "reason: {e}"
+        ),
+        Ok(_) => panic!("a second instance in a one-slot pool"),
+    }
+    // The slot comes back when its instance is dropped.
+    drop(first);
+    start().expect("the freed slot");
 }
 
 /// A fresh directory under the system's temporary directory.
