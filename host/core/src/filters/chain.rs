@@ -49,6 +49,26 @@ pub(crate) struct ActiveFilters {
     /// themselves go with the request and the response, so these are copies.
     logged_request: Option<RequestHead>,
     logged_response: Option<ResponseHead>,
+    /// The callbacks the exchange's filters have, noted as their contexts open: asked a few
+    /// times per request, and each filter's instance is behind a `RefCell`.
+    callbacks: Callbacks,
+}
+
+/// Which of the callbacks that cost the host work (keeping heads, filtering bodies) some
+/// filter of the exchange has.
+#[derive(Debug, Default, Clone, Copy)]
+struct Callbacks {
+    log: bool,
+    request_body: bool,
+    response_body: bool,
+}
+
+impl Callbacks {
+    fn add(&mut self, instance: &PluginInstance) {
+        self.log |= instance.has_log_callback();
+        self.request_body |= instance.has_body_callback(Direction::Request);
+        self.response_body |= instance.has_body_callback(Direction::Response);
+    }
 }
 
 /// Shared by the request body, the response body and the exchange (whichever ends last ends
@@ -72,6 +92,7 @@ impl FilterChain {
             plugin_time: None,
             logged_request: None,
             logged_response: None,
+            callbacks: Callbacks::default(),
         }
     }
 
@@ -94,9 +115,11 @@ impl FilterChain {
             let started = active.plugin_time.is_some().then(Instant::now);
             let stream = &mut active.stream;
             let contexts = &mut active.contexts;
+            let callbacks = &mut active.callbacks;
             let outcome = filter.with_instance(|instance| {
                 let (context, outcome) = instance.start_http_stream(head, stream, end_of_stream);
                 contexts.push((Rc::clone(filter), context));
+                callbacks.add(instance);
                 outcome
             });
             active.add_plugin_time(filter, started);
@@ -108,7 +131,7 @@ impl FilterChain {
                 }
                 Some(Err(error)) => {
                     // The context died with the instance: nothing to end.
-                    active.contexts.retain(|(f, _)| !Rc::ptr_eq(f, filter));
+                    active.drop_contexts_of(filter);
                     if !filter.fail(&error) {
                         return Step::Answer(LocalAnswer::plugin_failed());
                     }
@@ -130,6 +153,7 @@ impl ActiveFilters {
         self.plugin_time.as_deref().unwrap_or_default()
     }
 
+    #[inline]
     fn add_plugin_time(&mut self, filter: &Filter, started: Option<Instant>) {
         let (Some(times), Some(started)) = (&mut self.plugin_time, started) else {
             return;
@@ -180,30 +204,34 @@ impl ActiveFilters {
 
     /// Whether any filter of the exchange has `proxy_on_log`, which reads the heads.
     fn wants_heads_logged(&self) -> bool {
-        self.contexts.iter().any(|(filter, _)| {
-            filter
-                .instance
-                .borrow()
-                .as_ref()
-                .is_some_and(PluginInstance::has_log_callback)
-        })
+        self.callbacks.log
     }
 
     /// Whether any filter of the exchange has a body callback for `direction`.
     pub(crate) fn wants_body(&self, direction: Direction) -> bool {
-        self.contexts.iter().any(|(filter, _)| {
-            filter
-                .instance
-                .borrow()
-                .as_ref()
-                .is_some_and(|i| i.has_body_callback(direction))
-        })
+        match direction {
+            Direction::Request => self.callbacks.request_body,
+            Direction::Response => self.callbacks.response_body,
+        }
     }
 
     /// A failed context: applies the policy and drops the context.
     fn failed(&mut self, filter: &Rc<Filter>, error: &rustng_wasm::WasmError) -> Option<Step> {
-        self.contexts.retain(|(f, _)| !Rc::ptr_eq(f, filter));
+        self.drop_contexts_of(filter);
         (!filter.fail(error)).then(|| Step::Answer(LocalAnswer::plugin_failed()))
+    }
+
+    /// Forgets the contexts of a filter whose instance died (there is nothing to end), and
+    /// what its callbacks would have needed.
+    pub(crate) fn drop_contexts_of(&mut self, filter: &Rc<Filter>) {
+        self.contexts.retain(|(f, _)| !Rc::ptr_eq(f, filter));
+        let mut callbacks = Callbacks::default();
+        for (filter, _) in &self.contexts {
+            if let Some(instance) = filter.instance.borrow().as_ref() {
+                callbacks.add(instance);
+            }
+        }
+        self.callbacks = callbacks;
     }
 
     /// Runs `proxy_on_response_headers` from `from` (response order: last filter first).

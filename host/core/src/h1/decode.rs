@@ -316,8 +316,26 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
 
 /// The message's `content-length`: every field and list element must be the same number.
 pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, DecodeError> {
+    let values = headers.get_all(header::CONTENT_LENGTH);
+    let mut each = values.iter();
+    let Some(first) = each.next() else {
+        return Ok(None);
+    };
+    // The common case, one field with a plain number, without splitting and trimming: every
+    // message through the proxy is read this way, some twice.
+    let digits = first.as_bytes();
+    if each.next().is_none()
+        && (1..=19).contains(&digits.len())
+        && digits.iter().all(u8::is_ascii_digit)
+    {
+        return Ok(Some(
+            digits
+                .iter()
+                .fold(0, |n, digit| n * 10 + u64::from(digit - b'0')),
+        ));
+    }
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    for value in values {
         let text = value.to_str().map_err(|_| DecodeError::ContentLength)?;
         for element in text.split(',') {
             let element = element.trim();
@@ -776,6 +794,41 @@ mod tests {
                 Some(DecodeError::ContentLength),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn content_length_takes_one_number_however_it_is_spelled() {
+        let length = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(
+                    header::CONTENT_LENGTH,
+                    HeaderValue::from_str(value).expect("value"),
+                );
+            }
+            content_length(&headers).ok()
+        };
+        assert_eq!(length(&[]), Some(None));
+        assert_eq!(length(&["12"]), Some(Some(12)));
+        assert_eq!(length(&["0"]), Some(Some(0)));
+        assert_eq!(
+            length(&["9999999999999999999"]),
+            Some(Some(9_999_999_999_999_999_999))
+        );
+        assert_eq!(length(&[" 12 "]), Some(Some(12)));
+        assert_eq!(length(&["5, 5"]), Some(Some(5)));
+        assert_eq!(length(&["5", "5"]), Some(Some(5)));
+        for bad in [
+            &["5, 6"][..],
+            &["5", "6"],
+            &[""],
+            &["+5"],
+            &["-1"],
+            &["12a"],
+            &["18446744073709551616"],
+        ] {
+            assert_eq!(length(bad), None, "{bad:?}");
         }
     }
 

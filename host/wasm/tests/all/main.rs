@@ -452,7 +452,10 @@ fn stream_callbacks(trap_in: &str) -> Vec<u8> {
     // The callback's first instruction (after its signature) becomes `unreachable`.
     let body = match body.find(&format!(r#"(export "{trap_in}")"#)) {
         Some(at) if !trap_in.is_empty() => {
-            let first = at + body[at..].find("(call $check").expect("a checking callback");
+            let first = at
+                + body[at..]
+                    .find("(call $check")
+                    .expect("a checking callback");
             format!("{}unreachable {}", &body[..first], &body[first..])
         }
         _ => body.to_owned(),
