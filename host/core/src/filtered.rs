@@ -25,7 +25,9 @@ use crate::connection::ConnCtx;
 use crate::downstream_body::DownstreamBody;
 use crate::error::ErrorKind;
 use crate::error::ProxyError;
-use crate::filters::{FilteredBody, Held, Resumed, SharedFilters, Step, wait_for_resume};
+use crate::filters::{
+    FilteredBody, Held, LocalAnswer, Resumed, SharedFilters, Step, wait_for_resume,
+};
 use crate::headers;
 use crate::listener::ListenerRt;
 use crate::proxy::{
@@ -382,6 +384,9 @@ struct Answer {
     body: UpstreamBody,
     endpoint: std::net::SocketAddr,
     no_body: bool,
+    /// The whole body, when it came with the head and was taken then, and whether its body
+    /// callbacks ran already.
+    whole: Option<(bytes::Bytes, bool)>,
 }
 
 /// The response phases: the upstream's answer (or the error) through the filters, last
@@ -427,10 +432,27 @@ pub(crate) fn respond(
         body,
         endpoint,
         no_body,
+        whole: None,
     };
-    let step = filters
-        .borrow_mut()
-        .response_headers(&mut answer.head, 0, no_body);
+    // A small response's whole body comes with its head: with one filter, its headers and
+    // body callbacks run in one entry into the guest.
+    let fuse = !no_body && {
+        let active = filters.borrow();
+        active.single_context() && active.wants_body(Direction::Response)
+    };
+    if fuse {
+        answer.whole = answer.body.take_buffered().map(|data| (data, false));
+    }
+    let step = match &mut answer.whole {
+        Some((data, body_done)) => {
+            let (step, done) = filters.borrow_mut().whole_response(&mut answer.head, data);
+            *body_done = done;
+            step
+        }
+        None => filters
+            .borrow_mut()
+            .response_headers(&mut answer.head, 0, no_body),
+    };
     match step {
         Step::Continue => {
             Responded::Now(finish_response(answer, filters, limit, exchange, version))
@@ -485,6 +507,7 @@ fn finish_response(
         body,
         endpoint,
         no_body,
+        whole,
     } = answer;
     if !matches!(version, Version::HTTP_10 | Version::HTTP_11) {
         // HTTP/2 and HTTP/3 give the head away: `proxy_on_log` gets a copy. (The HTTP/1.1
@@ -500,6 +523,13 @@ fn finish_response(
         // Nothing to run on the body: it streams untouched.
         return Response::from_parts(parts, ProxyBody::upstream(body, exchange));
     }
+    if let Some((data, body_done)) = whole {
+        return whole_response(parts, data, body_done, &filters, exchange, version);
+    }
+    let mut body = body;
+    if let Some(data) = body.take_buffered() {
+        return whole_response(parts, data, false, &filters, exchange, version);
+    }
     let body = FilteredBody::new(
         Direction::Response,
         body,
@@ -508,6 +538,42 @@ fn finish_response(
         limit,
     );
     Response::from_parts(parts, ProxyBody::boxed(body.boxed_local(), exchange))
+}
+
+/// A response whose body came whole with its head (a small one, the common case): its body
+/// callbacks run now, once, with the end of the stream, and it leaves as one complete message.
+/// No body stream is polled through the filters, and an answer a filter gives instead still
+/// comes before anything was sent.
+fn whole_response(
+    parts: http::response::Parts,
+    mut data: bytes::Bytes,
+    body_done: bool,
+    filters: &SharedFilters,
+    exchange: Exchange,
+    version: Version,
+) -> Response<ProxyBody> {
+    let step = match body_done {
+        // Fused with the headers callback (see `respond`).
+        true => Step::Continue,
+        false => filters
+            .borrow_mut()
+            .body(Direction::Response, &mut data, true, 0),
+    };
+    match step {
+        // Nothing is held at the end of the stream: a filter that buffers gets it all now.
+        Step::Continue | Step::Pause(_) => {}
+        Step::Answer(answer) => return local_answer(answer, exchange, version),
+    }
+    if content_length(&parts.headers).is_some_and(|announced| announced != data.len() as u64) {
+        // As a streamed body would have been cut off; here the client gets a clean answer.
+        tracing::warn!("a filter changed the response body's size but not its content-length");
+        let answer = LocalAnswer::text(
+            http::StatusCode::BAD_GATEWAY,
+            "filter changed the body size but not content-length",
+        );
+        return local_answer(answer, exchange, version);
+    }
+    Response::from_parts(parts, ProxyBody::local_bytes(data, Some(exchange)))
 }
 
 /// A request answered before it left: its head stays for `proxy_on_log` (no copy needed).

@@ -28,6 +28,9 @@ pub(crate) struct FusedShape {
     pub(crate) done: bool,
     pub(crate) log: bool,
     pub(crate) delete: bool,
+    /// `proxy_on_response_headers`, and whether it takes `end_of_stream`.
+    pub(crate) response_headers: Option<bool>,
+    pub(crate) response_body: bool,
 }
 
 /// The callback a fused call was in, as its `stage` global says.
@@ -39,6 +42,8 @@ pub(crate) enum Stage {
     Done = 3,
     Log = 4,
     Delete = 5,
+    ResponseHeaders = 6,
+    ResponseBody = 7,
 }
 
 impl Stage {
@@ -50,6 +55,8 @@ impl Stage {
             3 => "proxy_on_done",
             4 => "proxy_on_log",
             5 => "proxy_on_delete",
+            6 => "proxy_on_response_headers",
+            7 => "proxy_on_response_body",
             _ => "fused callback",
         }
     }
@@ -58,9 +65,16 @@ impl Stage {
 /// The fused module's exports.
 pub(crate) const START: &str = "start";
 pub(crate) const FINISH: &str = "finish";
+pub(crate) const RESPOND: &str = "respond";
 pub(crate) const STAGE: &str = "stage";
+/// Set by the host when a callback sends a local response: the callbacks after it are not
+/// made (Envoy ends the stream there).
+pub(crate) const STOP: &str = "stop";
 /// The module its imports come from (the plugin's exports, by their own names).
 pub(crate) const IMPORTS: &str = "plugin";
+/// The host's own import: called between the response's headers and body callbacks, it puts
+/// the response head out of the body callback's reach, as Envoy has it.
+pub(crate) const BODY_PHASE: &str = "rustng_response_body_phase";
 
 impl FusedShape {
     /// Whether a stream's start is worth fusing: both its callbacks exist.
@@ -73,11 +87,23 @@ impl FusedShape {
         usize::from(self.done) + usize::from(self.log) + usize::from(self.delete) >= 2
     }
 
+    /// Whether a whole response is worth fusing: both of its callbacks exist.
+    pub(crate) fn fuses_response(&self) -> bool {
+        self.response_headers.is_some() && self.response_body
+    }
+
     /// The plugin's exports the fused module imports, in its import order.
     pub(crate) fn imports(&self) -> Vec<&'static str> {
         let mut names = Vec::new();
         if self.fuses_start() {
             names.extend(["proxy_on_context_create", "proxy_on_request_headers"]);
+        }
+        if self.fuses_response() {
+            names.extend([
+                "proxy_on_response_headers",
+                BODY_PHASE,
+                "proxy_on_response_body",
+            ]);
         }
         if self.fuses_finish() {
             for (present, name) in [
@@ -98,10 +124,14 @@ impl FusedShape {
     /// `start(context, root, num_headers, end_of_stream) -> action` calls
     /// `proxy_on_context_create(context, root)` then returns
     /// `proxy_on_request_headers(context, num_headers[, end_of_stream])`.
+    /// `respond(context, num_headers, body_size) -> action` calls
+    /// `proxy_on_response_headers(context, num_headers[, 0])` and, if it continued without a
+    /// local response, `proxy_on_response_body(context, body_size, 1)`; the stage says which
+    /// callback's action it returns.
     /// `finish(context)` calls `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` (those that
     /// exist), dropping `proxy_on_done`'s answer as the host does.
     pub(crate) fn encode(&self) -> Option<Vec<u8>> {
-        if !self.fuses_start() && !self.fuses_finish() {
+        if !self.fuses_start() && !self.fuses_response() && !self.fuses_finish() {
             return None;
         }
         let i32s = |n: usize| vec![ValType::I32; n];
@@ -125,6 +155,7 @@ impl FusedShape {
             imported - 1
         };
         let mut defined: Vec<(&str, u32, Function)> = Vec::new();
+        // Globals: 0 is the stage, 1 the stop flag.
         let set_stage = |f: &mut Function, stage: Stage| {
             f.instructions().i32_const(stage as i32).global_set(0);
         };
@@ -149,6 +180,43 @@ impl FusedShape {
             }
             body.call(headers).end();
             defined.push((START, ty, f));
+        }
+        if let (Some(with_end_of_stream), true) = (self.response_headers, self.response_body) {
+            let headers_params = if with_end_of_stream { 3 } else { 2 };
+            let headers = import(&mut imports, "proxy_on_response_headers", {
+                add_type(&mut types, i32s(headers_params), i32s(1))
+            });
+            let body_phase = import(&mut imports, BODY_PHASE, {
+                add_type(&mut types, vec![], vec![])
+            });
+            let body = import(&mut imports, "proxy_on_response_body", {
+                add_type(&mut types, i32s(3), i32s(1))
+            });
+            let ty = add_type(&mut types, i32s(3), i32s(1));
+            // One local: the headers callback's action.
+            let mut f = Function::new([(1, ValType::I32)]);
+            set_stage(&mut f, Stage::ResponseHeaders);
+            let mut ins = f.instructions();
+            ins.i32_const(0).global_set(1);
+            ins.local_get(0).local_get(1);
+            if with_end_of_stream {
+                ins.i32_const(0);
+            }
+            ins.call(headers).local_tee(3);
+            // Paused, or answered locally: the body waits, or is never delivered.
+            ins.global_get(1)
+                .i32_or()
+                .if_(wasm_encoder::BlockType::Empty);
+            ins.local_get(3).return_().end();
+            set_stage(&mut f, Stage::ResponseBody);
+            f.instructions()
+                .call(body_phase)
+                .local_get(0)
+                .local_get(2)
+                .i32_const(1)
+                .call(body)
+                .end();
+            defined.push((RESPOND, ty, f));
         }
         if self.fuses_finish() {
             let mut calls = Vec::new();
@@ -190,7 +258,16 @@ impl FusedShape {
             },
             &ConstExpr::i32_const(0),
         );
+        globals.global(
+            GlobalType {
+                val_type: ValType::I32,
+                mutable: true,
+                shared: false,
+            },
+            &ConstExpr::i32_const(0),
+        );
         exports.export(STAGE, ExportKind::Global, 0);
+        exports.export(STOP, ExportKind::Global, 1);
         for (index, (name, ty, f)) in defined.iter().enumerate() {
             functions.function(*ty);
             code.function(f);
@@ -215,7 +292,7 @@ mod tests {
 
     #[test]
     fn every_shape_encodes_a_valid_module_or_none() {
-        for bits in 0u8..64 {
+        for bits in 0u16..256 {
             let shape = FusedShape {
                 context_create: bits & 1 != 0,
                 request_headers: match (bits >> 1) & 3 {
@@ -226,9 +303,14 @@ mod tests {
                 done: bits & 8 != 0,
                 log: bits & 16 != 0,
                 delete: bits & 32 != 0,
+                response_headers: (bits & 64 != 0).then_some(bits & 1 == 0),
+                response_body: bits & 128 != 0,
             };
             let Some(bytes) = shape.encode() else {
-                assert!(!shape.fuses_start() && !shape.fuses_finish(), "{shape:?}");
+                assert!(
+                    !shape.fuses_start() && !shape.fuses_response() && !shape.fuses_finish(),
+                    "{shape:?}"
+                );
                 continue;
             };
             let engine = wasmtime::Engine::default();

@@ -227,6 +227,9 @@ pub enum StreamAction {
 pub(crate) struct HttpCallState {
     pub(crate) request: Option<RequestHead>,
     pub(crate) response: Option<ResponseHead>,
+    /// The response head put aside while a fused body callback runs: Envoy does not show the
+    /// head in the body phase (see [`crate::fused`]).
+    pub(crate) response_aside: Option<ResponseHead>,
     pub(crate) local_response: Option<LocalResponse>,
     /// Present during stream callbacks.
     pub(crate) stream: Option<StreamInfo>,

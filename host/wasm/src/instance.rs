@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use rustng_abi::{Action, BufferType, LogLevel, MapType, PeerType};
 use wasmtime::{
-    Extern, Global, Instance, PoolConcurrencyLimitError, Store, StoreLimitsBuilder, Trap,
-    TypedFunc, WasmParams, WasmResults,
+    Caller, Extern, Func, Global, Instance, PoolConcurrencyLimitError, Store, StoreLimitsBuilder,
+    Trap, TypedFunc, WasmParams, WasmResults,
 };
 
 use crate::error::WasmError;
@@ -45,6 +45,9 @@ pub struct PluginInstance {
 struct FusedCalls {
     /// `proxy_on_context_create` then `proxy_on_request_headers`.
     start: Option<TypedFunc<(i32, i32, i32, i32), i32>>,
+    /// `proxy_on_response_headers` then, unless it paused or answered,
+    /// `proxy_on_response_body` with the whole body.
+    respond: Option<TypedFunc<(i32, i32, i32), i32>>,
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
     finish: Option<TypedFunc<i32, ()>>,
     /// Which callback runs (a [`Stage`]).
@@ -64,6 +67,14 @@ impl FusedCalls {
         let abi = |e: wasmtime::Error| WasmError::Abi(format!("fused callbacks: {e:#}"));
         let mut imports = Vec::new();
         for name in shape.imports() {
+            if name == fused::BODY_PHASE {
+                let body_phase = Func::wrap(&mut *store, |mut caller: Caller<'_, HostState>| {
+                    let http = &mut caller.data_mut().http;
+                    http.response_aside = http.response.take();
+                });
+                imports.push(Extern::Func(body_phase));
+                continue;
+            }
             let func = plugin
                 .get_func(&mut *store, name)
                 .ok_or_else(|| WasmError::Abi(format!("fused callbacks: no export {name}")))?;
@@ -81,6 +92,14 @@ impl FusedCalls {
             ),
             false => None,
         };
+        let respond = match shape.fuses_response() {
+            true => Some(
+                fused
+                    .get_typed_func(&mut *store, fused::RESPOND)
+                    .map_err(abi)?,
+            ),
+            false => None,
+        };
         let finish = match shape.fuses_finish() {
             true => Some(
                 fused
@@ -89,8 +108,11 @@ impl FusedCalls {
             ),
             false => None,
         };
+        // A local response sent from a fused callback stops the callbacks after it.
+        store.data_mut().fused_stop = fused.get_global(&mut *store, fused::STOP);
         Ok(Some(FusedCalls {
             start,
+            respond,
             finish,
             stage,
         }))
@@ -291,6 +313,7 @@ impl PluginInstance {
             grpc_actions: Vec::new(),
             upstreams: env.upstreams,
             header_names: Default::default(),
+            fused_stop: None,
         };
         let mut store = Store::new(module.engine.inner(), state);
         store.limiter(|state| &mut state.limits);
@@ -476,6 +499,65 @@ impl PluginInstance {
         lend(&mut self.store.data_mut().http, slot, head, stream);
         let result = self.headers_callback(Phase::Response, context, end_of_stream);
         take_back(&mut self.store.data_mut().http, slot, head, stream);
+        result
+    }
+
+    /// Runs `proxy_on_response_headers` on `head` and then, if it let the response go on,
+    /// `proxy_on_response_body` on `body`, the whole body (`end_of_stream`), in one entry into
+    /// the guest when the module has both ([`fused`]). The body's outcome is `None` when its
+    /// callback did not run: the headers callback paused or answered, and the body waits (or
+    /// is never delivered).
+    pub fn on_whole_response(
+        &mut self,
+        context: HttpContextId,
+        head: &mut ResponseHead,
+        body: &mut Bytes,
+        stream: &mut StreamInfo,
+    ) -> Result<(HeadersOutcome, Option<BodyOutcome>), WasmError> {
+        let Some(respond) = self.fused.as_ref().and_then(|f| f.respond.as_ref()) else {
+            let outcome = self.on_response_headers(context, head, stream, false)?;
+            if outcome != HeadersOutcome::Continue {
+                return Ok((outcome, None));
+            }
+            let body_outcome = self.on_body(Direction::Response, context, body, stream, true)?;
+            return Ok((outcome, Some(body_outcome)));
+        };
+        let size = i32::try_from(body.len()).unwrap_or(i32::MAX);
+        let slot: Slot<ResponseHead> = |http| &mut http.response;
+        let http = &mut self.store.data_mut().http;
+        lend(http, slot, head, stream);
+        http.body = Some((BufferType::HttpResponseBody, std::mem::take(body)));
+        http.local_response = None;
+        let count = header_count(http, Phase::Response);
+        let action = invoke(
+            &mut self.store,
+            &self.limits,
+            context.0,
+            "proxy_on_response_headers",
+            respond,
+            (context.0, count, size),
+        );
+        let result = match action {
+            Ok(action) => {
+                let stage = self.fused.as_ref().map(|f| f.stage.get(&mut self.store));
+                let http = &mut self.store.data_mut().http;
+                if stage.and_then(|v| v.i32()) == Some(Stage::ResponseBody as i32) {
+                    body_outcome(Ok(action), http)
+                        .map(|body| (HeadersOutcome::Continue, Some(body)))
+                } else {
+                    Ok((headers_outcome(http, action), None))
+                }
+            }
+            Err(error) => Err(self.in_fused_stage(error)),
+        };
+        let http = &mut self.store.data_mut().http;
+        if let Some((_, changed)) = http.body.take() {
+            *body = changed;
+        }
+        if let Some(aside) = http.response_aside.take() {
+            http.response = Some(aside);
+        }
+        take_back(http, slot, head, stream);
         result
     }
 

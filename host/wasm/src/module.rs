@@ -94,9 +94,9 @@ fn fused_shape(module: &Module) -> FusedShape {
     let has = |name: &str, params: usize, results: usize| {
         func(name).is_some_and(|ty| is(&ty, params, results))
     };
-    FusedShape {
-        context_create: has("proxy_on_context_create", 2, 0),
-        request_headers: func("proxy_on_request_headers").and_then(|ty| {
+    // A headers callback, and whether it takes `end_of_stream` (0.2.x) or not (0.1.0).
+    let headers = |name: &str| {
+        func(name).and_then(|ty| {
             if is(&ty, 3, 1) {
                 Some(true)
             } else if is(&ty, 2, 1) {
@@ -104,7 +104,13 @@ fn fused_shape(module: &Module) -> FusedShape {
             } else {
                 None
             }
-        }),
+        })
+    };
+    FusedShape {
+        context_create: has("proxy_on_context_create", 2, 0),
+        request_headers: headers("proxy_on_request_headers"),
+        response_headers: headers("proxy_on_response_headers"),
+        response_body: has("proxy_on_response_body", 3, 1),
         done: has("proxy_on_done", 1, 1),
         log: has("proxy_on_log", 1, 0),
         delete: has("proxy_on_delete", 1, 0),

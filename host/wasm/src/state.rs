@@ -139,6 +139,8 @@ pub(crate) struct HostState {
     pub(crate) upstreams: Option<crate::host::UpstreamCheck>,
     /// The header names the module sets, parsed once.
     pub(crate) header_names: crate::header_names::HeaderNames,
+    /// The fused callbacks' stop flag ([`crate::fused`]), raised by a local response.
+    pub(crate) fused_stop: Option<wasmtime::Global>,
 }
 
 impl HostState {

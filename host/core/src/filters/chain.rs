@@ -252,6 +252,47 @@ impl ActiveFilters {
         })
     }
 
+    /// The response phases for a response whose whole body is in hand, on an exchange with a
+    /// single filter: its headers callback and, if that lets the response go on, its body
+    /// callback (with the end of the stream), in one entry into the guest. The flag says
+    /// whether the body callback ran; when not, the step is the headers callback's (a pause or
+    /// an answer), or the filter is gone and the body phase is still to run.
+    pub(crate) fn whole_response(
+        &mut self,
+        head: &mut ResponseHead,
+        data: &mut Bytes,
+    ) -> (Step, bool) {
+        let Some((filter, context)) = self.context_at(Direction::Response, 0) else {
+            return (Step::Continue, false);
+        };
+        let started = self.plugin_time.is_some().then(Instant::now);
+        let stream = &mut self.stream;
+        let outcome = filter
+            .with_instance(|instance| instance.on_whole_response(context, head, data, stream));
+        self.add_plugin_time(&filter, started);
+        match outcome {
+            None => (Step::Continue, false),
+            Some(Ok((HeadersOutcome::Continue, Some(BodyOutcome::LocalResponse(local))))) => {
+                (Step::Answer(LocalAnswer::from_plugin(local)), true)
+            }
+            // At the end of the stream there is nothing more to hold for.
+            Some(Ok((HeadersOutcome::Continue, body))) => (Step::Continue, body.is_some()),
+            Some(Ok((HeadersOutcome::Pause, _))) => (Step::Pause(0), false),
+            Some(Ok((HeadersOutcome::LocalResponse(local), _))) => {
+                (Step::Answer(LocalAnswer::from_plugin(local)), false)
+            }
+            Some(Err(error)) => (
+                self.failed(&filter, &error).unwrap_or(Step::Continue),
+                false,
+            ),
+        }
+    }
+
+    /// Whether the exchange runs a single filter (its phases can fuse).
+    pub(crate) fn single_context(&self) -> bool {
+        self.contexts.len() == 1
+    }
+
     /// Runs the body callbacks of `direction` on `data` (everything held so far) from
     /// `from`. `Pause(i)`: filter `i` holds the data; call again from `i` when more arrives.
     pub(crate) fn body(

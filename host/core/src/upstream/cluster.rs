@@ -132,6 +132,17 @@ pub(crate) enum UpstreamBody {
     Http2(H2Body),
 }
 
+impl UpstreamBody {
+    /// The whole body if it has already arrived, taken out; `None` while some of it is still
+    /// to be read (or for HTTP/2, whose frames come through hyper).
+    pub(crate) fn take_buffered(&mut self) -> Option<bytes::Bytes> {
+        match self {
+            UpstreamBody::Http1(body) => body.take_buffered(),
+            UpstreamBody::Http2(_) => None,
+        }
+    }
+}
+
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
     type Error = BoxError;

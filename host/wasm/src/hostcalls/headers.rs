@@ -519,6 +519,10 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 // answered from elsewhere (a call's response, a tick) gets it as an action.
                 if state.effective_context == state.callback_context {
                     state.http.local_response = Some(local);
+                    if let Some(stop) = state.fused_stop {
+                        stop.set(&mut caller, wasmtime::Val::I32(1))
+                            .map_err(|_| Status::InternalFailure)?;
+                    }
                 } else {
                     state
                         .stream_actions

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use rustng_abi::{AbiVersion, LogLevel};
 use rustng_wasm::{
-    EngineLimits, ForeignFunctions, HeadersOutcome, InstanceEnv, Limits, LogSink, PluginConfig,
-    PluginHost, PluginInstance, PluginModule, RequestHead, StreamAction, StreamInfo, WasmEngine,
-    WasmError,
+    BodyOutcome, EngineLimits, ForeignFunctions, HeadersOutcome, InstanceEnv, Limits, LogSink,
+    PluginConfig, PluginHost, PluginInstance, PluginModule, RequestHead, StreamAction, StreamInfo,
+    WasmEngine, WasmError,
 };
 
 type Lines = Arc<Mutex<Vec<(LogLevel, String)>>>;
@@ -501,6 +501,82 @@ fn back_to_back_callbacks_keep_their_order_context_and_names() {
             other => panic!("{callback}: expected a trap, got {other}"),
         }
     }
+}
+
+/// Response callbacks that log their names and the body's size; `answer` makes the headers
+/// callback send a local response and return Continue, `pause` return Pause.
+fn response_callbacks(answer: bool, pause: bool) -> Vec<u8> {
+    let send = r#"(import "env" "proxy_send_local_response" (func $send (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#;
+    let headers_body = if answer {
+        "(drop (call $send (i32.const 403) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const -1)))"
+    } else {
+        ""
+    };
+    let action = i32::from(pause);
+    let body = format!(
+        r#"
+  (data (i32.const 100) "response headers")
+  (data (i32.const 120) "response body of 5")
+  (data (i32.const 140) ":status")
+  (data (i32.const 150) "no head in the body phase")
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
+    (drop (call $log (i32.const 2) (i32.const 100) (i32.const 16)))
+    {headers_body}
+    (i32.const {action}))
+  (func (export "proxy_on_response_body") (param $c i32) (param $size i32) (param $end i32) (result i32)
+    (if (i32.and (i32.eq (local.get $size) (i32.const 5)) (local.get $end))
+      (then (drop (call $log (i32.const 2) (i32.const 120) (i32.const 18)))))
+    (if (i32.eq (call $get (i32.const 2) (i32.const 140) (i32.const 7) (i32.const 200) (i32.const 204)) (i32.const 2))
+      (then (drop (call $log (i32.const 2) (i32.const 150) (i32.const 25)))))
+    (i32.const 0))
+"#
+    );
+    let get = r#"(import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))"#;
+    module(&format!("{LOG} {send} {get}"), &body)
+}
+
+#[test]
+fn a_whole_response_runs_its_body_callback_only_after_headers_that_continue() {
+    let run = |answer: bool, pause: bool| {
+        let (result, logged) = start(&response_callbacks(answer, pause), Limits::default());
+        let mut instance = result.expect("starts");
+        let context = instance.create_http_context().expect("context");
+        let mut head = rustng_wasm::ResponseHead::default();
+        let mut body = bytes::Bytes::from_static(b"hello");
+        let outcome = instance
+            .on_whole_response(context, &mut head, &mut body, &mut StreamInfo::default())
+            .expect("runs");
+        let said: Vec<String> = lines(&logged).into_iter().map(|(_, line)| line).collect();
+        assert_eq!(&body[..], b"hello", "the body comes back");
+        (outcome, said)
+    };
+    let (outcome, said) = run(false, false);
+    assert_eq!(
+        outcome,
+        (HeadersOutcome::Continue, Some(BodyOutcome::Continue))
+    );
+    // As in Envoy, the body callback does not see the response's head.
+    assert_eq!(
+        said,
+        [
+            "response headers",
+            "response body of 5",
+            "no head in the body phase"
+        ]
+    );
+
+    let (outcome, said) = run(false, true);
+    assert_eq!(outcome, (HeadersOutcome::Pause, None));
+    assert_eq!(said, ["response headers"]);
+
+    // A local response ends the stream, as in Envoy, even when the callback continues.
+    let (outcome, said) = run(true, false);
+    assert!(
+        matches!(outcome, (HeadersOutcome::LocalResponse(ref local), None) if local.status == 403),
+        "{outcome:?}"
+    );
+    assert_eq!(said, ["response headers"]);
 }
 
 #[test]

@@ -34,6 +34,23 @@ impl H1Body {
         body
     }
 
+    /// The whole body, when the read buffer already holds all of it (a small response comes
+    /// in the same read as its head): taken at once, and the connection goes home.
+    pub(crate) fn take_buffered(&mut self) -> Option<Bytes> {
+        let BodyDecoder::Length(length) = self.decoder else {
+            return None;
+        };
+        let length = usize::try_from(length).ok()?;
+        let conn = self.conn.as_mut()?;
+        if conn.read_buf.len() < length {
+            return None;
+        }
+        let data = conn.read_buf.split_to(length).freeze();
+        self.decoder = BodyDecoder::Done;
+        self.release();
+        Some(data)
+    }
+
     /// The body ended: the connection goes back to the pool, or is closed.
     fn release(&mut self) {
         if let Some(conn) = self.conn.take()
