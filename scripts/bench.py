@@ -89,6 +89,11 @@ Methodology
 * Memory per plugin instance: fresh RustNg instances (`workers: 1`, so one plugin instance),
   alternately without and with the filter, 3 of each; each answers one request, then after 1 s
   its VmRSS is read. Reported: median with the plugin minus median without.
+* Instructions per request (when valgrind is installed): RustNg without and with the filter
+  under callgrind (`wasm.instance_slots: 4`: valgrind cannot map the default pool's address
+  space), counting only while 2,000 keep-alive requests run (`callgrind_control -i`), every
+  thread. Unlike CPU time this does not move with the host's speed or noise, so it shows what
+  a change to the filtered path did; it does not count the kernel's share.
 * Load-balancing policies and tracing overhead (RustNg only): one RustNg per variant, all
   running, measured with the HTTP/1.1 scenario's wrk in interleaved rounds (rotated order, the
   median of each variant's runs). Policies: four endpoints (the origin on four ports).
@@ -156,12 +161,15 @@ RUSTNG_TRACE_PORTS = [18097, 18098, 18099, 18100]
 RUSTNG_TRACE_ADMIN_PORTS = [18101, 18102, 18103, 18104]
 # RustNg with TLS on TCP (HTTP/2) and HTTP/3 on UDP, on the same port number.
 RUSTNG_H3_PORT = 18105
+# RustNg under callgrind, for the filter's instructions per request.
+RUSTNG_INSTR_PORT = 18107
 # The HTTP/3 load generator, host/rustng/examples/h3load.rs (`make bench` builds it).
 H3LOAD = REPO / "target" / "release" / "examples" / "h3load"
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
              NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS,
-             *RUSTNG_TRACE_PORTS, *RUSTNG_TRACE_ADMIN_PORTS, RUSTNG_H3_PORT, RUSTNG_ROUTER_SDK_PORT]
+             *RUSTNG_TRACE_PORTS, *RUSTNG_TRACE_ADMIN_PORTS, RUSTNG_H3_PORT, RUSTNG_ROUTER_SDK_PORT,
+             RUSTNG_INSTR_PORT]
 
 # The proxy-wasm filter of the filter scenario, and its configuration (the tag it sets).
 FILTER_WASM = REPO / "filters" / "target" / "wasm32-wasip1" / "release" / "header_rewrite.wasm"
@@ -1463,6 +1471,59 @@ def bench_plugin_memory(sup: Supervisor) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# The filter's cost in instructions
+
+INSTR_WARMUP = 200
+INSTR_REQUESTS = 2000
+# valgrind cannot map the wasm pool's default reservation (about 4 GiB of address space per
+# slot, 128 slots); four slots are plenty for one worker and one plugin.
+INSTR_POOL = "wasm: { instance_slots: 4 }\n"
+
+
+def count_instructions(sup: Supervisor, name: str, plugin: bool) -> float:
+    """Instructions per request of RustNg (every thread) over INSTR_REQUESTS keep-alive
+    requests, counted by callgrind only while they run (`callgrind_control -i`)."""
+    out = sup.workdir / f"callgrind.{name}.out"
+    conf = sup.workdir / f"{name}.yaml"
+    conf.write_text(rustng_yaml(RUSTNG_INSTR_PORT, top=INSTR_POOL + (RUSTNG_PLUGINS if plugin else ""),
+                                listener="    http_filters: [hdr]\n" if plugin else ""))
+    svc = sup.start(name, ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                           f"--callgrind-out-file={out}", str(sup.settings.rustng), "run", "-c", str(conf)],
+                    sup.settings.proxy_cpu)
+    try:
+        wait_ready(svc, RUSTNG_INSTR_PORT, timeout=120.0)
+        with socket.create_connection((HOST, RUSTNG_INSTR_PORT), timeout=30) as conn:
+            for i in range(INSTR_WARMUP + INSTR_REQUESTS):
+                if i == INSTR_WARMUP:
+                    run_bounded(["callgrind_control", "-i", "on", str(svc.pid)], timeout=60)
+                conn.sendall(REQUEST)
+                status, _ = read_response(conn)
+                if status != 200:
+                    raise BenchError(f"{name}: status {status} under callgrind")
+        run_bounded(["callgrind_control", "-i", "off", str(svc.pid)], timeout=60)
+    finally:
+        sup.stop(svc, grace=60.0)
+    totals = [int(line.split()[1]) for line in out.read_text().splitlines() if line.startswith("totals:")]
+    if not totals:
+        raise BenchError(f"{name}: no totals in {out}")
+    return max(totals) / INSTR_REQUESTS
+
+
+def bench_filter_instructions(sup: Supervisor) -> dict | None:
+    """What the filter adds in instructions per request, counted by callgrind: unlike CPU time,
+    the same on a busy host or a slow day, so a change to the filtered path shows in it
+    whatever the machine does meanwhile. `None` without valgrind."""
+    if not (find_tool("valgrind") and find_tool("callgrind_control")):
+        info("no valgrind: the filter's instructions per request are not counted")
+        return None
+    info(f"RustNg instructions per request under callgrind, {INSTR_REQUESTS} requests, with and without the filter")
+    plain = count_instructions(sup, "rustng-instr", plugin=False)
+    filtered = count_instructions(sup, "rustng-filter-instr", plugin=True)
+    return {"requests": INSTR_REQUESTS, "plain_per_request": round(plain),
+            "filter_per_request": round(filtered), "added_per_request": round(filtered - plain)}
+
+
+# --------------------------------------------------------------------------------------------
 # Plugin swap latency
 
 SWAP_CACHED = 30
@@ -1958,7 +2019,7 @@ def filter_summary(results: list[dict], scenario: str = FILTER_SCENARIO,
 
 
 def filter_summary_markdown(summary: dict | None, plugin_memory: dict | None,
-                            title: str = "Filter summary") -> list[str]:
+                            title: str = "Filter summary", instructions: dict | None = None) -> list[str]:
     if not summary and not plugin_memory:
         return []
     out = [f"{title} (median over the rounds of each round's pair of runs; in brackets: lowest–highest "
@@ -1983,6 +2044,11 @@ def filter_summary_markdown(summary: dict | None, plugin_memory: dict | None,
             f"{plugin_memory['repeats']} fresh starts each): **{plugin_memory['per_plugin_instance_bytes'] / mib:+.2f} MiB** "
             f"({w['rss_after_request_bytes'] / mib:.1f} MiB with the filter, {wo['rss_after_request_bytes'] / mib:.1f} MiB "
             f"without; idle before the request: {plugin_memory['per_plugin_instance_idle_bytes'] / mib:+.2f} MiB)")
+    if instructions:
+        out.append(
+            f"- instructions per request (RustNg under callgrind, every thread, {instructions['requests']} "
+            f"keep-alive requests): **{instructions['added_per_request']:+,}** for the filter "
+            f"({instructions['filter_per_request']:,} with it, {instructions['plain_per_request']:,} without)")
     out.append("")
     return out
 
@@ -2021,7 +2087,8 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def markdown(results: list[dict], memory: dict | None, meta: dict, summary: dict | None = None,
-             plugin_memory: dict | None = None, router_summary: dict | None = None) -> str:
+             plugin_memory: dict | None = None, router_summary: dict | None = None,
+             instructions: dict | None = None) -> str:
     s = meta["settings"]
     out = [f"## RustNg benchmark — {meta['timestamp']}", "",
            f"Median of {s['rounds']} interleaved rounds (target order rotated each round) of "
@@ -2055,7 +2122,7 @@ def markdown(results: list[dict], memory: dict | None, meta: dict, summary: dict
         if sc.note:
             out += [sc.note, ""]
         if sc.key == FILTER_SCENARIO:
-            out += filter_summary_markdown(summary, plugin_memory)
+            out += filter_summary_markdown(summary, plugin_memory, instructions=instructions)
         if sc.key == ROUTER_SCENARIO:
             out += filter_summary_markdown(router_summary, None, "Routing summary")
     out.append("rps, p50, p99, CPU: median over rounds; ratios vs nginx: of the medians; spread: min–max "
@@ -2118,7 +2185,7 @@ def main(argv: list[str]) -> int:
     sup = Supervisor(workdir, s)
     results: list[dict] = []
     failures: list[str] = []
-    memory = plugin_memory = swap = upgrade = lb = traced = h3 = None
+    memory = plugin_memory = instructions = swap = upgrade = lb = traced = h3 = None
     try:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
@@ -2135,6 +2202,11 @@ def main(argv: list[str]) -> int:
             except (BenchError, OSError) as e:
                 failures.append(f"RustNg memory per plugin instance: {e}")
                 warn(f"RustNg memory per plugin instance failed: {e}")
+            try:
+                instructions = bench_filter_instructions(sup)
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                failures.append(f"RustNg instructions per request: {e}")
+                warn(f"RustNg instructions per request failed: {e}")
             try:
                 swap = bench_swap_latency(sup)
             except (BenchError, OSError) as e:
@@ -2218,11 +2290,12 @@ def main(argv: list[str]) -> int:
     report = {**meta, "wall_seconds": wall_seconds, "results": results, "rustng_memory": memory,
               "wasm_filter_summary": summary, "router_summary": router_summary,
               "rustng_plugin_memory": plugin_memory,
+              "rustng_filter_instructions": instructions,
               "rustng_swap_latency": swap, "rustng_upgrade": upgrade, "rustng_lb_policies": lb,
               "rustng_tracing": traced,
               "rustng_http3": h3,
               "failures": failures}
-    print(markdown(results, memory, meta, summary, plugin_memory, router_summary))
+    print(markdown(results, memory, meta, summary, plugin_memory, router_summary, instructions))
     print("\n".join(swap_markdown(swap)))
     print("\n".join(lb_markdown(lb)))
     print("\n".join(tracing_markdown(traced)))

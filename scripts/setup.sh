@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg_bin in "nginx-light:nginx" "haproxy:haproxy" "wrk:wrk" "nghttp2-client:h2load" "curl:curl" "protobuf-compiler:protoc" "dnsmasq-base:dnsmasq" "etcd-server:etcd" "etcd-client:etcdctl"; do
+for pkg_bin in "nginx-light:nginx" "haproxy:haproxy" "wrk:wrk" "nghttp2-client:h2load" "curl:curl" "protobuf-compiler:protoc" "dnsmasq-base:dnsmasq" "etcd-server:etcd" "etcd-client:etcdctl" "valgrind:valgrind"; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin##*:}
   command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need_apt+=("$pkg")
 done
