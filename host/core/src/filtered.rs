@@ -81,6 +81,19 @@ pub(crate) fn serve(
             .filters
             .request_headers(&mut active, &mut head, 0, no_body)
     };
+    if matches!(step, Step::Continue) && (upgrade.is_none() || version != Version::HTTP_11) {
+        // The common case, straight on: no `Pending` (440 bytes) to build and move through.
+        parts.method = head.method;
+        parts.uri = head.uri;
+        parts.headers = head.headers;
+        let limit = listener.config.http.buffer_limit_bytes;
+        let responding = Responding {
+            filters: Rc::clone(&filters),
+            limit,
+        };
+        let prepared = prepare(&listener, parts, body, exchange, &filters, version);
+        return routed(prepared, responding, version);
+    }
     let mut request = Pending {
         listener,
         parts,
@@ -196,30 +209,9 @@ impl Pending {
         let version = self.version;
         let limit = self.listener.config.http.buffer_limit_bytes;
         let filters = Rc::clone(&self.filters);
-        match self.prepare() {
-            Ok(Prepared {
-                cluster,
-                outgoing,
-                exchange,
-                retries: None,
-            }) => Routed::Forward(Forwarding::filtered(
-                cluster,
-                outgoing,
-                exchange,
-                version,
-                Responding { filters, limit },
-            )),
-            Ok(prepared) => Routed::Other(Box::pin(send_prepared(
-                prepared,
-                Responding { filters, limit },
-                version,
-            ))),
-            Err(response) => Routed::Other(Box::pin(std::future::ready(Ok(*response)))),
-        }
+        routed(self.prepare(), Responding { filters, limit }, version)
     }
 
-    /// The cluster the filters chose, and the request as it leaves (its body through the
-    /// body callbacks if a filter has them); or the answer when there is no such cluster.
     fn prepare(self) -> Result<Prepared, Box<Response<ProxyBody>>> {
         let Pending {
             listener,
@@ -230,50 +222,7 @@ impl Pending {
             upgrade: _,
             version,
         } = self;
-        let limit = listener.config.http.buffer_limit_bytes;
-        let cluster = match routed_cluster(&listener, &filters) {
-            Ok(cluster) => cluster,
-            Err(kind) => return Err(Box::new(local_error(kind.into_error(), exchange, version))),
-        };
-        let body = request_body(&filters, &parts.headers, body, limit);
-        let timeout = if exchange.is_grpc() {
-            crate::grpc::bounded(
-                routed_timeout(&filters),
-                cluster.config().timeout,
-                crate::grpc::timeout(&parts.headers),
-            )
-        } else {
-            routed_timeout(&filters)
-        };
-        let outgoing = Outgoing {
-            head: parts,
-            body: Some(body),
-            timeout,
-            hash: routed_hash(&filters),
-        };
-        let retries = RetryPolicy::from_properties(&filters.borrow().stream.properties);
-        {
-            // `proxy_on_log` reads the head as it left. An HTTP/1.1 upstream leaves it in
-            // place and it is taken back after the send (see `keep_sent_head`); an HTTP/2
-            // upstream and retries consume it, so those keep a copy now.
-            if retries.is_some() || cluster.config().protocol != UpstreamProtocol::Http1 {
-                let head = &outgoing.head;
-                filters
-                    .borrow_mut()
-                    .keep_request_head(|scheme| RequestHead {
-                        method: head.method.clone(),
-                        uri: head.uri.clone(),
-                        headers: head.headers.clone(),
-                        scheme,
-                    });
-            }
-        }
-        Ok(Prepared {
-            cluster,
-            outgoing,
-            exchange,
-            retries,
-        })
+        prepare(&listener, parts, body, exchange, &filters, version)
     }
 
     /// Sends the request and runs the response phases (after a pause, or for an upgrade).
@@ -304,6 +253,83 @@ impl Pending {
             Ok(prepared) => send_prepared(prepared, Responding { filters, limit }, version).await,
             Err(response) => Ok(*response),
         }
+    }
+}
+
+/// The cluster the filters chose, and the request as it leaves (its body through the body
+/// callbacks if a filter has them); or the answer when there is no such cluster.
+fn prepare(
+    listener: &ListenerRt,
+    parts: request::Parts,
+    body: DownstreamBody,
+    exchange: Exchange,
+    filters: &SharedFilters,
+    version: Version,
+) -> Result<Prepared, Box<Response<ProxyBody>>> {
+    let limit = listener.config.http.buffer_limit_bytes;
+    let cluster = match routed_cluster(listener, filters) {
+        Ok(cluster) => cluster,
+        Err(kind) => return Err(Box::new(local_error(kind.into_error(), exchange, version))),
+    };
+    let body = request_body(filters, &parts.headers, body, limit);
+    let timeout = if exchange.is_grpc() {
+        crate::grpc::bounded(
+            routed_timeout(filters),
+            cluster.config().timeout,
+            crate::grpc::timeout(&parts.headers),
+        )
+    } else {
+        routed_timeout(filters)
+    };
+    let outgoing = Outgoing {
+        head: parts,
+        body: Some(body),
+        timeout,
+        hash: routed_hash(filters),
+    };
+    let retries = RetryPolicy::from_properties(&filters.borrow().stream.properties);
+    {
+        // `proxy_on_log` reads the head as it left. An HTTP/1.1 upstream leaves it in
+        // place and it is taken back after the send (see `keep_sent_head`); an HTTP/2
+        // upstream and retries consume it, so those keep a copy now.
+        if retries.is_some() || cluster.config().protocol != UpstreamProtocol::Http1 {
+            let head = &outgoing.head;
+            filters
+                .borrow_mut()
+                .keep_request_head(|scheme| RequestHead {
+                    method: head.method.clone(),
+                    uri: head.uri.clone(),
+                    headers: head.headers.clone(),
+                    scheme,
+                });
+        }
+    }
+    Ok(Prepared {
+        cluster,
+        outgoing,
+        exchange,
+        retries,
+    })
+}
+
+/// Where a prepared request goes: on as a [`Forwarding`] (its future lives in the
+/// connection's), unless it retries (its state boxed instead) or was answered.
+fn routed(
+    prepared: Result<Prepared, Box<Response<ProxyBody>>>,
+    responding: Responding,
+    version: Version,
+) -> Routed {
+    match prepared {
+        Ok(Prepared {
+            cluster,
+            outgoing,
+            exchange,
+            retries: None,
+        }) => Routed::Forward(Forwarding::filtered(
+            cluster, outgoing, exchange, version, responding,
+        )),
+        Ok(prepared) => Routed::Other(Box::pin(send_prepared(prepared, responding, version))),
+        Err(response) => Routed::Other(Box::pin(std::future::ready(Ok(*response)))),
     }
 }
 

@@ -75,6 +75,8 @@ pub(crate) const IMPORTS: &str = "plugin";
 /// The host's own import: called between the response's headers and body callbacks, it puts
 /// the response head out of the body callback's reach, as Envoy has it.
 pub(crate) const BODY_PHASE: &str = "rustng_response_body_phase";
+/// Set in `respond`'s answer when the body callback ran.
+pub(crate) const BODY_RAN: i64 = 1 << 32;
 
 impl FusedShape {
     /// Whether a stream's start is worth fusing: both its callbacks exist.
@@ -124,10 +126,11 @@ impl FusedShape {
     /// `start(context, root, num_headers, end_of_stream) -> action` calls
     /// `proxy_on_context_create(context, root)` then returns
     /// `proxy_on_request_headers(context, num_headers[, end_of_stream])`.
-    /// `respond(context, num_headers, body_size) -> action` calls
+    /// `respond(context, num_headers, body_size) -> i64` calls
     /// `proxy_on_response_headers(context, num_headers[, 0])` and, if it continued without a
-    /// local response, `proxy_on_response_body(context, body_size, 1)`; the stage says which
-    /// callback's action it returns.
+    /// local response, `proxy_on_response_body(context, body_size, 1)`. It returns the last
+    /// callback's action in the low 32 bits, and [`BODY_RAN`] set when that was the body's
+    /// (the answer says it: reading a global from the host costs more than the call saves).
     /// `finish(context)` calls `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` (those that
     /// exist), dropping `proxy_on_done`'s answer as the host does.
     pub(crate) fn encode(&self) -> Option<Vec<u8>> {
@@ -192,7 +195,7 @@ impl FusedShape {
             let body = import(&mut imports, "proxy_on_response_body", {
                 add_type(&mut types, i32s(3), i32s(1))
             });
-            let ty = add_type(&mut types, i32s(3), i32s(1));
+            let ty = add_type(&mut types, i32s(3), vec![ValType::I64]);
             // One local: the headers callback's action.
             let mut f = Function::new([(1, ValType::I32)]);
             set_stage(&mut f, Stage::ResponseHeaders);
@@ -207,7 +210,7 @@ impl FusedShape {
             ins.global_get(1)
                 .i32_or()
                 .if_(wasm_encoder::BlockType::Empty);
-            ins.local_get(3).return_().end();
+            ins.local_get(3).i64_extend_i32_u().return_().end();
             set_stage(&mut f, Stage::ResponseBody);
             f.instructions()
                 .call(body_phase)
@@ -215,6 +218,9 @@ impl FusedShape {
                 .local_get(2)
                 .i32_const(1)
                 .call(body)
+                .i64_extend_i32_u()
+                .i64_const(BODY_RAN)
+                .i64_or()
                 .end();
             defined.push((RESPOND, ty, f));
         }

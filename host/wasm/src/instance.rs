@@ -47,7 +47,7 @@ struct FusedCalls {
     start: Option<TypedFunc<(i32, i32, i32, i32), i32>>,
     /// `proxy_on_response_headers` then, unless it paused or answered,
     /// `proxy_on_response_body` with the whole body.
-    respond: Option<TypedFunc<(i32, i32, i32), i32>>,
+    respond: Option<TypedFunc<(i32, i32, i32), i64>>,
     /// `proxy_on_done`, `proxy_on_log`, `proxy_on_delete`.
     finish: Option<TypedFunc<i32, ()>>,
     /// Which callback runs (a [`Stage`]).
@@ -538,10 +538,11 @@ impl PluginInstance {
             (context.0, count, size),
         );
         let result = match action {
-            Ok(action) => {
-                let stage = self.fused.as_ref().map(|f| f.stage.get(&mut self.store));
+            Ok(answer) => {
                 let http = &mut self.store.data_mut().http;
-                if stage.and_then(|v| v.i32()) == Some(Stage::ResponseBody as i32) {
+                // The low half is the action, as the guest returned it.
+                let action = answer as u32 as i32;
+                if answer & fused::BODY_RAN != 0 {
                     body_outcome(Ok(action), http)
                         .map(|body| (HeadersOutcome::Continue, Some(body)))
                 } else {
