@@ -256,24 +256,15 @@ impl FusedShape {
         }
 
         let mut globals = GlobalSection::new();
-        globals.global(
-            GlobalType {
+        for (index, name) in [STAGE, STOP].into_iter().enumerate() {
+            let mutable_i32 = GlobalType {
                 val_type: ValType::I32,
                 mutable: true,
                 shared: false,
-            },
-            &ConstExpr::i32_const(0),
-        );
-        globals.global(
-            GlobalType {
-                val_type: ValType::I32,
-                mutable: true,
-                shared: false,
-            },
-            &ConstExpr::i32_const(0),
-        );
-        exports.export(STAGE, ExportKind::Global, 0);
-        exports.export(STOP, ExportKind::Global, 1);
+            };
+            globals.global(mutable_i32, &ConstExpr::i32_const(0));
+            exports.export(name, ExportKind::Global, index as u32);
+        }
         for (index, (name, ty, f)) in defined.iter().enumerate() {
             functions.function(*ty);
             code.function(f);

@@ -84,30 +84,9 @@ impl FusedCalls {
         let stage = fused
             .get_global(&mut *store, fused::STAGE)
             .ok_or_else(|| WasmError::Abi("fused callbacks: no stage".into()))?;
-        let start = match shape.fuses_start() {
-            true => Some(
-                fused
-                    .get_typed_func(&mut *store, fused::START)
-                    .map_err(abi)?,
-            ),
-            false => None,
-        };
-        let respond = match shape.fuses_response() {
-            true => Some(
-                fused
-                    .get_typed_func(&mut *store, fused::RESPOND)
-                    .map_err(abi)?,
-            ),
-            false => None,
-        };
-        let finish = match shape.fuses_finish() {
-            true => Some(
-                fused
-                    .get_typed_func(&mut *store, fused::FINISH)
-                    .map_err(abi)?,
-            ),
-            false => None,
-        };
+        let start = fused_export(&fused, store, shape.fuses_start(), fused::START)?;
+        let respond = fused_export(&fused, store, shape.fuses_response(), fused::RESPOND)?;
+        let finish = fused_export(&fused, store, shape.fuses_finish(), fused::FINISH)?;
         // A local response sent from a fused callback stops the callbacks after it.
         store.data_mut().fused_stop = fused.get_global(&mut *store, fused::STOP);
         Ok(Some(FusedCalls {
@@ -211,6 +190,22 @@ impl StreamCallbacks {
             )?,
         })
     }
+}
+
+/// A function of the fused instance, when its plugin's shape has it.
+fn fused_export<P: WasmParams, R: WasmResults>(
+    fused: &Instance,
+    store: &mut Store<HostState>,
+    exported: bool,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, WasmError> {
+    if !exported {
+        return Ok(None);
+    }
+    fused
+        .get_typed_func(store, name)
+        .map(Some)
+        .map_err(|e| WasmError::Abi(format!("fused callbacks: {e:#}")))
 }
 
 /// An optional export with the signature the ABI gives it.
