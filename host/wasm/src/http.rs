@@ -228,8 +228,10 @@ pub(crate) struct HttpCallState {
     pub(crate) request: Option<RequestHead>,
     pub(crate) response: Option<ResponseHead>,
     /// The response head put aside while a fused body callback runs: Envoy does not show the
-    /// head in the body phase (see [`crate::fused`]).
+    /// head in the body phase, nor the body in the headers phase (see [`crate::fused`]).
     pub(crate) response_aside: Option<ResponseHead>,
+    /// The whole body, held back from a fused headers callback until the body phase begins.
+    pub(crate) body_aside: Option<(rustng_abi::BufferType, bytes::Bytes)>,
     pub(crate) local_response: Option<LocalResponse>,
     /// Present during stream callbacks.
     pub(crate) stream: Option<StreamInfo>,

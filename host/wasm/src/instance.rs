@@ -71,6 +71,7 @@ impl FusedCalls {
                 let body_phase = Func::wrap(&mut *store, |mut caller: Caller<'_, HostState>| {
                     let http = &mut caller.data_mut().http;
                     http.response_aside = http.response.take();
+                    http.body = http.body_aside.take();
                 });
                 imports.push(Extern::Func(body_phase));
                 continue;
@@ -521,7 +522,8 @@ impl PluginInstance {
         let slot: Slot<ResponseHead> = |http| &mut http.response;
         let http = &mut self.store.data_mut().http;
         lend(http, slot, head, stream);
-        http.body = Some((BufferType::HttpResponseBody, std::mem::take(body)));
+        // The body comes into reach when its phase begins (the host import between the two).
+        http.body_aside = Some((BufferType::HttpResponseBody, std::mem::take(body)));
         http.local_response = None;
         let count = header_count(http, Phase::Response);
         let action = invoke(
@@ -547,7 +549,7 @@ impl PluginInstance {
             Err(error) => Err(self.in_fused_stage(error)),
         };
         let http = &mut self.store.data_mut().http;
-        if let Some((_, changed)) = http.body.take() {
+        if let Some((_, changed)) = http.body.take().or_else(|| http.body_aside.take()) {
             *body = changed;
         }
         if let Some(aside) = http.response_aside.take() {

@@ -519,9 +519,12 @@ fn response_callbacks(answer: bool, pause: bool) -> Vec<u8> {
   (data (i32.const 120) "response body of 5")
   (data (i32.const 140) ":status")
   (data (i32.const 150) "no head in the body phase")
+  (data (i32.const 180) "no body in the headers phase")
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32)
     (drop (call $log (i32.const 2) (i32.const 100) (i32.const 16)))
+    (if (i32.ne (call $get_buffer (i32.const 1) (i32.const 0) (i32.const 5) (i32.const 208) (i32.const 212)) (i32.const 0))
+      (then (drop (call $log (i32.const 2) (i32.const 180) (i32.const 28)))))
     {headers_body}
     (i32.const {action}))
   (func (export "proxy_on_response_body") (param $c i32) (param $size i32) (param $end i32) (result i32)
@@ -533,7 +536,7 @@ fn response_callbacks(answer: bool, pause: bool) -> Vec<u8> {
 "#
     );
     let get = r#"(import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))"#;
-    module(&format!("{LOG} {send} {get}"), &body)
+    module(&format!("{LOG} {GET_BUFFER} {send} {get}"), &body)
 }
 
 #[test]
@@ -556,11 +559,12 @@ fn a_whole_response_runs_its_body_callback_only_after_headers_that_continue() {
         outcome,
         (HeadersOutcome::Continue, Some(BodyOutcome::Continue))
     );
-    // As in Envoy, the body callback does not see the response's head.
+    // As in Envoy, the headers callback does not see the body, nor the body callback the head.
     assert_eq!(
         said,
         [
             "response headers",
+            "no body in the headers phase",
             "response body of 5",
             "no head in the body phase"
         ]
@@ -568,7 +572,7 @@ fn a_whole_response_runs_its_body_callback_only_after_headers_that_continue() {
 
     let (outcome, said) = run(false, true);
     assert_eq!(outcome, (HeadersOutcome::Pause, None));
-    assert_eq!(said, ["response headers"]);
+    assert_eq!(said, ["response headers", "no body in the headers phase"]);
 
     // A local response ends the stream, as in Envoy, even when the callback continues.
     let (outcome, said) = run(true, false);
@@ -576,7 +580,7 @@ fn a_whole_response_runs_its_body_callback_only_after_headers_that_continue() {
         matches!(outcome, (HeadersOutcome::LocalResponse(ref local), None) if local.status == 403),
         "{outcome:?}"
     );
-    assert_eq!(said, ["response headers"]);
+    assert_eq!(said, ["response headers", "no body in the headers phase"]);
 }
 
 #[test]
