@@ -81,11 +81,10 @@ pub(crate) fn serve(
             .filters
             .request_headers(&mut active, &mut head, 0, no_body)
     };
-    if matches!(step, Step::Continue) && (upgrade.is_none() || version != Version::HTTP_11) {
+    let upgrading = upgrade.is_some() && version == Version::HTTP_11;
+    if matches!(step, Step::Continue) && !upgrading {
         // The common case, straight on: no `Pending` (440 bytes) to build and move through.
-        parts.method = head.method;
-        parts.uri = head.uri;
-        parts.headers = head.headers;
+        restore_head(&mut parts, head);
         let limit = listener.config.http.buffer_limit_bytes;
         let responding = Responding {
             filters: Rc::clone(&filters),
@@ -104,9 +103,10 @@ pub(crate) fn serve(
         version,
     };
     match step {
+        // Only an upgrade gets here: its tunnel is a future of its own.
         Step::Continue => {
             request.finish_head(head);
-            request.route()
+            Routed::Other(Box::pin(request.send()))
         }
         Step::Answer(answer) => {
             keep_for_log(&request.filters, head);
@@ -154,9 +154,7 @@ impl Pending {
     /// Puts the head the filters went through back into the request. In place: a `Pending`
     /// is ~440 bytes, and passing it through by value copied it twice per request.
     fn finish_head(&mut self, head: RequestHead) {
-        self.parts.method = head.method;
-        self.parts.uri = head.uri;
-        self.parts.headers = head.headers;
+        restore_head(&mut self.parts, head);
     }
 
     /// Waits where a filter paused the request headers, runs the remaining filters (which
@@ -198,18 +196,6 @@ impl Pending {
         let mut request = self;
         request.finish_head(head);
         request.send().await
-    }
-
-    /// Where a request whose headers went through goes: on as a [`Forwarding`], unless it
-    /// upgrades or retries (both rare, their state boxed instead).
-    fn route(self) -> Routed {
-        if self.upgrade.is_some() && self.version == Version::HTTP_11 {
-            return Routed::Other(Box::pin(self.send()));
-        }
-        let version = self.version;
-        let limit = self.listener.config.http.buffer_limit_bytes;
-        let filters = Rc::clone(&self.filters);
-        routed(self.prepare(), Responding { filters, limit }, version)
     }
 
     fn prepare(self) -> Result<Prepared, Box<Response<ProxyBody>>> {
@@ -254,6 +240,13 @@ impl Pending {
             Err(response) => Ok(*response),
         }
     }
+}
+
+/// Puts the head the filters went through back into the request.
+fn restore_head(parts: &mut request::Parts, head: RequestHead) {
+    parts.method = head.method;
+    parts.uri = head.uri;
+    parts.headers = head.headers;
 }
 
 /// The cluster the filters chose, and the request as it leaves (its body through the body
@@ -460,22 +453,20 @@ pub(crate) fn respond(
         no_body,
         whole: None,
     };
-    // A small response's whole body comes with its head: with one filter, its headers and
-    // body callbacks run in one entry into the guest.
-    let fuse = !no_body && {
-        let active = filters.borrow();
-        active.single_context() && active.wants_body(Direction::Response)
-    };
-    if fuse {
+    // A small response's whole body comes with its head: taken now, its body callbacks run
+    // at once (see `whole_response`), and with one filter in the same guest entry as its
+    // headers callback.
+    if !no_body && filters.borrow().wants_body(Direction::Response) {
         answer.whole = answer.body.take_buffered().map(|data| (data, false));
     }
+    let single = filters.borrow().single_context();
     let step = match &mut answer.whole {
-        Some((data, body_done)) => {
+        Some((data, body_done)) if single => {
             let (step, done) = filters.borrow_mut().whole_response(&mut answer.head, data);
             *body_done = done;
             step
         }
-        None => filters
+        _ => filters
             .borrow_mut()
             .response_headers(&mut answer.head, 0, no_body),
     };
@@ -551,10 +542,6 @@ fn finish_response(
     }
     if let Some((data, body_done)) = whole {
         return whole_response(parts, data, body_done, &filters, exchange, version);
-    }
-    let mut body = body;
-    if let Some(data) = body.take_buffered() {
-        return whole_response(parts, data, false, &filters, exchange, version);
     }
     let body = FilteredBody::new(
         Direction::Response,
