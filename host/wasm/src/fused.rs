@@ -47,18 +47,35 @@ pub(crate) enum Stage {
 }
 
 impl Stage {
-    /// The callback's ABI name, for errors.
-    pub(crate) fn callback(stage: i32) -> &'static str {
-        match stage {
-            1 => "proxy_on_context_create",
-            2 => "proxy_on_request_headers",
-            3 => "proxy_on_done",
-            4 => "proxy_on_log",
-            5 => "proxy_on_delete",
-            6 => "proxy_on_response_headers",
-            7 => "proxy_on_response_body",
-            _ => "fused callback",
+    const ALL: [Stage; 7] = [
+        Stage::ContextCreate,
+        Stage::RequestHeaders,
+        Stage::Done,
+        Stage::Log,
+        Stage::Delete,
+        Stage::ResponseHeaders,
+        Stage::ResponseBody,
+    ];
+
+    /// The callback's ABI name.
+    fn name(self) -> &'static str {
+        match self {
+            Stage::ContextCreate => "proxy_on_context_create",
+            Stage::RequestHeaders => "proxy_on_request_headers",
+            Stage::Done => "proxy_on_done",
+            Stage::Log => "proxy_on_log",
+            Stage::Delete => "proxy_on_delete",
+            Stage::ResponseHeaders => "proxy_on_response_headers",
+            Stage::ResponseBody => "proxy_on_response_body",
         }
+    }
+
+    /// The name of the callback a `stage` global's value stands for, for errors.
+    pub(crate) fn callback(stage: i32) -> &'static str {
+        Stage::ALL
+            .into_iter()
+            .find(|s| *s as i32 == stage)
+            .map_or("fused callback", Stage::name)
     }
 }
 

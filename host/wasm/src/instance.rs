@@ -641,10 +641,7 @@ impl PluginInstance {
         if let Some(finish) = self.fused.as_ref().and_then(|f| f.finish.as_ref()) {
             // One entry for all three. The heads are readable from `proxy_on_done` on too,
             // as in Envoy, where the stream still exists then.
-            let http = &mut self.store.data_mut().http;
-            http.request = request.take();
-            http.response = response.take();
-            http.logging = true;
+            lend_logged_heads(&mut self.store.data_mut().http, request, response);
             let finished = invoke(
                 &mut self.store,
                 &self.limits,
@@ -653,11 +650,7 @@ impl PluginInstance {
                 finish,
                 context.0,
             );
-            let http = &mut self.store.data_mut().http;
-            *request = http.request.take();
-            *response = http.response.take();
-            http.logging = false;
-            http.local_response = None;
+            take_logged_heads_back(&mut self.store.data_mut().http, request, response);
             return finished.map_err(|error| self.in_fused_stage(error));
         }
         if let Some(f) = &self.stream.on_done {
@@ -673,10 +666,7 @@ impl PluginInstance {
             )?;
         }
         if let Some(f) = &self.stream.on_log {
-            let http = &mut self.store.data_mut().http;
-            http.request = request.take();
-            http.response = response.take();
-            http.logging = true;
+            lend_logged_heads(&mut self.store.data_mut().http, request, response);
             let logged = invoke(
                 &mut self.store,
                 &self.limits,
@@ -685,14 +675,7 @@ impl PluginInstance {
                 f,
                 context.0,
             );
-            // The heads only: the rest of the callback state is empty after a stream's
-            // last callback, and taking all of it would copy a kilobyte per request.
-            let http = &mut self.store.data_mut().http;
-            *request = http.request.take();
-            *response = http.response.take();
-            http.logging = false;
-            // Too late for an answer: the response has gone.
-            http.local_response = None;
+            take_logged_heads_back(&mut self.store.data_mut().http, request, response);
             logged?;
         }
         if let Some(f) = &self.stream.on_delete {
@@ -1175,6 +1158,32 @@ fn return_from_answer(
             .stream_actions
             .push((context_id, StreamAction::LocalResponse(local)));
     }
+}
+
+/// Lends the heads, as the request and the response left, to a stream's last callbacks:
+/// readable, not writable.
+fn lend_logged_heads(
+    http: &mut HttpCallState,
+    request: &mut Option<RequestHead>,
+    response: &mut Option<ResponseHead>,
+) {
+    http.request = request.take();
+    http.response = response.take();
+    http.logging = true;
+}
+
+/// Takes the heads back after a stream's last callbacks. The heads only: the rest of the
+/// callback state is empty then, and taking all of it would copy a kilobyte per request.
+fn take_logged_heads_back(
+    http: &mut HttpCallState,
+    request: &mut Option<RequestHead>,
+    response: &mut Option<ResponseHead>,
+) {
+    *request = http.request.take();
+    *response = http.response.take();
+    http.logging = false;
+    // Too late for an answer: the response has gone.
+    http.local_response = None;
 }
 
 fn take_back<H>(http: &mut HttpCallState, slot: Slot<H>, head: &mut H, stream: &mut StreamInfo) {
