@@ -105,6 +105,10 @@ Methodology
   (host/rustng/examples/h3load.rs, quinn + h3, one thread: the machine's h2load has no QUIC)
   and over HTTP/2 with TLS with h2load, both `-c32 -m10`; interleaved rounds, medians.
 
+* `make bench` measures the profile-guided build (target/pgo/release/rustng, scripts/pgo.sh),
+  whose profile was gathered by this script's `--training` mode (RustNg alone, one short round
+  of each RustNg scenario and of TLS / HTTP/3); `make bench PGO=0` measures the plain release.
+
 Results are printed as markdown tables and written as JSON to
 bench/results/bench-<timestamp>.json and bench/results/latest.json.
 
@@ -163,8 +167,14 @@ RUSTNG_TRACE_ADMIN_PORTS = [18101, 18102, 18103, 18104]
 RUSTNG_H3_PORT = 18105
 # RustNg under callgrind, for the filter's instructions per request.
 RUSTNG_INSTR_PORT = 18107
-# The HTTP/3 load generator, host/rustng/examples/h3load.rs (`make bench` builds it).
-H3LOAD = REPO / "target" / "release" / "examples" / "h3load"
+# The HTTP/3 load generator, host/rustng/examples/h3load.rs (`make bench` builds it), found
+# beside the RustNg binary measured (target/pgo/release or target/release).
+H3LOAD = Path("target") / "release" / "examples" / "h3load"
+
+
+def h3load_path(rustng: Path) -> Path:
+    beside = rustng.parent / "examples" / "h3load"
+    return beside if beside.is_file() else REPO / H3LOAD
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
              NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS,
@@ -224,6 +234,8 @@ class Settings:
     scenarios: list[str]
     out_dir: Path
     keep_tmp: bool
+    # A profile-gathering run for the PGO build (scripts/pgo.sh): load only, nothing reported.
+    training: bool = False
     envoy: Path | None = None  # resolved in check_environment when an Envoy target runs
     proxy_cpu: int | None = None  # None: no pinning
     load_cpu: int | None = None
@@ -266,7 +278,22 @@ def parse_args(argv: list[str]) -> Settings:
     )
     p.add_argument("--out-dir", default=str(REPO / "bench" / "results"), help="where JSON results go")
     p.add_argument("--keep-tmp", action="store_true", help="keep configs and logs of the run")
+    p.add_argument(
+        "--training",
+        action="store_true",
+        help="drive load through an instrumented RustNg to gather its profile for the PGO build "
+             "(scripts/pgo.sh): RustNg's targets only, one short round, no other tests, nothing "
+             "written",
+    )
     a = p.parse_args(argv)
+    if a.training:
+        # Every RustNg path the benchmark measures, and nothing else: the profile should
+        # describe the request paths, not a measurement harness.
+        a.targets = ",".join(TRAINING_TARGETS)
+        a.scenarios = ",".join(TRAINING_SCENARIOS)
+        a.duration = a.duration or 4
+        a.warmup = 0 if a.warmup is None else a.warmup
+        a.rounds = a.goal_rounds = 1
 
     def pick(value: int | None, quick: int, full: int) -> int:
         return value if value is not None else (quick if a.quick else full)
@@ -292,6 +319,7 @@ def parse_args(argv: list[str]) -> Settings:
         out_dir=Path(a.out_dir),
         keep_tmp=a.keep_tmp,
         envoy=Path(a.envoy) if a.envoy else None,
+        training=a.training,
     )
     if s.duration < 1 or s.rounds < 1 or s.goal_rounds < 1 or s.warmup < 0 or s.idle_connections < 1:
         p.error("--duration, --rounds, --goal-rounds and --idle-connections must be >= 1, --warmup >= 0")
@@ -493,10 +521,11 @@ def kill_group(proc: subprocess.Popen, grace: float) -> None:
         warn(f"pid {proc.pid} did not exit after SIGKILL")
 
 
-def run_bounded(argv: list[str], timeout: float) -> str:
+def run_bounded(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
     """Runs a load generator in its own process group; returns stdout+stderr."""
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, **env} if env else None)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -1139,6 +1168,8 @@ class Scenario:
 BASE_TARGETS = ("origin", "nginx", "haproxy", "rustng")
 FILTER_TARGETS = ("nginx", "envoy", "envoy-filter", "rustng", "rustng-filter")
 ROUTER_TARGETS = ("nginx-routes", "rustng-router", "rustng-router-sdk")
+TRAINING_TARGETS = ("rustng", "rustng-filter", "rustng-router", "rustng-router-sdk")
+TRAINING_SCENARIOS = ("http1", "h2c", "http1-wasm", "http1-routes")
 
 SCENARIOS = [
     Scenario("http1", f"HTTP/1.1 keep-alive — wrk -t1 -c{WRK_CONNECTIONS}",
@@ -1827,10 +1858,13 @@ def make_cert(workdir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def run_h3load(port: int, seconds: int, cpu: int | None, ca: Path) -> LoadResult:
-    argv = [str(H3LOAD), "-c", str(H2LOAD_CLIENTS), "-m", str(H2LOAD_STREAMS), "-D", str(seconds),
+def run_h3load(h3load: Path, port: int, seconds: int, cpu: int | None, ca: Path) -> LoadResult:
+    argv = [str(h3load), "-c", str(H2LOAD_CLIENTS), "-m", str(H2LOAD_STREAMS), "-D", str(seconds),
             "--ca", str(ca), f"https://localhost:{port}/"]
-    out = run_bounded(pinned(argv, cpu), timeout=seconds + 30)
+    # In a PGO training run h3load is instrumented too (built beside rustng): its profile, a
+    # client's, goes elsewhere than the proxy's.
+    out = run_bounded(pinned(argv, cpu), timeout=seconds + 30,
+                      env={"LLVM_PROFILE_FILE": str(ca.parent / "h3load-%p.profraw")})
     try:
         r = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -1853,8 +1887,9 @@ def bench_http3(sup: Supervisor) -> dict:
     on UDP, same certificate, same origin): h3load and h2load with the same shape (-c32 -m10),
     interleaved rounds, median of each protocol's runs."""
     s = sup.settings
-    if not H3LOAD.is_file():
-        raise BenchError(f"{H3LOAD} missing: `cargo build --release -p rustng --example h3load` "
+    h3load = h3load_path(s.rustng)
+    if not h3load.is_file():
+        raise BenchError(f"{h3load} missing: `cargo build --release -p rustng --example h3load` "
                          "(`make bench` does it)")
     info(f"RustNg HTTP/3 vs HTTP/2 over TLS ({s.rounds} interleaved rounds)")
     cert, key = make_cert(sup.workdir)
@@ -1865,7 +1900,7 @@ def bench_http3(sup: Supervisor) -> dict:
     svc = sup.start("rustng-h3", [str(s.rustng), "run", "-c", str(conf)], s.proxy_cpu)
     seconds = max(2, s.duration // 2)
     log_file = sup.workdir / "h2load-tls.log"
-    protocols = {"HTTP/3": lambda secs: run_h3load(RUSTNG_H3_PORT, secs, s.load_cpu, cert),
+    protocols = {"HTTP/3": lambda secs: run_h3load(h3load, RUSTNG_H3_PORT, secs, s.load_cpu, cert),
                  "HTTP/2 (TLS)": lambda secs: run_h2load_tls(RUSTNG_H3_PORT, secs, s.load_cpu, log_file)}
     runs: dict[str, list[dict]] = {name: [] for name in protocols}
     try:
@@ -2190,6 +2225,16 @@ def main(argv: list[str]) -> int:
         info(f"work dir {workdir}; starting origin")
         origin = start_origin(sup, nofile)
         bench_targets(sup, origin, nofile, results, failures)
+        if s.training:
+            # TLS on TCP and HTTP/3 too: a path the profile never saw is laid out as cold.
+            try:
+                bench_http3(sup)
+            except (BenchError, OSError, subprocess.TimeoutExpired) as e:
+                failures.append(f"RustNg HTTP/3: {e}")
+            for failure in failures:
+                warn(failure)
+            info(f"training load done in {time.monotonic() - t_start:.0f} s")
+            return 1 if failures else 0
         if "rustng" in s.targets and {"http1", "h2c"} & set(s.scenarios):
             try:
                 memory = bench_rustng_memory(sup, s.idle_connections, nofile)
