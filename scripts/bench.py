@@ -104,7 +104,6 @@ Methodology
   certificate, made with openssl), measured alternately over HTTP/3 with h3load
   (host/rustng/examples/h3load.rs, quinn + h3, one thread: the machine's h2load has no QUIC)
   and over HTTP/2 with TLS with h2load, both `-c32 -m10`; interleaved rounds, medians.
-
 * `make bench` measures the profile-guided build (target/pgo/release/rustng, scripts/pgo.sh),
   whose profile was gathered by this script's `--training` mode (RustNg alone, one short round
   of each RustNg scenario and of TLS / HTTP/3); `make bench PGO=0` measures the plain release.
@@ -167,14 +166,9 @@ RUSTNG_TRACE_ADMIN_PORTS = [18101, 18102, 18103, 18104]
 RUSTNG_H3_PORT = 18105
 # RustNg under callgrind, for the filter's instructions per request.
 RUSTNG_INSTR_PORT = 18107
-# The HTTP/3 load generator, host/rustng/examples/h3load.rs (`make bench` builds it), found
-# beside the RustNg binary measured (target/pgo/release or target/release).
-H3LOAD = Path("target") / "release" / "examples" / "h3load"
-
-
-def h3load_path(rustng: Path) -> Path:
-    beside = rustng.parent / "examples" / "h3load"
-    return beside if beside.is_file() else REPO / H3LOAD
+# The HTTP/3 load generator, host/rustng/examples/h3load.rs (`make bench` builds it): the one
+# beside the RustNg binary measured (target/pgo/release), else the plain release build's.
+H3LOAD = REPO / "target" / "release" / "examples" / "h3load"
 ALL_PORTS = [ORIGIN_PORT, ORIGIN_H2C_PORT, NGINX_PORT, NGINX_H2C_PORT, HAPROXY_PORT, HAPROXY_H2C_PORT,
              ENVOY_PORT, ENVOY_FILTER_PORT, RUSTNG_PORT, RUSTNG_FILTER_PORT, RUSTNG_MEMORY_PORT,
              NGINX_ROUTES_PORT, RUSTNG_ROUTER_PORT, RUSTNG_UPGRADE_PORT, *RUSTNG_LB_PORTS, *ORIGIN_LB_PORTS,
@@ -291,7 +285,7 @@ def parse_args(argv: list[str]) -> Settings:
         # describe the request paths, not a measurement harness.
         a.targets = ",".join(TRAINING_TARGETS)
         a.scenarios = ",".join(TRAINING_SCENARIOS)
-        a.duration = a.duration or 4
+        a.duration = 4 if a.duration is None else a.duration
         a.warmup = 0 if a.warmup is None else a.warmup
         a.rounds = a.goal_rounds = 1
 
@@ -1856,6 +1850,11 @@ def make_cert(workdir: Path) -> tuple[Path, Path]:
     if out.returncode != 0:
         raise BenchError(f"openssl could not make a certificate: {out.stderr[-500:]}")
     return cert, key
+
+
+def h3load_path(rustng: Path) -> Path:
+    beside = rustng.parent / "examples" / "h3load"
+    return beside if beside.is_file() else H3LOAD
 
 
 def run_h3load(h3load: Path, port: int, seconds: int, cpu: int | None, ca: Path) -> LoadResult:
