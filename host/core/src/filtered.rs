@@ -30,9 +30,7 @@ use crate::filters::{
 };
 use crate::headers;
 use crate::listener::ListenerRt;
-use crate::proxy::{
-    Forwarding, Routed, local_answer, local_error, protocol_name, response_version,
-};
+use crate::proxy::{Forwarding, Routed, local_answer, local_error, response_version};
 use crate::tunnel;
 use crate::upstream::{
     BoxLocal as _, ClusterRt, Outgoing, RequestBody, RetryPolicy, UpstreamBody, UpstreamResponse,
@@ -63,7 +61,7 @@ pub(crate) fn serve(
         // The listener's address: a wildcard bind shows as such (getsockname per connection
         // is not worth it until a filter needs the exact interface).
         destination: Some(listener.config.address),
-        protocol: protocol_name(version),
+        version,
         tls: ctx.tls,
         properties: Vec::new(),
         trace: exchange.trace,

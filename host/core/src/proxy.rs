@@ -363,16 +363,6 @@ fn forward(
     }
 }
 
-/// Envoy's spelling of the protocol, for the `request.protocol` property.
-pub(crate) fn protocol_name(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2",
-        Version::HTTP_3 => "HTTP/3",
-        _ => "HTTP/1.1",
-    }
-}
-
 pub(crate) fn response_version(downstream: Version) -> Version {
     if downstream == Version::HTTP_2 {
         Version::HTTP_2

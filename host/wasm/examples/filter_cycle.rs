@@ -45,7 +45,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut stream = StreamInfo {
             source: Some(([127, 0, 0, 1], 40000).into()),
             destination: Some(([127, 0, 0, 1], 8080).into()),
-            protocol: "HTTP/1.1",
             ..StreamInfo::default()
         };
         let mut head = RequestHead {

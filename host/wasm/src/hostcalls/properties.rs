@@ -202,7 +202,7 @@ fn request_field(
             .map(|a| a.as_str().as_bytes().to_vec())
             .ok_or(Status::NotFound)
             .or_else(|_| header(header::HOST)),
-        b"protocol" => string(stream.map_or("", |s| s.protocol)),
+        b"protocol" => string(stream.map_or("", crate::http::StreamInfo::protocol)),
         b"id" => header(header::HeaderName::from_static("x-request-id")),
         b"referer" => header(header::REFERER),
         b"useragent" => header(header::USER_AGENT),

@@ -666,3 +666,60 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// Values come back in memory the guest's allocator gave; a bad return pointer, an unknown
+/// property and an empty range answer with their statuses.
+#[test]
+fn returned_values_are_allocated_by_the_guest() {
+    let bytes = module(
+        &format!(
+            r#"{GET_BUFFER}
+  (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
+  (data (i32.const 100) "plugin_name")"#
+        ),
+        r#"
+  (func $check (param i32) (if (i32.eqz (local.get 0)) (then unreachable)))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    ;; The plugin configuration, 13 bytes starting with '{'.
+    (call $check (i32.eqz (call $get_buffer (i32.const 7) (i32.const 0) (i32.const 100) (i32.const 0) (i32.const 4))))
+    (call $check (i32.eq (i32.load (i32.const 4)) (i32.const 13)))
+    (call $check (i32.ge_u (i32.load (i32.const 0)) (i32.const 8192)))
+    (call $check (i32.eq (i32.load8_u (i32.load (i32.const 0))) (i32.const 123)))
+    ;; An empty range: success, the return slots untouched.
+    (i32.store (i32.const 8) (i32.const 77))
+    (call $check (i32.eqz (call $get_buffer (i32.const 7) (i32.const 13) (i32.const 10) (i32.const 8) (i32.const 12))))
+    (call $check (i32.eq (i32.load (i32.const 8)) (i32.const 77)))
+    ;; A property: "test", allocated after the configuration.
+    (call $check (i32.eqz (call $get_property (i32.const 100) (i32.const 11) (i32.const 16) (i32.const 20))))
+    (call $check (i32.eq (i32.load (i32.const 20)) (i32.const 4)))
+    (call $check (i32.gt_u (i32.load (i32.const 16)) (i32.load (i32.const 0))))
+    (call $check (i32.eq (i32.load (i32.load (i32.const 16))) (i32.const 0x74736574)))
+    ;; A return pointer out of memory: INVALID_MEMORY_ACCESS.
+    (call $check (i32.eq (call $get_property (i32.const 100) (i32.const 11) (i32.const -4) (i32.const 20)) (i32.const 6)))
+    ;; No such property: NOT_FOUND.
+    (call $check (i32.eq (call $get_property (i32.const 100) (i32.const 3) (i32.const 16) (i32.const 20)) (i32.const 1)))
+    (i32.const 1))
+"#,
+    );
+    let (result, _) = start(&bytes, Limits::default());
+    result.expect("every check in the module held");
+}
+
+/// An allocator that gives no memory makes the call fail with `INTERNAL_FAILURE`, not trap.
+#[test]
+fn an_allocator_that_fails_makes_the_call_fail() {
+    let bytes = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_get_property" (func $get_property (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "plugin_name")
+  (func (export "malloc") (param i32) (result i32) (i32.const 0))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (i32.eq (call $get_property (i32.const 100) (i32.const 11) (i32.const 16) (i32.const 20))
+      (i32.const 10))))"#,
+    )
+    .expect("valid module");
+    let (result, _) = start(&bytes, Limits::default());
+    result.expect("the call answered INTERNAL_FAILURE");
+}
