@@ -3,7 +3,12 @@
 //! done, log, delete) in a loop, on one thread. The end-to-end benchmark measures the same
 //! path through sockets, where a run's noise (±2 µs) hides the differences this one shows.
 //!
-//! `cargo run --release -p rustng-wasm --example filter_cycle -- MODULE.wasm [CONFIG] [REQUESTS]`
+//! With `EVICT_KIB`, the loop walks that much memory between requests, as other work does
+//! between a busy proxy's requests, so each request finds the filter's code and data out of the
+//! caches; the walk is timed alone too and taken off. The difference to a run without it is
+//! what cold caches add to a request.
+//!
+//! `cargo run --release -p rustng-wasm --example filter_cycle -- MODULE.wasm [CONFIG] [REQUESTS] [EVICT_KIB]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,9 +23,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
-        .ok_or("usage: filter_cycle MODULE.wasm [CONFIG] [REQUESTS]")?;
+        .ok_or("usage: filter_cycle MODULE.wasm [CONFIG] [REQUESTS] [EVICT_KIB]")?;
     let configuration = args.next().unwrap_or_default();
     let requests: u32 = args.next().map_or(Ok(200_000), |n| n.parse())?;
+    let evict_kib: usize = args.next().map_or(Ok(0), |n| n.parse())?;
+    let mut evicting = vec![0u8; evict_kib * 1024];
+    // One write per cache line: the lines the walk owns are the ones a request no longer has.
+    let mut evict = move || {
+        for line in evicting.iter_mut().step_by(64) {
+            *line = line.wrapping_add(1);
+        }
+        std::hint::black_box(&mut evicting);
+    };
 
     let engine = WasmEngine::new()?;
     let module = PluginModule::compile(&engine, &std::fs::read(&path)?)?;
@@ -66,19 +80,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for _ in 0..requests / 10 {
         cycle()?;
+        evict();
     }
     // Five batches, the fastest reported: on a shared machine, interference only adds time.
+    // With eviction, each batch is paired with a batch of the walk alone.
     let mut batches = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
         for _ in 0..requests / 5 {
             cycle()?;
+            evict();
         }
-        batches.push(started.elapsed().as_nanos() as f64 / f64::from(requests / 5));
+        let both = started.elapsed();
+        let started = Instant::now();
+        if evict_kib > 0 {
+            for _ in 0..requests / 5 {
+                evict();
+            }
+        }
+        let walk = started.elapsed();
+        let per_request = both.saturating_sub(walk).as_nanos() as f64 / f64::from(requests / 5);
+        batches.push(per_request);
     }
     batches.sort_by(f64::total_cmp);
     println!(
-        "{path}: {:.0} ns per request (fastest of 5 batches of {}; median {:.0})",
+        "{path}: {:.0} ns per request (fastest of 5 batches of {}; median {:.0}; {evict_kib} KiB \
+         walked between requests)",
         batches[0],
         requests / 5,
         batches[2]
