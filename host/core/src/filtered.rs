@@ -7,7 +7,6 @@
 //! common path stays small: the request headers run before any future exists, and a phase
 //! that pauses waits in a future of its own, boxed only then.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -66,11 +65,8 @@ pub(crate) fn serve(
         properties: Vec::new(),
         trace: exchange.trace,
     };
-    let mut active = listener.filters.begin(stream);
-    if exchange.trace.is_some_and(|ids| ids.sampled) {
-        active.time_plugins();
-    }
-    let filters: SharedFilters = Rc::new(RefCell::new(active));
+    let timed = exchange.trace.is_some_and(|ids| ids.sampled);
+    let filters = listener.filters.begin(stream, timed);
     exchange.filters = Some(Rc::clone(&filters));
     let no_body = body.is_end_stream();
     let step = {
@@ -341,7 +337,8 @@ async fn send_prepared(
         None => {
             let mut outgoing = outgoing;
             let sent = cluster.send(&mut outgoing).await;
-            keep_sent_head(&responding, outgoing);
+            outgoing.body = None;
+            keep_sent_head(&responding, outgoing.head);
             sent
         }
         // Boxed: retries are per route, and their state would otherwise grow every
@@ -367,19 +364,10 @@ async fn send_prepared(
 }
 
 /// Takes the head of a request sent to an HTTP/1.1 upstream back for `proxy_on_log`, when a
-/// filter has it and no copy was kept (see `Pending::prepare`); the rest of the request (its
-/// body) ends here.
-pub(crate) fn keep_sent_head(responding: &Responding, outgoing: Outgoing) {
-    let head = outgoing.head;
-    responding
-        .filters
-        .borrow_mut()
-        .keep_request_head(|scheme| RequestHead {
-            method: head.method,
-            uri: head.uri,
-            headers: head.headers,
-            scheme,
-        });
+/// filter has it and no copy was kept (see `Pending::prepare`). The head alone: the rest of
+/// the request (its body) has ended before this.
+pub(crate) fn keep_sent_head(responding: &Responding, head: request::Parts) {
+    responding.filters.borrow_mut().keep_sent_request(head);
 }
 
 /// What the response phases came to: the response, or (a filter paused them) the rest of

@@ -45,6 +45,21 @@ fn hop_bit(name: &HeaderName) -> u8 {
     }
 }
 
+/// Whether a `connection` option is one [`strip_hop_by_hop`] handles without naming a header:
+/// `close`, or a hop-by-hop name removed by its bit when present (not `te`: named here, it goes
+/// even as `te: trailers`). Compared as text, before any `HeaderName` is made of it.
+fn is_hop_token(token: &str) -> bool {
+    [
+        "keep-alive",
+        "close",
+        "transfer-encoding",
+        "proxy-connection",
+        "expect",
+    ]
+    .iter()
+    .any(|hop| token.eq_ignore_ascii_case(hop))
+}
+
 /// What [`strip_hop_by_hop`] took out that the proxy still needs.
 #[derive(Debug, Default)]
 pub(crate) struct Removed {
@@ -75,6 +90,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Removed {
                 let token = token.trim();
                 if token.eq_ignore_ascii_case("upgrade") {
                     upgrade = true;
+                } else if is_hop_token(token) {
+                    // `keep-alive` (every nginx upstream's answer) and `close` name no header
+                    // to take out beyond the bits' own: no name to parse (an allocation each).
                 } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                     // The hop-by-hop names go below, when present; `te` named here goes even
                     // as `te: trailers`.
@@ -204,6 +222,21 @@ mod tests {
         assert!(removed.upgrade.is_none());
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-b"]);
+    }
+
+    #[test]
+    fn connection_options_that_name_no_other_header_are_taken_out_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Keep-Alive, close"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["te", "x-keep"]);
+        assert!(is_hop_token("KEEP-ALIVE") && is_hop_token("close"));
+        assert!(!is_hop_token("te") && !is_hop_token("x-secret"));
     }
 
     #[test]

@@ -313,7 +313,8 @@ fn forward(
                 let logging = grpc_web.map(|_| Rc::clone(responding.filters()));
                 // The request is gone: its body (filtered or not) ends before the response
                 // phases.
-                filtered::keep_sent_head(&responding, outgoing);
+                outgoing.body = None;
+                filtered::keep_sent_head(&responding, outgoing.head);
                 let response = match filtered::respond(
                     sent,
                     &cluster,

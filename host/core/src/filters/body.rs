@@ -228,9 +228,7 @@ mod tests {
     use crate::filters::FilterChain;
 
     fn body() -> FilteredBody<()> {
-        let filters = Rc::new(RefCell::new(
-            FilterChain::default().begin(rustng_wasm::StreamInfo::default()),
-        ));
+        let filters = FilterChain::default().begin(rustng_wasm::StreamInfo::default(), false);
         FilteredBody::new(Direction::Response, (), filters, None, 1 << 20)
     }
 
