@@ -221,8 +221,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-    use std::rc::Rc;
 
     use super::*;
     use crate::filters::FilterChain;
