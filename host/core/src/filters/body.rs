@@ -221,7 +221,6 @@ where
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::filters::FilterChain;
 

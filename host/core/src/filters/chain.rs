@@ -187,8 +187,7 @@ impl ActiveFilters {
     /// Keeps the request's head for `proxy_on_log` when a filter has that callback and no
     /// head is kept yet; `head` makes it (a move or a copy) only then.
     pub(crate) fn keep_request_head(&mut self, head: impl FnOnce(&'static str) -> RequestHead) {
-        if self.logged_request.is_none() && self.wants_heads_logged() {
-            let scheme = if self.stream.tls { "https" } else { "http" };
+        if let Some(scheme) = self.request_head_wanted() {
             self.logged_request = Some(head(scheme));
         }
     }
@@ -196,8 +195,7 @@ impl ActiveFilters {
     /// The same for a request's head as it left (a move, field by field: moved whole, the
     /// head was copied twice more on its way into the slot).
     pub(crate) fn keep_sent_request(&mut self, parts: http::request::Parts) {
-        if self.logged_request.is_none() && self.wants_heads_logged() {
-            let scheme = if self.stream.tls { "https" } else { "http" };
+        if let Some(scheme) = self.request_head_wanted() {
             self.logged_request = Some(RequestHead {
                 method: parts.method,
                 uri: parts.uri,
@@ -205,6 +203,15 @@ impl ActiveFilters {
                 scheme,
             });
         }
+    }
+
+    /// The scheme to keep the request's head with, when a filter logs and none is kept yet.
+    fn request_head_wanted(&self) -> Option<&'static str> {
+        (self.logged_request.is_none() && self.wants_heads_logged()).then_some(if self.stream.tls {
+            "https"
+        } else {
+            "http"
+        })
     }
 
     /// The same for the response's head.
