@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use crate::lent::Lent;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 /// A request head as filters see it: Envoy's pseudo-headers (`:method`, `:path`,
@@ -239,11 +240,11 @@ pub enum StreamAction {
 /// The HTTP state of the callback in progress.
 #[derive(Debug, Default)]
 pub(crate) struct HttpCallState {
-    pub(crate) request: Option<RequestHead>,
-    pub(crate) response: Option<ResponseHead>,
-    /// The response head put aside while a fused body callback runs: Envoy does not show the
+    pub(crate) request: Lent<RequestHead>,
+    pub(crate) response: Lent<ResponseHead>,
+    /// The response head is hidden while a fused body callback runs: Envoy does not show the
     /// head in the body phase, nor the body in the headers phase (see [`crate::fused`]).
-    pub(crate) response_aside: Option<ResponseHead>,
+    pub(crate) response_hidden: bool,
     /// The whole body, held back from a fused headers callback until the body phase begins.
     pub(crate) body_aside: Option<(rustng_abi::BufferType, bytes::Bytes)>,
     pub(crate) local_response: Option<LocalResponse>,
@@ -253,8 +254,8 @@ pub(crate) struct HttpCallState {
     /// Shared bytes: a filter that only reads the body, or lets it pass, costs no copy of it;
     /// the first change makes it the filter's own.
     pub(crate) body: Option<(rustng_abi::BufferType, bytes::Bytes)>,
-    pub(crate) request_trailers: Option<HeaderMap>,
-    pub(crate) response_trailers: Option<HeaderMap>,
+    pub(crate) request_trailers: Lent<HeaderMap>,
+    pub(crate) response_trailers: Lent<HeaderMap>,
     /// During `proxy_on_http_call_response`.
     pub(crate) call_response: Option<HttpCallResponse>,
     /// During `proxy_on_foreign_function`.

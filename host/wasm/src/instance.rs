@@ -21,6 +21,7 @@ use crate::http::{
     BodyOutcome, GrpcAction, GrpcEvent, HeadersOutcome, HttpCallRequest, HttpCallResponse,
     HttpCallState, PausedHead, RequestHead, ResponseHead, StreamAction, StreamInfo,
 };
+use crate::lent::Lent;
 use crate::limits::Limits;
 use crate::module::PluginModule;
 use crate::state::{GuestExports, HostState, PluginConfig, tracing_sink};
@@ -70,7 +71,7 @@ impl FusedCalls {
             if name == fused::BODY_PHASE {
                 let body_phase = Func::wrap(&mut *store, |mut caller: Caller<'_, HostState>| {
                     let http = &mut caller.data_mut().http;
-                    http.response_aside = http.response.take();
+                    http.response_hidden = http.response.hide();
                     http.body = http.body_aside.take();
                 });
                 imports.push(Extern::Func(body_phase));
@@ -552,8 +553,8 @@ impl PluginInstance {
         if let Some((_, changed)) = http.body.take().or_else(|| http.body_aside.take()) {
             *body = changed;
         }
-        if let Some(aside) = http.response_aside.take() {
-            http.response = Some(aside);
+        if std::mem::take(&mut http.response_hidden) {
+            http.response.show();
         }
         take_back(http, slot, head, stream);
         result
@@ -1096,17 +1097,12 @@ enum Phase {
     Response,
 }
 
-/// Where in the callback state a head or trailers map goes while the guest works on it.
-type Slot<H> = fn(&mut HttpCallState) -> &mut Option<H>;
+/// Where in the callback state a head goes while the guest works on it.
+type Slot<H> = fn(&mut HttpCallState) -> &mut Lent<H>;
 
-/// Moves `head` and `stream` into the store for a callback (taken, not copied).
-fn lend<H: Default>(
-    http: &mut HttpCallState,
-    slot: Slot<H>,
-    head: &mut H,
-    stream: &mut StreamInfo,
-) {
-    *slot(http) = Some(std::mem::take(head));
+/// Lends `head` and moves `stream` into the store for a callback (neither is copied).
+fn lend<H>(http: &mut HttpCallState, slot: Slot<H>, head: &mut H, stream: &mut StreamInfo) {
+    slot(http).lend(head);
     http.stream = Some(std::mem::take(stream));
 }
 
@@ -1118,10 +1114,8 @@ fn lend_to_answer(
     stream: &mut Option<&mut StreamInfo>,
 ) {
     match head {
-        Some(PausedHead::Request(request)) => http.request = Some(std::mem::take(&mut **request)),
-        Some(PausedHead::Response(response)) => {
-            http.response = Some(std::mem::take(&mut **response));
-        }
+        Some(PausedHead::Request(request)) => http.request.lend(request),
+        Some(PausedHead::Response(response)) => http.response.lend(response),
         None => {}
     }
     http.stream = stream.as_mut().map(|s| std::mem::take(&mut **s));
@@ -1138,16 +1132,8 @@ fn return_from_answer(
 ) {
     let http = &mut state.http;
     match head {
-        Some(PausedHead::Request(request)) => {
-            if let Some(changed) = http.request.take() {
-                *request = changed;
-            }
-        }
-        Some(PausedHead::Response(response)) => {
-            if let Some(changed) = http.response.take() {
-                *response = changed;
-            }
-        }
+        Some(PausedHead::Request(request)) => http.request.give_back(request),
+        Some(PausedHead::Response(response)) => http.response.give_back(response),
         None => {}
     }
     if let (Some(stream), Some(changed)) = (stream, http.stream.take()) {
@@ -1167,8 +1153,12 @@ fn lend_logged_heads(
     request: &mut Option<RequestHead>,
     response: &mut Option<ResponseHead>,
 ) {
-    http.request = request.take();
-    http.response = response.take();
+    if let Some(request) = request {
+        http.request.lend(request);
+    }
+    if let Some(response) = response {
+        http.response.lend(response);
+    }
     http.logging = true;
 }
 
@@ -1179,17 +1169,19 @@ fn take_logged_heads_back(
     request: &mut Option<RequestHead>,
     response: &mut Option<ResponseHead>,
 ) {
-    *request = http.request.take();
-    *response = http.response.take();
+    if let Some(request) = request {
+        http.request.give_back(request);
+    }
+    if let Some(response) = response {
+        http.response.give_back(response);
+    }
     http.logging = false;
     // Too late for an answer: the response has gone.
     http.local_response = None;
 }
 
 fn take_back<H>(http: &mut HttpCallState, slot: Slot<H>, head: &mut H, stream: &mut StreamInfo) {
-    if let Some(changed) = slot(http).take() {
-        *head = changed;
-    }
+    slot(http).give_back(head);
     if let Some(changed) = http.stream.take() {
         *stream = changed;
     }
@@ -1229,10 +1221,10 @@ fn headers_outcome(http: &mut HttpCallState, action: i32) -> HeadersOutcome {
 fn header_count(http: &crate::http::HttpCallState, phase: Phase) -> i32 {
     let count = match phase {
         // Pseudo-headers count; `host` travels as `:authority`.
-        Phase::Request => http.request.as_ref().map_or(0, |r| {
+        Phase::Request => http.request.get().map_or(0, |r| {
             4 + r.headers.len() - usize::from(r.headers.contains_key(http::header::HOST))
         }),
-        Phase::Response => http.response.as_ref().map_or(0, |r| 1 + r.headers.len()),
+        Phase::Response => http.response.get().map_or(0, |r| 1 + r.headers.len()),
     };
     i32::try_from(count).unwrap_or(i32::MAX)
 }

@@ -18,6 +18,7 @@ mod host;
 mod hostcalls;
 mod http;
 mod instance;
+mod lent;
 mod limits;
 mod memory;
 mod metrics;

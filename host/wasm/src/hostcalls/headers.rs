@@ -49,7 +49,7 @@ fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
     let mut out = Vec::new();
     let fields = match map {
         MapType::HttpRequestHeaders => {
-            let request = state.http.request.as_ref().ok_or(UNAVAILABLE)?;
+            let request = state.http.request.get().ok_or(UNAVAILABLE)?;
             for name in REQUEST_PSEUDO_HEADERS {
                 // Only `:authority` can be missing: it lists as empty.
                 let value = match request_pseudo_header(request, name) {
@@ -61,7 +61,7 @@ fn pairs(state: &HostState, map: MapType) -> Result<Pairs, Status> {
             &request.headers
         }
         MapType::HttpResponseHeaders => {
-            let response = state.http.response.as_ref().ok_or(UNAVAILABLE)?;
+            let response = state.http.response.get().ok_or(UNAVAILABLE)?;
             out.push((
                 b":status".to_vec(),
                 response.status.as_str().as_bytes().to_vec(),
@@ -152,7 +152,7 @@ fn change_pseudo(
     };
     match map {
         MapType::HttpRequestHeaders => {
-            let request = state.http.request.as_mut().ok_or(UNAVAILABLE)?;
+            let request = state.http.request.get_mut().ok_or(UNAVAILABLE)?;
             match key {
                 b":method" => {
                     request.method = Method::from_bytes(value).map_err(|_| Status::BadArgument)?
@@ -177,7 +177,7 @@ fn change_pseudo(
             }
         }
         MapType::HttpResponseHeaders => {
-            let response = state.http.response.as_mut().ok_or(UNAVAILABLE)?;
+            let response = state.http.response.get_mut().ok_or(UNAVAILABLE)?;
             match key {
                 b":status" => {
                     response.status =
@@ -254,11 +254,7 @@ fn request_pseudo_header(request: &RequestHead, key: &[u8]) -> Option<Result<Fie
 fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<FieldValue, Status> {
     match map {
         MapType::HttpRequestHeaders => {
-            let request = state
-                .http
-                .request
-                .as_ref()
-                .ok_or_else(|| unavailable(state))?;
+            let request = state.http.request.get().ok_or_else(|| unavailable(state))?;
             // `host` is asked for by name too; filters see it as `:authority`.
             let key: &[u8] = if key.eq_ignore_ascii_case(b"host") {
                 b":authority"
@@ -274,7 +270,7 @@ fn get_value(state: &HostState, map: MapType, key: &[u8]) -> Result<FieldValue, 
             let response = state
                 .http
                 .response
-                .as_ref()
+                .get()
                 .ok_or_else(|| unavailable(state))?;
             match key {
                 b":status" => Ok(FieldValue::Status(response.status)),
@@ -323,8 +319,8 @@ fn room_for(headers: &http::HeaderMap, adding: usize) -> Result<(), Status> {
 fn plain_map(state: &HostState, map: MapType) -> Result<&http::HeaderMap, Status> {
     let http = &state.http;
     match map {
-        MapType::HttpRequestTrailers => http.request_trailers.as_ref(),
-        MapType::HttpResponseTrailers => http.response_trailers.as_ref(),
+        MapType::HttpRequestTrailers => http.request_trailers.get(),
+        MapType::HttpResponseTrailers => http.response_trailers.get(),
         MapType::HttpCallResponseTrailers => http.call_response.as_ref().map(|r| &r.trailers),
         MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => http
             .grpc_metadata
@@ -343,10 +339,10 @@ fn writable_map(state: &mut HostState, map: MapType) -> Result<&mut http::Header
         return Err(UNAVAILABLE);
     }
     match map {
-        MapType::HttpRequestHeaders => http.request.as_mut().map(|r| &mut r.headers),
-        MapType::HttpResponseHeaders => http.response.as_mut().map(|r| &mut r.headers),
-        MapType::HttpRequestTrailers => http.request_trailers.as_mut(),
-        MapType::HttpResponseTrailers => http.response_trailers.as_mut(),
+        MapType::HttpRequestHeaders => http.request.get_mut().map(|r| &mut r.headers),
+        MapType::HttpResponseHeaders => http.response.get_mut().map(|r| &mut r.headers),
+        MapType::HttpRequestTrailers => http.request_trailers.get_mut(),
+        MapType::HttpResponseTrailers => http.response_trailers.get_mut(),
         _ => None,
     }
     .ok_or(UNAVAILABLE)

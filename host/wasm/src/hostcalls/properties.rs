@@ -110,9 +110,9 @@ fn lookup(state: &HostState, path: &[u8]) -> Result<Vec<u8>, Status> {
         (b"request", Some(field)) => state
             .http
             .request
-            .as_ref()
+            .get()
             .map(|request| request_field(request, stream, field, third)),
-        (b"response", Some(field)) => state.http.response.as_ref().map(|response| match field {
+        (b"response", Some(field)) => state.http.response.get().map(|response| match field {
             b"code" => int(i64::from(response.status.as_u16())),
             b"headers" => headers(&response.headers, third),
             _ => Err(Status::NotFound),
