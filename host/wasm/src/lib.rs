@@ -23,6 +23,7 @@ mod limits;
 mod memory;
 mod metrics;
 mod module;
+mod returned;
 mod shared;
 mod state;
 mod usage;

@@ -351,6 +351,88 @@ async fn a_trap_in_any_phase_meets_the_policy() {
     }
 }
 
+/// A module whose allocator answers null on `/n…` and traps on `/t…`, when the host returns
+/// a header value into it; it tags the request `x-read: failed` when a read fails.
+fn failing_allocator_module(dir: &std::path::Path) -> PathBuf {
+    let wasm = wat::parse_str(
+        r#"(module
+  (import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) ":path")
+  (data (i32.const 32) "x-read")
+  (data (i32.const 48) "failed")
+  (global $heap (mut i32) (i32.const 4096))
+  (global $mode (mut i32) (i32.const 0))
+  (func (export "malloc") (param $size i32) (result i32)
+    (local $p i32)
+    (if (i32.eq (global.get $mode) (i32.const 1)) (then (return (i32.const 0))))
+    (if (i32.eq (global.get $mode) (i32.const 2)) (then unreachable))
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (i32.add (local.get $size) (i32.const 8))))
+    (local.get $p))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (local $second i32)
+    (global.set $mode (i32.const 0))
+    (drop (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64) (i32.const 68)))
+    (local.set $second (i32.load8_u (i32.add (i32.load (i32.const 64)) (i32.const 1))))
+    (if (i32.eq (local.get $second) (i32.const 110)) (then (global.set $mode (i32.const 1))))
+    (if (i32.eq (local.get $second) (i32.const 116)) (then (global.set $mode (i32.const 2))))
+    (if (call $get (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 72) (i32.const 76))
+      (then (drop (call $add (i32.const 0) (i32.const 32) (i32.const 6) (i32.const 48) (i32.const 6)))))
+    (global.set $mode (i32.const 0))
+    (i32.const 0))
+)"#,
+    )
+    .expect("wat");
+    let path = dir.join("failing_allocator.wasm");
+    std::fs::write(&path, wasm).expect("write module");
+    path
+}
+
+/// A header value goes into memory the module's allocator gives (through the host's module
+/// that returns values, with no crossing into the guest): a null from the allocator is an
+/// error for the read, which the module sees, and a trap in it is the callback's trap, which
+/// meets the failure policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_read_meets_an_allocator_that_fails_or_traps() {
+    let origin = Origin::start("a").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = failing_allocator_module(dir.path());
+    let client = client::http1();
+    let proxy = Rustng::start(&config(
+        &origin,
+        &hostile_plugin(&module, "FAIL_OPEN"),
+        "hostile",
+    ));
+    let read = get(&client, &proxy.url("/echo/ok")).await;
+    assert_eq!(read.status, 200);
+    assert!(
+        read.json()["headers"].get("x-read").is_none(),
+        "{}",
+        read.text()
+    );
+    let null = get(&client, &proxy.url("/n/echo")).await;
+    assert_eq!(null.status, 200);
+    assert_eq!(
+        null.json()["headers"]["x-read"][0],
+        "failed",
+        "{}",
+        null.text()
+    );
+    // FAIL_OPEN: the trapping plugin is skipped from then on, its header read never done.
+    let trapped = get(&client, &proxy.url("/t/echo")).await;
+    assert_eq!(trapped.status, 200);
+    assert!(trapped.json()["headers"].get("x-read").is_none());
+    assert!(
+        proxy.log_eventually_contains("proxy_on_request_headers: trap"),
+        "{}",
+        proxy.log()
+    );
+}
+
 /// The admin server's `/metrics` shows what plugins defined with `proxy_define_metric` and how
 /// often each plugin failed; `/health` answers; other paths and methods are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
