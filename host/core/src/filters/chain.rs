@@ -12,6 +12,7 @@ use rustng_wasm::{
     BodyOutcome, Direction, HeadersOutcome, HttpContextId, LocalResponse, PluginInstance,
     RequestHead, ResponseHead, StreamInfo, WasmError,
 };
+use smallvec::SmallVec;
 
 use super::{Filter, LocalAnswer};
 
@@ -33,9 +34,14 @@ pub(crate) enum Step {
     Answer(LocalAnswer),
 }
 
+/// Stream contexts a request keeps without allocating.
+const INLINE_CONTEXTS: usize = 2;
+
 /// The stream contexts a request opened; ends them (done, log, delete) when dropped.
 pub(crate) struct ActiveFilters {
-    contexts: Vec<(Rc<Filter>, HttpContextId)>,
+    /// In place up to [`INLINE_CONTEXTS`]: a chain is a router and a filter or two, and a
+    /// vector of its own was an allocation and a free per request.
+    contexts: SmallVec<[(Rc<Filter>, HttpContextId); INLINE_CONTEXTS]>,
     /// The stream's addresses and the properties its filters set, seen by all of them.
     pub(crate) stream: StreamInfo,
     /// An answer a body filter gave after the request had left: the forwarding code sends it
@@ -89,7 +95,7 @@ impl FilterChain {
     /// `timed` times each plugin's callbacks (sampled requests: their spans report it).
     pub(crate) fn begin(&self, stream: StreamInfo, timed: bool) -> SharedFilters {
         Rc::new(RefCell::new(ActiveFilters {
-            contexts: Vec::with_capacity(self.filters.len()),
+            contexts: SmallVec::new(),
             stream,
             answer: None,
             plugin_time: timed.then(Vec::new),
