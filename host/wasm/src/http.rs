@@ -61,8 +61,9 @@ pub enum HeadersOutcome {
     Continue,
     /// The plugin paused the stream (`Action::Pause`) without answering.
     Pause,
-    /// The plugin answered locally.
-    LocalResponse(LocalResponse),
+    /// The plugin answered locally. Boxed: answers are rare, and the outcome of every
+    /// callback is moved out through a few calls (small, it moves in registers).
+    LocalResponse(Box<LocalResponse>),
 }
 
 /// What the host knows about a stream besides its heads: where it came from and what its
@@ -116,8 +117,9 @@ pub enum BodyOutcome {
     /// Hold the data and call again with everything held so far when more arrives
     /// (Envoy's `StopIterationAndBuffer`).
     Buffer,
-    /// The plugin answered locally.
-    LocalResponse(LocalResponse),
+    /// The plugin answered locally. Boxed: answers are rare, and the outcome of every
+    /// callback is moved out through a few calls (small, it moves in registers).
+    LocalResponse(Box<LocalResponse>),
 }
 
 /// An HTTP call a plugin made with `proxy_http_call`, for the host to send.

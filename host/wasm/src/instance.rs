@@ -1240,7 +1240,7 @@ fn body_outcome(
 ) -> Result<BodyOutcome, WasmError> {
     let action = action?;
     if let Some(local) = http.local_response.take() {
-        return Ok(BodyOutcome::LocalResponse(local));
+        return Ok(BodyOutcome::LocalResponse(Box::new(local)));
     }
     Ok(if action == 0 {
         BodyOutcome::Continue
@@ -1252,7 +1252,7 @@ fn body_outcome(
 /// What a headers callback decided: its local answer if it gave one, else its action.
 fn headers_outcome(http: &mut HttpCallState, action: i32) -> HeadersOutcome {
     if let Some(local) = http.local_response.take() {
-        return HeadersOutcome::LocalResponse(local);
+        return HeadersOutcome::LocalResponse(Box::new(local));
     }
     match Action::try_from(action as u32) {
         Ok(Action::Pause) => HeadersOutcome::Pause,

@@ -136,7 +136,7 @@ impl FilterChain {
                 None | Some(Ok(HeadersOutcome::Continue)) => {}
                 Some(Ok(HeadersOutcome::Pause)) => return Step::Pause(index),
                 Some(Ok(HeadersOutcome::LocalResponse(local))) => {
-                    return Step::Answer(LocalAnswer::from_plugin(local));
+                    return Step::Answer(LocalAnswer::from_plugin(*local));
                 }
                 Some(Err(error)) => {
                     // The context died with the instance: nothing to end.
@@ -298,13 +298,13 @@ impl ActiveFilters {
         match outcome {
             None => (Step::Continue, false),
             Some(Ok((HeadersOutcome::Continue, Some(BodyOutcome::LocalResponse(local))))) => {
-                (Step::Answer(LocalAnswer::from_plugin(local)), true)
+                (Step::Answer(LocalAnswer::from_plugin(*local)), true)
             }
             // At the end of the stream there is nothing more to hold for.
             Some(Ok((HeadersOutcome::Continue, body))) => (Step::Continue, body.is_some()),
             Some(Ok((HeadersOutcome::Pause, _))) => (Step::Pause(0), false),
             Some(Ok((HeadersOutcome::LocalResponse(local), _))) => {
-                (Step::Answer(LocalAnswer::from_plugin(local)), false)
+                (Step::Answer(LocalAnswer::from_plugin(*local)), false)
             }
             Some(Err(error)) => (
                 self.failed(&filter, &error).unwrap_or(Step::Continue),
@@ -375,7 +375,7 @@ impl ActiveFilters {
                 None | Some(Ok(Verdict::Next)) => {}
                 Some(Ok(Verdict::Hold)) => return Step::Pause(position),
                 Some(Ok(Verdict::Answer(local))) => {
-                    return Step::Answer(LocalAnswer::from_plugin(local));
+                    return Step::Answer(LocalAnswer::from_plugin(*local));
                 }
                 Some(Err(error)) => {
                     if let Some(step) = self.failed(&filter, &error) {
@@ -398,7 +398,7 @@ enum Verdict {
     /// This filter holds the phase (a paused head, buffered data).
     Hold,
     /// This filter answered.
-    Answer(LocalResponse),
+    Answer(Box<LocalResponse>),
 }
 
 impl Drop for ActiveFilters {

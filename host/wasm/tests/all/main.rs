@@ -620,9 +620,11 @@ fn modules_are_compiled_once_per_process_and_kept_on_disk() {
     assert_eq!((stats.memory_misses, stats.memory_hits), (1, 1));
 
     // A new process (a new engine) with the same directory loads the machine code from disk.
+    // (The engine's own small modules come from disk too: counted from after it exists.)
     let second = WasmEngine::with_limits(limits).expect("engine");
+    let before = second.cache_stats().disk_hits;
     PluginModule::compile(&second, &bytes).expect("from disk");
-    assert_eq!(second.cache_stats().disk_hits, 1);
+    assert_eq!(second.cache_stats().disk_hits, before + 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
