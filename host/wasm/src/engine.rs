@@ -27,8 +27,6 @@ pub struct WasmEngine {
     engine: Engine,
     compiled: Arc<CompiledModules>,
     max_memory_bytes: usize,
-    /// The host's module returning header values ([`crate::returned`]), compiled once.
-    pub(crate) returned: Module,
 }
 
 /// Modules compiled by this engine, by the sha256 of their bytes: the same module (in two
@@ -107,10 +105,9 @@ impl WasmEngine {
     /// `mmap`), and a freed slot is reset with `madvise`, returning its pages to the system.
     pub fn with_limits(limits: EngineLimits) -> Result<WasmEngine, WasmError> {
         let mut pool = PoolingAllocationConfig::default();
-        // Each plugin instance may have the modules fusing its callbacks and returning its
-        // header values beside it ([`crate::fused`], [`crate::returned`]): two more core
-        // instances, with no memory or table of their own.
-        pool.total_core_instances(limits.instance_slots.saturating_mul(3))
+        // Each plugin instance may have the module fusing its callbacks beside it
+        // ([`crate::fused`]): a second core instance, with no memory or table.
+        pool.total_core_instances(limits.instance_slots.saturating_mul(2))
             .total_memories(limits.instance_slots)
             .total_tables(limits.instance_slots)
             .max_memory_size(limits.max_memory_bytes)
@@ -151,11 +148,8 @@ impl WasmEngine {
                 }
             })
             .map_err(|e| WasmError::Runtime(format!("epoch thread: {e}")))?;
-        let returned = Module::new(&engine, crate::returned::encode())
-            .map_err(|e| WasmError::Runtime(format!("returned values: {e:#}")))?;
         Ok(WasmEngine {
             engine,
-            returned,
             max_memory_bytes: limits.max_memory_bytes,
             compiled: Arc::new(CompiledModules {
                 disk,

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use rustng_abi::{Action, BufferType, LogLevel, MapType, PeerType};
 use wasmtime::{
-    Caller, Extern, Func, Global, Instance, Linker, PoolConcurrencyLimitError, Ref, RefType, Store,
-    StoreLimitsBuilder, Table, TableType, Trap, TypedFunc, WasmParams, WasmResults,
+    Caller, Extern, Func, Global, Instance, PoolConcurrencyLimitError, Store, StoreLimitsBuilder,
+    Trap, TypedFunc, WasmParams, WasmResults,
 };
 
 use crate::error::WasmError;
@@ -288,9 +288,8 @@ impl PluginInstance {
             calls: 0,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.max_memory_bytes)
-                // The plugin, its fused callbacks, the module returning its header values
-                // and its allocator's table.
-                .instances(4)
+                // The plugin and its fused callbacks.
+                .instances(2)
                 .build(),
             // A sink of the embedder's takes every line; the tracing sink's level is the
             // subscriber's, asked when needed (it can change at runtime).
@@ -312,17 +311,12 @@ impl PluginInstance {
             upstreams: env.upstreams,
             header_names: Default::default(),
             fused_stop: None,
-            returned: None,
         };
         let mut store = Store::new(module.engine.inner(), state);
         store.limiter(|state| &mut state.limits);
         // Start functions run during instantiation: they get a deadline too.
         store.set_epoch_deadline(limits.deadline_ticks());
-        let instance = match &module.returning {
-            Some(linker) => instantiate_returning(linker, module, &mut store),
-            None => module.pre.instantiate(&mut store),
-        };
-        let instance = instance.map_err(|e| {
+        let instance = module.pre.instantiate(&mut store).map_err(|e| {
             if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
                 WasmError::Runtime(format!(
                     "the instance pool is full ({e}); wasm.instance_slots sizes it"
@@ -1094,44 +1088,6 @@ impl PluginInstance {
             ms => Some(Duration::from_millis(u64::from(ms))),
         }
     }
-}
-
-/// Instantiates the plugin behind its own copy of the host's module that returns header
-/// values ([`crate::returned`]): that module first (the plugin imports from it), then the
-/// plugin, then the plugin's allocator goes in the table the module calls it through.
-fn instantiate_returning(
-    linker: &Linker<HostState>,
-    module: &PluginModule,
-    store: &mut Store<HostState>,
-) -> wasmtime::Result<Instance> {
-    let table = Table::new(
-        &mut *store,
-        TableType::new(RefType::FUNCREF, 1, Some(1)),
-        Ref::Func(None),
-    )?;
-    let [fetch, put] = crate::hostcalls::returned_parts(store);
-    let host_module = Instance::new(
-        &mut *store,
-        &module.engine.returned,
-        &[fetch.into(), put.into(), table.into()],
-    )?;
-    let get_value = host_module
-        .get_func(&mut *store, crate::returned::GET_HEADER_MAP_VALUE)
-        .ok_or_else(|| wasmtime::format_err!("the host's module returns no header values"))?;
-    let mut linker = linker.clone();
-    linker.allow_shadowing(true);
-    linker.define(
-        &*store,
-        "env",
-        crate::returned::GET_HEADER_MAP_VALUE,
-        get_value,
-    )?;
-    let instance = linker.instantiate(&mut *store, module.pre.module())?;
-    let allocator = instance
-        .get_func(&mut *store, module.allocator)
-        .ok_or_else(|| wasmtime::format_err!("exports no {}", module.allocator))?;
-    table.set(&mut *store, 0, Ref::Func(Some(allocator)))?;
-    Ok(instance)
 }
 
 /// Which headers callback.

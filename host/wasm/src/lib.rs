@@ -23,7 +23,6 @@ mod limits;
 mod memory;
 mod metrics;
 mod module;
-mod returned;
 mod shared;
 mod state;
 mod usage;

@@ -112,29 +112,16 @@ pub(crate) fn return_bytes(
     let allocated = exports.allocate.call(&mut *caller, len);
     caller.data_mut().exports = Some(exports);
     let address = allocated.map_err(|_| Status::InternalFailure)?;
-    place_returned(caller, address, bytes, return_ptr, return_len)
-}
-
-/// Copies `bytes` to `address`, which the guest allocated for them (null for no bytes), and
-/// stores the address and length at `return_ptr` and `return_len`.
-pub(crate) fn place_returned(
-    caller: &mut Caller<'_, HostState>,
-    address: i32,
-    bytes: &[u8],
-    return_ptr: i32,
-    return_len: i32,
-) -> Result<(), Status> {
-    if address == 0 && !bytes.is_empty() {
+    if address == 0 && len != 0 {
         return Err(Status::InternalFailure);
     }
-    let len = u32::try_from(bytes.len()).map_err(|_| Status::InvalidMemoryAccess)?;
     // One lookup of the memory for the three writes: it is a measurable share of a header
     // read.
     let memory = exported_memory(caller)?;
     let data = memory.data_mut(caller);
     place(data, address, bytes)?;
     place(data, return_ptr, &(address as u32).to_le_bytes())?;
-    place(data, return_len, &len.to_le_bytes())
+    place(data, return_len, &(len as u32).to_le_bytes())
 }
 
 /// Copies `bytes` to `ptr` in `data`, bounds checked.

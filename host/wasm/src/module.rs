@@ -2,7 +2,7 @@
 
 use rustng_abi::AbiVersion;
 use rustng_abi::table::{self, Module as ImportModule};
-use wasmtime::{ExternType, FuncType, InstancePre, Linker, Module};
+use wasmtime::{ExternType, FuncType, InstancePre, Module};
 
 use crate::engine::WasmEngine;
 use crate::error::WasmError;
@@ -18,10 +18,6 @@ pub struct PluginModule {
     /// The host's module running this one's back-to-back callbacks in one entry, if any
     /// fuse ([`crate::fused`]).
     pub(crate) fused: Option<(FusedShape, Module)>,
-    /// The hostcalls, when the plugin reads header values through the host's module that
-    /// returns them ([`crate::returned`]): each instance is linked to its own copy of that
-    /// module, so it is instantiated through these rather than `pre`.
-    pub(crate) returning: Option<Linker<HostState>>,
     abi: AbiVersion,
 }
 
@@ -68,13 +64,11 @@ impl PluginModule {
             .map_err(|e| WasmError::Abi(format!("imports do not match the ABI: {e:#}")))?;
         let shape = fused_shape(&module);
         let fused = engine.fused(shape)?.map(|fused| (shape, fused));
-        let returning = returns_through_host_module(&module, allocator).then_some(linker);
         Ok(PluginModule {
             engine: engine.clone(),
             pre,
             allocator,
             fused,
-            returning,
             abi,
         })
     }
@@ -83,23 +77,6 @@ impl PluginModule {
     pub fn abi_version(&self) -> AbiVersion {
         self.abi
     }
-}
-
-/// Whether `module` imports `proxy_get_header_map_value` and exports its allocator as the ABI
-/// has them, which the host's module returning values ([`crate::returned`]) relies on.
-fn returns_through_host_module(module: &Module, allocator: &str) -> bool {
-    let all_i32 = |ty: &FuncType, params: usize| {
-        ty.params().len() == params
-            && ty.results().len() == 1
-            && ty.params().chain(ty.results()).all(|t| t.is_i32())
-    };
-    let imports_it = module.imports().any(|import| {
-        import.module() == "env"
-            && import.name() == crate::returned::GET_HEADER_MAP_VALUE
-            && matches!(import.ty(), ExternType::Func(ty) if all_i32(&ty, 5))
-    });
-    imports_it
-        && matches!(module.get_export(allocator), Some(ExternType::Func(ty)) if all_i32(&ty, 1))
 }
 
 /// Which fusable callbacks `module` exports with the ABI's signatures. One with another

@@ -141,9 +141,6 @@ pub(crate) struct HostState {
     pub(crate) header_names: crate::header_names::HeaderNames,
     /// The fused callbacks' stop flag ([`crate::fused`]), raised by a local response.
     pub(crate) fused_stop: Option<wasmtime::Global>,
-    /// A header value found for the guest, kept from the fetch to the put of
-    /// [`crate::returned`]'s module (in between, the guest allocates room for it).
-    pub(crate) returned: Option<crate::hostcalls::FieldValue>,
 }
 
 impl HostState {

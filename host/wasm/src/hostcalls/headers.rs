@@ -9,15 +9,12 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, StatusCode};
 use rustng_abi::table::Module;
 use rustng_abi::{MapType, Status, decode_pairs, encode_pairs, encoded_len};
-use wasmtime::{Caller, Func, Linker, Store};
+use wasmtime::{Caller, Linker};
 
 use super::status;
 use crate::http::{LocalResponse, RequestHead, StreamAction};
 use crate::limits::{MAX_HEADER_MAP_BYTES, MAX_HEADER_MAP_FIELDS};
-use crate::memory::{
-    guest_memory, memory_and_state, place_returned, read_guest, return_bytes, slice, write_u32,
-};
-use crate::returned;
+use crate::memory::{guest_memory, memory_and_state, read_guest, return_bytes, slice, write_u32};
 use crate::state::HostState;
 
 /// The answer for a map the current callback does not have (the request's headers once they
@@ -206,7 +203,7 @@ fn unavailable(state: &HostState) -> Status {
 
 /// A field's value as [`get_value`] finds it: shared with the head (a reference count on the
 /// bytes it was parsed from), never a copy. A header read is the commonest hostcall.
-pub(crate) enum FieldValue {
+enum FieldValue {
     Header(HeaderValue),
     Path(PathAndQuery),
     Authority(http::uri::Authority),
@@ -368,49 +365,6 @@ fn set_pairs(state: &mut HostState, map: MapType, serialized: &[u8]) -> Result<(
         change(state, map, key, Change::Add(value))?;
     }
     Ok(())
-}
-
-/// The host's parts of the module that returns header values ([`crate::returned`]), for
-/// `store`: fetch, then put.
-pub(crate) fn returned_parts(store: &mut Store<HostState>) -> [Func; 2] {
-    let fetch = Func::wrap(
-        &mut *store,
-        |mut caller: Caller<'_, HostState>, map: i32, key: i32, key_size: i32| -> i64 {
-            let value = (|| {
-                let map = map_type(map)?;
-                let memory = guest_memory(&caller).ok_or(Status::InvalidMemoryAccess)?;
-                let key = slice(memory, key, key_size)?;
-                get_value(caller.data(), map, key)
-            })();
-            returned::fetched(value.map(|value| {
-                let len = value.as_bytes().len();
-                caller.data_mut().returned = Some(value);
-                len
-            }))
-        },
-    );
-    let put = Func::wrap(
-        &mut *store,
-        |mut caller: Caller<'_, HostState>,
-         address: i32,
-         return_data: i32,
-         return_size: i32|
-         -> i32 {
-            let result = match caller.data_mut().returned.take() {
-                Some(value) => place_returned(
-                    &mut caller,
-                    address,
-                    value.as_bytes(),
-                    return_data,
-                    return_size,
-                ),
-                // Only the host's module calls this, right after a fetch.
-                None => Err(Status::InternalFailure),
-            };
-            status(result)
-        },
-    );
-    [fetch, put]
 }
 
 pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

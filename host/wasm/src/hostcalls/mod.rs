@@ -7,8 +7,6 @@ mod clock;
 mod foreign;
 mod grpc;
 mod headers;
-
-pub(crate) use headers::{FieldValue, returned_parts};
 mod legacy;
 mod log;
 mod metrics;
