@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 
-use crate::lent::Lent;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+
+use crate::lent::Lent;
 
 /// A request head as filters see it: Envoy's pseudo-headers (`:method`, `:path`,
 /// `:authority`, `:scheme`) come from the request line.

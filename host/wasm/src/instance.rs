@@ -1097,7 +1097,7 @@ enum Phase {
     Response,
 }
 
-/// Where in the callback state a head goes while the guest works on it.
+/// Where in the callback state a head or trailers map goes while the guest works on it.
 type Slot<H> = fn(&mut HttpCallState) -> &mut Lent<H>;
 
 /// Lends `head` and moves `stream` into the store for a callback (neither is copied).

@@ -1,4 +1,4 @@
-//! A stream's head while a callback may see it.
+//! A stream's head (or trailers) while a callback may see it.
 //!
 //! Every headers callback, and a stream's last callbacks, put the head (a few hundred
 //! bytes) in the store and take it back after. Moving it through an `Option` copied it four
