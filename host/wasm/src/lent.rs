@@ -3,7 +3,8 @@
 //! Every headers callback, and a stream's last callbacks, put the head (a few hundred
 //! bytes) in the store and take it back after. Moving it through an `Option` copied it four
 //! times per callback, each a `memcpy` call, and built an empty head to leave behind.
-//! Swapping it with the empty head the store keeps is done in registers, both ways.
+//! Swapping it with the empty head the store keeps takes plain loads and stores (about 56
+//! instructions for a request head), no `memcpy` call, both ways.
 
 /// A head in the store's reach during a callback, or the empty head it keeps in between.
 #[derive(Debug, Default)]
